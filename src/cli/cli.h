@@ -1,0 +1,22 @@
+/*
+ * cli.h -- subcommands of the wixr binary and what they share.
+ *
+ * Exit codes (every subcommand): 0 success, 1 the work failed,
+ * 2 usage error (bad flags or arguments), 3 configuration or input error.
+ */
+#ifndef WIXR_CLI_H
+#define WIXR_CLI_H
+
+#define EXIT_WORK_FAILED 1
+#define EXIT_USAGE 2
+#define EXIT_BAD_INPUT 3
+
+int cmd_sandbox(int argc, char **argv);
+
+/* Where shipped files (config/, lua/) live: $WIXR_HOME, else the source
+ * tree the binary was built from. */
+const char *cli_home(void);
+/* Writes home + "/" + rel into out. */
+void cli_home_path(char *out, unsigned long n, const char *rel);
+
+#endif

@@ -1,0 +1,155 @@
+/*
+ * cmd_sandbox.c -- `wixr sandbox serve`: the Resellers API emulator over HTTP.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../emulator/emu.h"
+#include "../emulator/emu_http.h"
+#include "cli.h"
+
+static const char usage[] =
+    "usage: wixr sandbox serve [options]\n"
+    "\n"
+    "Serves the Wix Resellers API emulator over HTTP/1.1 (keep-alive).\n"
+    "\n"
+    "Options:\n"
+    "  --listen HOST:PORT     address to listen on (default 127.0.0.1:8470; port 0 picks a free one)\n"
+    "  --db FILE|:memory:     SQLite state file (default .wixr/sandbox.db in this folder)\n"
+    "  --catalog FILE         product catalog and seed accounts (default config/catalog.yaml)\n"
+    "  --keys K1,K2           accept only these API keys (default: any non-empty key)\n"
+    "  --delivery-delay MS    PENDING instances are delivered after MS milliseconds\n"
+    "                         (default 0 = on the next request; -1 = never, use the admin API)\n"
+    "  --seed N               seed for injected faults' dice (default: random)\n"
+    "  --port-file FILE       write the port actually bound to FILE once listening\n"
+    "  -h, --help             this help\n"
+    "\n"
+    "The admin API lives under /__admin/ (see README). Stop with Ctrl-C or SIGTERM.\n";
+
+static int parse_listen(const char *s, char *host, size_t hostlen, int *port)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s || (size_t)(colon - s) >= hostlen)
+        return -1;
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end || colon[1] == '\0' || p < 0 || p > 65535)
+        return -1;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    if (!strcmp(host, "localhost"))
+        strcpy(host, "127.0.0.1");
+    *port = (int)p;
+    return 0;
+}
+
+static int serve(int argc, char **argv)
+{
+    char host[64] = "127.0.0.1", catalog[4096], err[1024];
+    int port = 8470;
+    const char *db = NULL, *port_file = NULL;
+    emu_options o = {0};
+    cli_home_path(catalog, sizeof catalog, "config/catalog.yaml");
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(usage, stdout);
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, "wixr sandbox serve: %s needs a value (or unknown option)\n", a);
+            return EXIT_USAGE;
+        }
+        i++;
+        if (!strcmp(a, "--listen")) {
+            if (parse_listen(v, host, sizeof host, &port) < 0) {
+                fprintf(stderr, "wixr sandbox serve: --listen: expected HOST:PORT, got '%s'\n", v);
+                return EXIT_USAGE;
+            }
+        } else if (!strcmp(a, "--db")) {
+            db = v;
+        } else if (!strcmp(a, "--catalog")) {
+            snprintf(catalog, sizeof catalog, "%s", v);
+        } else if (!strcmp(a, "--keys")) {
+            o.api_keys = v;
+        } else if (!strcmp(a, "--delivery-delay")) {
+            char *end;
+            o.enable_delay_ms = strtoll(v, &end, 10);
+            if (*end || o.enable_delay_ms < -1) {
+                fprintf(stderr, "wixr sandbox serve: --delivery-delay: expected milliseconds or -1, got '%s'\n", v);
+                return EXIT_USAGE;
+            }
+        } else if (!strcmp(a, "--seed")) {
+            o.seed = strtoull(v, NULL, 10);
+        } else if (!strcmp(a, "--port-file")) {
+            port_file = v;
+        } else {
+            fprintf(stderr, "wixr sandbox serve: unknown option '%s'\n%s", a, usage);
+            return EXIT_USAGE;
+        }
+    }
+    if (!db) {
+        if (mkdir(".wixr", 0700) < 0 && errno != EEXIST) {
+            fprintf(stderr, "wixr sandbox serve: cannot create .wixr/: %s\n", strerror(errno));
+            return EXIT_WORK_FAILED;
+        }
+        db = ".wixr/sandbox.db";
+    }
+    o.db_path = db;
+    o.catalog_path = catalog;
+
+    /* Block the stop signals before any thread starts, then wait for one. */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    emu_t *e = emu_open(&o, err, sizeof err);
+    if (!e) {
+        fprintf(stderr, "wixr sandbox serve: %s\n", err);
+        return EXIT_BAD_INPUT;
+    }
+    emu_server *srv = emu_http_start(e, host, port, err, sizeof err);
+    if (!srv) {
+        fprintf(stderr, "wixr sandbox serve: %s\n", err);
+        emu_close(e);
+        return EXIT_WORK_FAILED;
+    }
+    port = emu_http_port(srv);
+    if (port_file) {
+        FILE *f = fopen(port_file, "w");
+        if (!f || fprintf(f, "%d\n", port) < 0 || fclose(f) != 0) {
+            fprintf(stderr, "wixr sandbox serve: cannot write --port-file %s\n", port_file);
+            emu_http_stop(srv);
+            emu_close(e);
+            return EXIT_WORK_FAILED;
+        }
+    }
+    fprintf(stderr, "wixr sandbox: Resellers API emulator on http://%s:%d (state: %s)\n", host, port, db);
+    int sig = 0;
+    sigwait(&stop, &sig);
+    fprintf(stderr, "wixr sandbox: stopping (%s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    emu_http_stop(srv);
+    emu_close(e);
+    return 0;
+}
+
+int cmd_sandbox(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    if (!strcmp(argv[1], "serve"))
+        return serve(argc - 1, argv + 1);
+    fprintf(stderr, "wixr sandbox: unknown subcommand '%s' (try 'wixr sandbox serve')\n", argv[1]);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,58 @@
+/*
+ * main.c -- the wixr command line: dispatches to one subcommand.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+#ifndef WIXR_VERSION
+#define WIXR_VERSION "0.1.0"
+#endif
+#ifndef WIXR_HOME
+#define WIXR_HOME "."
+#endif
+
+static const char usage[] =
+    "usage: wixr COMMAND [ARGS]\n"
+    "\n"
+    "Commands:\n"
+    "  sandbox serve   run the Resellers API emulator over HTTP\n"
+    "  version         print the version\n"
+    "  help            print this help\n"
+    "\n"
+    "Run 'wixr COMMAND --help' for a command's options.\n"
+    "Exit codes: 0 ok, 1 the work failed, 2 usage error, 3 bad configuration or input.\n";
+
+const char *cli_home(void)
+{
+    const char *h = getenv("WIXR_HOME");
+    return h && *h ? h : WIXR_HOME;
+}
+
+void cli_home_path(char *out, unsigned long n, const char *rel)
+{
+    snprintf(out, n, "%s/%s", cli_home(), rel);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(usage, stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+        fputs(usage, stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("wixr %s\n", WIXR_VERSION);
+        return 0;
+    }
+    if (!strcmp(cmd, "sandbox"))
+        return cmd_sandbox(argc - 1, argv + 1);
+    fprintf(stderr, "wixr: unknown command '%s'\n%s", cmd, usage);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,57 @@
+/*
+ * emu.h -- the Resellers API emulator as a library: request in, response out.
+ *
+ * The same core serves `wixr sandbox serve` (emu_http.c puts it behind
+ * libmicrohttpd) and, in-process with no socket, the `sandbox` transport of
+ * the wix module. One emu_t is safe to share between threads: requests are
+ * handled one at a time under its lock.
+ */
+#ifndef WIXR_EMU_H
+#define WIXR_EMU_H
+
+#include <stddef.h>
+
+typedef struct emu emu_t;
+
+typedef struct emu_options {
+    const char *db_path;          /* SQLite file, or ":memory:" */
+    const char *catalog_path;     /* YAML catalog (products + seed accounts) */
+    const char *api_keys;         /* comma-separated accepted keys; NULL = any non-empty key */
+    long long enable_delay_ms;    /* PENDING -> delivered after this long; -1 = never */
+    unsigned long long seed;      /* fault-injection PRNG seed; 0 = from the clock */
+} emu_options;
+
+typedef struct emu_request {
+    const char *method;           /* "GET", "POST", ... */
+    const char *path;             /* percent-encoded path, no query string */
+    const char *query;            /* raw query string or NULL */
+    const char *authorization;    /* Authorization header or NULL */
+    const char *account_id;       /* wix-account-id header or NULL */
+    const char *body;
+    size_t body_len;
+} emu_request;
+
+typedef struct emu_response {
+    int status;
+    char *body;                   /* malloc'd; JSON, or "" for 5xx */
+    size_t body_len;
+    int retry_after;              /* seconds; > 0 means send Retry-After */
+    int drop;                     /* close the connection without an answer */
+    int latency_ms;               /* wait this long before answering */
+    char request_id[40];          /* sent as x-wix-request-id */
+} emu_response;
+
+/* Hard caps the HTTP front enforces before the core sees a request. */
+#define EMU_MAX_BODY (1024 * 1024)
+#define EMU_MAX_JSON_DEPTH 64
+
+emu_t *emu_open(const emu_options *o, char *err, size_t errlen);
+void emu_close(emu_t *e);
+void emu_handle(emu_t *e, const emu_request *req, emu_response *resp);
+void emu_response_free(emu_response *resp);
+
+/* Builds a Wix-shaped error body: {"message", "details": {"applicationError": ...}}. */
+void emu_error_response(emu_response *resp, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+#endif
