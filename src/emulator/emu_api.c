@@ -565,8 +565,10 @@ static void api_create(emu_ctx *c, int v2)
         if (it->p->expires_days)
             sqlite3_bind_int64(s, 13, c->now + (long long)it->p->expires_days * 86400000LL);
         sqlite3_bind_int64(s, 14, c->now);
-        if (c->e->enable_delay_ms >= 0)
+        if (c->e->enable_delay_ms >= 0) {
             sqlite3_bind_int64(s, 15, c->now + c->e->enable_delay_ms);
+            emu_store_schedule(c->e, c->now + c->e->enable_delay_ms);
+        }
         sqlite3_bind_text(s, 16, it->p->delivery, -1, SQLITE_STATIC);
         if (!strcmp(it->p->delivery, "FAILED"))
             sqlite3_bind_text(s, 17, it->p->failure_code, -1, SQLITE_STATIC);

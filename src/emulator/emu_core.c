@@ -535,10 +535,12 @@ void emu_handle(emu_t *e, const emu_request *req, emu_response *resp)
             goto out;
     }
 
-    if (emu_begin(e) < 0) {
+    if ((is_mutating(route) ? emu_begin(e) : emu_begin_read(e)) < 0) {
         emu_error_response(resp, 500, "INTERNAL", "database busy");
         goto out;
     }
+    /* Deliveries that came due are applied first, so every answer shows
+     * them; a failed request rolls them back and the next one applies them. */
     emu_store_deliver_due(e, c.now);
     resp->status = 0;
     emu_api_dispatch(&c, route);
@@ -551,8 +553,7 @@ void emu_handle(emu_t *e, const emu_request *req, emu_response *resp)
         }
     } else {
         emu_rollback(e);
-        /* Deliveries that came due still happen: they are not the caller's doing. */
-        emu_store_deliver_due(e, c.now);
+        emu_store_refresh_due(e); /* forget what the rolled-back request scheduled */
     }
     if (fault_status && fault_after) {
         fault = resp->drop ? "drop-after" : "error-after";

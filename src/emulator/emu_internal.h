@@ -93,6 +93,7 @@ struct emu {
     emu_catalog cat;
     char *api_keys;               /* comma-separated, or NULL */
     long long enable_delay_ms;
+    long long next_due;           /* earliest pending delivery (LLONG_MAX: none) */
     uint64_t rng;
 
     emu_fault faults[EMU_MAX_FAULTS];
@@ -154,8 +155,8 @@ enum {
     ST_PKG_BY_ID, ST_PKG_BY_SEQ, ST_PKG_INSERT, ST_PKG_TOUCH, ST_PKG_SET_EXT,
     ST_INST_OF_PKG, ST_INST_GET, ST_INST_INSERT, ST_INST_SET_STATUS, ST_INST_SET_SITE,
     ST_INST_ADJUST, ST_INST_MARK_REF, ST_INST_LIVE_ON_SITE, ST_INST_COUNT_PRODUCT,
-    ST_DUE_PKG, ST_DUE_INST, ST_IDEM_GET, ST_IDEM_PUT, ST_BEGIN, ST_COMMIT, ST_ROLLBACK,
-    ST_PKG_SCOPE, ST_PKG_COUNT, ST_INST_COUNT_STATUS, ST_ACCOUNT_LIST, ST_SITE_LIST,
+    ST_DUE_PKG, ST_DUE_INST, ST_IDEM_GET, ST_IDEM_PUT, ST_BEGIN, ST_BEGIN_READ, ST_COMMIT, ST_ROLLBACK,
+    ST_PKG_SCOPE, ST_PKG_COUNT, ST_NEXT_DUE, ST_INST_COUNT_STATUS, ST_ACCOUNT_LIST, ST_SITE_LIST,
     ST__COUNT
 };
 int emu_store_open(emu_t *e, const char *path, char *err, size_t errlen);
@@ -164,10 +165,16 @@ int emu_store_seed(emu_t *e, char *err, size_t errlen);
 int emu_store_reset(emu_t *e);
 sqlite3_stmt *emu_stmt(emu_t *e, int which);
 int emu_begin(emu_t *e);
+int emu_begin_read(emu_t *e);
 int emu_commit(emu_t *e);
 void emu_rollback(emu_t *e);
-/* Moves PENDING instances whose delivery time has come to their delivered status. */
+/* Moves PENDING instances whose delivery time has come to their delivered
+ * status. Costs nothing until e->next_due. */
 void emu_store_deliver_due(emu_t *e, long long now);
+/* Notes a delivery scheduled at `at` (keeps e->next_due the earliest). */
+void emu_store_schedule(emu_t *e, long long at);
+/* Recomputes e->next_due from the store. */
+void emu_store_refresh_due(emu_t *e);
 /* Writes the package with this seq as a JSON object. Returns 0, or -1 when absent. */
 int emu_render_package(emu_t *e, long long seq, json_writer *w);
 /* Finds a package by id; fills seq/account/parent. Returns 0 or -1. */

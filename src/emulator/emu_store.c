@@ -5,6 +5,7 @@
  * Every statement is prepared once at open; emu_stmt() hands one out reset
  * and with its bindings cleared.
  */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,10 +77,12 @@ static const char *const sql[ST__COUNT] = {
     [ST_IDEM_PUT] = "INSERT OR REPLACE INTO idempotency(account_id, key, route, status, body, created)"
                     " VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_BEGIN_READ] = "BEGIN",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_PKG_SCOPE] = "SELECT seq, created, updated FROM packages WHERE parent_account_id = ?1",
     [ST_PKG_COUNT] = "SELECT count(*) FROM packages",
+    [ST_NEXT_DUE] = "SELECT min(deliver_at) FROM instances WHERE status = 'PENDING' AND deliver_at IS NOT NULL",
     [ST_INST_COUNT_STATUS] = "SELECT status, count(*) FROM instances GROUP BY status ORDER BY status",
     [ST_ACCOUNT_LIST] = "SELECT id, parent_id, type, name FROM accounts ORDER BY rowid",
     [ST_SITE_LIST] = "SELECT id, account_id, name FROM sites ORDER BY rowid",
@@ -95,7 +98,7 @@ int emu_store_open(emu_t *e, const char *path, char *err, size_t errlen)
     }
     char *msg = NULL;
     if (sqlite3_exec(e->db,
-                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-4000;"
+                     "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-4000;"
                      "PRAGMA busy_timeout=5000;",
                      NULL, NULL, &msg) != SQLITE_OK ||
         sqlite3_exec(e->db, schema, NULL, NULL, &msg) != SQLITE_OK) {
@@ -138,6 +141,7 @@ static int exec_simple(emu_t *e, int which)
 }
 
 int emu_begin(emu_t *e) { return exec_simple(e, ST_BEGIN); }
+int emu_begin_read(emu_t *e) { return exec_simple(e, ST_BEGIN_READ); }
 int emu_commit(emu_t *e) { return exec_simple(e, ST_COMMIT); }
 void emu_rollback(emu_t *e)
 {
@@ -170,6 +174,7 @@ int emu_store_seed(emu_t *e, char *err, size_t errlen)
     }
     if (emu_commit(e) < 0)
         goto fail;
+    emu_store_refresh_due(e);
     return 0;
 fail:
     snprintf(err, errlen, "seeding accounts: %s", sqlite3_errmsg(e->db));
@@ -188,16 +193,33 @@ int emu_store_reset(emu_t *e)
     return emu_store_seed(e, err, sizeof err);
 }
 
+void emu_store_refresh_due(emu_t *e)
+{
+    sqlite3_stmt *s = emu_stmt(e, ST_NEXT_DUE);
+    e->next_due = LLONG_MAX;
+    if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL)
+        e->next_due = sqlite3_column_int64(s, 0);
+    sqlite3_reset(s);
+}
+
+void emu_store_schedule(emu_t *e, long long at)
+{
+    if (at < e->next_due)
+        e->next_due = at;
+}
+
 void emu_store_deliver_due(emu_t *e, long long now)
 {
+    if (now < e->next_due)
+        return;
     sqlite3_stmt *s = emu_stmt(e, ST_DUE_PKG);
     sqlite3_bind_int64(s, 1, now);
     sqlite3_step(s);
-    if (sqlite3_changes(e->db) == 0)
-        return;
     s = emu_stmt(e, ST_DUE_INST);
     sqlite3_bind_int64(s, 1, now);
     sqlite3_step(s);
+    sqlite3_reset(s);
+    emu_store_refresh_due(e);
 }
 
 static const char *col(sqlite3_stmt *s, int i)

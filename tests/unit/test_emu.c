@@ -1,1 +1,244 @@
-int main(void){return 0;}
+/*
+ * Unit tests of the emulator as a library: requests in, responses out, no
+ * socket. Covers the catalog loader's errors, the store across a reopen,
+ * delivery, idempotency and the query-filter evaluator.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "emulator/emu_internal.h"
+
+#define RESELLER "11111111-2222-4333-8444-555555555555"
+#define JANE "33333333-4444-4555-8666-777777777777"
+#define BOB "44444444-5555-4666-8777-888888888888"
+#define JANE_SITE "c0000000-0000-4000-8000-000000000001"
+#define CORE "7a1c0e52-3b4d-4f6a-9c21-0d5e8f7a1b02"
+#define CATALOG WIXR_SOURCE_DIR "/config/catalog.yaml"
+
+static emu_t *open_emu(const char *db, long long delay)
+{
+    char err[512];
+    emu_options o = {.db_path = db, .catalog_path = CATALOG, .enable_delay_ms = delay, .seed = 42};
+    emu_t *e = emu_open(&o, err, sizeof err);
+    if (!e)
+        fprintf(stderr, "emu_open: %s\n", err);
+    return e;
+}
+
+/* Sends one request; returns the status and leaves the parsed body in *out. */
+static int call(emu_t *e, const char *method, const char *path, const char *account, const char *body,
+                json_doc **doc, json_value **out)
+{
+    emu_request rq = {.method = method, .path = path, .authorization = "test-key", .account_id = account,
+                      .body = body, .body_len = body ? strlen(body) : 0};
+    emu_response rs;
+    emu_handle(e, &rq, &rs);
+    *out = rs.body_len ? json_parse(rs.body, rs.body_len, 0, doc, NULL) : NULL;
+    if (!rs.body_len)
+        *doc = NULL;
+    int st = rs.status;
+    emu_response_free(&rs);
+    return st;
+}
+
+static const char *app_code(const json_value *v)
+{
+    return json_get_str(json_get(json_get(v, "details"), "applicationError"), "code");
+}
+
+static const char *create_body = "{\"idempotencyKey\":\"order-1\",\"externalId\":\"sub-1\",\"products\":[{"
+                                 "\"catalogProductId\":\"" CORE "\",\"siteId\":\"" JANE_SITE "\","
+                                 "\"countryCode\":\"de\",\"billingInfo\":{\"type\":\"RECURRING\","
+                                 "\"cycleDuration\":{\"unit\":\"YEAR\",\"count\":1}}}]}";
+
+static void test_catalog_errors(void)
+{
+    char path[] = "/tmp/wixr-catalog-XXXXXX";
+    int fd = mkstemp(path);
+    const char *bad = "products:\n  - id: 7a1c0e52-3b4d-4f6a-9c21-0d5e8f7a1b01\n    name: X\n    type: t\n"
+                      "    cycles: [{type: RECURRING, unit: FORTNIGHT}]\n";
+    CHECK(write(fd, bad, strlen(bad)) == (ssize_t)strlen(bad));
+    close(fd);
+    emu_catalog cat;
+    char err[512];
+    CHECK(emu_catalog_load(&cat, path, err, sizeof err) < 0);
+    char want[600];
+    snprintf(want, sizeof want, "%s:5:38: unit: 'FORTNIGHT' is not DAY, WEEK, MONTH or YEAR", path);
+    CHECK_STR(err, want);
+
+    const char *typo = "products:\n  - id: 7a1c0e52-3b4d-4f6a-9c21-0d5e8f7a1b01\n    name: X\n    type: t\n"
+                       "    cycle: []\n";
+    FILE *f = fopen(path, "w");
+    fputs(typo, f);
+    fclose(f);
+    CHECK(emu_catalog_load(&cat, path, err, sizeof err) < 0);
+    snprintf(want, sizeof want, "%s:5:5: unknown key 'cycle' in a product (did you mean 'cycles'?)", path);
+    CHECK_STR(err, want);
+    unlink(path);
+
+    CHECK(emu_catalog_load(&cat, CATALOG, err, sizeof err) == 0);
+    CHECK(cat.nproducts >= 10);
+    CHECK(emu_product_find(&cat, CORE) != NULL);
+    emu_catalog_free(&cat);
+}
+
+static void test_create_get_persist(void)
+{
+    char db[] = "/tmp/wixr-emu-XXXXXX";
+    int fd = mkstemp(db);
+    close(fd);
+    emu_t *e = open_emu(db, 0);
+    CHECK(e != NULL);
+    if (!e)
+        return;
+    json_doc *d;
+    json_value *v;
+    CHECK_INT(call(e, "POST", "/resellers/v2/packages", JANE, create_body, &d, &v), 200);
+    json_value *pkg = json_get(v, "package");
+    char id[64], iid[64];
+    snprintf(id, sizeof id, "%s", json_get_str(pkg, "id"));
+    json_value *inst = json_get(pkg, "productInstances")->u.kids.head;
+    snprintf(iid, sizeof iid, "%s", json_get_str(inst, "instanceId"));
+    CHECK_STR(json_get_str(v, "idempotencyKey"), "order-1");
+    CHECK_STR(json_get_str(pkg, "accountId"), JANE);
+    CHECK_STR(json_get_str(pkg, "parentAccountId"), RESELLER);
+    CHECK_STR(json_get_str(inst, "status"), "PENDING");
+    CHECK_STR(json_get_str(inst, "countryCode"), "DE");
+    CHECK(emu_is_guid(id) && emu_is_guid(iid) && strcmp(id, iid) != 0);
+    json_doc_free(d);
+
+    /* The same key again: the first answer, and still one package. */
+    CHECK_INT(call(e, "POST", "/resellers/v2/packages", JANE, create_body, &d, &v), 200);
+    CHECK_STR(json_get_str(json_get(v, "package"), "id"), id);
+    json_doc_free(d);
+    CHECK_INT(call(e, "GET", "/__admin/stats", NULL, NULL, &d, &v), 200);
+    CHECK_INT(json_get(v, "packages")->u.number, 1);
+    json_doc_free(d);
+    emu_close(e);
+
+    /* Reopen the same file: the package is there and has been delivered. */
+    e = open_emu(db, 0);
+    char path[128];
+    snprintf(path, sizeof path, "/resellers/v1/packages/%s", id);
+    CHECK_INT(call(e, "GET", path, JANE, NULL, &d, &v), 200);
+    inst = json_get(json_get(v, "package"), "productInstances")->u.kids.head;
+    CHECK_STR(json_get_str(inst, "status"), "ENABLED");
+    CHECK_STR(json_get_str(inst, "instanceId"), iid);
+    json_doc_free(d);
+    /* A sibling sub-account cannot see it; the reseller can. */
+    CHECK_INT(call(e, "GET", path, BOB, NULL, &d, &v), 404);
+    CHECK_STR(app_code(v), "PACKAGE_NOT_FOUND");
+    json_doc_free(d);
+    CHECK_INT(call(e, "GET", path, RESELLER, NULL, &d, &v), 200);
+    json_doc_free(d);
+    emu_close(e);
+    unlink(db);
+    char side[160];
+    snprintf(side, sizeof side, "%s-wal", db);
+    unlink(side);
+    snprintf(side, sizeof side, "%s-shm", db);
+    unlink(side);
+}
+
+static void test_rules_rollback(void)
+{
+    emu_t *e = open_emu(":memory:", -1);
+    json_doc *d;
+    json_value *v;
+    /* Two products; the second breaks a rule: nothing at all is written. */
+    const char *body = "{\"products\":[{\"catalogProductId\":\"" CORE "\",\"countryCode\":\"DE\","
+                       "\"billingInfo\":{\"type\":\"RECURRING\",\"cycleDuration\":{\"unit\":\"MONTH\",\"count\":1}}},"
+                       "{\"catalogProductId\":\"" CORE "\",\"countryCode\":\"DE\","
+                       "\"billingInfo\":{\"type\":\"RECURRING\",\"cycleDuration\":{\"unit\":\"WEEK\",\"count\":1}}}]}";
+    CHECK_INT(call(e, "POST", "/resellers/v2/packages", JANE, body, &d, &v), 428);
+    CHECK_STR(app_code(v), "INCOMPATIBLE_BILLING_CYCLE");
+    json_doc_free(d);
+    CHECK_INT(call(e, "GET", "/__admin/stats", NULL, NULL, &d, &v), 200);
+    CHECK_INT(json_get(v, "packages")->u.number, 0);
+    json_doc_free(d);
+    /* Never delivered with delay -1. */
+    CHECK_INT(call(e, "POST", "/resellers/v2/packages", JANE, create_body, &d, &v), 200);
+    json_doc_free(d);
+    CHECK_INT(call(e, "POST", "/resellers/v1/packages/query", JANE,
+                   "{\"query\":{\"filter\":{\"productInstances.status\":{\"$hasSome\":[\"PENDING\"]}}}}", &d, &v),
+              200);
+    CHECK_INT(json_get(json_get(v, "metadata"), "count")->u.number, 1);
+    json_doc_free(d);
+    /* No auth, no account. */
+    emu_request rq = {.method = "GET", .path = "/resellers/v1/packages/x"};
+    emu_response rs;
+    emu_handle(e, &rq, &rs);
+    CHECK_INT(rs.status, 401);
+    emu_response_free(&rs);
+    rq.authorization = "k";
+    emu_handle(e, &rq, &rs);
+    CHECK_INT(rs.status, 403);
+    emu_response_free(&rs);
+    emu_close(e);
+}
+
+static int match(const char *filter, const char *pkg)
+{
+    json_doc *fd, *pd;
+    json_value *f = json_parse(filter, strlen(filter), 0, &fd, NULL);
+    json_value *p = json_parse(pkg, strlen(pkg), 0, &pd, NULL);
+    char field[160], msg[256];
+    int r = -1;
+    if (f && p && emu_filter_validate(f, field, sizeof field, msg, sizeof msg) == 0)
+        r = emu_filter_match(f, p);
+    json_doc_free(fd);
+    json_doc_free(pd);
+    return r;
+}
+
+static void test_filter(void)
+{
+    const char *pkg = "{\"id\":\"p1\",\"accountId\":\"a1\",\"externalId\":\"x\",\"createdDate\":\"2024-05-01T10:00:00.000Z\","
+                      "\"productInstances\":[{\"status\":\"ENABLED\",\"siteId\":\"s1\"},{\"status\":\"PENDING\","
+                      "\"billingInfo\":{\"type\":\"RECURRING\",\"cycleDuration\":{\"unit\":\"YEAR\",\"count\":1}}}]}";
+    CHECK_INT(match("{\"id\":\"p1\"}", pkg), 1);
+    CHECK_INT(match("{\"id\":{\"$ne\":\"p1\"}}", pkg), 0);
+    CHECK_INT(match("{\"accountId\":{\"$in\":[\"a0\",\"a1\"]}}", pkg), 1);
+    CHECK_INT(match("{\"externalId\":{\"$exists\":false}}", pkg), 0);
+    CHECK_INT(match("{\"createdDate\":{\"$gt\":\"2024-05-01T09:59:59Z\"}}", pkg), 1);
+    CHECK_INT(match("{\"createdDate\":{\"$lt\":\"2024-05-01T10:00:00Z\"}}", pkg), 0);
+    CHECK_INT(match("{\"createdDate\":{\"$gte\":\"2024-05-01T10:00:00Z\",\"$lte\":\"2024-05-01T10:00:00.000Z\"}}", pkg), 1);
+    CHECK_INT(match("{\"productInstances.status\":{\"$hasAll\":[\"ENABLED\",\"PENDING\"]}}", pkg), 1);
+    CHECK_INT(match("{\"productInstances.status\":{\"$hasAll\":[\"ENABLED\",\"FAILED\"]}}", pkg), 0);
+    CHECK_INT(match("{\"productInstances.status\":{\"$hasSome\":[\"FAILED\",\"PENDING\"]}}", pkg), 1);
+    CHECK_INT(match("{\"productInstances.billingInfo.cycleDuration.count\":{\"$hasSome\":[1]}}", pkg), 1);
+    CHECK_INT(match("{\"$or\":[{\"id\":\"zz\"},{\"accountId\":\"a1\"}]}", pkg), 1);
+    CHECK_INT(match("{\"$and\":[{\"id\":\"p1\"},{\"accountId\":\"zz\"}]}", pkg), 0);
+    CHECK_INT(match("{\"$not\":{\"id\":\"p1\"}}", pkg), 0);
+    /* Refused by validation. */
+    CHECK_INT(match("{\"name\":\"x\"}", pkg), -1);
+    CHECK_INT(match("{\"productInstances.status\":\"ENABLED\"}", pkg), -1);
+    CHECK_INT(match("{\"id\":{\"$gt\":\"a\"}}", pkg), -1);
+    CHECK_INT(match("{\"createdDate\":{\"$gt\":\"yesterday\"}}", pkg), -1);
+    CHECK_INT(match("{\"id\":{\"$in\":\"p1\"}}", pkg), -1);
+}
+
+static void test_dates(void)
+{
+    long long ms;
+    char out[64];
+    CHECK(emu_parse_date("2021-12-02T15:45:30.941Z", &ms) == 0);
+    emu_format_date(ms, out);
+    CHECK_STR(out, "2021-12-02T15:45:30.941Z");
+    CHECK(emu_parse_date("2021-12-02T15:45:30Z", &ms) == 0 && ms % 1000 == 0);
+    CHECK(emu_parse_date("2021-12-02 15:45:30Z", &ms) < 0);
+    CHECK(emu_parse_date("2021-13-02T15:45:30Z", &ms) < 0);
+}
+
+int main(void)
+{
+    test_catalog_errors();
+    test_create_get_persist();
+    test_rules_rollback();
+    test_filter();
+    test_dates();
+    return check_report();
+}

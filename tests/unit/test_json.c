@@ -1,1 +1,132 @@
-int main(void){return 0;}
+/* Unit tests of the JSON reader and writer. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "json/json.h"
+
+static json_value *parse(const char *s, json_doc **d, json_error *e)
+{
+    return json_parse(s, strlen(s), 0, d, e);
+}
+
+static void test_values(void)
+{
+    json_doc *d;
+    json_error e;
+    json_value *v = parse(" {\"a\": [1, -2.5e3, true, false, null, \"x\\u00e9\\ud83d\\ude00\"], \"b\": {}} ", &d, &e);
+    CHECK(v && v->type == JSON_OBJECT);
+    json_value *a = json_get(v, "a");
+    CHECK(a && a->type == JSON_ARRAY && a->u.kids.n == 6);
+    json_value *k = a->u.kids.head;
+    CHECK(k->type == JSON_NUMBER && k->u.number == 1 && k->is_int);
+    k = k->next;
+    CHECK(k->type == JSON_NUMBER && k->u.number == -2500 && !k->is_int);
+    k = k->next;
+    CHECK(k->type == JSON_BOOL && k->u.boolean);
+    k = k->next->next->next;
+    CHECK_STR(k->u.str.s, "x\xc3\xa9\xf0\x9f\x98\x80");
+    CHECK(json_get(v, "b")->type == JSON_OBJECT);
+    CHECK(json_get(v, "missing") == NULL);
+    json_doc_free(d);
+}
+
+static void test_errors(void)
+{
+    static const struct {
+        const char *text;
+        int line, col;
+        const char *msg;
+    } cases[] = {
+        {"{\"a\": }", 1, 7, "unexpected character"},
+        {"[1, 2", 1, 6, "',' or ']' expected in array"},
+        {"{\"a\" 1}", 1, 6, "':' expected after object key"},
+        {"\"abc", 1, 1, "unterminated string"},
+        {"01", 1, 2, "trailing characters after the JSON value"},
+        {"{}\n  x", 2, 3, "trailing characters after the JSON value"},
+        {"\"\\ud800\"", 1, 8, "unpaired surrogate in \\u escape"},
+        {"\"\xff\"", 1, 2, "invalid UTF-8 in string"},
+        {"\"a\nb\"", 1, 3, "control character in string"},
+        {"1.", 1, 3, "bad number: digit expected after '.'"},
+        {"", 1, 1, "unexpected end of input"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_doc *d;
+        json_error e;
+        CHECK(parse(cases[i].text, &d, &e) == NULL);
+        CHECK_INT(e.line, cases[i].line);
+        CHECK_INT(e.col, cases[i].col);
+        CHECK_STR(e.msg, cases[i].msg);
+        json_doc_free(d);
+    }
+}
+
+static void test_depth(void)
+{
+    char deep[2100];
+    for (int i = 0; i < 1000; i++)
+        deep[i] = '[';
+    for (int i = 0; i < 1000; i++)
+        deep[1000 + i] = ']';
+    deep[2000] = '\0';
+    json_doc *d;
+    json_error e;
+    CHECK(json_parse(deep, 2000, 64, &d, &e) == NULL);
+    CHECK_STR(e.msg, "nesting too deep");
+    json_doc_free(d);
+    CHECK(json_parse(deep + 936, 128, 64, &d, &e) != NULL); /* exactly 64 deep is fine */
+    json_doc_free(d);
+}
+
+static void test_writer_roundtrip(void)
+{
+    const char *src = "{\"s\":\"q\\\"\\\\\\n\\u0001\",\"n\":[1,2.5,-3],\"o\":{\"t\":true,\"z\":null}}";
+    json_doc *d;
+    json_error e;
+    json_value *v = parse(src, &d, &e);
+    CHECK(v != NULL);
+    buf_t b;
+    buf_init(&b, 0);
+    json_writer w;
+    jw_init(&w, &b);
+    jw_value(&w, v);
+    CHECK_STR(buf_cstr(&b), src);
+    buf_free(&b);
+    json_doc_free(d);
+
+    buf_init(&b, 0);
+    jw_init(&w, &b);
+    jw_obj(&w);
+    jw_kstr(&w, "a", "x");
+    jw_kstr(&w, "skipped", NULL);
+    jw_key(&w, "list");
+    jw_arr(&w);
+    jw_int(&w, 1);
+    jw_obj(&w);
+    jw_obj_end(&w);
+    jw_arr_end(&w);
+    jw_obj_end(&w);
+    CHECK_STR(buf_cstr(&b), "{\"a\":\"x\",\"list\":[1,{}]}");
+    buf_free(&b);
+}
+
+static void test_buf_limit(void)
+{
+    buf_t b;
+    buf_init(&b, 8);
+    CHECK(buf_adds(&b, "12345678") == 0);
+    CHECK(buf_addc(&b, '9') < 0);
+    CHECK(b.failed);
+    CHECK_INT(b.len, 8);
+    buf_free(&b);
+}
+
+int main(void)
+{
+    test_values();
+    test_errors();
+    test_depth();
+    test_writer_roundtrip();
+    test_buf_limit();
+    return check_report();
+}

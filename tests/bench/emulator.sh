@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Benchmark: the emulator over HTTP/1.1 keep-alive (wrk), and its memory with
+# many packages stored. Prints one table: figure, target, ratio.
+#   tests/bench/emulator.sh WIXR_BINARY
+# Environment: BENCH_SECONDS (default 5), BENCH_CONNECTIONS (default 8),
+# BENCH_PACKAGES (default 100000).
+set -euo pipefail
+bin=${1:?usage: emulator.sh WIXR_BINARY}
+here=$(cd "$(dirname "$0")" && pwd)
+secs=${BENCH_SECONDS:-5}
+conns=${BENCH_CONNECTIONS:-8}
+want=${BENCH_PACKAGES:-100000}
+account=33333333-4444-4555-8666-777777777777
+
+work=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+"$bin" sandbox serve --db "$work/bench.db" --listen 127.0.0.1:0 --port-file "$work/port" 2>"$work/log" &
+pid=$!
+for _ in $(seq 100); do [[ -s "$work/port" ]] && break; sleep 0.05; done
+base="http://127.0.0.1:$(cat "$work/port")"
+
+rate() { # wrk output -> requests/s, failing on any non-200
+  local out=$1
+  grep -q '^non200=0$' <<<"$out" || { echo "benchmark saw non-200 answers:" >&2; echo "$out" >&2; exit 1; }
+  awk '/^Requests\/sec:/ {printf "%d", $2}' <<<"$out"
+}
+packages() { curl -s "$base/__admin/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["packages"])'; }
+
+create=$(rate "$(wrk -t2 -c"$conns" -d"${secs}s" -s "$here/wrk_create.lua" "$base")")
+id=$(curl -s -X POST "$base/resellers/v1/packages/query" -H "Authorization: bench" -H "wix-account-id: $account" \
+       -d '{"query":{"cursorPaging":{"limit":1}}}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["packages"][0]["id"])')
+get=$(BENCH_PACKAGE=$id rate "$(BENCH_PACKAGE=$id wrk -t2 -c"$conns" -d"${secs}s" -s "$here/wrk_get.lua" "$base")")
+get1=$(BENCH_PACKAGE=$id rate "$(BENCH_PACKAGE=$id wrk -t1 -c1 -d"${secs}s" -s "$here/wrk_get.lua" "$base")")
+
+# Fill up to $want packages, then measure the resident set size.
+while (( $(packages) < want )); do
+  wrk -t2 -c"$conns" -d2s -s "$here/wrk_create.lua" "$base" >/dev/null
+done
+n=$(packages)
+get_full=$(BENCH_PACKAGE=$id rate "$(BENCH_PACKAGE=$id wrk -t2 -c"$conns" -d"${secs}s" -s "$here/wrk_get.lua" "$base")")
+rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+
+printf '\nEmulator over HTTP (wrk, keep-alive, %d connections, %ss each, %d cores)\n' "$conns" "$secs" "$(nproc)"
+printf '%-44s %14s %14s %8s\n' "figure" "measured" "target" "ratio"
+row() { printf '%-44s %14s %14s %7.2fx\n' "$1" "$2" "$3" "$4"; }
+row "Create Package V2 (requests/s)" "$create" ">= 2000" "$(echo "$create / 2000" | bc -l)"
+row "Get Package (requests/s)" "$get" ">= 10000" "$(echo "$get / 10000" | bc -l)"
+row "Get Package, 1 connection (requests/s)" "$get1" "-" "$(echo "$get1 / 10000" | bc -l)"
+row "Get Package with $n stored (requests/s)" "$get_full" ">= 10000" "$(echo "$get_full / 10000" | bc -l)"
+row "RSS with $n packages (MB)" "$(echo "scale=1; $rss_kb / 1024" | bc)" "< 40" "$(echo "40 * 1024 / $rss_kb" | bc -l)"
