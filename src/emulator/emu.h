@@ -49,6 +49,8 @@ emu_t *emu_open(const emu_options *o, char *err, size_t errlen);
 void emu_close(emu_t *e);
 void emu_handle(emu_t *e, const emu_request *req, emu_response *resp);
 void emu_response_free(emu_response *resp);
+/* Answers a request whose body was over EMU_MAX_BODY (413), logged like any other. */
+void emu_reject_too_large(emu_t *e, const emu_request *req, emu_response *resp);
 
 /* Builds a Wix-shaped error body: {"message", "details": {"applicationError": ...}}. */
 void emu_error_response(emu_response *resp, int status, const char *code, const char *fmt, ...)

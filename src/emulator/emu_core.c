@@ -462,6 +462,17 @@ static void new_request_id(emu_t *e, emu_response *resp)
              (unsigned long long)(e->log_seq + 1));
 }
 
+void emu_reject_too_large(emu_t *e, const emu_request *req, emu_response *resp)
+{
+    memset(resp, 0, sizeof *resp);
+    pthread_mutex_lock(&e->lock);
+    new_request_id(e, resp);
+    emu_error_response(resp, 413, "PAYLOAD_TOO_LARGE", "The request body is larger than %d bytes", EMU_MAX_BODY);
+    if (strncmp(req->path, "/__admin", 8) != 0)
+        emu_log_add(e, req, req->account_id, NULL, 413, "");
+    pthread_mutex_unlock(&e->lock);
+}
+
 void emu_handle(emu_t *e, const emu_request *req, emu_response *resp)
 {
     memset(resp, 0, sizeof *resp);

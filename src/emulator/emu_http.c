@@ -102,11 +102,6 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         return MHD_YES;
     }
     emu_response r;
-    if (st->too_big) {
-        memset(&r, 0, sizeof r);
-        emu_error_response(&r, 413, "PAYLOAD_TOO_LARGE", "The request body is larger than %d bytes", EMU_MAX_BODY);
-        return send_json(conn, &r);
-    }
     buf_t q;
     buf_init(&q, 4096);
     MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, add_arg, &q);
@@ -119,7 +114,10 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         .body = st->body.data,
         .body_len = st->body.len,
     };
-    emu_handle(srv->e, &req, &r);
+    if (st->too_big)
+        emu_reject_too_large(srv->e, &req, &r);
+    else
+        emu_handle(srv->e, &req, &r);
     buf_free(&q);
     if (r.latency_ms > 0) {
         struct timespec ts = {r.latency_ms / 1000, (long)(r.latency_ms % 1000) * 1000000L};
