@@ -12,6 +12,7 @@
 #define EXIT_BAD_INPUT 3
 
 int cmd_sandbox(int argc, char **argv);
+int cmd_run(int argc, char **argv);
 
 /* Where shipped files (config/, lua/) live: $WIXR_HOME, else the source
  * tree the binary was built from. */

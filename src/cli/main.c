@@ -18,6 +18,7 @@ static const char usage[] =
     "usage: wixr COMMAND [ARGS]\n"
     "\n"
     "Commands:\n"
+    "  run SCRIPT      run a Lua script with the wix module\n"
     "  sandbox serve   run the Resellers API emulator over HTTP\n"
     "  version         print the version\n"
     "  help            print this help\n"
@@ -51,6 +52,8 @@ int main(int argc, char **argv)
         printf("wixr %s\n", WIXR_VERSION);
         return 0;
     }
+    if (!strcmp(cmd, "run"))
+        return cmd_run(argc - 1, argv + 1);
     if (!strcmp(cmd, "sandbox"))
         return cmd_sandbox(argc - 1, argv + 1);
     fprintf(stderr, "wixr: unknown command '%s'\n%s", cmd, usage);

@@ -674,3 +674,34 @@ void jw_value(json_writer *w, const json_value *v)
         break;
     }
 }
+
+static void indent(buf_t *b, int level)
+{
+    buf_addc(b, '\n');
+    for (int i = 0; i < level; i++)
+        buf_add(b, "  ", 2);
+}
+
+void json_pretty(buf_t *b, const json_value *v, int level)
+{
+    if ((v->type == JSON_ARRAY || v->type == JSON_OBJECT) && v->u.kids.n) {
+        int obj = v->type == JSON_OBJECT;
+        buf_addc(b, obj ? '{' : '[');
+        for (json_value *k = v->u.kids.head; k; k = k->next) {
+            indent(b, level + 1);
+            if (obj) {
+                json_quote(b, k->key, k->keylen);
+                buf_add(b, ": ", 2);
+            }
+            json_pretty(b, k, level + 1);
+            if (k->next)
+                buf_addc(b, ',');
+        }
+        indent(b, level);
+        buf_addc(b, obj ? '}' : ']');
+        return;
+    }
+    json_writer w;
+    jw_init(&w, b);
+    jw_value(&w, v);
+}

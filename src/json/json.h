@@ -80,6 +80,9 @@ void jw_value(json_writer *w, const json_value *v);
 /* Shorthand: key + string value, skipped when s is NULL. */
 void jw_kstr(json_writer *w, const char *k, const char *s);
 
+/* Writes v indented by two spaces per level (for people to read). */
+void json_pretty(buf_t *b, const json_value *v, int level);
+
 /* Appends s as a quoted JSON string to b. */
 void json_quote(buf_t *b, const char *s, size_t n);
 

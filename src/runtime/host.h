@@ -1,0 +1,40 @@
+/*
+ * host.h -- one embedded Lua 5.4 host: the state, the scheduler, the wix
+ * client, and the per-state context every C function reaches through
+ * lua_getextraspace (never a C global).
+ */
+#ifndef WIXR_HOST_H
+#define WIXR_HOST_H
+
+#include <lua.h>
+
+#include "../config/config.h"
+#include "../wix/client.h"
+#include "sched.h"
+
+typedef struct wixr_host {
+    lua_State *L;
+    sched_t *sched;
+    wix_client *client;
+    const wixr_config *cfg;
+    int dry_run;
+    int plan_ref;                 /* registry: list of planned calls (dry-run) */
+} wixr_host;
+
+/* Creates the host. Says once on stderr when the sandbox is used because no
+ * API key is configured. */
+wixr_host *host_new(const wixr_config *cfg, int dry_run, char *err, size_t errlen);
+void host_free(wixr_host *h);
+wixr_host *host_of(lua_State *L);
+
+/* Loads a script (text only, never bytecode). Returns LUA_OK and pushes the
+ * chunk, or an error status with the message pushed. */
+int host_load_script(wixr_host *h, const char *path);
+/* Pushes a value's one-line description for an error value (honours
+ * __tostring; tables without it are JSON-encoded). */
+const char *host_error_text(lua_State *L, int idx);
+
+/* Opens the wix.core C module (what lua/wix.lua is built on). */
+int luaopen_wix_core(lua_State *L);
+
+#endif

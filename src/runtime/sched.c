@@ -1,0 +1,292 @@
+/*
+ * sched.c -- tasks, timers and libcurl transfers in one loop (see sched.h).
+ */
+#define _GNU_SOURCE
+#include "sched.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct sched_task {
+    unsigned long id;
+    lua_State *co;
+    int ref;               /* registry ref keeping the thread alive */
+    int nargs;             /* values waiting on co's stack for the next resume */
+    int parked;
+    sched_done_fn done;
+    void *done_arg;
+    sched_task *next_ready;
+    sched_task *next_all, *prev_all;
+};
+
+typedef struct timer {
+    long long at;
+    unsigned long seq;
+    sched_fn fn;
+    void *arg;
+} timer;
+
+struct sched {
+    lua_State *L;
+    CURLM *multi;
+    int transfers;
+    sched_task *ready_head, *ready_tail;
+    sched_task *all;
+    sched_task *current;
+    unsigned long next_id;
+    int ntasks;
+    timer *timers;         /* binary min-heap on (at, seq) */
+    int ntimers, captimers;
+    unsigned long timer_seq;
+};
+
+long long sched_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+sched_t *sched_new(lua_State *L)
+{
+    sched_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->L = L;
+    s->multi = curl_multi_init();
+    if (!s->multi) {
+        free(s);
+        return NULL;
+    }
+    curl_multi_setopt(s->multi, CURLMOPT_MAXCONNECTS, 256L);
+    return s;
+}
+
+static void task_free(sched_t *s, sched_task *t)
+{
+    if (t->prev_all)
+        t->prev_all->next_all = t->next_all;
+    else
+        s->all = t->next_all;
+    if (t->next_all)
+        t->next_all->prev_all = t->prev_all;
+    luaL_unref(s->L, LUA_REGISTRYINDEX, t->ref);
+    s->ntasks--;
+    free(t);
+}
+
+void sched_free(sched_t *s)
+{
+    if (!s)
+        return;
+    while (s->all)
+        task_free(s, s->all);
+    curl_multi_cleanup(s->multi);
+    free(s->timers);
+    free(s);
+}
+
+static void push_ready(sched_t *s, sched_task *t)
+{
+    t->next_ready = NULL;
+    if (s->ready_tail)
+        s->ready_tail->next_ready = t;
+    else
+        s->ready_head = t;
+    s->ready_tail = t;
+}
+
+sched_task *sched_spawn(sched_t *s, lua_State *L, int nargs, sched_done_fn done, void *arg)
+{
+    sched_task *t = calloc(1, sizeof *t);
+    if (!t) {
+        lua_pop(L, nargs + 1);
+        return NULL;
+    }
+    t->co = lua_newthread(L);
+    t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_xmove(L, t->co, nargs + 1);
+    t->nargs = nargs;
+    t->id = ++s->next_id;
+    t->done = done;
+    t->done_arg = arg;
+    t->next_all = s->all;
+    if (s->all)
+        s->all->prev_all = t;
+    s->all = t;
+    s->ntasks++;
+    push_ready(s, t);
+    return t;
+}
+
+void sched_ready(sched_t *s, sched_task *t, int nvalues)
+{
+    t->nargs = nvalues;
+    push_ready(s, t);
+}
+
+sched_task *sched_current(sched_t *s) { return s->current; }
+lua_State *sched_task_thread(sched_task *t) { return t->co; }
+unsigned long sched_task_id(sched_task *t) { return t->id; }
+int sched_tasks_alive(sched_t *s) { return s->ntasks; }
+void sched_task_set_parked(sched_task *t, int parked) { t->parked = parked; }
+int sched_task_parked(const sched_task *t) { return t->parked; }
+
+sched_task *sched_task_by_id(sched_t *s, unsigned long id)
+{
+    for (sched_task *t = s->all; t; t = t->next_all)
+        if (t->id == id)
+            return t;
+    return NULL;
+}
+
+/* ---- timers ---- */
+
+static int timer_less(const timer *a, const timer *b)
+{
+    return a->at < b->at || (a->at == b->at && a->seq < b->seq);
+}
+
+int sched_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg)
+{
+    if (s->ntimers == s->captimers) {
+        int cap = s->captimers ? s->captimers * 2 : 64;
+        timer *p = realloc(s->timers, (size_t)cap * sizeof *p);
+        if (!p)
+            return -1;
+        s->timers = p;
+        s->captimers = cap;
+    }
+    int i = s->ntimers++;
+    timer t = {at_ms, ++s->timer_seq, fn, arg};
+    while (i > 0 && timer_less(&t, &s->timers[(i - 1) / 2])) {
+        s->timers[i] = s->timers[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    s->timers[i] = t;
+    return 0;
+}
+
+static timer timer_pop(sched_t *s)
+{
+    timer top = s->timers[0];
+    timer last = s->timers[--s->ntimers];
+    int i = 0;
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        const timer *mt = &last;
+        if (l < s->ntimers && timer_less(&s->timers[l], mt)) {
+            m = l;
+            mt = &s->timers[l];
+        }
+        if (r < s->ntimers && timer_less(&s->timers[r], mt))
+            m = r;
+        if (m == i)
+            break;
+        s->timers[i] = s->timers[m];
+        i = m;
+    }
+    if (s->ntimers)
+        s->timers[i] = last;
+    return top;
+}
+
+static void fire_timers(sched_t *s)
+{
+    long long now = sched_now_ms();
+    while (s->ntimers && s->timers[0].at <= now) {
+        timer t = timer_pop(s);
+        t.fn(t.arg);
+    }
+}
+
+/* ---- transfers ---- */
+
+int sched_add_transfer(sched_t *s, CURL *easy)
+{
+    if (curl_multi_add_handle(s->multi, easy) != CURLM_OK)
+        return -1;
+    s->transfers++;
+    return 0;
+}
+
+static void drain_transfers(sched_t *s)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(s->multi, &left))) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        CURL *easy = m->easy_handle;
+        CURLcode rc = m->data.result;
+        sched_transfer *x = NULL;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&x);
+        curl_multi_remove_handle(s->multi, easy);
+        s->transfers--;
+        if (x)
+            x->done(x, rc);
+    }
+}
+
+/* ---- the loop ---- */
+
+static void run_task(sched_t *s, sched_task *t)
+{
+    int nres = 0;
+    s->current = t;
+    int st = lua_resume(t->co, s->L, t->nargs, &nres);
+    s->current = NULL;
+    t->nargs = 0;
+    if (st == LUA_YIELD) {
+        lua_pop(t->co, nres);
+        return;
+    }
+    if (t->done)
+        t->done(t, t->co, st, t->done_arg);
+    task_free(s, t);
+}
+
+void sched_run(sched_t *s)
+{
+    for (;;) {
+        while (s->ready_head) {
+            sched_task *t = s->ready_head;
+            s->ready_head = t->next_ready;
+            if (!s->ready_head)
+                s->ready_tail = NULL;
+            run_task(s, t);
+        }
+        fire_timers(s);
+        if (s->ready_head)
+            continue;
+        if (s->transfers > 0) {
+            int running;
+            curl_multi_perform(s->multi, &running);
+            drain_transfers(s);
+            if (s->ready_head)
+                continue;
+            fire_timers(s);
+            if (s->ready_head)
+                continue;
+            long wait = 1000;
+            if (s->ntimers) {
+                long long d = s->timers[0].at - sched_now_ms();
+                wait = d < 0 ? 0 : d < 1000 ? (long)d : 1000;
+            }
+            if (s->transfers > 0)
+                curl_multi_poll(s->multi, NULL, 0, (int)wait, NULL);
+            continue;
+        }
+        if (s->ntimers) {
+            long long d = s->timers[0].at - sched_now_ms();
+            if (d > 0) {
+                struct timespec ts = {d / 1000, (long)(d % 1000) * 1000000L};
+                nanosleep(&ts, NULL);
+            }
+            continue;
+        }
+        break; /* nothing ready, no timers, no transfers */
+    }
+}

@@ -1,0 +1,54 @@
+/*
+ * sched.h -- the event loop: Lua coroutines ("tasks") resumed when what they
+ * wait for is done: a libcurl transfer (curl multi interface), a timer, or
+ * another task waking them.
+ *
+ * A C function called from a task starts some work, keeps the task pointer
+ * (sched_current), and returns lua_yield(L, 0). When the work completes, the
+ * code that finished it pushes the results on the task's thread and calls
+ * sched_ready(task, nresults): they become the C function's return values.
+ * Nothing is ever resumed from inside another resume.
+ */
+#ifndef WIXR_SCHED_H
+#define WIXR_SCHED_H
+
+#include <curl/curl.h>
+#include <lua.h>
+
+typedef struct sched sched_t;
+typedef struct sched_task sched_task;
+typedef void (*sched_fn)(void *arg);
+/* Called when a task ends: status is LUA_OK or an error status; the task's
+ * thread holds its results (or the error value) on its stack. */
+typedef void (*sched_done_fn)(sched_task *t, lua_State *co, int status, void *arg);
+
+/* A transfer's owner: CURLOPT_PRIVATE must point to one of these. */
+typedef struct sched_transfer {
+    void (*done)(struct sched_transfer *x, CURLcode rc);
+} sched_transfer;
+
+sched_t *sched_new(lua_State *L);
+void sched_free(sched_t *s);
+
+/* Starts a task running the function below its nargs arguments on L's
+ * stack (all popped). done (may be NULL) is called when it ends. */
+sched_task *sched_spawn(sched_t *s, lua_State *L, int nargs, sched_done_fn done, void *arg);
+/* Marks a waiting task runnable; nvalues were pushed on its thread. */
+void sched_ready(sched_t *s, sched_task *t, int nvalues);
+sched_task *sched_current(sched_t *s);
+lua_State *sched_task_thread(sched_task *t);
+unsigned long sched_task_id(sched_task *t);
+sched_task *sched_task_by_id(sched_t *s, unsigned long id);
+/* A parked task waits for sched_ready from another task (wix.core.suspend). */
+void sched_task_set_parked(sched_task *t, int parked);
+int sched_task_parked(const sched_task *t);
+/* Calls fn(arg) at (monotonic) ms. */
+int sched_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg);
+/* Adds an easy handle (whose CURLOPT_PRIVATE is a sched_transfer). */
+int sched_add_transfer(sched_t *s, CURL *easy);
+/* Runs until no task, timer or transfer is left. */
+void sched_run(sched_t *s);
+long long sched_now_ms(void);
+int sched_tasks_alive(sched_t *s);
+
+#endif

@@ -1,0 +1,50 @@
+/*
+ * client.h -- the wire under the wix module: one call = one API request,
+ * retried with backoff on transport errors, 429 and 5xx (honouring
+ * Retry-After) within a number of attempts and a time budget, throttled by a
+ * client-side sliding-window rate limit and a bound on requests in flight.
+ *
+ * Two transports behind one interface: "http" (libcurl multi on the
+ * scheduler, keep-alive connections reused) and "sandbox" (the emulator
+ * in-process, no socket). Every attempt writes one audit line when an audit
+ * sink is configured. The API key goes into the Authorization header and
+ * nowhere else.
+ */
+#ifndef WIXR_CLIENT_H
+#define WIXR_CLIENT_H
+
+#include <stddef.h>
+
+#include "../config/config.h"
+#include "../runtime/sched.h"
+
+typedef struct wix_client wix_client;
+
+typedef struct wix_result {
+    long status;                 /* HTTP status; 0 when no answer came */
+    const char *body;            /* answer body (valid during the callback) */
+    size_t body_len;
+    const char *request_id;      /* x-wix-request-id, or "" */
+    int attempts;
+    const char *error;           /* transport error text, or NULL */
+} wix_result;
+
+typedef void (*wix_done_fn)(void *arg, const wix_result *r);
+
+typedef struct wix_stats {
+    long long calls, attempts, retries, rate_waits, transport_errors;
+} wix_stats;
+
+/* Resolves the transport (auto: http with an API key, else sandbox). */
+wix_client *wix_client_new(const wix_settings *s, sched_t *sched, char *err, size_t errlen);
+void wix_client_free(wix_client *c);
+wix_transport wix_client_transport(const wix_client *c);
+const char *wix_client_default_account(const wix_client *c);
+const wix_stats *wix_client_stats(const wix_client *c);
+
+/* Starts one call; done is called exactly once, possibly before this
+ * returns. body may be NULL. idem_key is only for the audit line. */
+void wix_client_call(wix_client *c, const char *method, const char *path, const char *body, size_t body_len,
+                     const char *account_id, const char *idem_key, wix_done_fn done, void *arg);
+
+#endif

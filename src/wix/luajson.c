@@ -1,0 +1,309 @@
+/*
+ * luajson.c -- Lua <-> JSON with the wix naming rule (see luajson.h).
+ */
+#include "luajson.h"
+
+#include <lauxlib.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../json/json.h"
+
+size_t luajson_snake_to_camel(const char *in, size_t n, char *out, size_t outlen)
+{
+    size_t k = 0;
+    int up = 0, seg_start = 1;
+    for (size_t i = 0; i < n && k + 1 < outlen; i++) {
+        char c = in[i];
+        if (seg_start && c == '$') {
+            /* an operator segment: copy it as it is */
+            while (i < n && in[i] != '.' && k + 1 < outlen)
+                out[k++] = in[i++];
+            if (i < n && k + 1 < outlen)
+                out[k++] = '.';
+            continue;
+        }
+        seg_start = 0;
+        if (c == '.') {
+            out[k++] = c;
+            up = 0;
+            seg_start = 1;
+        } else if (c == '_' && k > 0 && out[k - 1] != '.' && i + 1 < n && in[i + 1] != '_' && in[i + 1] != '.') {
+            up = 1;
+        } else {
+            out[k++] = up && c >= 'a' && c <= 'z' ? (char)(c - 32) : c;
+            up = 0;
+        }
+    }
+    out[k] = '\0';
+    return k;
+}
+
+size_t luajson_camel_to_snake(const char *in, size_t n, char *out, size_t outlen)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n && k + 2 < outlen; i++) {
+        char c = in[i];
+        if (c >= 'A' && c <= 'Z' && i > 0 && in[0] != '$') {
+            out[k++] = '_';
+            out[k++] = (char)(c + 32);
+        } else {
+            out[k++] = c;
+        }
+    }
+    out[k] = '\0';
+    return k;
+}
+
+/* ---- encode ---- */
+
+typedef struct enc {
+    lua_State *L;
+    buf_t *b;
+    int camel;
+    char *err;
+    size_t errlen;
+} enc;
+
+static int list_key(const char *k, size_t n)
+{
+    static const char *const keys[] = {"products", "sort", "fields", "fieldsets", "$in", "$hasSome", "$hasAll",
+                                       "product_instances", "productInstances", NULL};
+    for (const char *const *p = keys; *p; p++)
+        if (strlen(*p) == n && !memcmp(*p, k, n))
+            return 1;
+    return 0;
+}
+
+static int encode_value(enc *e, int idx, int depth, const char *key, size_t keylen);
+
+static void put_key(enc *e, const char *k, size_t n)
+{
+    if (e->camel && memchr(k, '_', n)) {
+        char tmp[256];
+        if (n < sizeof tmp / 2) {
+            size_t m = luajson_snake_to_camel(k, n, tmp, sizeof tmp);
+            json_quote(e->b, tmp, m);
+            return;
+        }
+    }
+    json_quote(e->b, k, n);
+}
+
+/* Array if keys are exactly 1..n (n > 0). Returns n, 0 for an object, -1 for bad keys. */
+static long long array_length(lua_State *L, int idx)
+{
+    long long n = 0, max = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TNUMBER && lua_isinteger(L, -1)) {
+            long long k = lua_tointeger(L, -1);
+            if (k < 1) {
+                lua_pop(L, 1);
+                return 0;
+            }
+            if (k > max)
+                max = k;
+            n++;
+        } else {
+            lua_pop(L, 1);
+            return n ? -1 : 0; /* mixed keys */
+        }
+    }
+    return n && n == max ? n : (n ? -1 : 0);
+}
+
+static int encode_table(enc *e, int idx, int depth, const char *key, size_t keylen)
+{
+    lua_State *L = e->L;
+    if (depth > LUAJSON_MAX_DEPTH) {
+        snprintf(e->err, e->errlen, "table nested deeper than %d (a cycle?)", LUAJSON_MAX_DEPTH);
+        return -1;
+    }
+    luaL_checkstack(L, 6, "luajson");
+    int is_marked = 0;
+    if (lua_getmetatable(L, idx)) {
+        luaL_getmetatable(L, LUAJSON_ARRAY_MT);
+        is_marked = lua_rawequal(L, -1, -2);
+        lua_pop(L, 2);
+    }
+    long long n = array_length(L, idx);
+    if (n < 0) {
+        snprintf(e->err, e->errlen, "%s%.*s: a table mixes list items and named fields", key ? "" : "value",
+                 (int)(key ? keylen : 0), key ? key : "");
+        return -1;
+    }
+    if (n > 0 || is_marked || (n == 0 && key && list_key(key, keylen) && lua_rawlen(L, idx) == 0 &&
+                               (lua_pushnil(L), lua_next(L, idx) == 0))) {
+        buf_addc(e->b, '[');
+        for (long long i = 1; i <= n; i++) {
+            if (i > 1)
+                buf_addc(e->b, ',');
+            lua_rawgeti(L, idx, i);
+            int rc = encode_value(e, lua_gettop(L), depth + 1, NULL, 0);
+            lua_pop(L, 1);
+            if (rc < 0)
+                return -1;
+        }
+        buf_addc(e->b, ']');
+        return 0;
+    }
+    buf_addc(e->b, '{');
+    int first = 1;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        size_t kl;
+        const char *k;
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            lua_pop(L, 2);
+            snprintf(e->err, e->errlen, "%.*s: object keys must be strings", (int)(key ? keylen : 5),
+                     key ? key : "value");
+            return -1;
+        }
+        k = lua_tolstring(L, -2, &kl);
+        if (!first)
+            buf_addc(e->b, ',');
+        first = 0;
+        put_key(e, k, kl);
+        buf_addc(e->b, ':');
+        if (e->camel && lua_type(L, -1) == LUA_TSTRING &&
+            ((kl == 10 && !memcmp(k, "field_name", 10)) || (kl == 9 && !memcmp(k, "fieldName", 9)))) {
+            size_t vl;
+            const char *v = lua_tolstring(L, -1, &vl);
+            char tmp[256];
+            if (vl < sizeof tmp / 2)
+                json_quote(e->b, tmp, luajson_snake_to_camel(v, vl, tmp, sizeof tmp));
+            else
+                json_quote(e->b, v, vl);
+        } else if (encode_value(e, lua_gettop(L), depth + 1, k, kl) < 0) {
+            lua_pop(L, 2);
+            return -1;
+        }
+        lua_pop(L, 1);
+    }
+    buf_addc(e->b, '}');
+    return 0;
+}
+
+static int encode_value(enc *e, int idx, int depth, const char *key, size_t keylen)
+{
+    lua_State *L = e->L;
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        buf_adds(e->b, "null");
+        return 0;
+    case LUA_TBOOLEAN:
+        buf_adds(e->b, lua_toboolean(L, idx) ? "true" : "false");
+        return 0;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx)) {
+            buf_printf(e->b, "%lld", (long long)lua_tointeger(L, idx));
+        } else {
+            double d = lua_tonumber(L, idx);
+            if (!isfinite(d)) {
+                snprintf(e->err, e->errlen, "%.*s: %s cannot be sent as JSON", (int)(key ? keylen : 5),
+                         key ? key : "value", isnan(d) ? "NaN" : "infinity");
+                return -1;
+            }
+            buf_printf(e->b, "%.17g", d);
+        }
+        return 0;
+    case LUA_TSTRING: {
+        size_t n;
+        const char *s = lua_tolstring(L, idx, &n);
+        json_quote(e->b, s, n);
+        return 0;
+    }
+    case LUA_TTABLE:
+        return encode_table(e, idx, depth, key, keylen);
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, idx) == NULL) {
+            buf_adds(e->b, "null");
+            return 0;
+        }
+        /* fallthrough */
+    default:
+        snprintf(e->err, e->errlen, "%.*s: a %s cannot be sent as JSON", (int)(key ? keylen : 5), key ? key : "value",
+                 luaL_typename(L, idx));
+        return -1;
+    }
+}
+
+int luajson_encode(lua_State *L, int idx, buf_t *b, int camel, char *err, size_t errlen)
+{
+    enc e = {L, b, camel, err, errlen};
+    idx = lua_absindex(L, idx);
+    if (encode_value(&e, idx, 0, NULL, 0) < 0)
+        return -1;
+    if (b->failed) {
+        snprintf(err, errlen, "the JSON text is too large");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- decode ---- */
+
+static void push_value(lua_State *L, const json_value *v, int snake)
+{
+    luaL_checkstack(L, 4, "luajson");
+    switch (v->type) {
+    case JSON_NULL:
+        lua_pushlightuserdata(L, NULL);
+        break;
+    case JSON_BOOL:
+        lua_pushboolean(L, v->u.boolean);
+        break;
+    case JSON_NUMBER:
+        if (v->is_int && fabs(v->u.number) < 9007199254740992.0)
+            lua_pushinteger(L, (lua_Integer)v->u.number);
+        else
+            lua_pushnumber(L, v->u.number);
+        break;
+    case JSON_STRING:
+        lua_pushlstring(L, v->u.str.s, v->u.str.len);
+        break;
+    case JSON_ARRAY: {
+        lua_createtable(L, (int)v->u.kids.n, 0);
+        lua_Integer i = 1;
+        for (json_value *k = v->u.kids.head; k; k = k->next) {
+            push_value(L, k, snake);
+            lua_rawseti(L, -2, i++);
+        }
+        break;
+    }
+    case JSON_OBJECT:
+        lua_createtable(L, 0, (int)v->u.kids.n);
+        for (json_value *k = v->u.kids.head; k; k = k->next) {
+            if (k->type == JSON_NULL)
+                continue;
+            char tmp[256];
+            if (snake && k->keylen < sizeof tmp / 2) {
+                size_t m = luajson_camel_to_snake(k->key, k->keylen, tmp, sizeof tmp);
+                lua_pushlstring(L, tmp, m);
+            } else {
+                lua_pushlstring(L, k->key, k->keylen);
+            }
+            push_value(L, k, snake);
+            lua_rawset(L, -3);
+        }
+        break;
+    }
+}
+
+int luajson_decode(lua_State *L, const char *text, size_t len, int snake, char *err, size_t errlen)
+{
+    json_doc *doc = NULL;
+    json_error jerr;
+    json_value *v = json_parse(text, len, LUAJSON_MAX_DEPTH, &doc, &jerr);
+    if (!v) {
+        snprintf(err, errlen, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.col, jerr.msg);
+        json_doc_free(doc);
+        return -1;
+    }
+    push_value(L, v, snake);
+    json_doc_free(doc);
+    return 0;
+}

@@ -1,0 +1,36 @@
+/*
+ * luajson.h -- Lua values <-> JSON text for the wix module, with the one
+ * naming rule between Lua and the wire:
+ *
+ *   Lua snake_case keys  <->  wire lowerCamelCase keys
+ *   (catalog_product_id <-> catalogProductId; each segment of a dotted
+ *   filter key is converted; keys starting with '$' are left alone; the
+ *   string value of a sort "field_name" is converted like a key).
+ *
+ * Encoding: a table whose keys are exactly 1..n is an array; an empty table
+ * is an object unless its key is one of the wire's list fields (products,
+ * sort, fields, fieldsets, $in, $hasSome, $hasAll) or it carries the
+ * wix.array marker metatable. JSON null decodes to the wix.null sentinel
+ * (a light userdata) inside arrays and is dropped from objects.
+ */
+#ifndef WIXR_LUAJSON_H
+#define WIXR_LUAJSON_H
+
+#include <lua.h>
+#include <stddef.h>
+
+#include "../util/buf.h"
+
+#define LUAJSON_MAX_DEPTH 64
+#define LUAJSON_ARRAY_MT "wix.array"
+
+/* Appends the value at idx to b. Returns 0, or -1 with a message in err. */
+int luajson_encode(lua_State *L, int idx, buf_t *b, int camel, char *err, size_t errlen);
+/* Pushes the decoded value; returns 0, or -1 (nothing pushed) with err set. */
+int luajson_decode(lua_State *L, const char *text, size_t len, int snake, char *err, size_t errlen);
+
+/* Key conversions; return the length written (out is NUL-terminated). */
+size_t luajson_snake_to_camel(const char *in, size_t n, char *out, size_t outlen);
+size_t luajson_camel_to_snake(const char *in, size_t n, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,363 @@
+/*
+ * wix_core.c -- the C half of the wix Lua module ("wix.core"): the call that
+ * puts a request on the wire and yields the calling task until its answer
+ * (retries included) is in, task primitives for wix.all/wix.spawn, the JSON
+ * conversions with the naming rule, and small helpers. lua/wix.lua builds
+ * the public API on top of it.
+ */
+#define _GNU_SOURCE
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "../runtime/host.h"
+#include "../json/json.h"
+#include "luajson.h"
+
+static wixr_host *need_task(lua_State *L, const char *what)
+{
+    wixr_host *h = host_of(L);
+    sched_task *t = sched_current(h->sched);
+    if (!t || sched_task_thread(t) != L)
+        luaL_error(L, "%s must be called from a script run by wixr (inside its scheduler)", what);
+    return h;
+}
+
+/* ---- request ---- */
+
+typedef struct lreq {
+    wixr_host *h;
+    sched_task *task;
+    int in_start, done;
+    long status;
+    char *body;
+    size_t body_len;
+    char rid[64];
+    int attempts;
+    char *error;
+} lreq;
+
+static void push_result(lua_State *co, long status, const char *body, size_t len, const char *rid, int attempts,
+                        const char *error)
+{
+    lua_checkstack(co, 6);
+    lua_pushinteger(co, status);
+    lua_pushlstring(co, body, len);
+    lua_pushstring(co, rid);
+    lua_pushinteger(co, attempts);
+    if (error)
+        lua_pushstring(co, error);
+    else
+        lua_pushnil(co);
+}
+
+static void lreq_done(void *arg, const wix_result *r)
+{
+    lreq *q = arg;
+    if (q->in_start) {
+        q->done = 1;
+        q->status = r->status;
+        q->body = malloc(r->body_len + 1);
+        if (q->body) {
+            memcpy(q->body, r->body, r->body_len);
+            q->body_len = r->body_len;
+        }
+        snprintf(q->rid, sizeof q->rid, "%s", r->request_id);
+        q->attempts = r->attempts;
+        q->error = r->error ? strdup(r->error) : NULL;
+        return;
+    }
+    lua_State *co = sched_task_thread(q->task);
+    push_result(co, r->status, r->body, r->body_len, r->request_id, r->attempts, r->error);
+    sched_ready(q->h->sched, q->task, 5);
+    free(q);
+}
+
+/* stack: [... status body rid attempts err] -> the body string becomes a table (or nil) */
+static int request_finish(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    int top = lua_gettop(L);
+    size_t len;
+    const char *body = lua_tolstring(L, top - 3, &len);
+    long code = (long)lua_tointeger(L, top - 4);
+    if (body && len) {
+        char err[200];
+        if (luajson_decode(L, body, len, 1, err, sizeof err) == 0) {
+            lua_replace(L, top - 3);
+        } else {
+            lua_pushnil(L);
+            lua_replace(L, top - 3);
+            if (code >= 200 && code < 300 && lua_isnil(L, top)) {
+                lua_pushfstring(L, "the answer is not valid JSON: %s", err);
+                lua_replace(L, top);
+            }
+        }
+    } else {
+        lua_pushnil(L);
+        lua_replace(L, top - 3);
+    }
+    return 5;
+}
+
+/* request(method, path, body|nil, account_id|nil, idempotency_key|nil)
+ *   -> status, body table|nil, request id, attempts, transport error|nil */
+static int l_request(lua_State *L)
+{
+    wixr_host *h = need_task(L, "a wix API call");
+    const char *method = luaL_checkstring(L, 1);
+    const char *path = luaL_checkstring(L, 2);
+    const char *account = luaL_optstring(L, 4, NULL);
+    const char *idem = luaL_optstring(L, 5, NULL);
+    lua_settop(L, 5);
+    buf_t body;
+    buf_init(&body, 16 * 1024 * 1024);
+    int has_body = !lua_isnil(L, 3);
+    if (has_body) {
+        char err[256];
+        if (luajson_encode(L, 3, &body, 1, err, sizeof err) < 0) {
+            buf_free(&body);
+            return luaL_error(L, "request body: %s", err);
+        }
+    }
+    lreq *q = calloc(1, sizeof *q);
+    if (!q) {
+        buf_free(&body);
+        return luaL_error(L, "out of memory");
+    }
+    q->h = h;
+    q->task = sched_current(h->sched);
+    q->in_start = 1;
+    wix_client_call(h->client, method, path, has_body ? buf_cstr(&body) : NULL, body.len, account, idem, lreq_done, q);
+    buf_free(&body);
+    if (q->done) {
+        push_result(L, q->status, q->body ? q->body : "", q->body_len, q->rid, q->attempts, q->error);
+        free(q->body);
+        free(q->error);
+        free(q);
+        return request_finish(L, LUA_OK, 0);
+    }
+    q->in_start = 0;
+    return lua_yieldk(L, 0, 0, request_finish);
+}
+
+/* ---- tasks ---- */
+
+static void spawn_done(sched_task *t, lua_State *co, int status, void *arg)
+{
+    (void)t;
+    (void)arg;
+    if (status != LUA_OK)
+        fprintf(stderr, "wixr: a spawned task failed: %s\n", host_error_text(co, -1));
+}
+
+static int l_spawn(lua_State *L)
+{
+    wixr_host *h = host_of(L);
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    int nargs = lua_gettop(L) - 1;
+    sched_task *t = sched_spawn(h->sched, L, nargs, spawn_done, NULL);
+    if (!t)
+        return luaL_error(L, "out of memory");
+    lua_pushinteger(L, (lua_Integer)sched_task_id(t));
+    return 1;
+}
+
+static int l_current(lua_State *L)
+{
+    wixr_host *h = host_of(L);
+    sched_task *t = sched_current(h->sched);
+    if (t)
+        lua_pushinteger(L, (lua_Integer)sched_task_id(t));
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+static int l_suspend(lua_State *L)
+{
+    wixr_host *h = need_task(L, "wix.core.suspend");
+    sched_task_set_parked(sched_current(h->sched), 1);
+    return lua_yield(L, 0);
+}
+
+static int l_wake(lua_State *L)
+{
+    wixr_host *h = host_of(L);
+    lua_Integer id = luaL_checkinteger(L, 1);
+    sched_task *t = sched_task_by_id(h->sched, (unsigned long)id);
+    if (!t || !sched_task_parked(t)) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    int n = lua_gettop(L) - 1;
+    lua_State *co = sched_task_thread(t);
+    if (!lua_checkstack(co, n + 1))
+        return luaL_error(L, "too many values to wake a task with");
+    lua_xmove(L, co, n);
+    sched_task_set_parked(t, 0);
+    sched_ready(h->sched, t, n);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+typedef struct sleeper {
+    sched_t *s;
+    sched_task *t;
+} sleeper;
+
+static void sleep_over(void *arg)
+{
+    sleeper *z = arg;
+    sched_ready(z->s, z->t, 0);
+    free(z);
+}
+
+static int l_sleep(lua_State *L)
+{
+    wixr_host *h = need_task(L, "wix.sleep");
+    lua_Number ms = luaL_checknumber(L, 1);
+    sleeper *z = malloc(sizeof *z);
+    if (!z)
+        return luaL_error(L, "out of memory");
+    z->s = h->sched;
+    z->t = sched_current(h->sched);
+    if (sched_timer(h->sched, sched_now_ms() + (long long)(ms > 0 ? ms : 0), sleep_over, z) < 0) {
+        free(z);
+        return luaL_error(L, "out of memory");
+    }
+    return lua_yield(L, 0);
+}
+
+/* ---- helpers ---- */
+
+static int l_uuid(lua_State *L)
+{
+    unsigned char b[16];
+    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b)
+        return luaL_error(L, "no randomness available");
+    b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
+    char s[37];
+    snprintf(s, sizeof s, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2],
+             b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    lua_pushstring(L, s);
+    return 1;
+}
+
+static int l_encode(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    int camel = lua_toboolean(L, 2);
+    int pretty = lua_toboolean(L, 3);
+    buf_t b;
+    char err[256];
+    buf_init(&b, 64 * 1024 * 1024);
+    if (luajson_encode(L, 1, &b, camel, err, sizeof err) < 0) {
+        buf_free(&b);
+        return luaL_error(L, "%s", err);
+    }
+    (void)pretty;
+    lua_pushlstring(L, buf_cstr(&b), b.len);
+    buf_free(&b);
+    return 1;
+}
+
+static int l_decode(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    char err[256];
+    if (luajson_decode(L, s, n, lua_toboolean(L, 2), err, sizeof err) < 0)
+        return luaL_error(L, "%s", err);
+    return 1;
+}
+
+static int l_settings(lua_State *L)
+{
+    wixr_host *h = host_of(L);
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, config_transport_name(wix_client_transport(h->client)));
+    lua_setfield(L, -2, "transport");
+    if (wix_client_default_account(h->client)) {
+        lua_pushstring(L, wix_client_default_account(h->client));
+        lua_setfield(L, -2, "account_id");
+    }
+    lua_pushboolean(L, h->dry_run);
+    lua_setfield(L, -2, "dry_run");
+    return 1;
+}
+
+/* plan(entry): records a call that dry-run did not send. */
+static int l_plan(lua_State *L)
+{
+    wixr_host *h = host_of(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->plan_ref);
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+    return 0;
+}
+
+static int l_stats(lua_State *L)
+{
+    const wix_stats *s = wix_client_stats(host_of(L)->client);
+    lua_createtable(L, 0, 5);
+    lua_pushinteger(L, s->calls);
+    lua_setfield(L, -2, "calls");
+    lua_pushinteger(L, s->attempts);
+    lua_setfield(L, -2, "attempts");
+    lua_pushinteger(L, s->retries);
+    lua_setfield(L, -2, "retries");
+    lua_pushinteger(L, s->rate_waits);
+    lua_setfield(L, -2, "rate_waits");
+    return 1;
+}
+
+/* log(level, message, fields?) -> one JSON line on stderr */
+static int l_log(lua_State *L)
+{
+    static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
+    int lv = luaL_checkoption(L, 1, "info", levels);
+    const char *msg = luaL_checkstring(L, 2);
+    buf_t b;
+    buf_init(&b, 1024 * 1024);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    buf_printf(&b, "{\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"level\":\"%s\",\"msg\":", tm.tm_year + 1900,
+               tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, levels[lv]);
+    json_quote(&b, msg, strlen(msg));
+    if (lua_istable(L, 3)) {
+        char err[128];
+        buf_adds(&b, ",\"fields\":");
+        if (luajson_encode(L, 3, &b, 0, err, sizeof err) < 0)
+            buf_adds(&b, "null");
+    }
+    buf_adds(&b, "}\n");
+    fwrite(b.data, 1, b.len, stderr);
+    buf_free(&b);
+    return 0;
+}
+
+static const luaL_Reg core_funcs[] = {
+    {"request", l_request}, {"spawn", l_spawn},       {"current", l_current}, {"suspend", l_suspend},
+    {"wake", l_wake},       {"sleep", l_sleep},       {"uuid", l_uuid},       {"encode", l_encode},
+    {"decode", l_decode},   {"settings", l_settings}, {"plan", l_plan},       {"stats", l_stats},
+    {"log", l_log},         {NULL, NULL},
+};
+
+int luaopen_wix_core(lua_State *L)
+{
+    luaL_newlib(L, core_funcs);
+    lua_pushlightuserdata(L, NULL);
+    lua_setfield(L, -2, "null");
+    luaL_newmetatable(L, LUAJSON_ARRAY_MT);
+    lua_setfield(L, -2, "array_mt");
+    return 1;
+}
