@@ -566,6 +566,8 @@ void emu_handle(emu_t *e, const emu_request *req, emu_response *resp)
         emu_rollback(e);
         emu_store_refresh_due(e); /* forget what the rolled-back request scheduled */
     }
+out:
+    /* An "after" fault loses the answer of whatever was done, replays included. */
     if (fault_status && fault_after) {
         fault = resp->drop ? "drop-after" : "error-after";
         if (!resp->drop) {
@@ -575,7 +577,6 @@ void emu_handle(emu_t *e, const emu_request *req, emu_response *resp)
             resp->status = fault_status;
         }
     }
-out:
     if (!resp->body && !resp->drop) {
         resp->body = strdup("");
         resp->body_len = 0;

@@ -28,276 +28,11 @@ import time
 import traceback
 import urllib.parse
 
-# ---------------------------------------------------------------------------
-# Seed data (config/catalog.yaml)
-# ---------------------------------------------------------------------------
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testlib import *  # noqa: F401,F403  (seed data, Server, Client, assertions, runner)
+from testlib import ARGS, SERVERS
 
-RESELLER = "11111111-2222-4333-8444-555555555555"
-TEAM = "22222222-3333-4444-8555-666666666666"
-JANE = "33333333-4444-4555-8666-777777777777"
-BOB = "44444444-5555-4666-8777-888888888888"
-OTHER = "99999999-8888-4777-8666-555555555555"
-
-SITE_RESELLER = "a0000000-0000-4000-8000-000000000001"
-SITE_TEAM1 = "b0000000-0000-4000-8000-000000000001"
-SITE_TEAM2 = "b0000000-0000-4000-8000-000000000002"
-SITE_TEAM3 = "b0000000-0000-4000-8000-000000000003"
-SITE_JANE1 = "c0000000-0000-4000-8000-000000000001"
-SITE_JANE2 = "c0000000-0000-4000-8000-000000000002"
-SITE_BOB = "d0000000-0000-4000-8000-000000000001"
-SITE_OTHER = "e0000000-0000-4000-8000-000000000001"
-
-P_LIGHT = "7a1c0e52-3b4d-4f6a-9c21-0d5e8f7a1b01"      # premium-plan, M1/Y1/Y2
-P_CORE = "7a1c0e52-3b4d-4f6a-9c21-0d5e8f7a1b02"       # premium-plan, M1/Y1/Y2
-P_BUSINESS = "7a1c0e52-3b4d-4f6a-9c21-0d5e8f7a1b03"   # premium-plan, M1/Y1/Y2
-P_ELITE = "7a1c0e52-3b4d-4f6a-9c21-0d5e8f7a1b04"      # premium-plan, M1/Y1
-P_LEGACY_BASIC = "7a1c0e52-3b4d-4f6a-9c21-0d5e8f7a1c01"  # premium-plan, Y1 only
-P_LEGACY_VIP = "7a1c0e52-3b4d-4f6a-9c21-0d5e8f7a1c03"    # premium-plan, Y1 only
-P_COMBO = "7a1c0e52-3b4d-4f6a-9c21-0d5e8f7a1c04"      # resellable: false
-P_DOMAIN = "4d0a9b3e-8c7f-4e21-a5b6-1f2e3d4c5b01"     # requires premium-plan, Y1, 365 days
-P_ASCEND_BASIC = "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a01"  # ascend, one per site, M1/Y1
-P_ASCEND_PRO = "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a02"
-P_MAILBOX = "6b7c8d9e-0f1a-4b2c-9d3e-4f5a6b7c8d01"    # delivery AWAITING_ACTION, M1
-P_BOOSTER = "6b7c8d9e-0f1a-4b2c-9d3e-4f5a6b7c8d02"    # limit 3 per reseller, M1
-P_SERVICE = "6b7c8d9e-0f1a-4b2c-9d3e-4f5a6b7c8d03"    # ONE_TIME
-P_LOGO = "6b7c8d9e-0f1a-4b2c-9d3e-4f5a6b7c8d04"       # has_settings: false
-P_EMAILFWD = "6b7c8d9e-0f1a-4b2c-9d3e-4f5a6b7c8d05"   # delivery FAILED / DELIVERY_TIMEOUT, Y1
-
-UNKNOWN_GUID = "0f0f0f0f-1e1e-4d2d-8c3c-4b4b4b4b4b4b"
-
-GUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-
-V2 = "/resellers/v2/packages"
-V1 = "/resellers/v1/packages"
-QUERY = "/resellers/v1/packages/query"
-INST = "/resellers/v1/packages/product-instances"
-
-ARGS = None
-SERVERS = []
 MAIN = None  # the shared in-memory server
-
-
-# ---------------------------------------------------------------------------
-# Servers
-# ---------------------------------------------------------------------------
-
-class Server:
-    """One `wixr sandbox serve` process on a free port."""
-
-    def __init__(self, *extra, db=":memory:", seed="1"):
-        self.extra = list(extra)
-        self.db = db
-        self.seed = seed
-        self.dir = tempfile.mkdtemp(prefix="wixr-http-")
-        self.proc = None
-        self.port = None
-        self.log = None
-
-    def start(self):
-        port_file = os.path.join(self.dir, "port")
-        if os.path.exists(port_file):
-            os.unlink(port_file)
-        cmd = [ARGS.wixr, "sandbox", "serve", "--db", self.db, "--listen", "127.0.0.1:0",
-               "--port-file", port_file, "--catalog", ARGS.catalog]
-        if self.seed is not None:
-            cmd += ["--seed", str(self.seed)]
-        cmd += self.extra
-        self.log = open(os.path.join(self.dir, "server.log"), "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        if self not in SERVERS:
-            SERVERS.append(self)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("server exited with %s before listening: %s"
-                                     % (self.proc.returncode, self.log_text()[-500:]))
-            try:
-                with open(port_file) as f:
-                    text = f.read().strip()
-                if text:
-                    self.port = int(text)
-                    return self
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.01)
-        raise AssertionError("server did not write its port file within 10 s")
-
-    def log_text(self):
-        try:
-            with open(os.path.join(self.dir, "server.log"), "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def stop(self):
-        """SIGTERM, wait; returns the exit code (kills after 5 s)."""
-        if not self.proc or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
-        finally:
-            if self.log:
-                self.log.close()
-
-    def cleanup(self):
-        self.stop()
-        if self in SERVERS:
-            SERVERS.remove(self)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def kill_all_servers():
-    for s in list(SERVERS):
-        try:
-            if s.proc and s.proc.poll() is None:
-                s.proc.kill()
-                s.proc.wait(timeout=5)
-        except Exception:
-            pass
-        shutil.rmtree(s.dir, ignore_errors=True)
-    SERVERS.clear()
-
-
-atexit.register(kill_all_servers)
-
-
-# ---------------------------------------------------------------------------
-# HTTP client
-# ---------------------------------------------------------------------------
-
-class Resp:
-    def __init__(self, status, headers, body, elapsed):
-        self.status = status
-        self.headers = headers          # lower-case name -> value
-        self.body = body                # bytes
-        self.elapsed = elapsed
-        try:
-            self.json = json.loads(body) if body else None
-        except ValueError:
-            self.json = None
-
-    @property
-    def app_code(self):
-        try:
-            return self.json["details"]["applicationError"]["code"]
-        except (TypeError, KeyError):
-            return None
-
-    @property
-    def violations(self):
-        try:
-            return self.json["details"]["validationError"]["fieldViolations"]
-        except (TypeError, KeyError):
-            return []
-
-    @property
-    def fields(self):
-        return [v.get("field") for v in self.violations]
-
-    @property
-    def package(self):
-        return (self.json or {}).get("package")
-
-    def short(self):
-        return "%s %s" % (self.status, self.body[:300].decode("utf-8", "replace"))
-
-
-DEFAULT = object()
-
-
-class Client:
-    """A persistent http.client connection to one server."""
-
-    def __init__(self, server, account=JANE, auth="test-key"):
-        self.server = server
-        self.account = account
-        self.auth = auth
-        self.conn = None
-        self.last_use = 0.0
-
-    def close(self):
-        if self.conn:
-            self.conn.close()
-        self.conn = None
-
-    def call(self, method, path, body=None, account=DEFAULT, auth=DEFAULT, headers=None, timeout=15):
-        # The server closes idle connections after 10 s: reconnect well before.
-        if self.conn is None or time.time() - self.last_use > 5:
-            self.close()
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=timeout)
-        h = {}
-        account = self.account if account is DEFAULT else account
-        auth = self.auth if auth is DEFAULT else auth
-        if auth is not None:
-            h["Authorization"] = auth
-        if account is not None:
-            h["wix-account-id"] = account
-        data = None
-        if body is not None:
-            data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-            if isinstance(data, str):
-                data = data.encode()
-            h["Content-Type"] = "application/json"
-        h.update(headers or {})
-        t0 = time.time()
-        try:
-            self.conn.request(method, path, body=data, headers=h)
-            r = self.conn.getresponse()
-            payload = r.read()
-        except Exception:
-            self.close()
-            raise
-        self.last_use = time.time()
-        resp = Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, payload, time.time() - t0)
-        if r.will_close:
-            self.close()
-        return resp
-
-    # Resellers API shorthands
-    def create(self, products, v=2, external=None, idem=None, account=DEFAULT, extra=None):
-        body = {"products": products}
-        if external is not None:
-            body["externalId"] = external
-        if idem is not None:
-            body["idempotencyKey"] = idem
-        body.update(extra or {})
-        return self.call("POST", V2 if v == 2 else V1, body, account=account)
-
-    def get(self, pkg_id, account=DEFAULT):
-        return self.call("GET", "%s/%s" % (V1, pkg_id), account=account)
-
-    def query(self, query, account=DEFAULT):
-        return self.call("POST", QUERY, {"query": query}, account=account)
-
-    def cancel_package(self, pkg_id, body=None, account=DEFAULT):
-        return self.call("DELETE", "%s/%s" % (V1, pkg_id), body, account=account)
-
-    def set_external(self, pkg_id, ext, account=DEFAULT):
-        return self.call("PATCH", "%s/update/%s/%s" % (V1, pkg_id, urllib.parse.quote(ext, safe="")),
-                         account=account)
-
-    def assign(self, inst, site, body=None, account=DEFAULT):
-        return self.call("PATCH", "%s/%s/%s" % (INST, inst, site), body, account=account)
-
-    def unassign(self, inst, body=None, account=DEFAULT):
-        return self.call("PATCH", "%s/%s/unassign" % (INST, inst), body, account=account)
-
-    def adjust(self, inst, body, account=DEFAULT):
-        return self.call("PATCH", "%s/%s" % (INST, inst), body, account=account)
-
-    def cancel_instance(self, inst, body=None, account=DEFAULT):
-        return self.call("DELETE", "%s/%s" % (INST, inst), body, account=account)
-
-    # admin API (no auth)
-    def admin(self, method, what, body=None):
-        r = self.call(method, "/__admin/" + what, body, account=None, auth=None)
-        return r
 
 
 def recurring(unit="YEAR", count=1):
@@ -330,31 +65,6 @@ def domain(site=None, **kw):
 def parse_date(s):
     check(isinstance(s, str) and DATE_RE.match(s), "not an ISO date with ms and Z: %r" % (s,))
     return calendar.timegm(time.strptime(s[:19], "%Y-%m-%dT%H:%M:%S")) + int(s[20:23]) / 1000.0
-
-
-# ---------------------------------------------------------------------------
-# Assertions
-# ---------------------------------------------------------------------------
-
-class TestFailure(AssertionError):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise TestFailure(msg)
-
-
-def eq(actual, expected, what):
-    if actual != expected:
-        raise TestFailure("%s: expected %r, got %r" % (what, expected, actual))
-
-
-def ok(r, what="request"):
-    """Asserts a 200 with a JSON body; returns the parsed body."""
-    check(r.status == 200, "%s: expected 200, got %s" % (what, r.short()))
-    check(isinstance(r.json, dict), "%s: 200 without a JSON object body" % what)
-    return r.json
 
 
 def app_error(r, status, code, what="request"):
@@ -2329,47 +2039,22 @@ def g9_health_still_ok_and_sigterm_exit_zero():
 # ===========================================================================
 
 def main():
-    global ARGS, MAIN
+    global MAIN
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wixr", required=True, help="path to the wixr binary")
     ap.add_argument("--catalog", required=True, help="path to config/catalog.yaml")
     ap.add_argument("-k", dest="only", default=None, help="run only tests whose name contains this")
-    ARGS = ap.parse_args()
-    ARGS.wixr = os.path.abspath(ARGS.wixr)
-    ARGS.catalog = os.path.abspath(ARGS.catalog)
-    # ctest's timeout sends SIGTERM: leave through finally/atexit so no server is left behind.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
-    passed = failed = 0
-    t0 = time.time()
-    try:
-        MAIN = Server().start()
-        for fn in TESTS:
-            name = fn.__name__
-            if ARGS.only and ARGS.only not in name:
-                continue
-            try:
-                if MAIN.proc.poll() is not None:
-                    MAIN.start()
-                reset()
-                fn()
-            except TestFailure as e:
-                failed += 1
-                print("FAIL %s: %s" % (name, e), flush=True)
-            except Exception as e:  # an unexpected exception is a failure too
-                failed += 1
-                tb = traceback.extract_tb(e.__traceback__)
-                where = "%s:%d" % (os.path.basename(tb[-1].filename), tb[-1].lineno) if tb else "?"
-                print("FAIL %s: %s: %s (at %s)" % (name, type(e).__name__, e, where), flush=True)
-            else:
-                passed += 1
-                print("ok   %s" % name, flush=True)
-    finally:
-        for s in list(SERVERS):
-            s.cleanup()
-        kill_all_servers()
-    print("runtime %.1f s" % (time.time() - t0), flush=True)
-    print("%d passed, %d failed" % (passed, failed), flush=True)
-    return 1 if failed else 0
+    args = ap.parse_args()
+    ARGS.wixr = os.path.abspath(args.wixr)
+    ARGS.catalog = os.path.abspath(args.catalog)
+    MAIN = Server().start()
+
+    def before_each():
+        if MAIN.proc.poll() is not None:
+            MAIN.start()
+        reset()
+
+    return run_tests(TESTS, args.only, before_each)
 
 
 if __name__ == "__main__":
