@@ -136,8 +136,14 @@ end
 -- The wire
 ---------------------------------------------------------------------------
 
+-- Read internally from this private copy: a script changing wix.settings
+-- (say, dry_run) changes nothing.
 local settings = core.settings()
-wix.settings = settings
+wix.settings = setmetatable({}, {
+  __index = settings,
+  __newindex = function() error("wix.settings is read-only", 2) end,
+  __pairs = function() return next, settings, nil end,
+})
 
 local function account_of(opts, spec)
   local a = (opts and opts.account_id) or (spec and spec.account_id) or settings.account_id
@@ -156,6 +162,13 @@ local request = core.request
 
 local function send(method, path, body, account, key)
   local status, res, request_id, attempts, transport_error = request(method, path, body, account, key)
+  if status >= 200 and status < 300 and (transport_error or type(res) ~= "table") then
+    -- The call went through but its answer is unreadable: not retryable, since
+    -- trying again could do the work twice.
+    raise { status = status, code = "INVALID_RESPONSE", method = method, path = path, attempts = attempts,
+            request_id = request_id ~= "" and request_id or nil, retryable = false,
+            message = transport_error or "the answer has no JSON body" }
+  end
   if transport_error or status < 200 or status >= 300 then
     api_error(method, path, status, res, request_id, attempts, transport_error)
   end
@@ -322,7 +335,8 @@ function wix.packages.query(q, opts)
   local res = send("POST", "/resellers/v1/packages/query", query_body(q), account_of(opts, q))
   local md = res.metadata or {}
   res.packages = res.packages or {}
-  res.next_cursor = md.cursors and md.cursors.next or nil
+  local next_cursor = type(md.cursors) == "table" and md.cursors.next or nil
+  res.next_cursor = type(next_cursor) == "string" and next_cursor or nil
   return res
 end
 
@@ -330,6 +344,8 @@ end
 ---   for pkg in wix.packages.each{ filter = {...} } do ... end
 function wix.packages.each(q, opts)
   q = q or {}
+  if type(q) ~= "table" then invalid("query", "must be a table") end
+  check_keys(q, QUERY_KEYS, "query")
   if q.offset ~= nil then invalid("offset", "each() follows cursors; do not pass offset") end
   local page = nil
   local i = 0
@@ -491,6 +507,7 @@ end
 
 --- The instance with this id inside a package, or nil.
 function wix.instance_of(pkg, instance_id)
+  instance_id = type(instance_id) == "string" and instance_id:lower() or instance_id
   for _, inst in ipairs(pkg and pkg.product_instances or {}) do
     if inst.instance_id == instance_id then return inst end
   end
@@ -509,10 +526,12 @@ function wix.all(fns)
   local n = #fns
   local results, errors = {}, {}
   if n == 0 then return results end
+  for i = 1, n do
+    if type(fns[i]) ~= "function" then invalid("fns[" .. i .. "]", "must be a function") end
+  end
   local me = current()
   local left = n
   for i = 1, n do
-    if type(fns[i]) ~= "function" then invalid("fns[" .. i .. "]", "must be a function") end
     spawn(function()
       local ok, r = pcall(fns[i])
       if ok then results[i] = r else errors[i] = r end
@@ -533,9 +552,10 @@ Task.__index = Task
 --- Waits for the task and returns its result (raises its error).
 function Task:wait()
   if not self.done then
-    self.waiter = current()
+    self.waiters[#self.waiters + 1] = current()
     suspend()
   end
+  self.observed = true
   if not self.ok then error(self.value, 0) end
   return self.value
 end
@@ -543,12 +563,15 @@ end
 --- Starts fn(...) alongside the caller; returns a task with :wait().
 function wix.spawn(fn, ...)
   if type(fn) ~= "function" then invalid("fn", "must be a function") end
-  local t = setmetatable({ done = false }, Task)
+  local t = setmetatable({ done = false, waiters = {} }, Task)
   local args = table.pack(...)
   spawn(function()
     local ok, r = pcall(fn, table.unpack(args, 1, args.n))
     t.done, t.ok, t.value = true, ok, r
-    if t.waiter then wake(t.waiter) end
+    for _, w in ipairs(t.waiters) do wake(w) end
+    if not ok and #t.waiters == 0 then
+      core.log("warn", "a task started with wix.spawn failed (nobody waited for it): " .. tostring(r))
+    end
   end)
   return t
 end

@@ -19,6 +19,8 @@ static const char usage[] =
     "\n"
     "Commands:\n"
     "  run SCRIPT      run a Lua script with the wix module\n"
+    "  fire NAME       push an event (or --batch of events) through the configured hooks\n"
+    "  check           validate the configuration and compile every hook script\n"
     "  sandbox serve   run the Resellers API emulator over HTTP\n"
     "  version         print the version\n"
     "  help            print this help\n"
@@ -52,6 +54,10 @@ int main(int argc, char **argv)
         printf("wixr %s\n", WIXR_VERSION);
         return 0;
     }
+    if (!strcmp(cmd, "fire"))
+        return cmd_fire(argc - 1, argv + 1);
+    if (!strcmp(cmd, "check"))
+        return cmd_check(argc - 1, argv + 1);
     if (!strcmp(cmd, "run"))
         return cmd_run(argc - 1, argv + 1);
     if (!strcmp(cmd, "sandbox"))

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "../json/json.h"
+#include "../util/buf.h"
 #include "../yaml/ytree.h"
 
 #ifndef WIXR_HOME
@@ -241,6 +243,309 @@ static int load_wix(const ydoc *d, const ynode *w, wixr_config *c, char *err, si
     return 0;
 }
 
+static const char *const runtime_keys[] = {"lua_paths", "limits", "max_chain_depth", "state_dir", NULL};
+static const char *const limit_keys[] = {"instructions", "memory_mb", "wall_ms", NULL};
+static const char *const hook_keys[] = {"script", "options", "limits", "on_error", "enabled", "allow",
+                                        "max_mutations", NULL};
+
+static const struct {
+    const char *name;
+    unsigned ops;
+} op_names[] = {
+    {"all", WIX_OP_ALL}, {"read", WIX_OP_READ}, {"mutate", WIX_OP_MUTATE}, {"get", WIX_OP_GET},
+    {"query", WIX_OP_QUERY}, {"create", WIX_OP_CREATE}, {"cancel_package", WIX_OP_CANCEL_PACKAGE},
+    {"set_external_id", WIX_OP_SET_EXTERNAL_ID}, {"assign", WIX_OP_ASSIGN}, {"unassign", WIX_OP_UNASSIGN},
+    {"adjust", WIX_OP_ADJUST}, {"cancel_instance", WIX_OP_CANCEL_INSTANCE},
+};
+
+void config_ops_names(unsigned ops, char *out, size_t n)
+{
+    size_t k = 0;
+    out[0] = '\0';
+    if (ops == WIX_OP_ALL) {
+        snprintf(out, n, "all");
+        return;
+    }
+    for (size_t i = 3; i < sizeof op_names / sizeof op_names[0] && k < n; i++)
+        if (ops & op_names[i].ops)
+            k += (size_t)snprintf(out + k, n - k, "%s%s", k ? ", " : "", op_names[i].name);
+    if (!k)
+        snprintf(out, n, "none");
+}
+
+int config_hooks_for(const wixr_config *c, const char *event, int *idx, int max)
+{
+    int n = 0;
+    for (int i = 0; i < c->nhooks && n < max; i++)
+        if (!strcmp(c->hooks[i].event, event))
+            idx[n++] = i;
+    return n;
+}
+
+static int load_limits(const ydoc *d, const ynode *n, const char *where, hook_limits *l, char *err, size_t errlen)
+{
+    char f[128];
+    snprintf(f, sizeof f, "%s", where);
+    if (ynode_expect(d, n, Y_MAP, f, err, errlen) < 0 || ymap_check_keys(d, n, limit_keys, f, err, errlen) < 0)
+        return -1;
+    ynode *m;
+    long v;
+    if ((m = ymap_get(n, "instructions"))) {
+        long long iv;
+        snprintf(f, sizeof f, "%s.instructions", where);
+        if (ynode_int(d, m, f, 1000, 100000000000LL, &iv, err, errlen) < 0)
+            return -1;
+        l->instructions = iv;
+    }
+    if ((m = ymap_get(n, "memory_mb"))) {
+        snprintf(f, sizeof f, "%s.memory_mb", where);
+        if (get_long(d, m, f, 1, 65536, &v, err, errlen) < 0)
+            return -1;
+        l->memory_mb = v;
+    }
+    if ((m = ymap_get(n, "wall_ms"))) {
+        snprintf(f, sizeof f, "%s.wall_ms", where);
+        if (get_long(d, m, f, 1, 86400000, &v, err, errlen) < 0)
+            return -1;
+        l->wall_ms = v;
+    }
+    return 0;
+}
+
+/* YAML value -> JSON (plain scalars that look like numbers, booleans or null
+ * keep that type; ${ENV} is expanded in every scalar). */
+static int to_json(const ydoc *d, const ynode *n, buf_t *b, char *err, size_t errlen)
+{
+    if (n->type == Y_MAP || n->type == Y_SEQ) {
+        buf_addc(b, n->type == Y_MAP ? '{' : '[');
+        for (ynode *k = n->head; k; k = k->next) {
+            if (k != n->head)
+                buf_addc(b, ',');
+            if (n->type == Y_MAP) {
+                json_quote(b, k->key->str, k->key->len);
+                buf_addc(b, ':');
+            }
+            if (to_json(d, k, b, err, errlen) < 0)
+                return -1;
+        }
+        buf_addc(b, n->type == Y_MAP ? '}' : ']');
+        return 0;
+    }
+    char *v = NULL;
+    if (expand(d, n, &v, err, errlen) < 0)
+        return -1;
+    int raw = 0;
+    if (n->plain) {
+        if (!strcmp(v, "true") || !strcmp(v, "false") || !strcmp(v, "null")) {
+            raw = 1;
+        } else if (*v) {
+            char *end;
+            strtod(v, &end);
+            raw = *end == '\0' && (v[0] == '-' || (v[0] >= '0' && v[0] <= '9')) &&
+                  !(v[0] == '0' && v[1] && v[1] != '.') && !strchr(v, 'x') && !strchr(v, 'X');
+        }
+        if (!strcmp(v, "~")) {
+            free(v);
+            buf_adds(b, "null");
+            return 0;
+        }
+    }
+    if (raw)
+        buf_adds(b, v);
+    else
+        json_quote(b, v, strlen(v));
+    free(v);
+    return 0;
+}
+
+static int resolve_path(const wixr_config *c, const char *p, char **out)
+{
+    char full[PATH_MAX];
+    if (p[0] == '/' || !c->dir)
+        snprintf(full, sizeof full, "%s", p);
+    else
+        snprintf(full, sizeof full, "%s/%s", c->dir, p);
+    *out = strdup(full);
+    return *out ? 0 : -1;
+}
+
+static int load_hook(const ydoc *d, const ynode *n, const char *event, int index, wixr_config *c, hook_def *h,
+                     char *err, size_t errlen)
+{
+    char where[160];
+    snprintf(where, sizeof where, "hooks.%s[%d]", event, index);
+    h->event = strdup(event);
+    h->enabled = 1;
+    h->allow = WIX_OP_ALL;
+    h->max_mutations = -1;
+    h->limits = c->limits;
+    char pos[512];
+    snprintf(pos, sizeof pos, "%s:%d:%d", d->file, n->line, n->col);
+    h->where = strdup(pos);
+    if (ynode_expect(d, n, Y_MAP, where, err, errlen) < 0 || ymap_check_keys(d, n, hook_keys, where, err, errlen) < 0)
+        return -1;
+    ynode *m = ymap_get(n, "script");
+    if (!m)
+        return yerr(d, n, err, errlen, "%s: 'script' is required", where);
+    char *script = NULL;
+    if (get_string(d, m, "script", &script, err, errlen) < 0)
+        return -1;
+    int rc = resolve_path(c, script, &h->script);
+    free(script);
+    if (rc < 0)
+        return yerr(d, m, err, errlen, "out of memory");
+    if (!file_exists(h->script))
+        return yerr(d, m, err, errlen, "script: %s does not exist", h->script);
+    if ((m = ymap_get(n, "options"))) {
+        if (ynode_expect(d, m, Y_MAP, "options", err, errlen) < 0)
+            return -1;
+        buf_t b;
+        buf_init(&b, 1024 * 1024);
+        if (to_json(d, m, &b, err, errlen) < 0) {
+            buf_free(&b);
+            return -1;
+        }
+        h->options_json = buf_steal(&b, NULL);
+    }
+    if ((m = ymap_get(n, "limits"))) {
+        char f[200];
+        snprintf(f, sizeof f, "%s.limits", where);
+        if (load_limits(d, m, f, &h->limits, err, errlen) < 0)
+            return -1;
+    }
+    if ((m = ymap_get(n, "on_error"))) {
+        const char *v;
+        if (ynode_str(d, m, "on_error", &v, err, errlen) < 0)
+            return -1;
+        if (strcmp(v, "stop") && strcmp(v, "continue"))
+            return yerr(d, m, err, errlen, "on_error: '%s' is not stop or continue", v);
+        h->on_error_continue = !strcmp(v, "continue");
+    }
+    if ((m = ymap_get(n, "enabled")) && ynode_bool(d, m, "enabled", &h->enabled, err, errlen) < 0)
+        return -1;
+    if ((m = ymap_get(n, "allow"))) {
+        if (ynode_expect(d, m, Y_SEQ, "allow", err, errlen) < 0)
+            return -1;
+        h->allow = 0;
+        for (ynode *k = m->head; k; k = k->next) {
+            const char *v;
+            if (ynode_str(d, k, "allow[]", &v, err, errlen) < 0)
+                return -1;
+            unsigned ops = 0;
+            const char *best = NULL;
+            int bestd = 3;
+            for (size_t i = 0; i < sizeof op_names / sizeof op_names[0]; i++) {
+                if (!strcmp(v, op_names[i].name))
+                    ops = op_names[i].ops;
+                int dist = ytree_distance(v, op_names[i].name);
+                if (dist < bestd) {
+                    bestd = dist;
+                    best = op_names[i].name;
+                }
+            }
+            if (!ops)
+                return best ? yerr(d, k, err, errlen, "allow: unknown operation '%s' (did you mean '%s'?)", v, best)
+                            : yerr(d, k, err, errlen,
+                                   "allow: unknown operation '%s' (all, read, mutate, get, query, create, "
+                                   "cancel_package, set_external_id, assign, unassign, adjust, cancel_instance)",
+                                   v);
+            h->allow |= ops;
+        }
+    }
+    if ((m = ymap_get(n, "max_mutations"))) {
+        long v;
+        if (get_long(d, m, "max_mutations", 0, 100000, &v, err, errlen) < 0)
+            return -1;
+        h->max_mutations = (int)v;
+    }
+    return 0;
+}
+
+static void add_error(buf_t *errs, int *nerr, const char *e)
+{
+    if ((*nerr)++)
+        buf_addc(errs, '\n');
+    buf_adds(errs, e);
+}
+
+static void load_runtime_and_hooks(const ydoc *d, wixr_config *c, buf_t *errs, int *nerr)
+{
+    char err[1024];
+    ynode *rt = ymap_get(d->root, "runtime");
+    if (rt) {
+        if (ynode_expect(d, rt, Y_MAP, "runtime", err, sizeof err) < 0 ||
+            ymap_check_keys(d, rt, runtime_keys, "runtime", err, sizeof err) < 0) {
+            add_error(errs, nerr, err);
+        } else {
+            ynode *m;
+            if ((m = ymap_get(rt, "limits")) && load_limits(d, m, "runtime.limits", &c->limits, err, sizeof err) < 0)
+                add_error(errs, nerr, err);
+            if ((m = ymap_get(rt, "max_chain_depth"))) {
+                long v;
+                if (get_long(d, m, "runtime.max_chain_depth", 0, 64, &v, err, sizeof err) < 0)
+                    add_error(errs, nerr, err);
+                else
+                    c->max_chain_depth = (int)v;
+            }
+            if ((m = ymap_get(rt, "state_dir"))) {
+                char *v = NULL;
+                if (get_string(d, m, "runtime.state_dir", &v, err, sizeof err) < 0) {
+                    add_error(errs, nerr, err);
+                } else {
+                    free(c->state_dir);
+                    resolve_path(c, v, &c->state_dir);
+                    free(v);
+                }
+            }
+            if ((m = ymap_get(rt, "lua_paths"))) {
+                if (ynode_expect(d, m, Y_SEQ, "runtime.lua_paths", err, sizeof err) < 0) {
+                    add_error(errs, nerr, err);
+                } else {
+                    c->lua_paths = calloc(m->n ? m->n : 1, sizeof *c->lua_paths);
+                    for (ynode *k = m->head; k && c->lua_paths; k = k->next) {
+                        char *v = NULL;
+                        if (get_string(d, k, "runtime.lua_paths[]", &v, err, sizeof err) < 0) {
+                            add_error(errs, nerr, err);
+                            continue;
+                        }
+                        resolve_path(c, v, &c->lua_paths[c->nlua_paths++]);
+                        free(v);
+                    }
+                }
+            }
+        }
+    }
+    ynode *hooks = ymap_get(d->root, "hooks");
+    if (!hooks)
+        return;
+    if (ynode_expect(d, hooks, Y_MAP, "hooks", err, sizeof err) < 0) {
+        add_error(errs, nerr, err);
+        return;
+    }
+    size_t total = 0;
+    for (ynode *ev = hooks->head; ev; ev = ev->next)
+        total += ev->type == Y_SEQ ? ev->n : 0;
+    c->hooks = calloc(total ? total : 1, sizeof *c->hooks);
+    if (!c->hooks) {
+        add_error(errs, nerr, "out of memory");
+        return;
+    }
+    for (ynode *ev = hooks->head; ev; ev = ev->next) {
+        char f[160];
+        snprintf(f, sizeof f, "hooks.%s", ev->key->str);
+        if (ynode_expect(d, ev, Y_SEQ, f, err, sizeof err) < 0) {
+            add_error(errs, nerr, err);
+            continue;
+        }
+        int i = 0;
+        for (ynode *hn = ev->head; hn; hn = hn->next, i++) {
+            hook_def *h = &c->hooks[c->nhooks++];
+            if (load_hook(d, hn, ev->key->str, i, c, h, err, sizeof err) < 0)
+                add_error(errs, nerr, err);
+        }
+    }
+}
+
 static int read_key_file(const char *path, char **out, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");
@@ -276,6 +581,12 @@ int config_load(wixr_config *c, const char *path, char *err, size_t errlen)
     s->rate_window_ms = 60000;
     s->concurrency = 16;
     s->sandbox_delivery_delay_ms = 0;
+    c->limits.instructions = 10000000;
+    c->limits.memory_mb = 64;
+    c->limits.wall_ms = 30000;
+    c->max_chain_depth = 8;
+    if (set_str(&c->state_dir, ".wixr") < 0)
+        goto oom;
     if (set_str(&s->base_url, "https://www.wixapis.com") < 0 || set_str(&s->sandbox_db, ".wixr/sandbox.db") < 0 ||
         set_str(&s->sandbox_catalog, WIXR_HOME "/config/catalog.yaml") < 0)
         goto oom;
@@ -302,18 +613,27 @@ int config_load(wixr_config *c, const char *path, char *err, size_t errlen)
         c->path = strdup(path);
         const char *slash = strrchr(path, '/');
         c->dir = slash ? strndup(path, (size_t)(slash - path) + (slash == path)) : strdup(".");
-        int rc = 0;
-        if (d->root) {
-            rc = ynode_expect(d, d->root, Y_MAP, "configuration", err, errlen);
-            if (rc == 0)
-                rc = ymap_check_keys(d, d->root, top_keys, "the configuration", err, errlen);
+        buf_t errs;
+        int nerr = 0;
+        char one[1024];
+        buf_init(&errs, 64 * 1024);
+        if (d->root && ynode_expect(d, d->root, Y_MAP, "configuration", one, sizeof one) < 0) {
+            add_error(&errs, &nerr, one);
+        } else if (d->root) {
+            if (ymap_check_keys(d, d->root, top_keys, "the configuration", one, sizeof one) < 0)
+                add_error(&errs, &nerr, one);
             ynode *w = ymap_get(d->root, "wix");
-            if (rc == 0 && w)
-                rc = load_wix(d, w, c, err, errlen);
+            if (w && load_wix(d, w, c, one, sizeof one) < 0)
+                add_error(&errs, &nerr, one);
+            load_runtime_and_hooks(d, c, &errs, &nerr);
         }
         ytree_free(d);
-        if (rc < 0)
+        if (nerr) {
+            snprintf(err, errlen, "%s", buf_cstr(&errs));
+            buf_free(&errs);
             goto fail;
+        }
+        buf_free(&errs);
     }
 
     const char *v;
@@ -355,6 +675,18 @@ void config_free(wixr_config *c)
     free(s->sandbox_db);
     free(s->sandbox_catalog);
     free(s->audit);
+    for (int i = 0; i < c->nhooks; i++) {
+        hook_def *h = &c->hooks[i];
+        free(h->event);
+        free(h->script);
+        free(h->where);
+        free(h->options_json);
+    }
+    free(c->hooks);
+    for (int i = 0; i < c->nlua_paths; i++)
+        free(c->lua_paths[i]);
+    free(c->lua_paths);
+    free(c->state_dir);
     free(c->path);
     free(c->dir);
     memset(c, 0, sizeof *c);

@@ -33,11 +33,58 @@ typedef struct wix_settings {
     char *audit;                  /* NULL off, "-" stderr, else a file (appended) */
 } wix_settings;
 
+/* Operations a hook may call (hooks' `allow:` list). */
+enum {
+    WIX_OP_GET = 1 << 0,
+    WIX_OP_QUERY = 1 << 1,
+    WIX_OP_CREATE = 1 << 2,
+    WIX_OP_CANCEL_PACKAGE = 1 << 3,
+    WIX_OP_SET_EXTERNAL_ID = 1 << 4,
+    WIX_OP_ASSIGN = 1 << 5,
+    WIX_OP_UNASSIGN = 1 << 6,
+    WIX_OP_ADJUST = 1 << 7,
+    WIX_OP_CANCEL_INSTANCE = 1 << 8,
+};
+#define WIX_OP_READ (WIX_OP_GET | WIX_OP_QUERY)
+#define WIX_OP_MUTATE (WIX_OP_CREATE | WIX_OP_CANCEL_PACKAGE | WIX_OP_SET_EXTERNAL_ID | WIX_OP_ASSIGN | \
+                       WIX_OP_UNASSIGN | WIX_OP_ADJUST | WIX_OP_CANCEL_INSTANCE)
+#define WIX_OP_ALL (WIX_OP_READ | WIX_OP_MUTATE)
+
+typedef struct hook_limits {
+    long long instructions;       /* Lua VM instructions per run */
+    long memory_mb;               /* the hook's Lua state, all runs together */
+    long wall_ms;                 /* per run, network waits included */
+} hook_limits;
+
+typedef struct hook_def {
+    char *event;
+    char *script;                 /* resolved path */
+    char *where;                  /* "file:line:col" of the entry, for messages */
+    char *options_json;           /* ctx.options, as JSON */
+    hook_limits limits;
+    int on_error_continue;
+    int enabled;
+    unsigned allow;               /* WIX_OP_* */
+    int max_mutations;            /* per run; -1 = no cap */
+} hook_def;
+
 typedef struct wixr_config {
     char *path;                   /* NULL when no file was read */
     char *dir;                    /* the file's folder (scripts are relative to it) */
     wix_settings wix;
+    char **lua_paths;             /* runtime.lua_paths, resolved */
+    int nlua_paths;
+    hook_limits limits;           /* runtime.limits: defaults for every hook */
+    int max_chain_depth;          /* runtime.max_chain_depth: ctx.emit depth */
+    char *state_dir;              /* runtime.state_dir: dedupe store and the like */
+    hook_def *hooks;
+    int nhooks;
 } wixr_config;
+
+/* Names of WIX_OP_* bits, for messages ("create, adjust"). */
+void config_ops_names(unsigned ops, char *out, size_t n);
+/* The hooks for an event, in order: fills idx[] (at most max); returns the count. */
+int config_hooks_for(const wixr_config *c, const char *event, int *idx, int max);
 
 /* Fills defaults, reads path (NULL: the first of $WIXR_CONFIG, ./wixr.yaml,
  * ./config/wixr.yaml that exists, or none), then the environment.

@@ -21,7 +21,7 @@ int luaopen_cjson(lua_State *L);
 
 wixr_host *host_of(lua_State *L)
 {
-    return *(wixr_host **)lua_getextraspace(L);
+    return ctx_of(L)->host;
 }
 
 static int load_embedded(lua_State *L)
@@ -41,10 +41,10 @@ static int load_embedded(lua_State *L)
     return luaL_error(L, "no embedded module %s", name);
 }
 
-/* Runs in protected mode: libraries, embedded modules, search path. */
-static int setup(lua_State *L)
+/* Registers wix.core, cjson and the embedded Lua modules in package.preload
+ * and puts the shipped lua/ folder first on package.path. */
+void host_register_modules(lua_State *L)
 {
-    luaL_openlibs(L);
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "preload");
     lua_pushcfunction(L, luaopen_wix_core);
@@ -64,6 +64,13 @@ static int setup(lua_State *L)
     lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua;%s", home, home, lua_tostring(L, -1));
     lua_setfield(L, -3, "path");
     lua_pop(L, 2);
+}
+
+/* Runs in protected mode: libraries, embedded modules, search path. */
+static int setup(lua_State *L)
+{
+    luaL_openlibs(L);
+    host_register_modules(L);
     return 0;
 }
 
@@ -82,7 +89,8 @@ wixr_host *host_new(const wixr_config *cfg, int dry_run, char *err, size_t errle
         free(h);
         return NULL;
     }
-    *(wixr_host **)lua_getextraspace(h->L) = h;
+    h->ctx.host = h;
+    *(wixr_ctx **)lua_getextraspace(h->L) = &h->ctx;
     lua_pushcfunction(h->L, setup);
     if (lua_pcall(h->L, 0, 0, 0) != LUA_OK) {
         snprintf(err, errlen, "setting up Lua: %s", lua_tostring(h->L, -1));

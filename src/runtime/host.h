@@ -12,13 +12,34 @@
 #include "../wix/client.h"
 #include "sched.h"
 
+struct wixr_host;
+struct hook_rt;
+struct hook_run;
+
+/* What lua_getextraspace points to in every thread: the host, and inside a
+ * hook, its loaded script and the run being executed. */
+typedef struct wixr_ctx {
+    struct wixr_host *host;
+    struct hook_rt *hook;          /* NULL outside hook scripts */
+    struct hook_run *run;          /* NULL outside a hook run */
+} wixr_ctx;
+
+static inline wixr_ctx *ctx_of(lua_State *L)
+{
+    return *(wixr_ctx **)lua_getextraspace(L);
+}
+
 typedef struct wixr_host {
+    wixr_ctx ctx;                 /* the main state's context */
     lua_State *L;
     sched_t *sched;
     wix_client *client;
     const wixr_config *cfg;
     int dry_run;
     int plan_ref;                 /* registry: list of planned calls (dry-run) */
+    struct hook_run *active_runs; /* hook runs in flight (sandbox.c) */
+    int watchdog_armed;
+    long long watchdog_at;
 } wixr_host;
 
 /* Creates the host. Says once on stderr when the sandbox is used because no
@@ -33,6 +54,9 @@ int host_load_script(wixr_host *h, const char *path);
 /* Pushes a value's one-line description for an error value (honours
  * __tostring; tables without it are JSON-encoded). */
 const char *host_error_text(lua_State *L, int idx);
+
+/* Registers wix.core, cjson and the embedded modules (package.preload). */
+void host_register_modules(lua_State *L);
 
 /* Opens the wix.core C module (what lua/wix.lua is built on). */
 int luaopen_wix_core(lua_State *L);

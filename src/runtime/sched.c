@@ -11,6 +11,10 @@
 
 struct sched_task {
     unsigned long id;
+    unsigned long group;
+    int killed;            /* ended by sched_kill_group; freed when next scheduled */
+    int queued;            /* on the ready queue */
+    lua_State *L;          /* the state owning the registry ref */
     lua_State *co;
     int ref;               /* registry ref keeping the thread alive */
     int nargs;             /* values waiting on co's stack for the next resume */
@@ -24,6 +28,7 @@ struct sched_task {
 typedef struct timer {
     long long at;
     unsigned long seq;
+    int weak;
     sched_fn fn;
     void *arg;
 } timer;
@@ -35,10 +40,11 @@ struct sched {
     sched_task *ready_head, *ready_tail;
     sched_task *all;
     sched_task *current;
-    unsigned long next_id;
+    unsigned long next_id, next_group;
     int ntasks;
     timer *timers;         /* binary min-heap on (at, seq) */
     int ntimers, captimers;
+    int strong_timers;
     unsigned long timer_seq;
 };
 
@@ -72,7 +78,7 @@ static void task_free(sched_t *s, sched_task *t)
         s->all = t->next_all;
     if (t->next_all)
         t->next_all->prev_all = t->prev_all;
-    luaL_unref(s->L, LUA_REGISTRYINDEX, t->ref);
+    luaL_unref(t->L, LUA_REGISTRYINDEX, t->ref);
     s->ntasks--;
     free(t);
 }
@@ -90,6 +96,7 @@ void sched_free(sched_t *s)
 
 static void push_ready(sched_t *s, sched_task *t)
 {
+    t->queued = 1;
     t->next_ready = NULL;
     if (s->ready_tail)
         s->ready_tail->next_ready = t;
@@ -100,6 +107,35 @@ static void push_ready(sched_t *s, sched_task *t)
 
 sched_task *sched_spawn(sched_t *s, lua_State *L, int nargs, sched_done_fn done, void *arg)
 {
+    return sched_spawn_in(s, L, nargs, 0, done, arg);
+}
+
+unsigned long sched_new_group(sched_t *s) { return ++s->next_group; }
+unsigned long sched_task_group(const sched_task *t) { return t->group; }
+
+void sched_kill_group(sched_t *s, unsigned long group, const char *msg)
+{
+    if (!group)
+        return;
+    for (sched_task *t = s->all; t; t = t->next_all) {
+        if (t->group != group || t->killed)
+            continue;
+        int was_parked = t->parked;
+        t->killed = 1;
+        t->parked = 0;
+        if (t->done) {
+            lua_settop(t->co, 0);
+            lua_pushstring(t->co, msg);
+            t->done(t, t->co, LUA_ERRRUN, t->done_arg);
+            t->done = NULL;
+        }
+        if (was_parked && !t->queued)
+            push_ready(s, t); /* nothing else would ever schedule it: let the loop free it */
+    }
+}
+
+sched_task *sched_spawn_in(sched_t *s, lua_State *L, int nargs, unsigned long group, sched_done_fn done, void *arg)
+{
     sched_task *t = calloc(1, sizeof *t);
     if (!t) {
         lua_pop(L, nargs + 1);
@@ -109,6 +145,8 @@ sched_task *sched_spawn(sched_t *s, lua_State *L, int nargs, sched_done_fn done,
     t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_xmove(L, t->co, nargs + 1);
     t->nargs = nargs;
+    t->L = L;
+    t->group = group;
     t->id = ++s->next_id;
     t->done = done;
     t->done_arg = arg;
@@ -124,7 +162,8 @@ sched_task *sched_spawn(sched_t *s, lua_State *L, int nargs, sched_done_fn done,
 void sched_ready(sched_t *s, sched_task *t, int nvalues)
 {
     t->nargs = nvalues;
-    push_ready(s, t);
+    if (!t->queued)
+        push_ready(s, t);
 }
 
 sched_task *sched_current(sched_t *s) { return s->current; }
@@ -149,7 +188,19 @@ static int timer_less(const timer *a, const timer *b)
     return a->at < b->at || (a->at == b->at && a->seq < b->seq);
 }
 
+static int add_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg, int weak);
+
 int sched_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg)
+{
+    return add_timer(s, at_ms, fn, arg, 0);
+}
+
+int sched_timer_weak(sched_t *s, long long at_ms, sched_fn fn, void *arg)
+{
+    return add_timer(s, at_ms, fn, arg, 1);
+}
+
+static int add_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg, int weak)
 {
     if (s->ntimers == s->captimers) {
         int cap = s->captimers ? s->captimers * 2 : 64;
@@ -160,7 +211,9 @@ int sched_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg)
         s->captimers = cap;
     }
     int i = s->ntimers++;
-    timer t = {at_ms, ++s->timer_seq, fn, arg};
+    timer t = {at_ms, ++s->timer_seq, weak, fn, arg};
+    if (!weak)
+        s->strong_timers++;
     while (i > 0 && timer_less(&t, &s->timers[(i - 1) / 2])) {
         s->timers[i] = s->timers[(i - 1) / 2];
         i = (i - 1) / 2;
@@ -198,6 +251,8 @@ static void fire_timers(sched_t *s)
     long long now = sched_now_ms();
     while (s->ntimers && s->timers[0].at <= now) {
         timer t = timer_pop(s);
+        if (!t.weak)
+            s->strong_timers--;
         t.fn(t.arg);
     }
 }
@@ -235,16 +290,25 @@ static void drain_transfers(sched_t *s)
 static void run_task(sched_t *s, sched_task *t)
 {
     int nres = 0;
+    t->queued = 0;
+    if (t->killed) {
+        task_free(s, t);
+        return;
+    }
     s->current = t;
-    int st = lua_resume(t->co, s->L, t->nargs, &nres);
+    int st = lua_resume(t->co, NULL, t->nargs, &nres);
     s->current = NULL;
     t->nargs = 0;
     if (st == LUA_YIELD) {
         lua_pop(t->co, nres);
         return;
     }
-    if (t->done)
-        t->done(t, t->co, st, t->done_arg);
+    /* Ended: a kill of its group from inside done() must not call done again. */
+    sched_done_fn done = t->done;
+    t->done = NULL;
+    t->killed = 1;
+    if (done)
+        done(t, t->co, st, t->done_arg);
     task_free(s, t);
 }
 
@@ -279,7 +343,7 @@ void sched_run(sched_t *s)
                 curl_multi_poll(s->multi, NULL, 0, (int)wait, NULL);
             continue;
         }
-        if (s->ntimers) {
+        if (s->strong_timers) {
             long long d = s->timers[0].at - sched_now_ms();
             if (d > 0) {
                 struct timespec ts = {d / 1000, (long)(d % 1000) * 1000000L};

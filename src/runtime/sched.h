@@ -31,8 +31,17 @@ sched_t *sched_new(lua_State *L);
 void sched_free(sched_t *s);
 
 /* Starts a task running the function below its nargs arguments on L's
- * stack (all popped). done (may be NULL) is called when it ends. */
+ * stack (all popped); L may belong to any Lua state. done (may be NULL) is
+ * called when it ends. The task joins group (0 = none). */
 sched_task *sched_spawn(sched_t *s, lua_State *L, int nargs, sched_done_fn done, void *arg);
+sched_task *sched_spawn_in(sched_t *s, lua_State *L, int nargs, unsigned long group, sched_done_fn done, void *arg);
+unsigned long sched_task_group(const sched_task *t);
+/* Ends every task of a group now: each unfinished task's done callback runs
+ * with LUA_ERRRUN and msg pushed on its thread; none of them runs again
+ * (work they were waiting for is dropped when it completes). */
+void sched_kill_group(sched_t *s, unsigned long group, const char *msg);
+/* A fresh group id. */
+unsigned long sched_new_group(sched_t *s);
 /* Marks a waiting task runnable; nvalues were pushed on its thread. */
 void sched_ready(sched_t *s, sched_task *t, int nvalues);
 sched_task *sched_current(sched_t *s);
@@ -44,6 +53,8 @@ void sched_task_set_parked(sched_task *t, int parked);
 int sched_task_parked(const sched_task *t);
 /* Calls fn(arg) at (monotonic) ms. */
 int sched_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg);
+/* The same, but a weak timer alone does not keep sched_run going. */
+int sched_timer_weak(sched_t *s, long long at_ms, sched_fn fn, void *arg);
 /* Adds an easy handle (whose CURLOPT_PRIVATE is a sched_transfer). */
 int sched_add_transfer(sched_t *s, CURL *easy);
 /* Runs until no task, timer or transfer is left. */

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "../runtime/host.h"
+#include "../runtime/sandbox.h"
 #include "../json/json.h"
 #include "luajson.h"
 
@@ -24,6 +25,48 @@ static wixr_host *need_task(lua_State *L, const char *what)
     if (!t || sched_task_thread(t) != L)
         luaL_error(L, "%s must be called from a script run by wixr (inside its scheduler)", what);
     return h;
+}
+
+/* ---- which operation a request is (for hooks' allow lists) ---- */
+
+static unsigned op_of(const char *method, const char *path, int *mutating)
+{
+    static const char pkgs[] = "/resellers/v1/packages";
+    static const char inst[] = "/resellers/v1/packages/product-instances/";
+    *mutating = strcmp(method, "GET") != 0;
+    if (!strcmp(path, "/resellers/v2/packages") || !strcmp(path, pkgs))
+        return WIX_OP_CREATE;
+    if (!strcmp(path, "/resellers/v1/packages/query")) {
+        *mutating = 0;
+        return WIX_OP_QUERY;
+    }
+    if (!strncmp(path, inst, sizeof inst - 1)) {
+        const char *rest = path + sizeof inst - 1;
+        const char *slash = strchr(rest, '/');
+        if (!strcmp(method, "DELETE"))
+            return WIX_OP_CANCEL_INSTANCE;
+        if (!slash)
+            return WIX_OP_ADJUST;
+        return !strcmp(slash + 1, "unassign") ? WIX_OP_UNASSIGN : WIX_OP_ASSIGN;
+    }
+    if (!strncmp(path, "/resellers/v1/packages/update/", 30))
+        return WIX_OP_SET_EXTERNAL_ID;
+    if (!strcmp(method, "DELETE"))
+        return WIX_OP_CANCEL_PACKAGE;
+    return WIX_OP_GET;
+}
+
+/* Inside a hook run: raises unless the hook may make this call. */
+static void check_permit(lua_State *L, const char *method, const char *path)
+{
+    hook_run *r = ctx_of(L)->run;
+    if (!r)
+        return;
+    int mutating;
+    unsigned op = op_of(method, path, &mutating);
+    char err[512];
+    if (sandbox_permit(r, op, mutating, err, sizeof err) < 0)
+        luaL_error(L, "%s", err);
 }
 
 /* ---- request ---- */
@@ -114,6 +157,7 @@ static int l_request(lua_State *L)
     const char *account = luaL_optstring(L, 4, NULL);
     const char *idem = luaL_optstring(L, 5, NULL);
     lua_settop(L, 5);
+    check_permit(L, method, path);
     buf_t body;
     buf_init(&body, 16 * 1024 * 1024);
     int has_body = !lua_isnil(L, 3);
@@ -160,9 +204,13 @@ static int l_spawn(lua_State *L)
     wixr_host *h = host_of(L);
     luaL_checktype(L, 1, LUA_TFUNCTION);
     int nargs = lua_gettop(L) - 1;
-    sched_task *t = sched_spawn(h->sched, L, nargs, spawn_done, NULL);
+    sched_task *cur = sched_current(h->sched);
+    unsigned long group = cur ? sched_task_group(cur) : 0;
+    sched_task *t = sched_spawn_in(h->sched, L, nargs, group, spawn_done, NULL);
     if (!t)
         return luaL_error(L, "out of memory");
+    /* A hook run's limits and permissions follow it into the tasks it starts. */
+    sandbox_adopt_thread(L, sched_task_thread(t));
     lua_pushinteger(L, (lua_Integer)sched_task_id(t));
     return 1;
 }
@@ -297,6 +345,19 @@ static int l_plan(lua_State *L)
 {
     wixr_host *h = host_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "method");
+    lua_getfield(L, 1, "path");
+    check_permit(L, luaL_checkstring(L, -2), luaL_checkstring(L, -1));
+    lua_pop(L, 2);
+    hook_run *r = ctx_of(L)->run;
+    if (r) {
+        char err[256];
+        if (r->nplan++)
+            buf_addc(&r->plan, ',');
+        if (luajson_encode(L, 1, &r->plan, 1, err, sizeof err) < 0)
+            return luaL_error(L, "plan: %s", err);
+        return 0;
+    }
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->plan_ref);
     lua_pushvalue(L, 1);
     lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
@@ -306,7 +367,7 @@ static int l_plan(lua_State *L)
 static int l_stats(lua_State *L)
 {
     const wix_stats *s = wix_client_stats(host_of(L)->client);
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 4);
     lua_pushinteger(L, s->calls);
     lua_setfield(L, -2, "calls");
     lua_pushinteger(L, s->attempts);

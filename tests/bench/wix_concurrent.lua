@@ -5,7 +5,8 @@
 -- with wix.concurrency = C in the config, so the client lets all C through.
 -- E is event.events or $BENCH_EVENTS (default 2000); C is event.concurrency or
 -- $BENCH_CONCURRENCY (default 16). Returns the counts, the peak number of calls
--- in flight seen from Lua, and this process's peak RSS (VmHWM, kB) at the end.
+-- in flight seen from Lua, this process's peak RSS (VmHWM, kB) at the end and
+-- its CPU time (os.clock, seconds).
 local wix = require "wix"
 
 local ACCOUNT = "33333333-4444-4555-8666-777777777777"
@@ -55,5 +56,6 @@ return function(event)
   local tasks = {}
   for w = 1, math.min(c, events) do tasks[w] = wix.spawn(worker) end
   for _, t in ipairs(tasks) do t:wait() end -- raises the first failure
-  return { events = done, calls = calls, concurrency = c, peak_in_flight = peak, vmhwm_kb = peak_rss_kb() }
+  return { events = done, calls = calls, concurrency = c, peak_in_flight = peak, vmhwm_kb = peak_rss_kb(),
+           cpu_s = os.clock() }
 end

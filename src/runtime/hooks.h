@@ -1,0 +1,64 @@
+/*
+ * hooks.h -- the hook table built from the configuration, and events pushed
+ * through it: each event's hooks run in order (a failed hook stops the rest
+ * unless its on_error is continue), then the events its hooks emitted run,
+ * one after another, as children of the event.
+ */
+#ifndef WIXR_HOOKS_H
+#define WIXR_HOOKS_H
+
+#include "../util/buf.h"
+#include "host.h"
+#include "sandbox.h"
+
+typedef struct hook_table {
+    wixr_host *h;
+    const wixr_config *cfg;
+    hook_rt **rt;                 /* one per cfg->hooks[i]; NULL when disabled */
+    int n;
+} hook_table;
+
+/* Loads every enabled hook's script. On errors, NULL, with one line per
+ * problem appended to errors (every script is tried). */
+hook_table *hooks_load(wixr_host *h, const wixr_config *cfg, buf_t *errors);
+void hooks_free(hook_table *t);
+int hooks_count_for(const hook_table *t, const char *event);
+
+enum { HOOK_OK, HOOK_FAILED, HOOK_SKIPPED };
+
+typedef struct hook_result {
+    const char *hook;             /* the hook's name */
+    int status;                   /* HOOK_* */
+    char *result_json;
+    char *error;
+    char *plan_json;              /* dry-run: a JSON array */
+    long long ms;
+} hook_result;
+
+typedef struct event_job event_job;
+typedef void (*event_done_fn)(event_job *j, void *arg);
+
+struct event_job {
+    hook_table *t;
+    char *name, *id, *data_json, *chain;
+    int depth;
+    int idx[64], nidx, pos;
+    hook_result *results;
+    event_job **children;
+    int nchildren, child_pos;
+    char *emitted_json;           /* the array of {"event","data"} the hooks emitted */
+    int failed;                   /* a hook here or in a child failed */
+    event_done_fn done;
+    void *arg;
+};
+
+/* Starts an event (its hooks run on the scheduler); done runs when it and
+ * its chained events have finished. With no hook for the event, done runs
+ * at once with nidx == 0. */
+event_job *event_fire(hook_table *t, const char *name, const char *id, const char *data_json, event_done_fn done,
+                      void *arg);
+void event_job_free(event_job *j);
+/* {"event","id","ok","hooks":[{"hook","status","result"|"error","planned"?,"ms"}],"chained":[...]} */
+void event_job_json(const event_job *j, buf_t *b);
+
+#endif

@@ -1,0 +1,658 @@
+/*
+ * sandbox.c -- hook scripts: their own state, an allow-listed environment,
+ * and the limits of each run (see sandbox.h).
+ */
+#define _GNU_SOURCE
+#include "sandbox.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../json/json.h"
+#include "../wix/luajson.h"
+
+#define HOOK_EVERY 1000       /* instructions between limit checks */
+
+/* ---- memory: an allocator with an exact cap per hook state ---- */
+
+static void *hook_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    hook_rt *k = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        k->mem -= old;
+        return NULL;
+    }
+    if (nsize > old && k->mem + (nsize - old) > k->mem_limit)
+        return NULL; /* Lua raises "not enough memory" in the running code */
+    void *p = realloc(ptr, nsize);
+    if (!p)
+        return NULL;
+    k->mem = k->mem - old + nsize;
+    if (k->mem > k->mem_peak)
+        k->mem_peak = k->mem;
+    return p;
+}
+
+/* ---- instructions and wall time ---- */
+
+static void limit_hook(lua_State *L, lua_Debug *ar)
+{
+    hook_run *r = ctx_of(L)->run;
+    if (!r)
+        return;
+    if (!r->tripped) {
+        r->instructions += HOOK_EVERY;
+        if (r->instructions > r->hook->def->limits.instructions)
+            snprintf(r->trip, sizeof r->trip, "instruction limit exceeded (%lld)", r->hook->def->limits.instructions);
+        else if (sched_now_ms() > r->deadline_ms)
+            snprintf(r->trip, sizeof r->trip, "wall time limit exceeded (%ld ms)", r->hook->def->limits.wall_ms);
+        else
+            return;
+        r->tripped = 1;
+    }
+    /* From now on every instruction raises: a pcall in the script cannot swallow it. */
+    lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1);
+    if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+        lua_pushfstring(L, "%s:%d: %s", ar->short_src, ar->currentline, r->trip);
+    else
+        lua_pushstring(L, r->trip);
+    lua_error(L);
+}
+
+void sandbox_adopt_thread(lua_State *parent, lua_State *child)
+{
+    *(wixr_ctx **)lua_getextraspace(child) = ctx_of(parent);
+    lua_Hook h = lua_gethook(parent);
+    if (h)
+        lua_sethook(child, h, lua_gethookmask(parent), lua_gethookcount(parent));
+}
+
+int sandbox_permit(hook_run *r, unsigned op, int mutating, char *err, size_t errlen)
+{
+    const hook_def *d = r->hook->def;
+    if (!(d->allow & op)) {
+        char allowed[256], name[64];
+        config_ops_names(d->allow, allowed, sizeof allowed);
+        config_ops_names(op, name, sizeof name);
+        snprintf(err, errlen, "%s: operation '%s' is not allowed for this hook (allow: %s)", r->hook->name, name,
+                 allowed);
+        return -1;
+    }
+    if (mutating && d->max_mutations >= 0 && r->mutations >= d->max_mutations) {
+        snprintf(err, errlen, "%s: more than %d mutating call%s in one run (max_mutations)", r->hook->name,
+                 d->max_mutations, d->max_mutations == 1 ? "" : "s");
+        return -1;
+    }
+    if (mutating)
+        r->mutations++;
+    return 0;
+}
+
+/* ---- the environment ---- */
+
+static int sbx_print(lua_State *L)
+{
+    hook_rt *k = ctx_of(L)->hook;
+    int n = lua_gettop(L);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (int i = 1; i <= n; i++) {
+        if (i > 1)
+            luaL_addchar(&b, '\t');
+        luaL_tolstring(L, i, NULL);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    fprintf(stderr, "[%s] %s\n", k ? k->name : "script", lua_tostring(L, -1));
+    return 0;
+}
+
+static int sbx_collectgarbage(lua_State *L)
+{
+    const char *opt = luaL_optstring(L, 1, "count");
+    if (strcmp(opt, "count") != 0)
+        return luaL_error(L, "collectgarbage: only \"count\" is available to scripts");
+    lua_pushnumber(L, (lua_Number)lua_gc(L, LUA_GCCOUNT, 0) + lua_gc(L, LUA_GCCOUNTB, 0) / 1024.0);
+    return 1;
+}
+
+/* load(chunk [, name [, mode [, env]]]): text only; env defaults to the script's. */
+static int sbx_load(lua_State *L)
+{
+    size_t len;
+    const char *s = lua_tolstring(L, 1, &len);
+    const char *name = luaL_optstring(L, 2, s ? s : "=(load)");
+    const char *mode = luaL_optstring(L, 3, "t");
+    if (strcmp(mode, "t") != 0)
+        return luaL_error(L, "load: only text chunks (mode \"t\") are allowed");
+    if (!s)
+        return luaL_error(L, "load: only strings can be loaded by scripts");
+    int has_env = !lua_isnone(L, 4);
+    if (luaL_loadbufferx(L, s, len, name, "t") != LUA_OK) {
+        lua_pushnil(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    lua_pushvalue(L, has_env ? 4 : lua_upvalueindex(1));
+    if (!lua_setupvalue(L, -2, 1))
+        lua_pop(L, 1);
+    return 1;
+}
+
+static int sbx_cocreate(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_State *co = lua_newthread(L);
+    sandbox_adopt_thread(L, co);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, co, 1);
+    return 1;
+}
+
+/* require(name): "wix" (this state's module), or a .lua file on the
+ * configured runtime.lua_paths, loaded as text into the script's env. */
+static int sbx_require(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    lua_getfield(L, lua_upvalueindex(2), name); /* the script's own cache */
+    if (!lua_isnil(L, -1))
+        return 1;
+    lua_pop(L, 1);
+    if (!strcmp(name, "wix") || !strcmp(name, "cjson")) {
+        lua_getglobal(L, "require"); /* the real one, in the hidden _G */
+        lua_pushstring(L, name);
+        lua_call(L, 1, 1);
+    } else {
+        hook_rt *k = ctx_of(L)->hook;
+        const wixr_config *cfg = k->ctx.host->cfg;
+        if (strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.") != strlen(name))
+            return luaL_error(L, "require: bad module name '%s'", name);
+        char rel[512], path[4096];
+        snprintf(rel, sizeof rel, "%s", name);
+        for (char *p = rel; *p; p++)
+            if (*p == '.')
+                *p = '/';
+        int found = 0;
+        for (int i = 0; i < cfg->nlua_paths && !found; i++) {
+            snprintf(path, sizeof path, "%s/%s.lua", cfg->lua_paths[i], rel);
+            FILE *f = fopen(path, "r");
+            if (f) {
+                fclose(f);
+                found = 1;
+            }
+        }
+        if (!found)
+            return luaL_error(L, "require: module '%s' not found (scripts may require \"wix\" and modules on "
+                                 "runtime.lua_paths)", name);
+        if (luaL_loadfilex(L, path, "t") != LUA_OK)
+            return lua_error(L);
+        lua_pushvalue(L, lua_upvalueindex(1));
+        lua_setupvalue(L, -2, 1);
+        lua_pushstring(L, name);
+        lua_call(L, 1, 1);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushboolean(L, 1);
+        }
+    }
+    lua_pushvalue(L, -1);
+    lua_setfield(L, lua_upvalueindex(2), name);
+    return 1;
+}
+
+/* Copies the listed fields of table src (at -1) into a new table set as env[field]. */
+static void copy_lib(lua_State *L, int env, const char *lib, const char *const *names)
+{
+    lua_getglobal(L, lib);
+    lua_createtable(L, 0, 16);
+    for (const char *const *n = names; *n; n++) {
+        lua_getfield(L, -2, *n);
+        lua_setfield(L, -2, *n);
+    }
+    lua_setfield(L, env, lib);
+    lua_pop(L, 1);
+}
+
+static const char *const base_names[] = {"assert", "error", "ipairs", "next", "pairs", "pcall", "select", "tonumber",
+                                         "tostring", "type", "xpcall", "rawequal", "rawget", "rawset", "rawlen",
+                                         "setmetatable", "getmetatable", "_VERSION", NULL};
+static const char *const string_names[] = {"byte", "char", "find", "format", "gmatch", "gsub", "len", "lower",
+                                           "match", "rep", "reverse", "sub", "upper", "pack", "packsize", "unpack",
+                                           NULL};
+static const char *const table_names[] = {"concat", "insert", "move", "pack", "remove", "sort", "unpack", NULL};
+static const char *const math_names[] = {"abs", "ceil", "cos", "deg", "exp", "floor", "fmod", "huge", "log",
+                                         "max", "maxinteger", "min", "mininteger", "modf", "pi", "rad", "random",
+                                         "randomseed", "sin", "sqrt", "tan", "tointeger", "type", "ult", "atan",
+                                         NULL};
+static const char *const utf8_names[] = {"char", "charpattern", "codes", "codepoint", "len", "offset", NULL};
+static const char *const coroutine_names[] = {"resume", "yield", "status", "isyieldable", "running", "close", NULL};
+static const char *const os_names[] = {"time", "clock", "date", "difftime", NULL};
+
+static const char wrap_glue[] =
+    "local create, resume, error = ...\n"
+    "return function(f)\n"
+    "  local co = create(f)\n"
+    "  return function(...)\n"
+    "    local r = table.pack(resume(co, ...))\n"
+    "    if not r[1] then error(r[2], 0) end\n"
+    "    return table.unpack(r, 2, r.n)\n"
+    "  end\n"
+    "end\n";
+
+/* Builds the script's environment and pushes it. Runs in protected mode. */
+static int build_env(lua_State *L)
+{
+    int env = lua_gettop(L) + 1;
+    lua_createtable(L, 0, 32);
+    lua_pushglobaltable(L);
+    for (const char *const *n = base_names; *n; n++) {
+        lua_getfield(L, -1, *n);
+        lua_setfield(L, env, *n);
+    }
+    lua_pop(L, 1);
+    copy_lib(L, env, "string", string_names);
+    copy_lib(L, env, "table", table_names);
+    copy_lib(L, env, "math", math_names);
+    copy_lib(L, env, "utf8", utf8_names);
+    copy_lib(L, env, "os", os_names);
+    copy_lib(L, env, "coroutine", coroutine_names);
+    lua_getfield(L, env, "coroutine");
+    lua_pushcfunction(L, sbx_cocreate);
+    lua_setfield(L, -2, "create");
+    if (luaL_loadstring(L, wrap_glue) != LUA_OK)
+        return lua_error(L);
+    lua_pushcfunction(L, sbx_cocreate);
+    lua_getglobal(L, "coroutine");
+    lua_getfield(L, -1, "resume");
+    lua_remove(L, -2);
+    lua_getglobal(L, "error");
+    lua_call(L, 3, 1);
+    lua_setfield(L, -2, "wrap");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, sbx_print);
+    lua_setfield(L, env, "print");
+    lua_pushcfunction(L, sbx_collectgarbage);
+    lua_setfield(L, env, "collectgarbage");
+    lua_pushvalue(L, env);
+    lua_pushcclosure(L, sbx_load, 1);
+    lua_setfield(L, env, "load");
+    lua_pushvalue(L, env);
+    lua_newtable(L); /* the script's module cache */
+    lua_pushcclosure(L, sbx_require, 2);
+    lua_setfield(L, env, "require");
+    lua_pushvalue(L, env);
+    lua_setfield(L, env, "_G");
+    /* Strings: their metatable can no longer be fetched (nor changed). */
+    lua_pushliteral(L, "");
+    lua_getmetatable(L, -1);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 2);
+    return 1;
+}
+
+static int open_state(lua_State *L)
+{
+    static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},          {LUA_LOADLIBNAME, luaopen_package},
+                                    {LUA_COLIBNAME, luaopen_coroutine}, {LUA_TABLIBNAME, luaopen_table},
+                                    {LUA_OSLIBNAME, luaopen_os},        {LUA_STRLIBNAME, luaopen_string},
+                                    {LUA_MATHLIBNAME, luaopen_math},    {LUA_UTF8LIBNAME, luaopen_utf8},
+                                    {LUA_DBLIBNAME, luaopen_debug},     {NULL, NULL}};
+    for (const luaL_Reg *l = libs; l->func; l++) {
+        luaL_requiref(L, l->name, l->func, 1);
+        lua_pop(L, 1);
+    }
+    host_register_modules(L);
+    /* wix.lua is loaded before any script code runs, with the real libraries. */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "wix");
+    lua_call(L, 1, 0);
+    return 0;
+}
+
+hook_rt *hook_load(wixr_host *h, const hook_def *def, char *err, size_t errlen)
+{
+    hook_rt *k = calloc(1, sizeof *k);
+    if (!k) {
+        snprintf(err, errlen, "%s: out of memory", def->where);
+        return NULL;
+    }
+    k->def = def;
+    k->ctx.host = h;
+    k->ctx.hook = k;
+    k->handler_ref = LUA_NOREF;
+    const char *base = strrchr(def->script, '/');
+    snprintf(k->name, sizeof k->name, "%s (%s)", def->event, base ? base + 1 : def->script);
+    k->mem_limit = (size_t)def->limits.memory_mb * 1024 * 1024;
+    k->L = lua_newstate(hook_alloc, k);
+    if (!k->L) {
+        snprintf(err, errlen, "%s: cannot create a Lua state", def->where);
+        free(k);
+        return NULL;
+    }
+    *(wixr_ctx **)lua_getextraspace(k->L) = &k->ctx;
+    lua_State *L = k->L;
+    lua_pushcfunction(L, open_state);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        snprintf(err, errlen, "%s: setting up Lua: %s", def->where, lua_tostring(L, -1));
+        goto fail;
+    }
+    if (luaL_loadfilex(L, def->script, "t") != LUA_OK) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto fail;
+    }
+    lua_pushcfunction(L, build_env);
+    if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+        snprintf(err, errlen, "%s: building the sandbox: %s", def->where, lua_tostring(L, -1));
+        goto fail;
+    }
+    lua_setupvalue(L, -2, 1); /* the chunk's _ENV */
+    /* The chunk's top level runs once, under the default limits (no yields). */
+    hook_run probe = {.ctx = {h, k, NULL}, .hook = k, .deadline_ms = sched_now_ms() + def->limits.wall_ms};
+    probe.ctx.run = &probe;
+    *(wixr_ctx **)lua_getextraspace(L) = &probe.ctx;
+    lua_sethook(L, limit_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    int st = lua_pcall(L, 0, 1, 0);
+    lua_sethook(L, NULL, 0, 0);
+    *(wixr_ctx **)lua_getextraspace(L) = &k->ctx;
+    if (st != LUA_OK) {
+        snprintf(err, errlen, "%s", st == LUA_ERRMEM ? "memory limit exceeded while loading" : lua_tostring(L, -1));
+        goto fail;
+    }
+    if (!lua_isfunction(L, -1)) {
+        snprintf(err, errlen, "%s: the script must return its handler function (got %s)", def->script,
+                 luaL_typename(L, -1));
+        goto fail;
+    }
+    k->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return k;
+fail:
+    hook_free(k);
+    return NULL;
+}
+
+void hook_free(hook_rt *k)
+{
+    if (!k)
+        return;
+    if (k->L)
+        lua_close(k->L);
+    free(k);
+}
+
+/* ---- runs ---- */
+
+static void active_remove(hook_run *r)
+{
+    wixr_host *h = r->ctx.host;
+    for (hook_run **p = (hook_run **)&h->active_runs; *p; p = &(*p)->next_active) {
+        if (*p == r) {
+            *p = r->next_active;
+            break;
+        }
+    }
+}
+
+/* Ends the run (once): records the outcome and calls done, which may free r. */
+static void finish(hook_run *r, int ok, char *result_json, const char *error)
+{
+    if (r->finished)
+        return;
+    r->finished = 1;
+    active_remove(r);
+    r->ok = ok;
+    r->result_json = result_json;
+    if (error) {
+        if (asprintf(&r->error, "%s: %s", r->hook->name, error) < 0)
+            r->error = NULL;
+    }
+    r->hook->runs--;
+    r->done(r, r->done_arg);
+}
+
+static void run_done(sched_task *t, lua_State *co, int status, void *arg)
+{
+    (void)t;
+    hook_run *r = arg;
+    if (r->finished)
+        return;
+    sched_t *s = r->ctx.host->sched;
+    unsigned long group = r->group;
+    lua_sethook(co, NULL, 0, 0);
+    if (status != LUA_OK) {
+        const char *msg = status == LUA_ERRMEM ? "memory limit exceeded" : host_error_text(co, -1);
+        char buf[1024];
+        if (status == LUA_ERRMEM)
+            snprintf(buf, sizeof buf, "memory limit exceeded (%ld MB)", r->hook->def->limits.memory_mb);
+        else
+            snprintf(buf, sizeof buf, "%s", msg);
+        finish(r, 0, NULL, buf);
+        sched_kill_group(s, group, "the run has ended");
+        return;
+    }
+    buf_t b;
+    char err[256];
+    buf_init(&b, 16 * 1024 * 1024);
+    if (lua_gettop(co) == 0 || lua_isnil(co, 1)) {
+        buf_adds(&b, "null");
+    } else if (luajson_encode(co, 1, &b, 0, err, sizeof err) < 0) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "the handler returned a value that is not data: %s", err);
+        buf_free(&b);
+        finish(r, 0, NULL, msg);
+        sched_kill_group(s, group, "the run has ended");
+        return;
+    }
+    finish(r, 1, buf_steal(&b, NULL), NULL);
+    /* Tasks the handler spawned and left running end with it. */
+    sched_kill_group(s, group, "the run has ended");
+}
+
+/* The watchdog: ends runs past their deadline, even while they wait on the
+ * network (the count hook only sees time spent running Lua). One timer for
+ * all runs, armed while any run is active. */
+static void watchdog(void *arg)
+{
+    wixr_host *h = arg;
+    h->watchdog_armed = 0;
+    long long now = sched_now_ms(), next = 0;
+    for (;;) {
+        hook_run *late = NULL;
+        for (hook_run *r = h->active_runs; r; r = r->next_active) {
+            if (r->deadline_ms <= now) {
+                late = r;
+                break;
+            }
+        }
+        if (!late)
+            break;
+        char msg[160];
+        snprintf(msg, sizeof msg, "wall time limit exceeded (%ld ms)", late->hook->def->limits.wall_ms);
+        unsigned long group = late->group;
+        finish(late, 0, NULL, msg);
+        sched_kill_group(h->sched, group, msg);
+    }
+    for (hook_run *r = h->active_runs; r; r = r->next_active)
+        if (!next || r->deadline_ms < next)
+            next = r->deadline_ms;
+    if (next) {
+        h->watchdog_armed = 1;
+        sched_timer_weak(h->sched, next, watchdog, h);
+    }
+}
+
+static void arm_watchdog(wixr_host *h, long long at)
+{
+    if (h->watchdog_armed && h->watchdog_at <= at)
+        return;
+    h->watchdog_armed = 1;
+    h->watchdog_at = at;
+    sched_timer_weak(h->sched, at, watchdog, h);
+}
+
+/* ctx.log(level, message, fields) */
+static int ctx_log(lua_State *L)
+{
+    hook_run *r = ctx_of(L)->run;
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "wix.core");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "log");
+    lua_pushvalue(L, 1);
+    lua_pushfstring(L, "%s", luaL_checkstring(L, 2));
+    if (lua_istable(L, 3))
+        lua_pushvalue(L, 3);
+    else
+        lua_newtable(L);
+    if (r) {
+        lua_pushstring(L, r->hook->name);
+        lua_setfield(L, -2, "hook");
+        if (r->event_id) {
+            lua_pushstring(L, r->event_id);
+            lua_setfield(L, -2, "event_id");
+        }
+    }
+    lua_call(L, 3, 0);
+    return 0;
+}
+
+/* ctx.emit(name, data): chains an event (run after this one; depth-limited, no cycles). */
+static int ctx_emit(lua_State *L)
+{
+    hook_run *r = ctx_of(L)->run;
+    const char *name = luaL_checkstring(L, 1);
+    if (!r)
+        return luaL_error(L, "ctx.emit: not inside a hook run");
+    int maxd = r->ctx.host->cfg->max_chain_depth;
+    if (r->depth + 1 > maxd)
+        return luaL_error(L, "ctx.emit: chain depth limit reached (%d): %s>%s", maxd, r->chain, name);
+    char pat[512];
+    snprintf(pat, sizeof pat, ">%s>", name);
+    char chain[1024];
+    snprintf(chain, sizeof chain, ">%s>", r->chain);
+    if (strstr(chain, pat))
+        return luaL_error(L, "ctx.emit: cycle: %s>%s", r->chain, name);
+    buf_t b;
+    char err[256];
+    buf_init(&b, 1024 * 1024);
+    buf_adds(&b, "{\"event\":");
+    json_quote(&b, name, strlen(name));
+    buf_adds(&b, ",\"data\":");
+    if (lua_isnoneornil(L, 2)) {
+        buf_adds(&b, "{}");
+    } else if (luajson_encode(L, 2, &b, 0, err, sizeof err) < 0) {
+        buf_free(&b);
+        return luaL_error(L, "ctx.emit: %s", err);
+    }
+    buf_addc(&b, '}');
+    if (r->nemitted++)
+        buf_addc(&r->emitted, ',');
+    buf_add(&r->emitted, b.data, b.len);
+    buf_free(&b);
+    return 0;
+}
+
+/* Pushes handler, event, ctx for a run. Runs in protected mode. */
+static int push_call(lua_State *L)
+{
+    hook_run *r = lua_touserdata(L, 1);
+    const char *event_json = lua_tostring(L, 2);
+    lua_settop(L, 0);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->hook->handler_ref);
+    char err[256];
+    if (luajson_decode(L, event_json, strlen(event_json), 0, err, sizeof err) < 0)
+        return luaL_error(L, "event data: %s", err);
+    lua_createtable(L, 0, 8);
+    const hook_def *d = r->hook->def;
+    if (d->options_json) {
+        if (luajson_decode(L, d->options_json, strlen(d->options_json), 0, err, sizeof err) < 0)
+            return luaL_error(L, "options: %s", err);
+    } else {
+        lua_newtable(L);
+    }
+    lua_setfield(L, -2, "options");
+    lua_pushboolean(L, r->ctx.host->dry_run);
+    lua_setfield(L, -2, "dry_run");
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, r->event_name);
+    lua_setfield(L, -2, "name");
+    if (r->event_id) {
+        lua_pushstring(L, r->event_id);
+        lua_setfield(L, -2, "id");
+    }
+    lua_pushinteger(L, r->depth);
+    lua_setfield(L, -2, "depth");
+    lua_setfield(L, -2, "event");
+    lua_pushstring(L, r->hook->name);
+    lua_setfield(L, -2, "hook");
+    lua_pushcfunction(L, ctx_log);
+    lua_setfield(L, -2, "log");
+    lua_pushcfunction(L, ctx_emit);
+    lua_setfield(L, -2, "emit");
+    return 3;
+}
+
+hook_run *hook_start(hook_rt *k, const char *event_name, const char *event_id, const char *event_json, int depth,
+                     const char *chain, hook_done_fn done, void *arg)
+{
+    wixr_host *h = k->ctx.host;
+    hook_run *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->ctx.host = h;
+    r->ctx.hook = k;
+    r->ctx.run = r;
+    r->hook = k;
+    r->done = done;
+    r->done_arg = arg;
+    r->event_name = event_name;
+    r->event_id = event_id;
+    r->depth = depth;
+    r->chain = chain ? chain : event_name;
+    buf_init(&r->plan, 64 * 1024 * 1024);
+    buf_init(&r->emitted, 16 * 1024 * 1024);
+    r->started_ms = sched_now_ms();
+    r->deadline_ms = r->started_ms + k->def->limits.wall_ms;
+    r->group = sched_new_group(h->sched);
+    k->runs++;
+    lua_State *L = k->L;
+    lua_pushcfunction(L, push_call);
+    lua_pushlightuserdata(L, r);
+    lua_pushstring(L, event_json ? event_json : "{}");
+    if (lua_pcall(L, 2, 3, 0) != LUA_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        finish(r, 0, NULL, msg);
+        return r;
+    }
+    sched_task *t = sched_spawn_in(h->sched, L, 2, r->group, run_done, r);
+    if (!t) {
+        finish(r, 0, NULL, "out of memory");
+        return r;
+    }
+    lua_State *co = sched_task_thread(t);
+    *(wixr_ctx **)lua_getextraspace(co) = &r->ctx;
+    lua_sethook(co, limit_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    r->next_active = h->active_runs;
+    h->active_runs = r;
+    arm_watchdog(h, r->deadline_ms);
+    return r;
+}
+
+void hook_run_free(hook_run *r)
+{
+    if (!r)
+        return;
+    free(r->result_json);
+    free(r->error);
+    buf_free(&r->plan);
+    buf_free(&r->emitted);
+    free(r);
+}

@@ -1,0 +1,80 @@
+/*
+ * sandbox.h -- hook scripts in their own Lua state, with an allow-listed
+ * environment and limits.
+ *
+ * Each hook gets a Lua state of its own (so memory is counted per hook and no
+ * script can reach another's globals), an environment built from allowed
+ * names only (no io, os.execute, debug, package, string.dump, bytecode), and
+ * per-run limits: an instruction budget and a wall-clock deadline checked by
+ * a count hook that re-arms on every instruction once tripped (so pcall
+ * cannot swallow it), and a deadline timer that ends the run even while it
+ * waits on the network. Which wix operations a run may call, and how many
+ * mutating calls, is checked in C (wix_core.c) against hook_run.
+ */
+#ifndef WIXR_SANDBOX_H
+#define WIXR_SANDBOX_H
+
+#include <lua.h>
+#include <stddef.h>
+
+#include "../config/config.h"
+#include "../util/buf.h"
+#include "host.h"
+
+typedef struct hook_rt {
+    wixr_ctx ctx;                 /* {host, this, NULL}: the state's main thread */
+    lua_State *L;
+    const hook_def *def;
+    char name[256];               /* "event[i] (script)" for messages */
+    size_t mem, mem_limit, mem_peak;
+    int handler_ref;
+    int runs;                     /* runs in flight */
+} hook_rt;
+
+typedef struct hook_run hook_run;
+typedef void (*hook_done_fn)(hook_run *r, void *arg);
+
+struct hook_run {
+    wixr_ctx ctx;                 /* {host, hook, this}: every thread of the run */
+    hook_rt *hook;
+    unsigned long group;          /* scheduler group of the run's tasks */
+    long long started_ms, deadline_ms;
+    long long instructions;
+    int tripped;
+    char trip[200];
+    int mutations;
+    int finished;
+    int ok;
+    char *result_json;            /* what the handler returned, as JSON ("null" when nothing) */
+    char *error;                  /* one line: hook, script:line, message */
+    buf_t plan;                   /* dry-run: planned calls, a JSON array's items */
+    int nplan;
+    buf_t emitted;                /* ctx.emit: {"event","data"} items */
+    int nemitted;
+    hook_done_fn done;
+    void *done_arg;
+    const char *event_name;       /* for ctx.event */
+    const char *event_id;
+    int depth;                    /* chain depth of the event */
+    hook_run *next_active;        /* the host's list of runs in flight */
+    const char *chain;            /* "a>b>c": the events that led here */
+};
+
+/* Loads def's script into a new sandboxed state; the chunk must return the
+ * handler function. NULL with "where: message" in err. */
+hook_rt *hook_load(wixr_host *h, const hook_def *def, char *err, size_t errlen);
+void hook_free(hook_rt *k);
+
+/* Starts handler(event, ctx) on the scheduler. event_json is the event's data.
+ * done is called exactly once; then free the run with hook_run_free. */
+hook_run *hook_start(hook_rt *k, const char *event_name, const char *event_id, const char *event_json, int depth,
+                     const char *chain, hook_done_fn done, void *arg);
+void hook_run_free(hook_run *r);
+
+/* Installs the run's limits on a new thread of the run (used by wix.spawn). */
+void sandbox_adopt_thread(lua_State *parent, lua_State *child);
+
+/* Lua-side checks for wix_core.c: may this run call op? 0 or -1 with err. */
+int sandbox_permit(hook_run *r, unsigned op, int mutating, char *err, size_t errlen);
+
+#endif
