@@ -15,6 +15,7 @@ int cmd_sandbox(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_fire(int argc, char **argv);
 int cmd_check(int argc, char **argv);
+int cmd_test(int argc, char **argv);
 
 /* Where shipped files (config/, lua/) live: $WIXR_HOME, else the source
  * tree the binary was built from. */

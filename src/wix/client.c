@@ -529,3 +529,16 @@ oom: {
     done(arg, &r);
 }
 }
+
+int wix_client_sandbox_admin(wix_client *c, const char *method, const char *path, const char *body)
+{
+    char err[512];
+    if (c->transport != TRANSPORT_SANDBOX || sandbox_open(c, err, sizeof err) < 0)
+        return -1;
+    emu_request rq = {.method = method, .path = path, .body = body, .body_len = body ? strlen(body) : 0};
+    emu_response rs;
+    emu_handle(c->emu, &rq, &rs);
+    int st = rs.status;
+    emu_response_free(&rs);
+    return st;
+}

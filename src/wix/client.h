@@ -42,6 +42,10 @@ wix_transport wix_client_transport(const wix_client *c);
 const char *wix_client_default_account(const wix_client *c);
 const wix_stats *wix_client_stats(const wix_client *c);
 
+/* In-process emulator only: sends an admin request (e.g. POST /__admin/reset)
+ * and returns its status (-1 when the transport is not the sandbox). */
+int wix_client_sandbox_admin(wix_client *c, const char *method, const char *path, const char *body);
+
 /* Starts one call; done is called exactly once, possibly before this
  * returns. body may be NULL. idem_key is only for the audit line. */
 void wix_client_call(wix_client *c, const char *method, const char *path, const char *body, size_t body_len,

@@ -406,7 +406,21 @@ static int l_log(lua_State *L)
     return 0;
 }
 
+/* sandbox_admin(method, path, body_json?) -> status: the in-process emulator's
+ * admin API, for the test runner (not available inside hook scripts). */
+static int l_sandbox_admin(lua_State *L)
+{
+    wixr_ctx *c = ctx_of(L);
+    if (c->hook)
+        return luaL_error(L, "the emulator's admin API is not available to hook scripts");
+    int st = wix_client_sandbox_admin(c->host->client, luaL_checkstring(L, 1), luaL_checkstring(L, 2),
+                                      luaL_optstring(L, 3, NULL));
+    lua_pushinteger(L, st);
+    return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
+    {"sandbox_admin", l_sandbox_admin},
     {"request", l_request}, {"spawn", l_spawn},       {"current", l_current}, {"suspend", l_suspend},
     {"wake", l_wake},       {"sleep", l_sleep},       {"uuid", l_uuid},       {"encode", l_encode},
     {"decode", l_decode},   {"settings", l_settings}, {"plan", l_plan},       {"stats", l_stats},
