@@ -175,8 +175,11 @@ local function send(method, path, body, account, key)
   return res
 end
 
+local last_time, last_iso
 local function now_iso()
-  return os.date("!%Y-%m-%dT%H:%M:%S.000Z")
+  local t = os.time()
+  if t ~= last_time then last_time, last_iso = t, os.date("!%Y-%m-%dT%H:%M:%S.000Z", t) end
+  return last_iso
 end
 
 -- Dry-run: mutating calls are recorded, not sent.

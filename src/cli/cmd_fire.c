@@ -78,7 +78,9 @@ static int seen_open(seen_db *s, const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-/* 1 when this process may run the event, 0 when it was seen before. */
+/* 1 when this process may run the event, 0 when it was seen before (in an
+ * earlier run, or earlier in this one). A row left 'running' by a run that
+ * did not finish is taken over. */
 static int seen_claim(seen_db *s, const char *id, const char *name)
 {
     sqlite3_reset(s->claim);
@@ -94,7 +96,6 @@ static int seen_claim(seen_db *s, const char *id, const char *name)
     if (sqlite3_step(s->get) == SQLITE_ROW) {
         const char *state = (const char *)sqlite3_column_text(s->get, 0);
         const char *token = (const char *)sqlite3_column_text(s->get, 1);
-        /* left 'running' by a run that did not finish: this one takes it over */
         mine = !strcmp(state, "running") && strcmp(token, s->token) != 0;
     }
     sqlite3_reset(s->get);
@@ -114,7 +115,7 @@ static void seen_finish(seen_db *s, const char *id, int ok)
     sqlite3_bind_text(s->finish, 2, ok ? "done" : "failed", -1, SQLITE_STATIC);
     sqlite3_bind_int64(s->finish, 3, (long long)time(NULL));
     sqlite3_step(s->finish);
-    if (++s->pending >= 2000) {
+    if (++s->pending >= 5000) {
         sqlite3_exec(s->db, "COMMIT; BEGIN", NULL, NULL, NULL);
         s->pending = 0;
     }

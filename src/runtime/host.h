@@ -7,6 +7,7 @@
 #define WIXR_HOST_H
 
 #include <lua.h>
+#include <stdint.h>
 
 #include "../config/config.h"
 #include "../wix/client.h"
@@ -38,6 +39,8 @@ typedef struct wixr_host {
     int dry_run;
     int plan_ref;                 /* registry: list of planned calls (dry-run) */
     struct hook_run *active_runs; /* hook runs in flight (sandbox.c) */
+    uint64_t rng[4];          /* wix.uuid's generator (wix_core.c) */
+    int rng_seeded;
     int watchdog_armed;
     long long watchdog_at;
 } wixr_host;

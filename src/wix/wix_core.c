@@ -283,17 +283,46 @@ static int l_sleep(lua_State *L)
 
 /* ---- helpers ---- */
 
+/* uuid(): a random (v4) GUID from the host's xoshiro256** generator, seeded
+ * from the kernel once: no system call per id (hook runs make several each). */
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return r;
+}
+
 static int l_uuid(lua_State *L)
 {
+    wixr_host *h = host_of(L);
+    if (!h->rng_seeded) {
+        if (getrandom(h->rng, sizeof h->rng, 0) != (ssize_t)sizeof h->rng)
+            return luaL_error(L, "no randomness available");
+        h->rng_seeded = 1;
+    }
     unsigned char b[16];
-    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b)
-        return luaL_error(L, "no randomness available");
+    uint64_t a = rng_next(h->rng), c = rng_next(h->rng);
+    memcpy(b, &a, 8);
+    memcpy(b + 8, &c, 8);
     b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
-    char s[37];
-    snprintf(s, sizeof s, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2],
-             b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
-    lua_pushstring(L, s);
+    static const char hex[] = "0123456789abcdef";
+    char s[36];
+    int k = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            s[k++] = '-';
+        s[k++] = hex[b[i] >> 4];
+        s[k++] = hex[b[i] & 15];
+    }
+    lua_pushlstring(L, s, 36);
     return 1;
 }
 
