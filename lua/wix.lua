@@ -188,7 +188,9 @@ local function plan(method, path, body, account, key)
 end
 
 local function mutating_key(opts, spec)
-  local key = (opts and opts.idempotency_key) or (spec and spec.idempotency_key) or core.uuid()
+  -- No key given: a fresh one, or inside a hook run for an event with an id, one
+  -- derived from (event id, hook, n-th call) so a re-run sends the same keys.
+  local key = (opts and opts.idempotency_key) or (spec and spec.idempotency_key) or core.next_key()
   return check_string(key, "idempotency_key", 100)
 end
 

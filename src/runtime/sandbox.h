@@ -43,6 +43,7 @@ struct hook_run {
     int tripped;
     char trip[200];
     int mutations;
+    int keyseq;                   /* mutating calls that got a derived idempotency key */
     int finished;
     int ok;
     char *result_json;            /* what the handler returned, as JSON ("null" when nothing) */

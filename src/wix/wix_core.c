@@ -326,6 +326,47 @@ static int l_uuid(lua_State *L)
     return 1;
 }
 
+/* next_key(): the idempotency key for a mutating call that was given none.
+ * Inside a hook run for an event with an id, it is derived from (event id,
+ * hook, n-th mutating call of the run), so running the same event again -
+ * after a crash, or a retry - sends the same keys and provisions nothing
+ * twice. Elsewhere it is a fresh random GUID. */
+static uint64_t fnv1a(const char *s, uint64_t h)
+{
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+static int l_next_key(lua_State *L)
+{
+    hook_run *r = ctx_of(L)->run;
+    if (!r || !r->event_id)
+        return l_uuid(L);
+    char basis[1024];
+    snprintf(basis, sizeof basis, "%s\x1f%s\x1f%s\x1f%d", r->event_id, r->hook->def->event, r->hook->def->script,
+             ++r->keyseq);
+    uint64_t a = fnv1a(basis, 0xcbf29ce484222325ull), b = fnv1a(basis, a ^ 0x9e3779b97f4a7c15ull);
+    unsigned char x[16];
+    memcpy(x, &a, 8);
+    memcpy(x + 8, &b, 8);
+    x[6] = (unsigned char)((x[6] & 0x0F) | 0x50); /* version 5: name-based */
+    x[8] = (unsigned char)((x[8] & 0x3F) | 0x80);
+    static const char hex[] = "0123456789abcdef";
+    char out[36];
+    int k = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[k++] = '-';
+        out[k++] = hex[x[i] >> 4];
+        out[k++] = hex[x[i] & 15];
+    }
+    lua_pushlstring(L, out, 36);
+    return 1;
+}
+
 static int l_encode(lua_State *L)
 {
     luaL_checkany(L, 1);
@@ -449,7 +490,7 @@ static int l_sandbox_admin(lua_State *L)
 }
 
 static const luaL_Reg core_funcs[] = {
-    {"sandbox_admin", l_sandbox_admin},
+    {"sandbox_admin", l_sandbox_admin}, {"next_key", l_next_key},
     {"request", l_request}, {"spawn", l_spawn},       {"current", l_current}, {"suspend", l_suspend},
     {"wake", l_wake},       {"sleep", l_sleep},       {"uuid", l_uuid},       {"encode", l_encode},
     {"decode", l_decode},   {"settings", l_settings}, {"plan", l_plan},       {"stats", l_stats},
