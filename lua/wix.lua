@@ -143,6 +143,7 @@ wix.settings = setmetatable({}, {
   __index = settings,
   __newindex = function() error("wix.settings is read-only", 2) end,
   __pairs = function() return next, settings, nil end,
+  __metatable = false,
 })
 
 local function account_of(opts, spec)

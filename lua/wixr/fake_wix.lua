@@ -184,7 +184,9 @@ function M.new(opts)
       local op = group .. "." .. name
       fake[group][name] = function(...)
         local args = table.pack(...)
-        fake.calls[#fake.calls + 1] = { op = op, args = copy(args) }
+        local recorded = copy(args)
+        recorded.n = nil
+        fake.calls[#fake.calls + 1] = { op = op, args = recorded }
         local f = failures[op] and table.remove(failures[op], 1)
         if f then
           local e = copy(f)

@@ -286,6 +286,10 @@ static void start_more(batch *b)
 {
     while (b->inflight < b->concurrency && b->next < b->nev) {
         batch_event *e = &b->ev[b->next++];
+        if (!hooks_count_for(b->t, e->name)) {
+            b->skipped++; /* no hook listens: nothing to run, nothing to remember */
+            continue;
+        }
         if (b->dedupe && e->id && !seen_claim(&b->seen, e->id, e->name)) {
             b->skipped++;
             b->duplicates++;
@@ -526,8 +530,9 @@ int cmd_fire(int argc, char **argv)
         json_doc *doc;
         json_error e;
         json_value *v = json_parse(event_data, len, 0, &doc, &e);
+        int not_object = v && v->type != JSON_OBJECT;
         json_doc_free(doc);
-        if (!v || v->type != JSON_OBJECT) {
+        if (!v || not_object) {
             if (v)
                 fprintf(stderr, "wixr fire: %s: the event data must be a JSON object\n", data);
             else

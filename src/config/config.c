@@ -127,117 +127,137 @@ static int get_long(const ydoc *d, const ynode *n, const char *field, long long 
     return 0;
 }
 
-static int load_wix(const ydoc *d, const ynode *w, wixr_config *c, char *err, size_t errlen)
+static void add_error(buf_t *errs, int *nerr, const char *e)
 {
+    if ((*nerr)++)
+        buf_addc(errs, '\n');
+    buf_adds(errs, e);
+}
+
+#define NOTE_ERR() add_error(errs, nerr, err)
+
+static int resolve_path(const wixr_config *c, const char *p, char **out);
+
+static int load_wix(const ydoc *d, const ynode *w, wixr_config *c, buf_t *errs, int *nerr)
+{
+    char err[1024];
+    const size_t errlen = sizeof err;
     wix_settings *s = &c->wix;
-    if (ynode_expect(d, w, Y_MAP, "wix", err, errlen) < 0 ||
-        ymap_check_keys(d, w, wix_keys, "wix", err, errlen) < 0)
-        return -1;
+    if (ynode_expect(d, w, Y_MAP, "wix", err, errlen) < 0)
+        return NOTE_ERR(), -1;
+    if (ymap_check_keys(d, w, wix_keys, "wix", err, errlen) < 0)
+        NOTE_ERR();
     ynode *n;
     if ((n = ymap_get(w, "transport"))) {
         const char *t;
         if (ynode_str(d, n, "wix.transport", &t, err, errlen) < 0)
-            return -1;
-        if (!strcmp(t, "auto"))
+            NOTE_ERR();
+        else if (!strcmp(t, "auto"))
             s->transport = TRANSPORT_AUTO;
         else if (!strcmp(t, "http"))
             s->transport = TRANSPORT_HTTP;
         else if (!strcmp(t, "sandbox"))
             s->transport = TRANSPORT_SANDBOX;
         else
-            return yerr(d, n, err, errlen, "wix.transport: '%s' is not auto, http or sandbox", t);
+            yerr(d, n, err, errlen, "wix.transport: '%s' is not auto, http or sandbox", t), NOTE_ERR();
     }
     if ((n = ymap_get(w, "base_url")) && get_string(d, n, "wix.base_url", &s->base_url, err, errlen) < 0)
-        return -1;
+        NOTE_ERR();
     if ((n = ymap_get(w, "account_id")) && get_string(d, n, "wix.account_id", &s->account_id, err, errlen) < 0)
-        return -1;
+        NOTE_ERR();
     if ((n = ymap_get(w, "api_key_file"))) {
         char *p = NULL;
-        if (get_string(d, n, "wix.api_key_file", &p, err, errlen) < 0)
-            return -1;
-        if (p[0] != '/' && c->dir) {
-            char full[PATH_MAX];
-            snprintf(full, sizeof full, "%s/%s", c->dir, p);
+        if (get_string(d, n, "wix.api_key_file", &p, err, errlen) < 0) {
+            NOTE_ERR();
+        } else {
+            char *full = NULL;
+            resolve_path(c, p, &full);
             free(p);
-            p = strdup(full);
+            free(s->api_key_file);
+            s->api_key_file = full;
+            if (!full || !file_exists(full))
+                yerr(d, n, err, errlen, "wix.api_key_file: %s does not exist", full ? full : "?"), NOTE_ERR();
         }
-        free(s->api_key_file);
-        s->api_key_file = p;
-        if (!p || !file_exists(p))
-            return yerr(d, n, err, errlen, "wix.api_key_file: %s does not exist", p ? p : "?");
     }
     if ((n = ymap_get(w, "timeout_ms")) && get_long(d, n, "wix.timeout_ms", 1, 3600000, &s->timeout_ms, err, errlen) < 0)
-        return -1;
+        NOTE_ERR();
     if ((n = ymap_get(w, "connect_timeout_ms")) &&
         get_long(d, n, "wix.connect_timeout_ms", 1, 600000, &s->connect_timeout_ms, err, errlen) < 0)
-        return -1;
+        NOTE_ERR();
     if ((n = ymap_get(w, "concurrency"))) {
         long v;
         if (get_long(d, n, "wix.concurrency", 1, 4096, &v, err, errlen) < 0)
-            return -1;
-        s->concurrency = (int)v;
+            NOTE_ERR();
+        else
+            s->concurrency = (int)v;
     }
     if ((n = ymap_get(w, "audit")) && get_string(d, n, "wix.audit", &s->audit, err, errlen) < 0)
-        return -1;
+        NOTE_ERR();
     if ((n = ymap_get(w, "retry"))) {
         if (ynode_expect(d, n, Y_MAP, "wix.retry", err, errlen) < 0 ||
             ymap_check_keys(d, n, retry_keys, "wix.retry", err, errlen) < 0)
-            return -1;
+            NOTE_ERR();
         ynode *m;
         long v;
         if ((m = ymap_get(n, "attempts"))) {
             if (get_long(d, m, "wix.retry.attempts", 1, 100, &v, err, errlen) < 0)
-                return -1;
-            s->retry_attempts = (int)v;
+                NOTE_ERR();
+            else
+                s->retry_attempts = (int)v;
         }
         if ((m = ymap_get(n, "base_ms")) && get_long(d, m, "wix.retry.base_ms", 0, 600000, &s->retry_base_ms, err, errlen) < 0)
-            return -1;
+            NOTE_ERR();
         if ((m = ymap_get(n, "max_ms")) && get_long(d, m, "wix.retry.max_ms", 0, 3600000, &s->retry_max_ms, err, errlen) < 0)
-            return -1;
+            NOTE_ERR();
         if ((m = ymap_get(n, "total_ms")) &&
             get_long(d, m, "wix.retry.total_ms", 0, 86400000, &s->retry_total_ms, err, errlen) < 0)
-            return -1;
+            NOTE_ERR();
     }
     if ((n = ymap_get(w, "rate_limit"))) {
         if (ynode_expect(d, n, Y_MAP, "wix.rate_limit", err, errlen) < 0 ||
             ymap_check_keys(d, n, rate_keys, "wix.rate_limit", err, errlen) < 0)
-            return -1;
+            NOTE_ERR();
         ynode *m;
         long v;
         if ((m = ymap_get(n, "requests"))) {
             if (get_long(d, m, "wix.rate_limit.requests", 0, 1000000, &v, err, errlen) < 0)
-                return -1;
-            s->rate_limit = (int)v;
+                NOTE_ERR();
+            else
+                s->rate_limit = (int)v;
         }
         if ((m = ymap_get(n, "per_seconds"))) {
             if (get_long(d, m, "wix.rate_limit.per_seconds", 1, 86400, &v, err, errlen) < 0)
-                return -1;
-            s->rate_window_ms = v * 1000;
+                NOTE_ERR();
+            else
+                s->rate_window_ms = v * 1000;
         }
     }
     if ((n = ymap_get(w, "sandbox"))) {
         if (ynode_expect(d, n, Y_MAP, "wix.sandbox", err, errlen) < 0 ||
             ymap_check_keys(d, n, sandbox_keys, "wix.sandbox", err, errlen) < 0)
-            return -1;
+            NOTE_ERR();
         ynode *m;
         if ((m = ymap_get(n, "db")) && get_string(d, m, "wix.sandbox.db", &s->sandbox_db, err, errlen) < 0)
-            return -1;
+            NOTE_ERR();
         if ((m = ymap_get(n, "catalog"))) {
-            if (get_string(d, m, "wix.sandbox.catalog", &s->sandbox_catalog, err, errlen) < 0)
-                return -1;
-            if (s->sandbox_catalog[0] != '/' && c->dir) {
-                char full[PATH_MAX];
-                snprintf(full, sizeof full, "%s/%s", c->dir, s->sandbox_catalog);
-                set_str(&s->sandbox_catalog, full);
+            char *cat = NULL;
+            if (get_string(d, m, "wix.sandbox.catalog", &cat, err, errlen) < 0) {
+                NOTE_ERR();
+            } else {
+                free(s->sandbox_catalog);
+                s->sandbox_catalog = NULL;
+                resolve_path(c, cat, &s->sandbox_catalog);
+                free(cat);
             }
-            if (!file_exists(s->sandbox_catalog))
-                return yerr(d, m, err, errlen, "wix.sandbox.catalog: %s does not exist", s->sandbox_catalog);
+            if (s->sandbox_catalog && !file_exists(s->sandbox_catalog))
+                yerr(d, m, err, errlen, "wix.sandbox.catalog: %s does not exist", s->sandbox_catalog), NOTE_ERR();
         }
         if ((m = ymap_get(n, "delivery_delay_ms"))) {
             long long v;
             if (ynode_int(d, m, "wix.sandbox.delivery_delay_ms", -1, 86400000LL * 365, &v, err, errlen) < 0)
-                return -1;
-            s->sandbox_delivery_delay_ms = v;
+                NOTE_ERR();
+            else
+                s->sandbox_delivery_delay_ms = v;
         }
     }
     return 0;
@@ -361,7 +381,7 @@ static int to_json(const ydoc *d, const ynode *n, buf_t *b, char *err, size_t er
 static int resolve_path(const wixr_config *c, const char *p, char **out)
 {
     char full[PATH_MAX];
-    if (p[0] == '/' || !c->dir)
+    if (p[0] == '/' || !c->dir || !strcmp(c->dir, "."))
         snprintf(full, sizeof full, "%s", p);
     else
         snprintf(full, sizeof full, "%s/%s", c->dir, p);
@@ -370,8 +390,11 @@ static int resolve_path(const wixr_config *c, const char *p, char **out)
 }
 
 static int load_hook(const ydoc *d, const ynode *n, const char *event, int index, wixr_config *c, hook_def *h,
-                     char *err, size_t errlen)
+                     buf_t *errs, int *nerr)
 {
+    char err[1024];
+    const size_t errlen = sizeof err;
+    int before = *nerr;
     char where[160];
     snprintf(where, sizeof where, "hooks.%s[%d]", event, index);
     h->event = strdup(event);
@@ -382,55 +405,60 @@ static int load_hook(const ydoc *d, const ynode *n, const char *event, int index
     char pos[512];
     snprintf(pos, sizeof pos, "%s:%d:%d", d->file, n->line, n->col);
     h->where = strdup(pos);
-    if (ynode_expect(d, n, Y_MAP, where, err, errlen) < 0 || ymap_check_keys(d, n, hook_keys, where, err, errlen) < 0)
-        return -1;
+    if (ynode_expect(d, n, Y_MAP, where, err, errlen) < 0)
+        return NOTE_ERR(), -1;
+    if (ymap_check_keys(d, n, hook_keys, where, err, errlen) < 0)
+        NOTE_ERR();
     ynode *m = ymap_get(n, "script");
-    if (!m)
-        return yerr(d, n, err, errlen, "%s: 'script' is required", where);
     char *script = NULL;
-    if (get_string(d, m, "script", &script, err, errlen) < 0)
-        return -1;
-    int rc = resolve_path(c, script, &h->script);
-    free(script);
-    if (rc < 0)
-        return yerr(d, m, err, errlen, "out of memory");
-    if (!file_exists(h->script))
-        return yerr(d, m, err, errlen, "script: %s does not exist", h->script);
+    if (!m) {
+        yerr(d, n, err, errlen, "%s: 'script' is required", where), NOTE_ERR();
+    } else if (get_string(d, m, "script", &script, err, errlen) < 0) {
+        NOTE_ERR();
+    } else {
+        int rc = resolve_path(c, script, &h->script);
+        free(script);
+        if (rc < 0)
+            return yerr(d, m, err, errlen, "out of memory"), NOTE_ERR(), -1;
+        if (!file_exists(h->script))
+            yerr(d, m, err, errlen, "script: %s does not exist", h->script), NOTE_ERR();
+    }
     if ((m = ymap_get(n, "options"))) {
-        if (ynode_expect(d, m, Y_MAP, "options", err, errlen) < 0)
-            return -1;
         buf_t b;
         buf_init(&b, 1024 * 1024);
-        if (to_json(d, m, &b, err, errlen) < 0) {
-            buf_free(&b);
-            return -1;
-        }
-        h->options_json = buf_steal(&b, NULL);
+        if (ynode_expect(d, m, Y_MAP, "options", err, errlen) < 0 || to_json(d, m, &b, err, errlen) < 0)
+            NOTE_ERR();
+        else
+            h->options_json = buf_steal(&b, NULL);
+        buf_free(&b);
     }
     if ((m = ymap_get(n, "limits"))) {
         char f[200];
         snprintf(f, sizeof f, "%s.limits", where);
         if (load_limits(d, m, f, &h->limits, err, errlen) < 0)
-            return -1;
+            NOTE_ERR();
     }
     if ((m = ymap_get(n, "on_error"))) {
         const char *v;
         if (ynode_str(d, m, "on_error", &v, err, errlen) < 0)
-            return -1;
-        if (strcmp(v, "stop") && strcmp(v, "continue"))
-            return yerr(d, m, err, errlen, "on_error: '%s' is not stop or continue", v);
-        h->on_error_continue = !strcmp(v, "continue");
+            NOTE_ERR();
+        else if (strcmp(v, "stop") && strcmp(v, "continue"))
+            yerr(d, m, err, errlen, "on_error: '%s' is not stop or continue", v), NOTE_ERR();
+        else
+            h->on_error_continue = !strcmp(v, "continue");
     }
     if ((m = ymap_get(n, "enabled")) && ynode_bool(d, m, "enabled", &h->enabled, err, errlen) < 0)
-        return -1;
+        NOTE_ERR();
     if ((m = ymap_get(n, "allow"))) {
         if (ynode_expect(d, m, Y_SEQ, "allow", err, errlen) < 0)
-            return -1;
+            NOTE_ERR();
         h->allow = 0;
-        for (ynode *k = m->head; k; k = k->next) {
+        for (ynode *k = m->type == Y_SEQ ? m->head : NULL; k; k = k->next) {
             const char *v;
-            if (ynode_str(d, k, "allow[]", &v, err, errlen) < 0)
-                return -1;
+            if (ynode_str(d, k, "allow[]", &v, err, errlen) < 0) {
+                NOTE_ERR();
+                continue;
+            }
             unsigned ops = 0;
             const char *best = NULL;
             int bestd = 3;
@@ -443,30 +471,114 @@ static int load_hook(const ydoc *d, const ynode *n, const char *event, int index
                     best = op_names[i].name;
                 }
             }
-            if (!ops)
-                return best ? yerr(d, k, err, errlen, "allow: unknown operation '%s' (did you mean '%s'?)", v, best)
-                            : yerr(d, k, err, errlen,
-                                   "allow: unknown operation '%s' (all, read, mutate, get, query, create, "
-                                   "cancel_package, set_external_id, assign, unassign, adjust, cancel_instance)",
-                                   v);
+            if (!ops) {
+                if (best)
+                    yerr(d, k, err, errlen, "allow: unknown operation '%s' (did you mean '%s'?)", v, best);
+                else
+                    yerr(d, k, err, errlen,
+                         "allow: unknown operation '%s' (all, read, mutate, get, query, create, cancel_package, "
+                         "set_external_id, assign, unassign, adjust, cancel_instance)",
+                         v);
+                NOTE_ERR();
+            }
             h->allow |= ops;
         }
     }
     if ((m = ymap_get(n, "max_mutations"))) {
         long v;
         if (get_long(d, m, "max_mutations", 0, 100000, &v, err, errlen) < 0)
-            return -1;
-        h->max_mutations = (int)v;
+            NOTE_ERR();
+        else
+            h->max_mutations = (int)v;
     }
+    return *nerr > before ? -1 : 0;
+}
+
+static const char *const serve_keys[] = {"listen", "journal", "concurrency", "order_key", "retry",
+                                         "accept_unknown_events", "max_body_kb", "drain_ms", NULL};
+static const char *const serve_retry_keys[] = {"attempts", "base_ms", "max_ms", NULL};
+static const char *const poller_keys[] = {"enabled", "interval_ms", "account_id", NULL};
+
+static int load_serve(const ydoc *d, const ynode *n, wixr_config *c, char *err, size_t errlen)
+{
+    serve_settings *s = &c->serve;
+    if (ynode_expect(d, n, Y_MAP, "serve", err, errlen) < 0 ||
+        ymap_check_keys(d, n, serve_keys, "serve", err, errlen) < 0)
+        return -1;
+    ynode *m;
+    long v;
+    if ((m = ymap_get(n, "listen")) && get_string(d, m, "serve.listen", &s->listen, err, errlen) < 0)
+        return -1;
+    if ((m = ymap_get(n, "journal"))) {
+        char *p = NULL;
+        if (get_string(d, m, "serve.journal", &p, err, errlen) < 0)
+            return -1;
+        free(s->journal);
+        resolve_path(c, p, &s->journal);
+        free(p);
+    }
+    if ((m = ymap_get(n, "concurrency"))) {
+        if (get_long(d, m, "serve.concurrency", 1, 100000, &v, err, errlen) < 0)
+            return -1;
+        s->concurrency = (int)v;
+    }
+    if ((m = ymap_get(n, "order_key"))) {
+        if (ynode_expect(d, m, Y_SEQ, "serve.order_key", err, errlen) < 0)
+            return -1;
+        for (int i = 0; i < s->norder_key; i++)
+            free(s->order_key[i]);
+        free(s->order_key);
+        s->norder_key = 0;
+        s->order_key = calloc(m->n ? m->n : 1, sizeof *s->order_key);
+        for (ynode *k = m->head; k && s->order_key; k = k->next) {
+            char *f = NULL;
+            if (get_string(d, k, "serve.order_key[]", &f, err, errlen) < 0)
+                return -1;
+            s->order_key[s->norder_key++] = f;
+        }
+    }
+    if ((m = ymap_get(n, "retry"))) {
+        if (ynode_expect(d, m, Y_MAP, "serve.retry", err, errlen) < 0 ||
+            ymap_check_keys(d, m, serve_retry_keys, "serve.retry", err, errlen) < 0)
+            return -1;
+        ynode *r;
+        if ((r = ymap_get(m, "attempts"))) {
+            if (get_long(d, r, "serve.retry.attempts", 1, 1000, &v, err, errlen) < 0)
+                return -1;
+            s->retry_attempts = (int)v;
+        }
+        if ((r = ymap_get(m, "base_ms")) && get_long(d, r, "serve.retry.base_ms", 0, 86400000, &s->retry_base_ms, err, errlen) < 0)
+            return -1;
+        if ((r = ymap_get(m, "max_ms")) && get_long(d, r, "serve.retry.max_ms", 0, 86400000, &s->retry_max_ms, err, errlen) < 0)
+            return -1;
+    }
+    if ((m = ymap_get(n, "accept_unknown_events")) &&
+        ynode_bool(d, m, "serve.accept_unknown_events", &s->accept_unknown_events, err, errlen) < 0)
+        return -1;
+    if ((m = ymap_get(n, "max_body_kb")) && get_long(d, m, "serve.max_body_kb", 1, 65536, &s->max_body_kb, err, errlen) < 0)
+        return -1;
+    if ((m = ymap_get(n, "drain_ms")) && get_long(d, m, "serve.drain_ms", 0, 3600000, &s->drain_ms, err, errlen) < 0)
+        return -1;
     return 0;
 }
 
-static void add_error(buf_t *errs, int *nerr, const char *e)
+static int load_poller(const ydoc *d, const ynode *n, wixr_config *c, char *err, size_t errlen)
 {
-    if ((*nerr)++)
-        buf_addc(errs, '\n');
-    buf_adds(errs, e);
+    serve_settings *s = &c->serve;
+    if (ynode_expect(d, n, Y_MAP, "poller", err, errlen) < 0 ||
+        ymap_check_keys(d, n, poller_keys, "poller", err, errlen) < 0)
+        return -1;
+    ynode *m;
+    if ((m = ymap_get(n, "enabled")) && ynode_bool(d, m, "poller.enabled", &s->poller_enabled, err, errlen) < 0)
+        return -1;
+    if ((m = ymap_get(n, "interval_ms")) &&
+        get_long(d, m, "poller.interval_ms", 100, 86400000, &s->poller_interval_ms, err, errlen) < 0)
+        return -1;
+    if ((m = ymap_get(n, "account_id")) && get_string(d, m, "poller.account_id", &s->poller_account_id, err, errlen) < 0)
+        return -1;
+    return 0;
 }
+
 
 static void load_runtime_and_hooks(const ydoc *d, wixr_config *c, buf_t *errs, int *nerr)
 {
@@ -516,8 +628,9 @@ static void load_runtime_and_hooks(const ydoc *d, wixr_config *c, buf_t *errs, i
         }
     }
     ynode *hooks = ymap_get(d->root, "hooks");
-    if (!hooks)
-        return;
+    if (!hooks || (hooks->type == Y_SCALAR && hooks->plain && (!hooks->len || !strcmp(hooks->str, "~") ||
+                                                               !strcmp(hooks->str, "null"))))
+        return; /* "hooks:" with nothing under it: no hooks yet */
     if (ynode_expect(d, hooks, Y_MAP, "hooks", err, sizeof err) < 0) {
         add_error(errs, nerr, err);
         return;
@@ -540,8 +653,7 @@ static void load_runtime_and_hooks(const ydoc *d, wixr_config *c, buf_t *errs, i
         int i = 0;
         for (ynode *hn = ev->head; hn; hn = hn->next, i++) {
             hook_def *h = &c->hooks[c->nhooks++];
-            if (load_hook(d, hn, ev->key->str, i, c, h, err, sizeof err) < 0)
-                add_error(errs, nerr, err);
+            load_hook(d, hn, ev->key->str, i, c, h, errs, nerr);
         }
     }
 }
@@ -585,8 +697,21 @@ int config_load(wixr_config *c, const char *path, char *err, size_t errlen)
     c->limits.memory_mb = 64;
     c->limits.wall_ms = 30000;
     c->max_chain_depth = 8;
-    if (set_str(&c->state_dir, ".wixr") < 0)
+    c->serve.concurrency = 32;
+    c->serve.retry_attempts = 5;
+    c->serve.retry_base_ms = 1000;
+    c->serve.retry_max_ms = 60000;
+    c->serve.max_body_kb = 1024;
+    c->serve.drain_ms = 10000;
+    c->serve.poller_interval_ms = 5000;
+    if (set_str(&c->state_dir, ".wixr") < 0 || set_str(&c->serve.listen, "127.0.0.1:8480") < 0)
         goto oom;
+    static const char *const default_keys[] = {"external_id", "subscription_id", "account_id"};
+    c->serve.order_key = calloc(3, sizeof *c->serve.order_key);
+    if (!c->serve.order_key)
+        goto oom;
+    for (int i = 0; i < 3; i++)
+        c->serve.order_key[c->serve.norder_key++] = strdup(default_keys[i]);
     if (set_str(&s->base_url, "https://www.wixapis.com") < 0 || set_str(&s->sandbox_db, ".wixr/sandbox.db") < 0 ||
         set_str(&s->sandbox_catalog, WIXR_HOME "/config/catalog.yaml") < 0)
         goto oom;
@@ -623,9 +748,15 @@ int config_load(wixr_config *c, const char *path, char *err, size_t errlen)
             if (ymap_check_keys(d, d->root, top_keys, "the configuration", one, sizeof one) < 0)
                 add_error(&errs, &nerr, one);
             ynode *w = ymap_get(d->root, "wix");
-            if (w && load_wix(d, w, c, one, sizeof one) < 0)
-                add_error(&errs, &nerr, one);
+            if (w)
+                load_wix(d, w, c, &errs, &nerr);
             load_runtime_and_hooks(d, c, &errs, &nerr);
+            ynode *sv = ymap_get(d->root, "serve");
+            if (sv && load_serve(d, sv, c, one, sizeof one) < 0)
+                add_error(&errs, &nerr, one);
+            ynode *pl = ymap_get(d->root, "poller");
+            if (pl && load_poller(d, pl, c, one, sizeof one) < 0)
+                add_error(&errs, &nerr, one);
         }
         ytree_free(d);
         if (nerr) {
@@ -686,6 +817,12 @@ void config_free(wixr_config *c)
     for (int i = 0; i < c->nlua_paths; i++)
         free(c->lua_paths[i]);
     free(c->lua_paths);
+    free(c->serve.listen);
+    free(c->serve.journal);
+    for (int i = 0; i < c->serve.norder_key; i++)
+        free(c->serve.order_key[i]);
+    free(c->serve.order_key);
+    free(c->serve.poller_account_id);
     free(c->state_dir);
     free(c->path);
     free(c->dir);

@@ -68,6 +68,22 @@ typedef struct hook_def {
     int max_mutations;            /* per run; -1 = no cap */
 } hook_def;
 
+typedef struct serve_settings {
+    char *listen;                 /* HOST:PORT */
+    char *journal;                /* SQLite file; default <state_dir>/journal.db */
+    int concurrency;              /* events in flight */
+    char **order_key;             /* data fields whose value orders events; first present wins */
+    int norder_key;
+    int retry_attempts;           /* runs in all before an event is dead */
+    long retry_base_ms, retry_max_ms;
+    int accept_unknown_events;    /* accept names no hook listens to (else 404) */
+    long max_body_kb;
+    long drain_ms;                /* SIGTERM: how long in-flight runs may finish */
+    int poller_enabled;
+    long poller_interval_ms;
+    char *poller_account_id;      /* default wix.account_id */
+} serve_settings;
+
 typedef struct wixr_config {
     char *path;                   /* NULL when no file was read */
     char *dir;                    /* the file's folder (scripts are relative to it) */
@@ -79,6 +95,7 @@ typedef struct wixr_config {
     char *state_dir;              /* runtime.state_dir: dedupe store and the like */
     hook_def *hooks;
     int nhooks;
+    serve_settings serve;
 } wixr_config;
 
 /* Names of WIX_OP_* bits, for messages ("create, adjust"). */

@@ -17,6 +17,7 @@ hook_table *hooks_load(wixr_host *h, const wixr_config *cfg, buf_t *errors)
         return NULL;
     t->h = h;
     t->cfg = cfg;
+    t->refs = 1;
     t->n = cfg->nhooks;
     t->rt = calloc(cfg->nhooks ? (size_t)cfg->nhooks : 1, sizeof *t->rt);
     if (!t->rt) {
@@ -28,7 +29,7 @@ hook_table *hooks_load(wixr_host *h, const wixr_config *cfg, buf_t *errors)
         if (!cfg->hooks[i].enabled)
             continue;
         char err[2048];
-        t->rt[i] = hook_load(h, &cfg->hooks[i], err, sizeof err);
+        t->rt[i] = hook_load(h, cfg, &cfg->hooks[i], err, sizeof err);
         if (!t->rt[i]) {
             if (errors->len)
                 buf_addc(errors, '\n');
@@ -50,7 +51,22 @@ void hooks_free(hook_table *t)
     for (int i = 0; i < t->n; i++)
         hook_free(t->rt[i]);
     free(t->rt);
+    if (t->owned_cfg) {
+        config_free(t->owned_cfg);
+        free(t->owned_cfg);
+    }
     free(t);
+}
+
+void hooks_ref(hook_table *t)
+{
+    t->refs++;
+}
+
+void hooks_unref(hook_table *t)
+{
+    if (t && --t->refs == 0)
+        hooks_free(t);
 }
 
 int hooks_count_for(const hook_table *t, const char *event)
@@ -96,6 +112,7 @@ static event_job *job_new(hook_table *t, const char *name, const char *id, const
     if (!j)
         return NULL;
     j->t = t;
+    hooks_ref(t);
     j->name = strdup(name);
     j->id = id ? strdup(id) : NULL;
     j->data_json = strdup(data_json ? data_json : "{}");
@@ -264,6 +281,7 @@ void event_job_free(event_job *j)
     free(j->id);
     free(j->data_json);
     free(j->chain);
+    hooks_unref(j->t);
     free(j);
 }
 

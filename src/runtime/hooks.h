@@ -16,12 +16,18 @@ typedef struct hook_table {
     const wixr_config *cfg;
     hook_rt **rt;                 /* one per cfg->hooks[i]; NULL when disabled */
     int n;
+    int refs;                     /* event jobs using this table, plus one while it is current */
+    wixr_config *owned_cfg;       /* freed with the table (tables built by a reload) */
+    long version;
 } hook_table;
 
 /* Loads every enabled hook's script. On errors, NULL, with one line per
  * problem appended to errors (every script is tried). */
 hook_table *hooks_load(wixr_host *h, const wixr_config *cfg, buf_t *errors);
 void hooks_free(hook_table *t);
+/* Reference counting for atomic reloads: a job holds its table until it ends. */
+void hooks_ref(hook_table *t);
+void hooks_unref(hook_table *t);
 int hooks_count_for(const hook_table *t, const char *event);
 
 enum { HOOK_OK, HOOK_FAILED, HOOK_SKIPPED };

@@ -17,6 +17,8 @@
 
 #define HOOK_EVERY 1000       /* instructions between limit checks */
 
+static void finish(hook_run *r, int ok, char *result_json, const char *error);
+
 /* ---- memory: an allocator with an exact cap per hook state ---- */
 
 static void *hook_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -41,9 +43,24 @@ static void *hook_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 
 /* ---- instructions and wall time ---- */
 
+hook_run *sandbox_current_run(lua_State *L)
+{
+    wixr_ctx *c = ctx_of(L);
+    if (!c || !c->hook)
+        return NULL;
+    /* The run is the one whose task the scheduler is resuming: a coroutine
+     * made in another run, or while the script loaded, counts for this one. */
+    sched_task *t = sched_current(c->host->sched);
+    if (t) {
+        hook_run *r = ctx_of(sched_task_thread(t))->run;
+        return r && r->hook == c->hook ? r : NULL;
+    }
+    return c->run; /* loading the script (no task runs) */
+}
+
 static void limit_hook(lua_State *L, lua_Debug *ar)
 {
-    hook_run *r = ctx_of(L)->run;
+    hook_run *r = sandbox_current_run(L);
     if (!r)
         return;
     if (!r->tripped) {
@@ -58,10 +75,16 @@ static void limit_hook(lua_State *L, lua_Debug *ar)
     }
     /* From now on every instruction raises: a pcall in the script cannot swallow it. */
     lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1);
-    if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
-        lua_pushfstring(L, "%s:%d: %s", ar->short_src, ar->currentline, r->trip);
-    else
-        lua_pushstring(L, r->trip);
+    if (!r->trip_placed) {
+        /* the message says where the limit struck; later raises repeat it */
+        r->trip_placed = 1;
+        if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0) {
+            char msg[sizeof r->trip];
+            snprintf(msg, sizeof msg, "%.200s:%d: %.90s", ar->short_src, ar->currentline, r->trip);
+            snprintf(r->trip, sizeof r->trip, "%s", msg);
+        }
+    }
+    lua_pushstring(L, r->trip);
     lua_error(L);
 }
 
@@ -80,13 +103,12 @@ int sandbox_permit(hook_run *r, unsigned op, int mutating, char *err, size_t err
         char allowed[256], name[64];
         config_ops_names(d->allow, allowed, sizeof allowed);
         config_ops_names(op, name, sizeof name);
-        snprintf(err, errlen, "%s: operation '%s' is not allowed for this hook (allow: %s)", r->hook->name, name,
-                 allowed);
+        snprintf(err, errlen, "operation '%s' is not allowed for this hook (allow: %s)", name, allowed);
         return -1;
     }
     if (mutating && d->max_mutations >= 0 && r->mutations >= d->max_mutations) {
-        snprintf(err, errlen, "%s: more than %d mutating call%s in one run (max_mutations)", r->hook->name,
-                 d->max_mutations, d->max_mutations == 1 ? "" : "s");
+        snprintf(err, errlen, "more than %d mutating call%s in one run (max_mutations)", d->max_mutations,
+                 d->max_mutations == 1 ? "" : "s");
         return -1;
     }
     if (mutating)
@@ -149,7 +171,11 @@ static int sbx_cocreate(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TFUNCTION);
     lua_State *co = lua_newthread(L);
-    sandbox_adopt_thread(L, co);
+    /* The hook's own context (it outlives every run): limits and permissions
+     * are looked up from the running task when the coroutine runs. */
+    hook_rt *k = ctx_of(L)->hook;
+    *(wixr_ctx **)lua_getextraspace(co) = &k->ctx;
+    lua_sethook(co, limit_hook, LUA_MASKCOUNT, HOOK_EVERY);
     lua_pushvalue(L, 1);
     lua_xmove(L, co, 1);
     return 1;
@@ -170,7 +196,7 @@ static int sbx_require(lua_State *L)
         lua_call(L, 1, 1);
     } else {
         hook_rt *k = ctx_of(L)->hook;
-        const wixr_config *cfg = k->ctx.host->cfg;
+        const wixr_config *cfg = k->cfg;
         if (strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.") != strlen(name))
             return luaL_error(L, "require: bad module name '%s'", name);
         char rel[512], path[4096];
@@ -234,6 +260,96 @@ static const char *const utf8_names[] = {"char", "charpattern", "codes", "codepo
 static const char *const coroutine_names[] = {"resume", "yield", "status", "isyieldable", "running", "close", NULL};
 static const char *const os_names[] = {"time", "clock", "date", "difftime", NULL};
 
+/* coroutine.resume: as Lua's, but a limit tripped inside the coroutine ends
+ * the run instead of coming back as (false, message). */
+static int sbx_coresume(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, 1);
+    luaL_argexpected(L, co, 1, "coroutine");
+    int narg = lua_gettop(L) - 1, nres;
+    if (!lua_checkstack(co, narg))
+        return luaL_error(L, "too many arguments to resume");
+    int st = lua_status(co);
+    if (st != LUA_YIELD && (st != LUA_OK || lua_gettop(co) == 0)) {
+        lua_pushboolean(L, 0);
+        lua_pushliteral(L, "cannot resume dead coroutine");
+        return 2;
+    }
+    lua_xmove(L, co, narg);
+    st = lua_resume(co, L, narg, &nres);
+    hook_run *r = sandbox_current_run(L);
+    if (r && r->tripped) {
+        lua_pushstring(L, r->trip);
+        return lua_error(L);
+    }
+    if (st == LUA_OK || st == LUA_YIELD) {
+        if (!lua_checkstack(L, nres + 1))
+            return luaL_error(L, "too many results to resume");
+        lua_pushboolean(L, 1);
+        lua_xmove(co, L, nres);
+        return nres + 1;
+    }
+    lua_pushboolean(L, 0);
+    lua_xmove(co, L, 1);
+    return 2;
+}
+
+/* setmetatable: as Lua's, but no __gc: finalizers run with hooks off, out of
+ * reach of every limit. */
+static int sbx_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE && lua_getfield(L, 2, "__gc") != LUA_TNIL)
+        return luaL_error(L, "setmetatable: __gc finalizers are not allowed in scripts");
+    lua_settop(L, 2);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+        return luaL_error(L, "cannot change a protected metatable");
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+/* Patterns: Lua's matcher backtracks without bound inside C, where no hook
+ * runs. A pattern with k unanchored repetitions ('.-', '.*', '%a+' ...) over
+ * a subject of n bytes can take n^k steps: refuse when n^k is over 1e9. */
+static int pattern_too_costly(const char *p, size_t plen, size_t n)
+{
+    int k = 0;
+    for (size_t i = 0; i + 1 < plen; i++) {
+        if (p[i] == '%') {
+            i++;
+            if (i + 1 < plen && strchr("*+-", p[i + 1]))
+                k++;
+            continue;
+        }
+        if (strchr("*+-", p[i + 1]) && (p[i] == '.' || p[i] == ']'))
+            k++;
+    }
+    if (k < 2)
+        return 0;
+    double steps = 1;
+    for (int i = 0; i < k; i++)
+        steps *= (double)n;
+    return steps > 1e9;
+}
+
+static int guarded(lua_State *L, int plain_arg)
+{
+    size_t n, plen;
+    luaL_checklstring(L, 1, &n);
+    const char *p = luaL_checklstring(L, 2, &plen);
+    int plain = plain_arg && lua_toboolean(L, plain_arg);
+    if (!plain && pattern_too_costly(p, plen, n))
+        return luaL_error(L, "pattern too costly for a %d-byte string (nested repetitions); split the work or use "
+                             "plain find", (int)n);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int guarded_find(lua_State *L) { return guarded(L, 4); }
+static int guarded_other(lua_State *L) { return guarded(L, 0); }
+
 static const char wrap_glue[] =
     "local create, resume, error = ...\n"
     "return function(f)\n"
@@ -265,18 +381,48 @@ static int build_env(lua_State *L)
     lua_getfield(L, env, "coroutine");
     lua_pushcfunction(L, sbx_cocreate);
     lua_setfield(L, -2, "create");
+    lua_pushcfunction(L, sbx_coresume);
+    lua_setfield(L, -2, "resume");
     if (luaL_loadstring(L, wrap_glue) != LUA_OK)
         return lua_error(L);
     lua_pushcfunction(L, sbx_cocreate);
-    lua_getglobal(L, "coroutine");
-    lua_getfield(L, -1, "resume");
-    lua_remove(L, -2);
+    lua_pushcfunction(L, sbx_coresume);
     lua_getglobal(L, "error");
     lua_call(L, 3, 1);
     lua_setfield(L, -2, "wrap");
     lua_pop(L, 1);
     lua_pushcfunction(L, sbx_print);
     lua_setfield(L, env, "print");
+    lua_pushcfunction(L, sbx_setmetatable);
+    lua_setfield(L, env, "setmetatable");
+    /* Guarded pattern functions, for string.x(...) and ("..."):x(...) alike.
+     * Method calls use a hidden copy, so a script emptying its own `string`
+     * table changes nothing for anyone else (the wix module included). */
+    static const char *const pats[] = {"find", "match", "gmatch", "gsub", NULL};
+    lua_getfield(L, env, "string");
+    int envstr = lua_gettop(L);
+    lua_createtable(L, 0, 24);
+    int hidden = lua_gettop(L);
+    lua_getglobal(L, "string");
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, hidden);
+    }
+    lua_pop(L, 1);
+    for (const char *const *pn = pats; *pn; pn++) {
+        lua_getfield(L, hidden, *pn);
+        lua_pushcclosure(L, !strcmp(*pn, "find") ? guarded_find : guarded_other, 1);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, envstr, *pn);
+        lua_setfield(L, hidden, *pn);
+    }
+    lua_pushliteral(L, "");
+    lua_getmetatable(L, -1);
+    lua_pushvalue(L, hidden);
+    lua_setfield(L, -2, "__index");
+    lua_settop(L, envstr - 1);
     lua_pushcfunction(L, sbx_collectgarbage);
     lua_setfield(L, env, "collectgarbage");
     lua_pushvalue(L, env);
@@ -316,7 +462,7 @@ static int open_state(lua_State *L)
     return 0;
 }
 
-hook_rt *hook_load(wixr_host *h, const hook_def *def, char *err, size_t errlen)
+hook_rt *hook_load(wixr_host *h, const wixr_config *cfg, const hook_def *def, char *err, size_t errlen)
 {
     hook_rt *k = calloc(1, sizeof *k);
     if (!k) {
@@ -324,6 +470,7 @@ hook_rt *hook_load(wixr_host *h, const hook_def *def, char *err, size_t errlen)
         return NULL;
     }
     k->def = def;
+    k->cfg = cfg;
     k->ctx.host = h;
     k->ctx.hook = k;
     k->handler_ref = LUA_NOREF;
@@ -377,12 +524,19 @@ fail:
     return NULL;
 }
 
+void sandbox_run_abort(hook_run *r, const char *msg)
+{
+    finish(r, 0, NULL, msg);
+}
+
 void hook_free(hook_rt *k)
 {
     if (!k)
         return;
-    if (k->L)
+    if (k->L) {
+        sched_forget_state(k->ctx.host->sched, k->L);
         lua_close(k->L);
+    }
     free(k);
 }
 
@@ -399,13 +553,15 @@ static void active_remove(hook_run *r)
     }
 }
 
-/* Ends the run (once): records the outcome and calls done, which may free r. */
+/* Ends the run (once): every task of the run stops, the outcome is recorded,
+ * and done is called last (it may free r). */
 static void finish(hook_run *r, int ok, char *result_json, const char *error)
 {
     if (r->finished)
         return;
     r->finished = 1;
     active_remove(r);
+    sched_kill_group(r->ctx.host->sched, r->group, "the run has ended");
     r->ok = ok;
     r->result_json = result_json;
     if (error) {
@@ -422,8 +578,6 @@ static void run_done(sched_task *t, lua_State *co, int status, void *arg)
     hook_run *r = arg;
     if (r->finished)
         return;
-    sched_t *s = r->ctx.host->sched;
-    unsigned long group = r->group;
     lua_sethook(co, NULL, 0, 0);
     if (status != LUA_OK) {
         const char *msg = status == LUA_ERRMEM ? "memory limit exceeded" : host_error_text(co, -1);
@@ -433,7 +587,6 @@ static void run_done(sched_task *t, lua_State *co, int status, void *arg)
         else
             snprintf(buf, sizeof buf, "%s", msg);
         finish(r, 0, NULL, buf);
-        sched_kill_group(s, group, "the run has ended");
         return;
     }
     buf_t b;
@@ -446,12 +599,16 @@ static void run_done(sched_task *t, lua_State *co, int status, void *arg)
         snprintf(msg, sizeof msg, "the handler returned a value that is not data: %s", err);
         buf_free(&b);
         finish(r, 0, NULL, msg);
-        sched_kill_group(s, group, "the run has ended");
         return;
     }
+    if (r->tripped) {
+        /* the script caught the limit's error (coroutine.resume, pcall) and returned */
+        buf_free(&b);
+        finish(r, 0, NULL, r->trip);
+        return;
+    }
+    /* Tasks the handler spawned and left running end with it (finish). */
     finish(r, 1, buf_steal(&b, NULL), NULL);
-    /* Tasks the handler spawned and left running end with it. */
-    sched_kill_group(s, group, "the run has ended");
 }
 
 /* The watchdog: ends runs past their deadline, even while they wait on the
@@ -474,9 +631,7 @@ static void watchdog(void *arg)
             break;
         char msg[160];
         snprintf(msg, sizeof msg, "wall time limit exceeded (%ld ms)", late->hook->def->limits.wall_ms);
-        unsigned long group = late->group;
         finish(late, 0, NULL, msg);
-        sched_kill_group(h->sched, group, msg);
     }
     for (hook_run *r = h->active_runs; r; r = r->next_active)
         if (!next || r->deadline_ms < next)
@@ -499,17 +654,24 @@ static void arm_watchdog(wixr_host *h, long long at)
 /* ctx.log(level, message, fields) */
 static int ctx_log(lua_State *L)
 {
-    hook_run *r = ctx_of(L)->run;
+    hook_run *r = sandbox_current_run(L);
+    luaL_checkstring(L, 2);
+    lua_settop(L, 3);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "wix.core");
     lua_call(L, 1, 1);
-    lua_getfield(L, -1, "log");
+    lua_getfield(L, -1, "log");        /* stack: level msg fields core log */
     lua_pushvalue(L, 1);
-    lua_pushfstring(L, "%s", luaL_checkstring(L, 2));
-    if (lua_istable(L, 3))
-        lua_pushvalue(L, 3);
-    else
-        lua_newtable(L);
+    lua_pushvalue(L, 2);
+    lua_newtable(L);                   /* a copy: the caller's table is left as it was */
+    if (lua_istable(L, 3)) {
+        lua_pushnil(L);
+        while (lua_next(L, 3)) {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, -4);
+        }
+    }
     if (r) {
         lua_pushstring(L, r->hook->name);
         lua_setfield(L, -2, "hook");
@@ -525,11 +687,11 @@ static int ctx_log(lua_State *L)
 /* ctx.emit(name, data): chains an event (run after this one; depth-limited, no cycles). */
 static int ctx_emit(lua_State *L)
 {
-    hook_run *r = ctx_of(L)->run;
+    hook_run *r = sandbox_current_run(L);
     const char *name = luaL_checkstring(L, 1);
     if (!r)
         return luaL_error(L, "ctx.emit: not inside a hook run");
-    int maxd = r->ctx.host->cfg->max_chain_depth;
+    int maxd = r->hook->cfg->max_chain_depth;
     if (r->depth + 1 > maxd)
         return luaL_error(L, "ctx.emit: chain depth limit reached (%d): %s>%s", maxd, r->chain, name);
     char pat[512];

@@ -25,6 +25,7 @@ typedef struct hook_rt {
     wixr_ctx ctx;                 /* {host, this, NULL}: the state's main thread */
     lua_State *L;
     const hook_def *def;
+    const wixr_config *cfg;       /* the configuration def belongs to */
     char name[256];               /* "event[i] (script)" for messages */
     size_t mem, mem_limit, mem_peak;
     int handler_ref;
@@ -41,7 +42,8 @@ struct hook_run {
     long long started_ms, deadline_ms;
     long long instructions;
     int tripped;
-    char trip[200];
+    int trip_placed;              /* trip already says script:line */
+    char trip[300];
     int mutations;
     int keyseq;                   /* mutating calls that got a derived idempotency key */
     int finished;
@@ -63,7 +65,7 @@ struct hook_run {
 
 /* Loads def's script into a new sandboxed state; the chunk must return the
  * handler function. NULL with "where: message" in err. */
-hook_rt *hook_load(wixr_host *h, const hook_def *def, char *err, size_t errlen);
+hook_rt *hook_load(wixr_host *h, const wixr_config *cfg, const hook_def *def, char *err, size_t errlen);
 void hook_free(hook_rt *k);
 
 /* Starts handler(event, ctx) on the scheduler. event_json is the event's data.
@@ -71,6 +73,11 @@ void hook_free(hook_rt *k);
 hook_run *hook_start(hook_rt *k, const char *event_name, const char *event_id, const char *event_json, int depth,
                      const char *chain, hook_done_fn done, void *arg);
 void hook_run_free(hook_run *r);
+
+/* The run a thread of a hook state is working for now (NULL outside runs). */
+hook_run *sandbox_current_run(lua_State *L);
+/* Ends a run as failed with msg (its tasks stop). */
+void sandbox_run_abort(hook_run *r, const char *msg);
 
 /* Installs the run's limits on a new thread of the run (used by wix.spawn). */
 void sandbox_adopt_thread(lua_State *parent, lua_State *child);

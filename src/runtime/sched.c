@@ -29,6 +29,7 @@ typedef struct timer {
     long long at;
     unsigned long seq;
     int weak;
+    sched_task *owner;
     sched_fn fn;
     void *arg;
 } timer;
@@ -45,6 +46,8 @@ struct sched {
     timer *timers;         /* binary min-heap on (at, seq) */
     int ntimers, captimers;
     int strong_timers;
+    struct curl_waitfd watch[4];
+    int nwatch;
     unsigned long timer_seq;
 };
 
@@ -131,6 +134,54 @@ void sched_kill_group(sched_t *s, unsigned long group, const char *msg)
         }
         if (was_parked && !t->queued)
             push_ready(s, t); /* nothing else would ever schedule it: let the loop free it */
+        /* A timer that would wake it no longer keeps the loop going. */
+        for (int i = 0; i < s->ntimers; i++) {
+            if (s->timers[i].owner == t && !s->timers[i].weak) {
+                s->timers[i].weak = 1;
+                s->strong_timers--;
+            }
+        }
+    }
+}
+
+void sched_forget_state(sched_t *s, lua_State *L)
+{
+    sched_task *t = s->all;
+    while (t) {
+        sched_task *next = t->next_all;
+        if (t->L == L) {
+            /* off the ready queue */
+            sched_task **p = &s->ready_head;
+            sched_task *prev = NULL;
+            while (*p) {
+                if (*p == t) {
+                    *p = t->next_ready;
+                    if (s->ready_tail == t)
+                        s->ready_tail = prev;
+                    break;
+                }
+                prev = *p;
+                p = &(*p)->next_ready;
+            }
+            for (int i = 0; i < s->ntimers; i++) {
+                if (s->timers[i].owner == t) {
+                    s->timers[i].owner = NULL;
+                    if (!s->timers[i].weak) {
+                        s->timers[i].weak = 1;
+                        s->strong_timers--;
+                    }
+                }
+            }
+            if (t->prev_all)
+                t->prev_all->next_all = t->next_all;
+            else
+                s->all = t->next_all;
+            if (t->next_all)
+                t->next_all->prev_all = t->prev_all;
+            s->ntasks--;
+            free(t);
+        }
+        t = next;
     }
 }
 
@@ -188,19 +239,24 @@ static int timer_less(const timer *a, const timer *b)
     return a->at < b->at || (a->at == b->at && a->seq < b->seq);
 }
 
-static int add_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg, int weak);
+static int add_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg, int weak, sched_task *owner);
 
 int sched_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg)
 {
-    return add_timer(s, at_ms, fn, arg, 0);
+    return add_timer(s, at_ms, fn, arg, 0, NULL);
 }
 
 int sched_timer_weak(sched_t *s, long long at_ms, sched_fn fn, void *arg)
 {
-    return add_timer(s, at_ms, fn, arg, 1);
+    return add_timer(s, at_ms, fn, arg, 1, NULL);
 }
 
-static int add_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg, int weak)
+int sched_timer_for(sched_t *s, long long at_ms, sched_fn fn, void *arg, sched_task *task)
+{
+    return add_timer(s, at_ms, fn, arg, 0, task);
+}
+
+static int add_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg, int weak, sched_task *owner)
 {
     if (s->ntimers == s->captimers) {
         int cap = s->captimers ? s->captimers * 2 : 64;
@@ -211,7 +267,7 @@ static int add_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg, int we
         s->captimers = cap;
     }
     int i = s->ntimers++;
-    timer t = {at_ms, ++s->timer_seq, weak, fn, arg};
+    timer t = {at_ms, ++s->timer_seq, weak, owner, fn, arg};
     if (!weak)
         s->strong_timers++;
     while (i > 0 && timer_less(&t, &s->timers[(i - 1) / 2])) {
@@ -352,5 +408,59 @@ void sched_run(sched_t *s)
             continue;
         }
         break; /* nothing ready, no timers, no transfers */
+    }
+}
+
+int sched_watch_fd(sched_t *s, int fd)
+{
+    if (s->nwatch == 4)
+        return -1;
+    s->watch[s->nwatch].fd = fd;
+    s->watch[s->nwatch].events = CURL_WAIT_POLLIN;
+    s->watch[s->nwatch].revents = 0;
+    s->nwatch++;
+    return 0;
+}
+
+void sched_wakeup(sched_t *s)
+{
+    curl_multi_wakeup(s->multi);
+}
+
+static void run_ready(sched_t *s)
+{
+    while (s->ready_head) {
+        sched_task *t = s->ready_head;
+        s->ready_head = t->next_ready;
+        if (!s->ready_head)
+            s->ready_tail = NULL;
+        run_task(s, t);
+    }
+}
+
+void sched_run_for(sched_t *s, long max_wait_ms)
+{
+    for (int round = 0; round < 2; round++) {
+        run_ready(s);
+        fire_timers(s);
+        if (s->transfers > 0) {
+            int running;
+            curl_multi_perform(s->multi, &running);
+            drain_transfers(s);
+        }
+        run_ready(s);
+        if (round == 1)
+            break;
+        long wait = max_wait_ms;
+        if (s->ntimers) {
+            long long d = s->timers[0].at - sched_now_ms();
+            if (d < wait)
+                wait = d < 0 ? 0 : (long)d;
+        }
+        if (s->ready_head)
+            wait = 0;
+        for (int i = 0; i < s->nwatch; i++)
+            s->watch[i].revents = 0;
+        curl_multi_poll(s->multi, s->watch, (unsigned)s->nwatch, (int)wait, NULL);
     }
 }

@@ -55,10 +55,23 @@ int sched_task_parked(const sched_task *t);
 int sched_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg);
 /* The same, but a weak timer alone does not keep sched_run going. */
 int sched_timer_weak(sched_t *s, long long at_ms, sched_fn fn, void *arg);
+/* A timer that wakes task: when the task's group is killed it stops keeping
+ * sched_run going (it still fires, harmlessly). */
+int sched_timer_for(sched_t *s, long long at_ms, sched_fn fn, void *arg, sched_task *task);
+/* Frees every task of a Lua state about to be closed (without touching it). */
+void sched_forget_state(sched_t *s, lua_State *L);
 /* Adds an easy handle (whose CURLOPT_PRIVATE is a sched_transfer). */
 int sched_add_transfer(sched_t *s, CURL *easy);
 /* Runs until no task, timer or transfer is left. */
 void sched_run(sched_t *s);
+/* Runs what is runnable, then waits at most max_wait_ms for a transfer, a
+ * timer, a watched fd or sched_wakeup; returns after that one wait. For
+ * long-running services. */
+void sched_run_for(sched_t *s, long max_wait_ms);
+/* Makes sched_run_for's wait also end when fd becomes readable (at most 4). */
+int sched_watch_fd(sched_t *s, int fd);
+/* Ends a sched_run_for wait from any thread. */
+void sched_wakeup(sched_t *s);
 long long sched_now_ms(void);
 int sched_tasks_alive(sched_t *s);
 

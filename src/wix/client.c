@@ -59,6 +59,8 @@ struct wix_client {
     char *auth;                  /* "Authorization: <key>" (secret) */
     uint64_t rng;
     wix_stats stats;
+    wix_call_count counts[WIX_MAX_CALL_COUNTS];
+    int ncounts;
 };
 
 static void start_attempt(void *arg);
@@ -135,6 +137,47 @@ void wix_client_free(wix_client *c)
 wix_transport wix_client_transport(const wix_client *c) { return c->transport; }
 const char *wix_client_default_account(const wix_client *c) { return c->s->account_id; }
 const wix_stats *wix_client_stats(const wix_client *c) { return &c->stats; }
+
+const wix_call_count *wix_client_call_counts(const wix_client *c, int *n)
+{
+    *n = c->ncounts;
+    return c->counts;
+}
+
+void wix_endpoint_template(const char *method, const char *path, char *out, size_t n)
+{
+    static const char inst[] = "/resellers/v1/packages/product-instances/";
+    const char *t = path;
+    if (!strncmp(path, inst, sizeof inst - 1)) {
+        const char *rest = path + sizeof inst - 1, *slash = strchr(rest, '/');
+        t = !slash ? "/resellers/v1/packages/product-instances/{instanceId}"
+            : !strcmp(slash + 1, "unassign") ? "/resellers/v1/packages/product-instances/{instanceId}/unassign"
+                                               : "/resellers/v1/packages/product-instances/{instanceId}/{siteId}";
+    } else if (!strncmp(path, "/resellers/v1/packages/update/", 30)) {
+        t = "/resellers/v1/packages/update/{packageId}/{externalId}";
+    } else if (!strncmp(path, "/resellers/v1/packages/", 23) && strcmp(path, "/resellers/v1/packages/query")) {
+        t = "/resellers/v1/packages/{id}";
+    }
+    snprintf(out, n, "%s %s", method, t);
+}
+
+static void count_call(wix_client *c, const char *method, const char *path, long status)
+{
+    char ep[64];
+    wix_endpoint_template(method, path, ep, sizeof ep);
+    for (int i = 0; i < c->ncounts; i++) {
+        if (c->counts[i].status == status && !strcmp(c->counts[i].endpoint, ep)) {
+            c->counts[i].n++;
+            return;
+        }
+    }
+    if (c->ncounts < WIX_MAX_CALL_COUNTS) {
+        wix_call_count *k = &c->counts[c->ncounts++];
+        snprintf(k->endpoint, sizeof k->endpoint, "%s", ep);
+        k->status = status;
+        k->n = 1;
+    }
+}
 
 static uint64_t rnd(wix_client *c)
 {
@@ -226,6 +269,7 @@ static void call_free(call *q)
 
 static void complete(call *q)
 {
+    count_call(q->c, q->method, q->path, q->status);
     wix_result r = {
         .status = q->status,
         .body = q->resp.data ? q->resp.data : "",

@@ -35,12 +35,23 @@ typedef struct wix_stats {
     long long calls, attempts, retries, rate_waits, transport_errors;
 } wix_stats;
 
+/* Finished calls by endpoint (method + path template) and final status. */
+typedef struct wix_call_count {
+    char endpoint[64];            /* e.g. "POST /resellers/v2/packages" */
+    long status;                  /* 0: no answer */
+    long long n;
+} wix_call_count;
+#define WIX_MAX_CALL_COUNTS 96
+
 /* Resolves the transport (auto: http with an API key, else sandbox). */
 wix_client *wix_client_new(const wix_settings *s, sched_t *sched, char *err, size_t errlen);
 void wix_client_free(wix_client *c);
 wix_transport wix_client_transport(const wix_client *c);
 const char *wix_client_default_account(const wix_client *c);
 const wix_stats *wix_client_stats(const wix_client *c);
+const wix_call_count *wix_client_call_counts(const wix_client *c, int *n);
+/* "GET /resellers/v1/packages/{id}" for a concrete method and path. */
+void wix_endpoint_template(const char *method, const char *path, char *out, size_t n);
 
 /* In-process emulator only: sends an admin request (e.g. POST /__admin/reset)
  * and returns its status (-1 when the transport is not the sandbox). */

@@ -57,23 +57,39 @@ static unsigned op_of(const char *method, const char *path, int *mutating)
 }
 
 /* Inside a hook run: raises unless the hook may make this call. */
+/* The script's own position ("policy.lua:12: "), skipping the wix module's frames. */
+static void script_where(lua_State *L, char *out, size_t n)
+{
+    lua_Debug ar;
+    out[0] = '\0';
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        if (lua_getinfo(L, "Sl", &ar) && ar.source[0] == '@' && ar.currentline > 0) {
+            snprintf(out, n, "%s:%d: ", ar.short_src, ar.currentline);
+            return;
+        }
+    }
+}
+
 static void check_permit(lua_State *L, const char *method, const char *path)
 {
-    hook_run *r = ctx_of(L)->run;
+    hook_run *r = sandbox_current_run(L);
     if (!r)
         return;
     int mutating;
     unsigned op = op_of(method, path, &mutating);
-    char err[512];
-    if (sandbox_permit(r, op, mutating, err, sizeof err) < 0)
-        luaL_error(L, "%s", err);
+    char err[512], where[300];
+    if (sandbox_permit(r, op, mutating, err, sizeof err) < 0) {
+        script_where(L, where, sizeof where);
+        lua_pushfstring(L, "%s%s", where, err);
+        lua_error(L);
+    }
 }
 
 /* ---- request ---- */
 
 typedef struct lreq {
     wixr_host *h;
-    sched_task *task;
+    unsigned long task_id;        /* looked up again on completion: the task may be gone */
     int in_start, done;
     long status;
     char *body;
@@ -113,9 +129,11 @@ static void lreq_done(void *arg, const wix_result *r)
         q->error = r->error ? strdup(r->error) : NULL;
         return;
     }
-    lua_State *co = sched_task_thread(q->task);
-    push_result(co, r->status, r->body, r->body_len, r->request_id, r->attempts, r->error);
-    sched_ready(q->h->sched, q->task, 5);
+    sched_task *t = sched_task_by_id(q->h->sched, q->task_id);
+    if (t) {
+        push_result(sched_task_thread(t), r->status, r->body, r->body_len, r->request_id, r->attempts, r->error);
+        sched_ready(q->h->sched, t, 5);
+    }
     free(q);
 }
 
@@ -158,6 +176,9 @@ static int l_request(lua_State *L)
     const char *idem = luaL_optstring(L, 5, NULL);
     lua_settop(L, 5);
     check_permit(L, method, path);
+    /* Dry-run is enforced here too, whatever the Lua side was talked into. */
+    if (h->dry_run && strcmp(method, "GET") != 0 && strcmp(path, "/resellers/v1/packages/query") != 0)
+        return luaL_error(L, "dry run: a mutating call (%s %s) may not be sent", method, path);
     buf_t body;
     buf_init(&body, 16 * 1024 * 1024);
     int has_body = !lua_isnil(L, 3);
@@ -174,7 +195,7 @@ static int l_request(lua_State *L)
         return luaL_error(L, "out of memory");
     }
     q->h = h;
-    q->task = sched_current(h->sched);
+    q->task_id = sched_task_id(sched_current(h->sched));
     q->in_start = 1;
     wix_client_call(h->client, method, path, has_body ? buf_cstr(&body) : NULL, body.len, account, idem, lreq_done, q);
     buf_free(&body);
@@ -195,6 +216,12 @@ static void spawn_done(sched_task *t, lua_State *co, int status, void *arg)
 {
     (void)t;
     (void)arg;
+    hook_run *r = ctx_of(co)->run;
+    if (status != LUA_OK && r && r->tripped) {
+        /* a limit tripped in a task the run started: the whole run ends */
+        sandbox_run_abort(r, r->trip);
+        return;
+    }
     if (status != LUA_OK)
         fprintf(stderr, "wixr: a spawned task failed: %s\n", host_error_text(co, -1));
 }
@@ -255,13 +282,15 @@ static int l_wake(lua_State *L)
 
 typedef struct sleeper {
     sched_t *s;
-    sched_task *t;
+    unsigned long task_id;
 } sleeper;
 
 static void sleep_over(void *arg)
 {
     sleeper *z = arg;
-    sched_ready(z->s, z->t, 0);
+    sched_task *t = sched_task_by_id(z->s, z->task_id);
+    if (t)
+        sched_ready(z->s, t, 0);
     free(z);
 }
 
@@ -273,8 +302,9 @@ static int l_sleep(lua_State *L)
     if (!z)
         return luaL_error(L, "out of memory");
     z->s = h->sched;
-    z->t = sched_current(h->sched);
-    if (sched_timer(h->sched, sched_now_ms() + (long long)(ms > 0 ? ms : 0), sleep_over, z) < 0) {
+    sched_task *cur = sched_current(h->sched);
+    z->task_id = sched_task_id(cur);
+    if (sched_timer_for(h->sched, sched_now_ms() + (long long)(ms > 0 ? ms : 0), sleep_over, z, cur) < 0) {
         free(z);
         return luaL_error(L, "out of memory");
     }
@@ -342,7 +372,7 @@ static uint64_t fnv1a(const char *s, uint64_t h)
 
 static int l_next_key(lua_State *L)
 {
-    hook_run *r = ctx_of(L)->run;
+    hook_run *r = sandbox_current_run(L);
     if (!r || !r->event_id)
         return l_uuid(L);
     char basis[1024];
@@ -419,7 +449,7 @@ static int l_plan(lua_State *L)
     lua_getfield(L, 1, "path");
     check_permit(L, luaL_checkstring(L, -2), luaL_checkstring(L, -1));
     lua_pop(L, 2);
-    hook_run *r = ctx_of(L)->run;
+    hook_run *r = sandbox_current_run(L);
     if (r) {
         char err[256];
         if (r->nplan++)
