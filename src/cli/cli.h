@@ -16,6 +16,9 @@ int cmd_run(int argc, char **argv);
 int cmd_fire(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_test(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_reload(int argc, char **argv);
+int cmd_events(int argc, char **argv);
 
 /* Where shipped files (config/, lua/) live: $WIXR_HOME, else the source
  * tree the binary was built from. */

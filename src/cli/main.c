@@ -21,7 +21,10 @@ static const char usage[] =
     "  run SCRIPT      run a Lua script with the wix module\n"
     "  fire NAME       push an event (or --batch of events) through the configured hooks\n"
     "  check           validate the configuration and compile every hook script\n"
+    "  serve           run the durable, hot-reloading provisioning service\n"
+    "  reload          ask the running service to reload its rules\n"
     "  test [PATH...]  run *_test.lua files (policy tests) on the in-process emulator\n"
+    "  events          list, show, retry and purge the events in the serve journal\n"
     "  sandbox serve   run the Resellers API emulator over HTTP\n"
     "  version         print the version\n"
     "  help            print this help\n"
@@ -57,8 +60,14 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "fire"))
         return cmd_fire(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve"))
+        return cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "reload"))
+        return cmd_reload(argc - 1, argv + 1);
     if (!strcmp(cmd, "test"))
         return cmd_test(argc - 1, argv + 1);
+    if (!strcmp(cmd, "events"))
+        return cmd_events(argc - 1, argv + 1);
     if (!strcmp(cmd, "check"))
         return cmd_check(argc - 1, argv + 1);
     if (!strcmp(cmd, "run"))

@@ -1,0 +1,724 @@
+/*
+ * journal.c -- the durable event journal in SQLite.
+ *
+ * One table, `events`, one row per event; the state is stored by name so
+ * that `sqlite3 journal.db` reads plainly. Every statement is prepared once
+ * at open. Every mutation is one transaction: a single statement in
+ * autocommit (SQLite takes the write lock when the statement starts, so
+ * there is no read-then-upgrade race between handles), or BEGIN IMMEDIATE
+ * ... COMMIT where two statements must agree (accept). synchronous=FULL
+ * makes each commit fsync the WAL before it returns.
+ *
+ * Indexes: id is UNIQUE; (state, seq) serves list-by-state and counts; a
+ * partial index on seq over the unfinished states serves journal_pending
+ * in order without a sort; a partial index on updated_ms over the finished
+ * states serves purge. Both partial indexes are named with INDEXED BY: the
+ * planner, without statistics, would rather sort or scan a state.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "journal.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define JOURNAL_SCHEMA_VERSION 1
+#define PURGE_CHUNK 2000 /* rows deleted per transaction, so a big purge never holds the lock long */
+
+static const char *const state_names[EV__COUNT] = {"accepted", "running", "done", "retrying", "dead"};
+
+static const char *const schema =
+    "CREATE TABLE IF NOT EXISTS events("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " id TEXT NOT NULL UNIQUE,"
+    " name TEXT NOT NULL,"
+    " data TEXT NOT NULL,"
+    " order_key TEXT,"
+    " state TEXT NOT NULL CHECK(state IN ('accepted','running','done','retrying','dead')),"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " next_attempt_ms INTEGER NOT NULL DEFAULT 0,"
+    " created_ms INTEGER NOT NULL,"
+    " updated_ms INTEGER NOT NULL,"
+    " last_error TEXT,"
+    " results TEXT);"
+    "CREATE INDEX IF NOT EXISTS events_state_seq ON events(state, seq);"
+    "CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE state IN ('accepted','running','retrying');"
+    "CREATE INDEX IF NOT EXISTS events_finished ON events(updated_ms) WHERE state IN ('done','dead');";
+
+#define EV_COLS \
+    "seq, id, name, data, order_key, state, attempts, next_attempt_ms, created_ms, updated_ms, last_error, results"
+
+enum {
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_INSERT,
+    ST_GET,
+    ST_PENDING,
+    ST_RUNNING,
+    ST_DONE,
+    ST_RETRYING,
+    ST_DEAD,
+    ST_RECOVER,
+    ST_RETRY,
+    ST_RETRY_DEAD,
+    ST_PURGE,
+    ST_COUNTS,
+    ST_LIST_ANY,
+    ST_LIST_STATE,
+    ST__COUNT
+};
+
+static const char *const sql[ST__COUNT] = {
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_INSERT] = "INSERT INTO events(id, name, data, order_key, state, attempts, next_attempt_ms, created_ms,"
+                  " updated_ms) VALUES(?1, ?2, ?3, ?4, 'accepted', 0, 0, ?5, ?5) ON CONFLICT(id) DO NOTHING",
+    [ST_GET] = "SELECT " EV_COLS " FROM events WHERE id = ?1",
+    [ST_PENDING] = "SELECT " EV_COLS " FROM events INDEXED BY events_pending"
+                   " WHERE state IN ('accepted','running','retrying')"
+                   " ORDER BY seq LIMIT ?1",
+    [ST_RUNNING] = "UPDATE events SET state = 'running', attempts = attempts + 1, next_attempt_ms = 0,"
+                   " updated_ms = ?2 WHERE id = ?1",
+    [ST_DONE] = "UPDATE events SET state = 'done', next_attempt_ms = 0, last_error = NULL, results = ?2,"
+                " updated_ms = ?3 WHERE id = ?1",
+    [ST_RETRYING] = "UPDATE events SET state = 'retrying', next_attempt_ms = ?2, last_error = ?3, results = ?4,"
+                    " updated_ms = ?5 WHERE id = ?1",
+    [ST_DEAD] = "UPDATE events SET state = 'dead', next_attempt_ms = 0, last_error = ?2, results = ?3,"
+                " updated_ms = ?4 WHERE id = ?1",
+    [ST_RECOVER] = "UPDATE events SET state = 'accepted', updated_ms = ?1 WHERE state = 'running'",
+    [ST_RETRY] = "UPDATE events SET state = 'accepted', attempts = 0, next_attempt_ms = 0, updated_ms = ?2"
+                 " WHERE id = ?1 AND state IN ('dead','retrying')",
+    [ST_RETRY_DEAD] = "UPDATE events SET state = 'accepted', attempts = 0, next_attempt_ms = 0, updated_ms = ?1"
+                      " WHERE state = 'dead'",
+    [ST_PURGE] = "DELETE FROM events WHERE seq IN (SELECT seq FROM events INDEXED BY events_finished"
+                 " WHERE state IN ('done','dead') AND updated_ms < ?1 LIMIT ?2)",
+    [ST_COUNTS] = "SELECT state, count(*) FROM events GROUP BY state",
+    [ST_LIST_ANY] = "SELECT " EV_COLS " FROM events ORDER BY seq DESC LIMIT ?1",
+    [ST_LIST_STATE] = "SELECT " EV_COLS " FROM events WHERE state = ?1 ORDER BY seq DESC LIMIT ?2",
+};
+
+struct journal {
+    sqlite3 *db;
+    sqlite3_stmt *st[ST__COUNT];
+    pthread_mutex_t mu;
+    long long (*clock)(void *ud);
+    void *clock_ud;
+    char err[512];
+};
+
+/* ---- small helpers ---- */
+
+long long journal_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static long long now_ms(journal *j)
+{
+    return j->clock ? j->clock(j->clock_ud) : journal_now_ms();
+}
+
+static void lock(journal *j) { pthread_mutex_lock(&j->mu); }
+static void unlock(journal *j) { pthread_mutex_unlock(&j->mu); }
+
+/* Records "what: sqlite's message" as the handle's last error. */
+static void set_err(journal *j, const char *what)
+{
+    snprintf(j->err, sizeof j->err, "journal: %s: %s", what, sqlite3_errmsg(j->db));
+}
+
+/* A statement, reset and with its bindings cleared. */
+static sqlite3_stmt *stmt(journal *j, int which)
+{
+    sqlite3_stmt *s = j->st[which];
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return s;
+}
+
+static void bind_text(sqlite3_stmt *s, int i, const char *v)
+{
+    if (v)
+        sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(s, i);
+}
+
+static int exec_simple(journal *j, int which)
+{
+    sqlite3_stmt *s = stmt(j, which);
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+static void rollback(journal *j)
+{
+    if (!sqlite3_get_autocommit(j->db))
+        exec_simple(j, ST_ROLLBACK);
+}
+
+/* Steps a write statement to its end. Returns the rows it changed, or -1
+ * (error recorded under what). */
+static int run_write(journal *j, sqlite3_stmt *s, const char *what)
+{
+    int rc = sqlite3_step(s);
+    int changed = rc == SQLITE_DONE ? sqlite3_changes(j->db) : -1;
+    if (changed < 0)
+        set_err(j, what);
+    sqlite3_reset(s);
+    return changed;
+}
+
+static char *dup_col(sqlite3_stmt *s, int col, int *oom)
+{
+    const unsigned char *t = sqlite3_column_text(s, col);
+    if (!t)
+        return NULL;
+    char *d = strdup((const char *)t);
+    if (!d)
+        *oom = 1;
+    return d;
+}
+
+/* Copies the current row (EV_COLS order) into e. 0, or -1 (out of memory
+ * or a state name this build does not know) with e freed. */
+static int read_row(journal *j, sqlite3_stmt *s, journal_event *e)
+{
+    int oom = 0;
+    memset(e, 0, sizeof *e);
+    e->seq = sqlite3_column_int64(s, 0);
+    e->id = dup_col(s, 1, &oom);
+    e->name = dup_col(s, 2, &oom);
+    e->data_json = dup_col(s, 3, &oom);
+    e->order_key = dup_col(s, 4, &oom);
+    const char *st = (const char *)sqlite3_column_text(s, 5);
+    e->attempts = sqlite3_column_int(s, 6);
+    e->next_attempt_ms = sqlite3_column_int64(s, 7);
+    e->created_ms = sqlite3_column_int64(s, 8);
+    e->updated_ms = sqlite3_column_int64(s, 9);
+    e->last_error = dup_col(s, 10, &oom);
+    e->results_json = dup_col(s, 11, &oom);
+    if (oom) {
+        snprintf(j->err, sizeof j->err, "journal: out of memory");
+        journal_event_free(e);
+        return -1;
+    }
+    if (!st || journal_state_parse(st, &e->state) < 0) {
+        snprintf(j->err, sizeof j->err, "journal: event %s has an unknown state '%s'", e->id ? e->id : "?",
+                 st ? st : "(null)");
+        journal_event_free(e);
+        return -1;
+    }
+    return 0;
+}
+
+/* Steps a SELECT of EV_COLS to its end, collecting the rows. */
+static int collect(journal *j, sqlite3_stmt *s, journal_event **out, int *n)
+{
+    journal_event *list = NULL;
+    int cnt = 0, cap = 0, rc;
+    *out = NULL;
+    *n = 0;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (cnt == cap) {
+            int ncap = cap ? cap * 2 : 16;
+            journal_event *nl = realloc(list, (size_t)ncap * sizeof *nl);
+            if (!nl) {
+                snprintf(j->err, sizeof j->err, "journal: out of memory");
+                goto fail;
+            }
+            list = nl;
+            cap = ncap;
+        }
+        if (read_row(j, s, &list[cnt]) < 0)
+            goto fail;
+        cnt++;
+    }
+    if (rc != SQLITE_DONE) {
+        set_err(j, "reading events");
+        goto fail;
+    }
+    sqlite3_reset(s);
+    *out = list;
+    *n = cnt;
+    return 0;
+fail:
+    sqlite3_reset(s);
+    journal_events_free(list, cnt);
+    return -1;
+}
+
+/* ---- open and close ---- */
+
+static int pragma_int(sqlite3 *db, const char *sql_text, long long *out)
+{
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(db, sql_text, -1, &s, NULL) != SQLITE_OK)
+        return -1;
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        *out = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    return rc == SQLITE_ROW ? 0 : -1;
+}
+
+/* Creates the schema when the file is new; refuses a newer one. */
+static int setup_schema(sqlite3 *db, const char *path, char *err, size_t errlen)
+{
+    long long version = 0;
+    if (pragma_int(db, "PRAGMA user_version", &version) < 0)
+        goto sqlerr;
+    if (version == 0) {
+        char *msg = NULL;
+        /* Two processes may create the file at once: the write lock decides,
+         * the loser finds the schema there and changes nothing. */
+        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
+            sqlite3_exec(db, schema, NULL, NULL, &msg) != SQLITE_OK ||
+            sqlite3_exec(db, "PRAGMA user_version = 1", NULL, NULL, &msg) != SQLITE_OK ||
+            sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
+            snprintf(err, errlen, "%s: creating the journal: %s", path, msg ? msg : sqlite3_errmsg(db));
+            sqlite3_free(msg);
+            if (!sqlite3_get_autocommit(db))
+                sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            return -1;
+        }
+        version = JOURNAL_SCHEMA_VERSION;
+    }
+    if (version != JOURNAL_SCHEMA_VERSION) {
+        snprintf(err, errlen, "%s: journal format %lld is not the one this wixr knows (%d)%s", path, version,
+                 JOURNAL_SCHEMA_VERSION, version > JOURNAL_SCHEMA_VERSION ? "; it was written by a newer wixr" : "");
+        return -1;
+    }
+    return 0;
+sqlerr:
+    snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(db));
+    return -1;
+}
+
+journal *journal_open(const char *path, char *err, size_t errlen)
+{
+    if (!sqlite3_threadsafe()) {
+        snprintf(err, errlen, "%s: this SQLite was built without thread support", path);
+        return NULL;
+    }
+    journal *j = calloc(1, sizeof *j);
+    if (!j) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return NULL;
+    }
+    if (pthread_mutex_init(&j->mu, NULL) != 0) {
+        snprintf(err, errlen, "%s: cannot create a mutex", path);
+        free(j);
+        return NULL;
+    }
+    /* NOMUTEX: this handle's own mutex serialises its calls. */
+    if (sqlite3_open_v2(path, &j->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        snprintf(err, errlen, "%s: cannot open the journal: %s", path, j->db ? sqlite3_errmsg(j->db) : "out of memory");
+        goto fail;
+    }
+    char *msg = NULL;
+    /* busy_timeout first, so that switching to WAL waits for other handles. */
+    if (sqlite3_exec(j->db, "PRAGMA busy_timeout=5000; PRAGMA synchronous=FULL;", NULL, NULL, &msg) != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", path, msg ? msg : sqlite3_errmsg(j->db));
+        sqlite3_free(msg);
+        goto fail;
+    }
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(j->db, "PRAGMA journal_mode=WAL", -1, &s, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(j->db));
+        goto fail;
+    }
+    int rc = sqlite3_step(s);
+    const char *mode = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(s, 0) : NULL;
+    if (!mode || strcmp(mode, "wal") != 0) {
+        snprintf(err, errlen, "%s: cannot switch the journal to WAL mode: %s", path,
+                 mode ? mode : sqlite3_errmsg(j->db));
+        sqlite3_finalize(s);
+        goto fail;
+    }
+    sqlite3_finalize(s);
+    if (setup_schema(j->db, path, err, errlen) < 0)
+        goto fail;
+    for (int i = 0; i < ST__COUNT; i++) {
+        if (sqlite3_prepare_v3(j->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &j->st[i], NULL) != SQLITE_OK) {
+            snprintf(err, errlen, "%s: preparing statement %d: %s", path, i, sqlite3_errmsg(j->db));
+            goto fail;
+        }
+    }
+    return j;
+fail:
+    journal_close(j);
+    return NULL;
+}
+
+void journal_close(journal *j)
+{
+    if (!j)
+        return;
+    for (int i = 0; i < ST__COUNT; i++)
+        sqlite3_finalize(j->st[i]);
+    if (j->db)
+        sqlite3_close(j->db);
+    pthread_mutex_destroy(&j->mu);
+    free(j);
+}
+
+const char *journal_errmsg(journal *j)
+{
+    return j ? j->err : "journal: no handle";
+}
+
+void journal_set_clock(journal *j, long long (*clock)(void *ud), void *ud)
+{
+    lock(j);
+    j->clock = clock;
+    j->clock_ud = ud;
+    unlock(j);
+}
+
+const char *journal_state_name(ev_state s)
+{
+    return (unsigned)s < EV__COUNT ? state_names[s] : "unknown";
+}
+
+int journal_state_parse(const char *name, ev_state *out)
+{
+    for (int i = 0; name && i < EV__COUNT; i++) {
+        if (!strcmp(name, state_names[i])) {
+            *out = (ev_state)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+void journal_event_free(journal_event *e)
+{
+    if (!e)
+        return;
+    free(e->id);
+    free(e->name);
+    free(e->data_json);
+    free(e->order_key);
+    free(e->last_error);
+    free(e->results_json);
+    memset(e, 0, sizeof *e);
+}
+
+void journal_events_free(journal_event *list, int n)
+{
+    for (int i = 0; list && i < n; i++)
+        journal_event_free(&list[i]);
+    free(list);
+}
+
+/* ---- reads ---- */
+
+/* journal_get without the lock. */
+static int get_locked(journal *j, const char *id, journal_event *out)
+{
+    sqlite3_stmt *s = stmt(j, ST_GET);
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s), ret;
+    if (rc == SQLITE_ROW) {
+        ret = read_row(j, s, out) < 0 ? -1 : 0;
+    } else if (rc == SQLITE_DONE) {
+        ret = 1;
+    } else {
+        set_err(j, "reading an event");
+        ret = -1;
+    }
+    sqlite3_reset(s);
+    return ret;
+}
+
+int journal_get(journal *j, const char *id, journal_event *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!id)
+        return 1;
+    lock(j);
+    int rc = get_locked(j, id, out);
+    unlock(j);
+    return rc;
+}
+
+int journal_pending(journal *j, int limit, journal_event **out, int *n)
+{
+    lock(j);
+    sqlite3_stmt *s = stmt(j, ST_PENDING);
+    sqlite3_bind_int(s, 1, limit > 0 ? limit : -1);
+    int rc = collect(j, s, out, n);
+    unlock(j);
+    return rc;
+}
+
+int journal_list(journal *j, int state, int limit, journal_event **out, int *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (state >= EV__COUNT || state < -1) {
+        snprintf(j->err, sizeof j->err, "journal: no state %d", state);
+        return -1;
+    }
+    lock(j);
+    sqlite3_stmt *s;
+    if (state < 0) {
+        s = stmt(j, ST_LIST_ANY);
+        sqlite3_bind_int(s, 1, limit > 0 ? limit : -1);
+    } else {
+        s = stmt(j, ST_LIST_STATE);
+        sqlite3_bind_text(s, 1, state_names[state], -1, SQLITE_STATIC);
+        sqlite3_bind_int(s, 2, limit > 0 ? limit : -1);
+    }
+    int rc = collect(j, s, out, n);
+    unlock(j);
+    return rc;
+}
+
+int journal_counts(journal *j, long long counts[5])
+{
+    for (int i = 0; i < EV__COUNT; i++)
+        counts[i] = 0;
+    lock(j);
+    sqlite3_stmt *s = stmt(j, ST_COUNTS);
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        ev_state st;
+        if (journal_state_parse((const char *)sqlite3_column_text(s, 0), &st) == 0)
+            counts[st] = sqlite3_column_int64(s, 1);
+    }
+    if (rc != SQLITE_DONE)
+        set_err(j, "counting events");
+    sqlite3_reset(s);
+    unlock(j);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* ---- writes ---- */
+
+/* Inserts one event inside the caller's transaction: 0 inserted, 1 the id
+ * exists (existing filled when not NULL), -1 error (j->err set). */
+static int insert_locked(journal *j, const char *id, const char *name, const char *data_json, const char *order_key,
+                         long long now, journal_event *existing)
+{
+    sqlite3_stmt *s = stmt(j, ST_INSERT);
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, data_json, -1, SQLITE_STATIC);
+    bind_text(s, 4, order_key);
+    sqlite3_bind_int64(s, 5, now);
+    int changed = run_write(j, s, "inserting an event");
+    if (changed < 0)
+        return -1;
+    if (changed > 0)
+        return 0;
+    /* Seen before: hand back what is there, write nothing. */
+    int got = existing ? get_locked(j, id, existing) : 0;
+    if (got == 1) /* cannot happen while we hold the write lock */
+        snprintf(j->err, sizeof j->err, "journal: event %s vanished while being read", id);
+    return got == 0 ? 1 : -1;
+}
+
+static int valid_new(const char *id, const char *name, const char *data_json)
+{
+    return id && *id && name && *name && data_json;
+}
+
+int journal_accept(journal *j, const char *id, const char *name, const char *data_json, const char *order_key,
+                   journal_event *existing, char *err, size_t errlen)
+{
+    if (existing)
+        memset(existing, 0, sizeof *existing);
+    if (!valid_new(id, name, data_json)) {
+        snprintf(err, errlen, "journal: an event needs a non-empty id and name, and data");
+        return -1;
+    }
+    lock(j);
+    int ret = -1;
+    if (exec_simple(j, ST_BEGIN) < 0) {
+        set_err(j, "starting a transaction");
+        goto done;
+    }
+    ret = insert_locked(j, id, name, data_json, order_key, now_ms(j), existing);
+    if (ret == 1) {
+        rollback(j); /* nothing was written */
+    } else if (ret == 0 && exec_simple(j, ST_COMMIT) < 0) {
+        set_err(j, "committing an event");
+        ret = -1;
+    }
+done:
+    if (ret < 0) {
+        rollback(j);
+        if (existing)
+            journal_event_free(existing);
+        snprintf(err, errlen, "%s", j->err);
+    }
+    unlock(j);
+    return ret;
+}
+
+int journal_accept_many(journal *j, journal_new *items, int n, char *err, size_t errlen)
+{
+    for (int i = 0; i < n; i++) {
+        memset(&items[i].existing, 0, sizeof items[i].existing);
+        items[i].result = -1;
+    }
+    if (err && errlen)
+        err[0] = 0;
+    if (n <= 0)
+        return 0;
+    lock(j);
+    int ret = -1;
+    if (exec_simple(j, ST_BEGIN) < 0) {
+        set_err(j, "starting a transaction");
+        goto done;
+    }
+    long long now = now_ms(j);
+    for (int i = 0; i < n; i++) {
+        journal_new *it = &items[i];
+        if (!valid_new(it->id, it->name, it->data_json)) {
+            snprintf(err, errlen, "journal: item %d: an event needs a non-empty id and name, and data", i);
+            continue;
+        }
+        it->result = insert_locked(j, it->id, it->name, it->data_json, it->order_key, now, &it->existing);
+        if (it->result < 0)
+            goto done;
+    }
+    if (exec_simple(j, ST_COMMIT) < 0) {
+        set_err(j, "committing events");
+        goto done;
+    }
+    ret = 0;
+done:
+    if (ret < 0) {
+        rollback(j);
+        for (int i = 0; i < n; i++) {
+            journal_event_free(&items[i].existing);
+            items[i].result = -1;
+        }
+        snprintf(err, errlen, "%s", j->err);
+    }
+    unlock(j);
+    return ret;
+}
+
+/* Runs one of the id-keyed updates: 0 changed, 1 no such id, -1 error. */
+static int update_one(journal *j, sqlite3_stmt *s, const char *what)
+{
+    int changed = run_write(j, s, what);
+    return changed < 0 ? -1 : changed == 0 ? 1 : 0;
+}
+
+int journal_mark_running(journal *j, const char *id)
+{
+    lock(j);
+    sqlite3_stmt *s = stmt(j, ST_RUNNING);
+    bind_text(s, 1, id);
+    sqlite3_bind_int64(s, 2, now_ms(j));
+    int rc = update_one(j, s, "marking an event running");
+    unlock(j);
+    return rc;
+}
+
+int journal_mark_done(journal *j, const char *id, const char *results_json)
+{
+    lock(j);
+    sqlite3_stmt *s = stmt(j, ST_DONE);
+    bind_text(s, 1, id);
+    bind_text(s, 2, results_json);
+    sqlite3_bind_int64(s, 3, now_ms(j));
+    int rc = update_one(j, s, "marking an event done");
+    unlock(j);
+    return rc;
+}
+
+int journal_mark_retry(journal *j, const char *id, long long next_attempt_ms, const char *error,
+                       const char *results_json)
+{
+    lock(j);
+    sqlite3_stmt *s = stmt(j, ST_RETRYING);
+    bind_text(s, 1, id);
+    sqlite3_bind_int64(s, 2, next_attempt_ms > 0 ? next_attempt_ms : 0);
+    bind_text(s, 3, error);
+    bind_text(s, 4, results_json);
+    sqlite3_bind_int64(s, 5, now_ms(j));
+    int rc = update_one(j, s, "marking an event for retry");
+    unlock(j);
+    return rc;
+}
+
+int journal_mark_dead(journal *j, const char *id, const char *error, const char *results_json)
+{
+    lock(j);
+    sqlite3_stmt *s = stmt(j, ST_DEAD);
+    bind_text(s, 1, id);
+    bind_text(s, 2, error);
+    bind_text(s, 3, results_json);
+    sqlite3_bind_int64(s, 4, now_ms(j));
+    int rc = update_one(j, s, "marking an event dead");
+    unlock(j);
+    return rc;
+}
+
+int journal_retry(journal *j, const char *id)
+{
+    lock(j);
+    sqlite3_stmt *s = stmt(j, ST_RETRY);
+    bind_text(s, 1, id);
+    sqlite3_bind_int64(s, 2, now_ms(j));
+    int rc = update_one(j, s, "retrying an event");
+    unlock(j);
+    return rc;
+}
+
+/* Runs one of the bulk updates bound with ?1 = now: how many, or -1. */
+static int update_all(journal *j, int which, const char *what)
+{
+    lock(j);
+    sqlite3_stmt *s = stmt(j, which);
+    sqlite3_bind_int64(s, 1, now_ms(j));
+    int rc = run_write(j, s, what);
+    unlock(j);
+    return rc;
+}
+
+int journal_recover(journal *j)
+{
+    return update_all(j, ST_RECOVER, "recovering running events");
+}
+
+int journal_retry_dead(journal *j)
+{
+    return update_all(j, ST_RETRY_DEAD, "retrying dead events");
+}
+
+int journal_purge(journal *j, long long older_than_ms)
+{
+    int total = 0;
+    lock(j);
+    for (;;) {
+        sqlite3_stmt *s = stmt(j, ST_PURGE);
+        sqlite3_bind_int64(s, 1, older_than_ms);
+        sqlite3_bind_int(s, 2, PURGE_CHUNK);
+        int n = run_write(j, s, "purging events");
+        if (n < 0) {
+            total = -1;
+            break;
+        }
+        total += n;
+        if (n < PURGE_CHUNK)
+            break;
+    }
+    unlock(j);
+    return total;
+}

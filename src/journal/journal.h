@@ -1,0 +1,120 @@
+/*
+ * journal.h -- the durable event journal of `wixr serve`: every accepted
+ * event and where it stands (SQLite, WAL, fsync'd commits).
+ *
+ * Life of an event:
+ *
+ *     accepted --mark_running--> running --mark_done--> done
+ *                                   |  \--mark_dead--> dead --retry--> accepted
+ *                                   \--mark_retry--> retrying --mark_running--> running
+ *     crash: running --recover--> accepted (attempts kept)
+ *
+ * attempts counts runs *started*: it grows in journal_mark_running, so an
+ * event whose runs keep dying with the process still reaches the caller's
+ * attempt cap. The journal itself enforces no transition order (the caller
+ * owns the policy); journal_retry alone checks the state it starts from.
+ *
+ * Durability: a function that returned 0 has committed (fsync'd) its one
+ * transaction; a process killed at any moment leaves each event either as
+ * it was or as it became, never in between.
+ *
+ * Threads: one handle may be used from any thread (calls on one handle are
+ * serialised by a mutex), but the intended shape is one handle per thread;
+ * any number of handles and processes may open the same file at once
+ * (`wixr events` reads and edits the journal while `wixr serve` runs).
+ *
+ * Strings handed out in journal_event are malloc'd copies owned by the
+ * caller: journal_event_free / journal_events_free.
+ */
+#ifndef WIXR_JOURNAL_H
+#define WIXR_JOURNAL_H
+
+#include <stddef.h>
+
+typedef struct journal journal;
+
+typedef enum { EV_ACCEPTED, EV_RUNNING, EV_DONE, EV_RETRYING, EV_DEAD } ev_state; /* names: accepted running done retrying dead */
+#define EV__COUNT 5
+
+typedef struct journal_event {
+    long long seq;                               /* insertion order */
+    char *id, *name, *data_json, *order_key;     /* order_key may be NULL */
+    ev_state state;
+    int attempts;                                /* runs started so far */
+    long long next_attempt_ms;                   /* wall-clock ms since the epoch; 0 = now */
+    long long created_ms, updated_ms;
+    char *last_error;                            /* NULL when none */
+    char *results_json;                          /* the last run's per-hook results (a JSON array text), NULL when none */
+} journal_event;
+
+/* Opens (creating when missing) the journal at path; the folder must exist.
+ * WAL, synchronous=FULL, busy_timeout 5000 ms, shared (not exclusive)
+ * locking. NULL with a message in err on failure (also when the file was
+ * written by a newer wixr). */
+journal *journal_open(const char *path, char *err, size_t errlen);
+void journal_close(journal *j);
+/* The last error on this handle, for messages ("" when none). */
+const char *journal_errmsg(journal *j);
+/* Replaces the wall clock (ms since the epoch) used for created/updated
+ * times; NULL restores it. For tests. */
+void journal_set_clock(journal *j, long long (*now_ms)(void *ud), void *ud);
+/* Wall-clock ms since the epoch. */
+long long journal_now_ms(void);
+
+const char *journal_state_name(ev_state s);
+int journal_state_parse(const char *name, ev_state *out); /* 0 ok, -1 unknown */
+
+/* Durable insert of a new event (state accepted). If id exists: returns 1
+ * and, when existing != NULL, fills it (nothing written). 0 inserted, -1
+ * error (err set). existing is zeroed first, so freeing it is always safe. */
+int journal_accept(journal *j, const char *id, const char *name, const char *data_json, const char *order_key,
+                   journal_event *existing, char *err, size_t errlen);
+/* Group commit: one transaction (one fsync) for n new events, as
+ * journal_accept does each. Per item, result is 0 inserted, 1 the id
+ * existed (existing filled; also for a repeat within the batch), -1 the
+ * item was refused (empty id or name, no data; err names it) and nothing
+ * written for it. Returns 0 when the batch committed (every item's result
+ * set), -1 when nothing was written (err set; no existing left to free). */
+typedef struct journal_new {
+    const char *id, *name, *data_json, *order_key; /* in; order_key may be NULL */
+    int result;                                    /* out */
+    journal_event existing;                        /* out when result == 1: free it */
+} journal_new;
+int journal_accept_many(journal *j, journal_new *items, int n, char *err, size_t errlen);
+
+/* 0 found (out filled), 1 not found, -1 error (out zeroed unless found). */
+int journal_get(journal *j, const char *id, journal_event *out);
+void journal_event_free(journal_event *e);               /* frees the strings, not e */
+void journal_events_free(journal_event *list, int n);    /* frees the strings and the array */
+
+/* Events not finished (accepted, running, retrying), in seq order, at most
+ * limit (<= 0: all). Retrying ones whose next_attempt_ms is in the future
+ * are included: the caller decides. *out is NULL when *n is 0. 0 or -1. */
+int journal_pending(journal *j, int limit, journal_event **out, int *n);
+
+/* Transitions: 0 done, 1 no such id, -1 error. Each stamps updated_ms. */
+int journal_mark_running(journal *j, const char *id);   /* attempts += 1, state running, next_attempt 0 */
+/* state done, results kept, last_error cleared */
+int journal_mark_done(journal *j, const char *id, const char *results_json);
+/* state retrying until next_attempt_ms */
+int journal_mark_retry(journal *j, const char *id, long long next_attempt_ms, const char *error,
+                       const char *results_json);
+int journal_mark_dead(journal *j, const char *id, const char *error, const char *results_json);
+
+/* After a crash: running -> accepted; returns how many, -1 error. */
+int journal_recover(journal *j);
+/* dead (or retrying) -> accepted, next_attempt 0, attempts 0 (last_error
+ * and results kept for the record); 0 ok, 1 not found or not retryable, -1
+ * error. */
+int journal_retry(journal *j, const char *id);
+/* Every dead -> accepted as above; returns how many, -1 error. */
+int journal_retry_dead(journal *j);
+/* Deletes done and dead events last updated before older_than_ms (wall
+ * clock); returns how many, -1 error. */
+int journal_purge(journal *j, long long older_than_ms);
+/* counts[state] for every ev_state; 0 or -1. */
+int journal_counts(journal *j, long long counts[5]);
+/* Newest first (by seq), state -1 = any, at most limit (<= 0: all). 0 or -1. */
+int journal_list(journal *j, int state, int limit, journal_event **out, int *n);
+
+#endif

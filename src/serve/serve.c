@@ -1,0 +1,1138 @@
+/*
+ * serve.c -- `wixr serve` (see serve.h).
+ */
+#define _GNU_SOURCE
+#include "serve.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../json/json.h"
+#include "../journal/journal.h"
+#include "../runtime/hooks.h"
+
+#define SERVE_MAX_INFLIGHT_KEYS 4096
+#define SNAPSHOT_EVERY_MS 250
+#define RELOAD_DEBOUNCE_MS 150
+#define INTAKE_MAX_DEPTH 64
+
+static const double buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+#define NBUCKETS (sizeof buckets / sizeof buckets[0])
+
+typedef struct intake {
+    journal_new item;
+    int done;
+    int status;                   /* 0 inserted, 1 existed, -1 failed */
+    char err[256];
+    struct intake *next;
+} intake;
+
+typedef struct running {
+    char *id;
+    char *key;
+    int attempt;
+    long long started_ms;
+    struct serve *s;
+} running;
+
+typedef struct serve {
+    const serve_options *opt;
+    wixr_config *boot_cfg;        /* the configuration at start (wix settings, state dir) */
+    wixr_host *h;
+    hook_table *table;            /* current rules */
+    long rules_version;
+    journal *jmain, *jwrite, *jread;
+    char journal_path[PATH_MAX];
+    char pid_path[PATH_MAX];
+
+    pthread_mutex_t lock;         /* guards everything below that threads share */
+    pthread_cond_t queued, committed;
+    intake *qhead, *qtail;
+    int writer_stop;
+    pthread_t writer;
+    int writer_started;
+    char **names;                 /* event names with hooks (for 404s) */
+    int nnames;
+    int accept_unknown;
+    int draining;
+    char *health;                 /* snapshots served by the HTTP threads */
+    char *metrics;
+    long long accepted_total, duplicates_total;
+
+    struct MHD_Daemon *mhd;
+    int evfd;
+    int inotify_fd;
+    char token[512];
+    int have_token;
+    long max_body;
+
+    running **inflight;
+    int ninflight;
+    long long done_total, dead_total, failed_runs_total, event_retries_total;
+    long long reloads_total, reload_failures_total;
+    int last_reload_ok;
+    long long last_reload_ms;
+    char last_reload_error[2048];
+    double last_swap_ms;
+    long long hist[NBUCKETS + 1];
+    double hist_sum;
+    long long hist_count;
+    long long reload_at;          /* debounced reload due (0 = none) */
+    long long last_snapshot;
+} serve;
+
+static volatile sig_atomic_t got_term, got_hup;
+static int signal_fd = -1; /* the eventfd the handlers poke (set before they are installed) */
+
+static void on_signal(int sig)
+{
+    if (sig == SIGHUP)
+        got_hup = 1;
+    else
+        got_term = 1;
+    uint64_t one = 1;
+    if (signal_fd >= 0 && write(signal_fd, &one, sizeof one) < 0) {
+        /* nothing to do: the main loop also wakes every 200 ms */
+    }
+}
+
+static long long wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void iso(long long ms, char out[80])
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    if (tm.tm_year < -1900 || tm.tm_year > 8099)
+        tm.tm_year = 70;
+    snprintf(out, 80, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+             tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+}
+
+void serve_journal_path(const void *cfgp, char *out, unsigned long n)
+{
+    const wixr_config *cfg = cfgp;
+    if (cfg->serve.journal)
+        snprintf(out, n, "%s", cfg->serve.journal);
+    else
+        snprintf(out, n, "%s/journal.db", cfg->state_dir);
+}
+
+static void log_line(const char *level, const char *msg, const char *fields_json)
+{
+    char ts[80];
+    iso(wall_ms(), ts);
+    buf_t b;
+    buf_init(&b, 0);
+    buf_printf(&b, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", ts, level);
+    json_quote(&b, msg, strlen(msg));
+    if (fields_json)
+        buf_printf(&b, ",\"fields\":%s", fields_json);
+    buf_adds(&b, "}\n");
+    fputs(buf_cstr(&b), stderr);
+    buf_free(&b);
+}
+
+/* ---- names and order keys ---- */
+
+static void publish_names(serve *s)
+{
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < s->nnames; i++)
+        free(s->names[i]);
+    free(s->names);
+    s->names = calloc((size_t)s->table->n + 1, sizeof *s->names);
+    s->nnames = 0;
+    for (int i = 0; i < s->table->n && s->names; i++) {
+        if (!s->table->rt[i])
+            continue;
+        const char *ev = s->table->cfg->hooks[i].event;
+        int dup = 0;
+        for (int k = 0; k < s->nnames && !dup; k++)
+            dup = !strcmp(s->names[k], ev);
+        if (!dup)
+            s->names[s->nnames++] = strdup(ev);
+    }
+    s->accept_unknown = s->table->cfg->serve.accept_unknown_events;
+    pthread_mutex_unlock(&s->lock);
+}
+
+static int known_name(serve *s, const char *name)
+{
+    pthread_mutex_lock(&s->lock);
+    int ok = s->accept_unknown;
+    for (int i = 0; i < s->nnames && !ok; i++)
+        ok = !strcmp(s->names[i], name);
+    pthread_mutex_unlock(&s->lock);
+    return ok;
+}
+
+/* ---- the writer thread: group commit ---- */
+
+static void *writer_main(void *arg)
+{
+    serve *s = arg;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (!s->qhead && !s->writer_stop)
+            pthread_cond_wait(&s->queued, &s->lock);
+        if (!s->qhead && s->writer_stop)
+            break;
+        intake *batch = s->qhead;
+        s->qhead = s->qtail = NULL;
+        pthread_mutex_unlock(&s->lock);
+
+        int n = 0;
+        for (intake *q = batch; q; q = q->next)
+            n++;
+        journal_new *items = calloc((size_t)n, sizeof *items);
+        char err[256] = "";
+        int rc = -1;
+        if (items) {
+            int i = 0;
+            for (intake *q = batch; q; q = q->next)
+                items[i++] = q->item;
+            rc = journal_accept_many(s->jwrite, items, n, err, sizeof err);
+        }
+        pthread_mutex_lock(&s->lock);
+        int i = 0;
+        for (intake *q = batch; q; q = q->next, i++) {
+            q->done = 1;
+            if (rc < 0) {
+                q->status = -1;
+                snprintf(q->err, sizeof q->err, "%s", err[0] ? err : "out of memory");
+            } else {
+                q->status = items[i].result;
+                q->item.existing = items[i].existing;
+                if (q->status == 0)
+                    s->accepted_total++;
+                else if (q->status == 1)
+                    s->duplicates_total++;
+                else
+                    snprintf(q->err, sizeof q->err, "refused by the journal");
+            }
+        }
+        free(items);
+        pthread_cond_broadcast(&s->committed);
+        uint64_t one = 1;
+        if (write(s->evfd, &one, sizeof one) < 0) {
+            /* the main loop polls anyway */
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+/* ---- HTTP front ---- */
+
+typedef struct conn {
+    buf_t body;
+    int too_big;
+} conn;
+
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, buf_t *b)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(b->len, b->data ? b->data : (void *)"",
+                                                             MHD_RESPMEM_MUST_COPY);
+    buf_free(b);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    enum MHD_Result ok = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, const char *text, const char *type)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", type);
+    enum MHD_Result ok = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, const char *code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    buf_t b;
+    buf_init(&b, 0);
+    buf_adds(&b, "{\"error\":{\"code\":");
+    json_quote(&b, code, strlen(code));
+    buf_adds(&b, ",\"message\":");
+    json_quote(&b, msg, strlen(msg));
+    buf_adds(&b, "}}");
+    return reply(c, status, &b);
+}
+
+static int authorized(serve *s, struct MHD_Connection *c)
+{
+    if (!s->have_token)
+        return 1;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncmp(h, "Bearer ", 7) != 0)
+        return 0;
+    h += 7;
+    size_t n = strlen(h), m = strlen(s->token);
+    unsigned char diff = (unsigned char)(n != m);
+    for (size_t i = 0; i < m; i++)
+        diff |= (unsigned char)(s->token[i] ^ (i < n ? h[i] : 0));
+    return diff == 0;
+}
+
+static int valid_name(const char *n)
+{
+    size_t len = strlen(n);
+    if (len == 0 || len > 100)
+        return 0;
+    return strspn(n, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:") == len;
+}
+
+static void event_json(const journal_event *e, buf_t *b)
+{
+    char c[80], u[80];
+    iso(e->created_ms, c);
+    iso(e->updated_ms, u);
+    json_writer w;
+    jw_init(&w, b);
+    jw_obj(&w);
+    jw_kstr(&w, "id", e->id);
+    jw_kstr(&w, "name", e->name);
+    jw_kstr(&w, "state", journal_state_name(e->state));
+    jw_key(&w, "attempts");
+    jw_int(&w, e->attempts);
+    jw_kstr(&w, "created", c);
+    jw_kstr(&w, "updated", u);
+    if (e->state == EV_RETRYING && e->next_attempt_ms) {
+        char nx[80];
+        iso(e->next_attempt_ms, nx);
+        jw_kstr(&w, "next_attempt", nx);
+    }
+    jw_kstr(&w, "order_key", e->order_key);
+    jw_kstr(&w, "last_error", e->last_error);
+    if (e->results_json && *e->results_json) {
+        jw_key(&w, "result");
+        jw_raw(&w, e->results_json, strlen(e->results_json));
+    }
+    jw_obj_end(&w);
+}
+
+static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char *name, conn *st)
+{
+    if (!valid_name(name))
+        return reply_error(c, 400, "INVALID_EVENT_NAME", "event names are 1-100 of A-Z a-z 0-9 . _ - :");
+    if (!known_name(s, name))
+        return reply_error(c, 404, "UNKNOWN_EVENT", "no hook is configured for event '%s'", name);
+    json_doc *doc = NULL;
+    json_error e;
+    json_value *v = st->body.len ? json_parse(st->body.data, st->body.len, INTAKE_MAX_DEPTH, &doc, &e) : NULL;
+    if (!st->body.len) {
+        json_doc_free(doc);
+        return reply_error(c, 400, "INVALID_JSON", "the body must be a JSON object (the event's data)");
+    }
+    if (!v) {
+        json_doc_free(doc);
+        return reply_error(c, 400, "INVALID_JSON", "line %d, column %d: %s", e.line, e.col, e.msg);
+    }
+    if (v->type != JSON_OBJECT) {
+        json_doc_free(doc);
+        return reply_error(c, 400, "INVALID_JSON", "the body must be a JSON object, not %s", json_type_name(v->type));
+    }
+    const char *id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Event-Id");
+    json_value *idv = json_get(v, "event_id");
+    char idbuf[64];
+    if (!id && idv && idv->type == JSON_STRING)
+        id = idv->u.str.s;
+    else if (!id && idv && idv->type != JSON_NULL) {
+        json_doc_free(doc);
+        return reply_error(c, 400, "INVALID_EVENT_ID", "event_id must be a string");
+    }
+    if (id && (!*id || strlen(id) > 200)) {
+        json_doc_free(doc);
+        return reply_error(c, 400, "INVALID_EVENT_ID", "an event id is 1 to 200 characters");
+    }
+    if (!id) {
+        unsigned char r[16];
+        FILE *f = fopen("/dev/urandom", "rb");
+        if (!f || fread(r, 1, sizeof r, f) != sizeof r) {
+            if (f)
+                fclose(f);
+            json_doc_free(doc);
+            return reply_error(c, 500, "INTERNAL", "no randomness for an event id");
+        }
+        fclose(f);
+        r[6] = (unsigned char)((r[6] & 0x0F) | 0x40);
+        r[8] = (unsigned char)((r[8] & 0x3F) | 0x80);
+        snprintf(idbuf, sizeof idbuf, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0], r[1],
+                 r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]);
+        id = idbuf;
+    }
+    /* The order key: the first configured data field present. */
+    char key[256] = "";
+    const serve_settings *ss = &s->boot_cfg->serve;
+    for (int i = 0; i < ss->norder_key && !key[0]; i++) {
+        json_value *k = json_get(v, ss->order_key[i]);
+        if (k && k->type == JSON_STRING && k->u.str.len)
+            snprintf(key, sizeof key, "%s=%.*s", ss->order_key[i], (int)(k->u.str.len > 200 ? 200 : k->u.str.len),
+                     k->u.str.s);
+        else if (k && k->type == JSON_NUMBER)
+            snprintf(key, sizeof key, "%s=%.17g", ss->order_key[i], k->u.number);
+    }
+    buf_t data;
+    buf_init(&data, 0);
+    json_writer w;
+    jw_init(&w, &data);
+    jw_value(&w, v);
+    intake q = {0};
+    char *idcopy = strdup(id);
+    q.item.id = idcopy;
+    q.item.name = name;
+    q.item.data_json = buf_cstr(&data);
+    q.item.order_key = key[0] ? key : NULL;
+    json_doc_free(doc);
+    pthread_mutex_lock(&s->lock);
+    if (s->draining) {
+        pthread_mutex_unlock(&s->lock);
+        buf_free(&data);
+        free(idcopy);
+        return reply_error(c, 503, "SHUTTING_DOWN", "the service is stopping; send the event again later");
+    }
+    if (s->qtail)
+        s->qtail->next = &q;
+    else
+        s->qhead = &q;
+    s->qtail = &q;
+    pthread_cond_signal(&s->queued);
+    while (!q.done)
+        pthread_cond_wait(&s->committed, &s->lock);
+    pthread_mutex_unlock(&s->lock);
+    buf_free(&data);
+    buf_t out;
+    buf_init(&out, 0);
+    enum MHD_Result rc;
+    if (q.status < 0) {
+        rc = reply_error(c, 500, "JOURNAL", "the event could not be stored: %s", q.err);
+    } else if (q.status == 0) {
+        buf_adds(&out, "{\"id\":");
+        json_quote(&out, idcopy, strlen(idcopy));
+        buf_adds(&out, ",\"state\":\"accepted\"}");
+        rc = reply(c, 202, &out);
+    } else {
+        buf_adds(&out, "{\"duplicate\":true,\"event\":");
+        event_json(&q.item.existing, &out);
+        buf_addc(&out, '}');
+        journal_event_free(&q.item.existing);
+        rc = reply(c, 200, &out);
+    }
+    buf_free(&out);
+    free(idcopy);
+    return rc;
+}
+
+static enum MHD_Result get_event(serve *s, struct MHD_Connection *c, const char *id)
+{
+    journal_event e;
+    pthread_mutex_lock(&s->lock);
+    int rc = journal_get(s->jread, id, &e);
+    pthread_mutex_unlock(&s->lock);
+    if (rc == 1)
+        return reply_error(c, 404, "NOT_FOUND", "no event with id '%s'", id);
+    if (rc < 0)
+        return reply_error(c, 500, "JOURNAL", "cannot read the journal");
+    buf_t b;
+    buf_init(&b, 0);
+    event_json(&e, &b);
+    journal_event_free(&e);
+    return reply(c, 200, &b);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *upload, size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    serve *s = cls;
+    conn *st = *con_cls;
+    if (!st) {
+        st = calloc(1, sizeof *st);
+        if (!st)
+            return MHD_NO;
+        buf_init(&st->body, (size_t)s->max_body);
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->max_body)
+            st->too_big = 1;
+        *con_cls = st;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        if (!st->too_big && buf_add(&st->body, upload, *upload_size) < 0)
+            st->too_big = 1;
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (!strcmp(url, "/healthz")) {
+        if (strcmp(method, "GET"))
+            return reply_error(c, 405, "METHOD_NOT_ALLOWED", "use GET");
+        pthread_mutex_lock(&s->lock);
+        char *h = strdup(s->health ? s->health : "{}");
+        pthread_mutex_unlock(&s->lock);
+        enum MHD_Result r = reply_text(c, 200, h ? h : "{}", "application/json");
+        free(h);
+        return r;
+    }
+    if (!authorized(s, c))
+        return reply_error(c, 401, "UNAUTHENTICATED", "send Authorization: Bearer <WIXR_TOKEN>");
+    if (st->too_big)
+        return reply_error(c, 413, "PAYLOAD_TOO_LARGE", "the body is larger than %ld bytes", s->max_body);
+    if (!strcmp(url, "/metrics")) {
+        if (strcmp(method, "GET"))
+            return reply_error(c, 405, "METHOD_NOT_ALLOWED", "use GET");
+        pthread_mutex_lock(&s->lock);
+        char *m = strdup(s->metrics ? s->metrics : "");
+        pthread_mutex_unlock(&s->lock);
+        enum MHD_Result r = reply_text(c, 200, m ? m : "", "text/plain; version=0.0.4");
+        free(m);
+        return r;
+    }
+    if (!strncmp(url, "/v1/events/", 11) && url[11] && !strchr(url + 11, '/')) {
+        if (!strcmp(method, "POST"))
+            return post_event(s, c, url + 11, st);
+        if (!strcmp(method, "GET"))
+            return get_event(s, c, url + 11);
+        return reply_error(c, 405, "METHOD_NOT_ALLOWED", "POST an event, or GET it by id");
+    }
+    return reply_error(c, 404, "NOT_FOUND", "no route %s %.200s (POST /v1/events/NAME, GET /v1/events/ID, "
+                                            "/healthz, /metrics)", method, url);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)c;
+    (void)toe;
+    conn *st = *con_cls;
+    if (st) {
+        buf_free(&st->body);
+        free(st);
+        *con_cls = NULL;
+    }
+}
+
+/* ---- running events ---- */
+
+static int key_busy(serve *s, const char *key)
+{
+    if (!key)
+        return 0;
+    for (int i = 0; i < s->ninflight; i++)
+        if (s->inflight[i]->key && !strcmp(s->inflight[i]->key, key))
+            return 1;
+    return 0;
+}
+
+static int is_inflight(serve *s, const char *id)
+{
+    for (int i = 0; i < s->ninflight; i++)
+        if (!strcmp(s->inflight[i]->id, id))
+            return 1;
+    return 0;
+}
+
+static void remove_inflight(serve *s, running *r)
+{
+    for (int i = 0; i < s->ninflight; i++) {
+        if (s->inflight[i] == r) {
+            s->inflight[i] = s->inflight[--s->ninflight];
+            return;
+        }
+    }
+}
+
+static void first_error(const event_job *j, char *out, size_t n)
+{
+    out[0] = '\0';
+    for (int i = 0; i < j->nidx && !out[0]; i++)
+        if (j->results[i].error)
+            snprintf(out, n, "%s", j->results[i].error);
+    for (int i = 0; i < j->nchildren && !out[0]; i++)
+        first_error(j->children[i], out, n);
+}
+
+static void observe(serve *s, double secs)
+{
+    size_t b = 0;
+    while (b < NBUCKETS && secs > buckets[b])
+        b++;
+    s->hist[b]++;
+    s->hist_sum += secs;
+    s->hist_count++;
+}
+
+static void job_done(event_job *j, void *arg)
+{
+    running *r = arg;
+    serve *s = r->s;
+    buf_t res;
+    buf_init(&res, 0);
+    event_job_json(j, &res);
+    observe(s, (double)(sched_now_ms() - r->started_ms) / 1000.0);
+    if (j->nidx == 0 && !j->failed) {
+        journal_mark_done(s->jmain, r->id, buf_cstr(&res));
+        s->done_total++;
+    } else if (!j->failed) {
+        journal_mark_done(s->jmain, r->id, buf_cstr(&res));
+        s->done_total++;
+    } else {
+        char err[2048];
+        first_error(j, err, sizeof err);
+        s->failed_runs_total++;
+        const serve_settings *ss = &s->table->cfg->serve;
+        if (r->attempt >= ss->retry_attempts) {
+            journal_mark_dead(s->jmain, r->id, err, buf_cstr(&res));
+            s->dead_total++;
+            char f[512];
+            snprintf(f, sizeof f, "{\"id\":\"%.200s\",\"attempts\":%d}", r->id, r->attempt);
+            log_line("error", "event is dead after its last attempt", f);
+        } else {
+            long long d = ss->retry_base_ms << (r->attempt - 1 < 20 ? r->attempt - 1 : 20);
+            if (d > ss->retry_max_ms)
+                d = ss->retry_max_ms;
+            d = d / 2 + (d > 1 ? rand() % (d / 2 + 1) : 0);
+            journal_mark_retry(s->jmain, r->id, wall_ms() + d, err, buf_cstr(&res));
+            s->event_retries_total++;
+        }
+    }
+    buf_free(&res);
+    remove_inflight(s, r);
+    free(r->id);
+    free(r->key);
+    free(r);
+    event_job_free(j);
+}
+
+static void dispatch(serve *s)
+{
+    if (s->draining)
+        return;
+    int cap = s->table->cfg->serve.concurrency;
+    if (s->ninflight >= cap)
+        return;
+    journal_event *ev = NULL;
+    int n = 0;
+    if (journal_pending(s->jmain, 2000, &ev, &n) < 0)
+        return;
+    char **blocked = calloc((size_t)n + 1, sizeof *blocked);
+    int nblocked = 0;
+    long long now = wall_ms();
+    for (int i = 0; i < n && s->ninflight < cap; i++) {
+        journal_event *e = &ev[i];
+        int is_blocked = 0;
+        for (int k = 0; e->order_key && k < nblocked && !is_blocked; k++)
+            is_blocked = !strcmp(blocked[k], e->order_key);
+        int wait = is_blocked || is_inflight(s, e->id) || key_busy(s, e->order_key) ||
+                   (e->state == EV_RETRYING && e->next_attempt_ms > now);
+        if (wait) {
+            if (e->order_key && blocked)
+                blocked[nblocked++] = e->order_key; /* later events of this key wait their turn */
+            continue;
+        }
+        running *r = calloc(1, sizeof *r);
+        if (!r || !(r->id = strdup(e->id))) {
+            free(r);
+            break;
+        }
+        r->key = e->order_key ? strdup(e->order_key) : NULL;
+        r->attempt = e->attempts + 1;
+        r->started_ms = sched_now_ms();
+        r->s = s;
+        if (journal_mark_running(s->jmain, e->id) < 0) {
+            free(r->id);
+            free(r->key);
+            free(r);
+            continue;
+        }
+        s->inflight[s->ninflight++] = r;
+        if (!event_fire(s->table, e->name, e->id, e->data_json, job_done, r)) {
+            remove_inflight(s, r);
+            journal_mark_retry(s->jmain, e->id, wall_ms() + 1000, "out of memory", NULL);
+            free(r->id);
+            free(r->key);
+            free(r);
+        }
+        if (e->order_key && blocked)
+            blocked[nblocked++] = e->order_key;
+    }
+    free(blocked);
+    journal_events_free(ev, n);
+}
+
+/* ---- reload ---- */
+
+static void watch_dirs(serve *s, const wixr_config *cfg)
+{
+    if (s->inotify_fd < 0)
+        return;
+    char dir[PATH_MAX];
+    const uint32_t mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM;
+    if (cfg->path) {
+        snprintf(dir, sizeof dir, "%s", cfg->dir ? cfg->dir : ".");
+        inotify_add_watch(s->inotify_fd, dir, mask);
+    }
+    for (int i = 0; i < cfg->nhooks; i++) {
+        snprintf(dir, sizeof dir, "%s", cfg->hooks[i].script);
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *slash = '\0';
+        else
+            snprintf(dir, sizeof dir, ".");
+        inotify_add_watch(s->inotify_fd, dir, mask);
+    }
+    for (int i = 0; i < cfg->nlua_paths; i++)
+        inotify_add_watch(s->inotify_fd, cfg->lua_paths[i], mask);
+}
+
+static double mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Builds the new rules beside the old; swaps only when all of them load. */
+static void reload(serve *s, const char *why)
+{
+    double t0 = mono_ms();
+    char err[8192];
+    wixr_config *nc = calloc(1, sizeof *nc);
+    buf_t errors;
+    buf_init(&errors, 64 * 1024);
+    hook_table *nt = NULL;
+    s->last_reload_ms = wall_ms();
+    if (!nc || config_load(nc, s->boot_cfg->path, err, sizeof err) < 0) {
+        buf_adds(&errors, nc ? err : "out of memory");
+        free(nc);
+        nc = NULL;
+    } else {
+        nt = hooks_load(s->h, nc, &errors);
+    }
+    if (!nt) {
+        if (nc) {
+            config_free(nc);
+            free(nc);
+        }
+        s->reload_failures_total++;
+        s->last_reload_ok = 0;
+        snprintf(s->last_reload_error, sizeof s->last_reload_error, "%s", buf_cstr(&errors));
+        buf_t f;
+        buf_init(&f, 0);
+        buf_adds(&f, "{\"why\":");
+        json_quote(&f, why, strlen(why));
+        buf_adds(&f, ",\"error\":");
+        json_quote(&f, buf_cstr(&errors), errors.len);
+        buf_adds(&f, ",\"rules_version\":");
+        buf_printf(&f, "%ld}", s->rules_version);
+        log_line("error", "reload failed; the previous rules stay in force", buf_cstr(&f));
+        buf_free(&f);
+        buf_free(&errors);
+        return;
+    }
+    buf_free(&errors);
+    double t1 = mono_ms();
+    nt->owned_cfg = nc;
+    nt->version = ++s->rules_version;
+    hook_table *old = s->table;
+    s->table = nt; /* runs in flight keep the table they started with */
+    hooks_unref(old);
+    s->last_swap_ms = mono_ms() - t1;
+    publish_names(s);
+    watch_dirs(s, nc);
+    s->reloads_total++;
+    s->last_reload_ok = 1;
+    s->last_reload_error[0] = '\0';
+    char f[512];
+    snprintf(f, sizeof f, "{\"why\":\"%s\",\"rules_version\":%ld,\"hooks\":%d,\"build_ms\":%.2f,\"swap_ms\":%.4f}", why,
+             s->rules_version, nc->nhooks, t1 - t0, s->last_swap_ms);
+    log_line("info", "rules reloaded", f);
+}
+
+/* ---- snapshots for /healthz and /metrics ---- */
+
+static void snapshot(serve *s)
+{
+    long long counts[5] = {0};
+    journal_counts(s->jmain, counts);
+    const wix_stats *st = wix_client_stats(s->h->client);
+    char lr[80] = "";
+    if (s->last_reload_ms)
+        iso(s->last_reload_ms, lr);
+    buf_t h;
+    buf_init(&h, 0);
+    buf_printf(&h, "{\"status\":\"%s\",\"rules_version\":%ld,\"draining\":%s,\"last_reload\":{\"ok\":%s",
+               s->last_reload_ok ? "ok" : "degraded", s->rules_version, s->draining ? "true" : "false",
+               s->last_reload_ok ? "true" : "false");
+    if (lr[0])
+        buf_printf(&h, ",\"at\":\"%s\"", lr);
+    if (!s->last_reload_ok) {
+        buf_adds(&h, ",\"error\":");
+        json_quote(&h, s->last_reload_error, strlen(s->last_reload_error));
+    }
+    buf_printf(&h, "},\"reloads\":%lld,\"reload_failures\":%lld,\"in_flight\":%d,\"journal\":{", s->reloads_total,
+               s->reload_failures_total, s->ninflight);
+    long long depth = 0;
+    for (int i = 0; i < 5; i++) {
+        buf_printf(&h, "%s\"%s\":%lld", i ? "," : "", journal_state_name((ev_state)i), counts[i]);
+        if (i != EV_DONE && i != EV_DEAD)
+            depth += counts[i];
+    }
+    buf_printf(&h, ",\"depth\":%lld}}", depth);
+
+    buf_t m;
+    buf_init(&m, 0);
+    buf_adds(&m, "# HELP wixr_events Events in the journal by state.\n# TYPE wixr_events gauge\n");
+    for (int i = 0; i < 5; i++)
+        buf_printf(&m, "wixr_events{state=\"%s\"} %lld\n", journal_state_name((ev_state)i), counts[i]);
+    pthread_mutex_lock(&s->lock);
+    long long acc = s->accepted_total, dup = s->duplicates_total;
+    pthread_mutex_unlock(&s->lock);
+    buf_printf(&m, "# HELP wixr_events_accepted_total Events accepted over HTTP.\n# TYPE wixr_events_accepted_total counter\n"
+                   "wixr_events_accepted_total %lld\n"
+                   "# HELP wixr_events_duplicate_total Events sent again with a known id.\n# TYPE wixr_events_duplicate_total counter\n"
+                   "wixr_events_duplicate_total %lld\n",
+               acc, dup);
+    buf_printf(&m, "# HELP wixr_event_runs_failed_total Event runs in which a hook failed.\n# TYPE wixr_event_runs_failed_total counter\n"
+                   "wixr_event_runs_failed_total %lld\n"
+                   "# HELP wixr_event_retries_total Event runs scheduled again after a failure.\n# TYPE wixr_event_retries_total counter\n"
+                   "wixr_event_retries_total %lld\n"
+                   "# HELP wixr_events_dead_total Events that failed their last attempt.\n# TYPE wixr_events_dead_total counter\n"
+                   "wixr_events_dead_total %lld\n",
+               s->failed_runs_total, s->event_retries_total, s->dead_total);
+    buf_adds(&m, "# HELP wixr_event_run_seconds Time to run an event's hooks.\n# TYPE wixr_event_run_seconds histogram\n");
+    long long cum = 0;
+    for (size_t b = 0; b < NBUCKETS; b++) {
+        cum += s->hist[b];
+        buf_printf(&m, "wixr_event_run_seconds_bucket{le=\"%g\"} %lld\n", buckets[b], cum);
+    }
+    cum += s->hist[NBUCKETS];
+    buf_printf(&m, "wixr_event_run_seconds_bucket{le=\"+Inf\"} %lld\nwixr_event_run_seconds_sum %.6f\n"
+                   "wixr_event_run_seconds_count %lld\n",
+               cum, s->hist_sum, s->hist_count);
+    buf_adds(&m, "# HELP wixr_api_calls_total Resellers API calls by endpoint and final status.\n# TYPE wixr_api_calls_total counter\n");
+    int nc;
+    const wix_call_count *cc = wix_client_call_counts(s->h->client, &nc);
+    for (int i = 0; i < nc; i++)
+        buf_printf(&m, "wixr_api_calls_total{endpoint=\"%s\",status=\"%ld\"} %lld\n", cc[i].endpoint, cc[i].status,
+                   cc[i].n);
+    buf_printf(&m, "# HELP wixr_api_retries_total API attempts made again (transport error, 429, 5xx).\n# TYPE wixr_api_retries_total counter\n"
+                   "wixr_api_retries_total %lld\n"
+                   "# HELP wixr_rate_limit_waits_total Calls held back by the client-side rate limit.\n# TYPE wixr_rate_limit_waits_total counter\n"
+                   "wixr_rate_limit_waits_total %lld\n",
+               st->retries, st->rate_waits);
+    buf_printf(&m, "# HELP wixr_reloads_total Rule reloads that took effect.\n# TYPE wixr_reloads_total counter\n"
+                   "wixr_reloads_total %lld\n"
+                   "# HELP wixr_reload_failures_total Reloads refused because a file did not load.\n# TYPE wixr_reload_failures_total counter\n"
+                   "wixr_reload_failures_total %lld\n"
+                   "# HELP wixr_rules_version The rules in force.\n# TYPE wixr_rules_version gauge\nwixr_rules_version %ld\n"
+                   "# HELP wixr_events_in_flight Events running now.\n# TYPE wixr_events_in_flight gauge\n"
+                   "wixr_events_in_flight %d\n",
+               s->reloads_total, s->reload_failures_total, s->rules_version, s->ninflight);
+    pthread_mutex_lock(&s->lock);
+    free(s->health);
+    free(s->metrics);
+    s->health = buf_steal(&h, NULL);
+    s->metrics = buf_steal(&m, NULL);
+    pthread_mutex_unlock(&s->lock);
+    buf_free(&h);
+    buf_free(&m);
+}
+
+/* ---- start and stop ---- */
+
+static int is_loopback(const char *host)
+{
+    return !strcmp(host, "127.0.0.1") || !strncmp(host, "127.", 4) || !strcmp(host, "localhost");
+}
+
+static int start_http(serve *s, const char *listen, char *err, size_t errlen)
+{
+    char host[128];
+    const char *colon = strrchr(listen, ':');
+    if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof host) {
+        snprintf(err, errlen, "listen: expected HOST:PORT, got '%s'", listen);
+        return -1;
+    }
+    memcpy(host, listen, (size_t)(colon - listen));
+    host[colon - listen] = '\0';
+    if (!strcmp(host, "localhost"))
+        strcpy(host, "127.0.0.1");
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 0 || port > 65535) {
+        snprintf(err, errlen, "listen: bad port in '%s'", listen);
+        return -1;
+    }
+    if (!s->have_token && !(s->opt->insecure_no_auth && is_loopback(host))) {
+        snprintf(err, errlen, "%s", s->opt->insecure_no_auth
+                                        ? "--insecure-no-auth is only allowed on a loopback address"
+                                        : "WIXR_TOKEN is not set: set it (clients send Authorization: Bearer <token>), "
+                                          "or pass --insecure-no-auth to serve unauthenticated on loopback only");
+        return -1;
+    }
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
+        snprintf(err, errlen, "listen: '%s' is not an IPv4 address", host);
+        return -1;
+    }
+    s->mhd = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
+                              (uint16_t)port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+                              MHD_OPTION_CONNECTION_TIMEOUT, 15U, MHD_OPTION_CONNECTION_LIMIT, 1024U,
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U,
+                              MHD_OPTION_END);
+    if (!s->mhd) {
+        snprintf(err, errlen, "cannot listen on %s (in use, or not permitted)", listen);
+        return -1;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    char f[512];
+    snprintf(f, sizeof f, "{\"address\":\"%s:%d\",\"auth\":%s,\"journal\":\"%.300s\"}", host, info ? info->port : (int)port,
+             s->have_token ? "true" : "false", s->journal_path);
+    log_line("info", "wixr serve listening", f);
+    if (s->boot_cfg->state_dir) {
+        char portfile[PATH_MAX];
+        snprintf(portfile, sizeof portfile, "%s/serve.port", s->boot_cfg->state_dir);
+        FILE *pf = fopen(portfile, "w");
+        if (pf) {
+            fprintf(pf, "%d\n", info ? info->port : (int)port);
+            fclose(pf);
+        }
+    }
+    return 0;
+}
+
+static void drain_fd(int fd)
+{
+    uint64_t v;
+    while (read(fd, &v, sizeof v) > 0) {
+    }
+}
+
+static int inotify_pending(int fd)
+{
+    char buf[8192];
+    int any = 0;
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0)
+        any = 1;
+    return any;
+}
+
+int serve_main(const serve_options *o)
+{
+    serve S = {0}, *s = &S;
+    s->opt = o;
+    s->evfd = -1;
+    s->inotify_fd = -1;
+    s->last_reload_ok = 1;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->queued, NULL);
+    pthread_cond_init(&s->committed, NULL);
+    int rc = 1;
+    char err[8192];
+    s->boot_cfg = calloc(1, sizeof *s->boot_cfg);
+    if (!s->boot_cfg || config_load(s->boot_cfg, o->config_path, err, sizeof err) < 0) {
+        fprintf(stderr, "%s\n", s->boot_cfg ? err : "out of memory");
+        free(s->boot_cfg);
+        return 3;
+    }
+    if (!s->boot_cfg->path) {
+        fprintf(stderr, "wixr serve: no configuration found (give --config, set WIXR_CONFIG, or create wixr.yaml)\n");
+        config_free(s->boot_cfg);
+        free(s->boot_cfg);
+        return 3;
+    }
+    const char *tok = getenv("WIXR_TOKEN");
+    if (tok && *tok) {
+        snprintf(s->token, sizeof s->token, "%s", tok);
+        s->have_token = 1;
+    }
+    s->max_body = s->boot_cfg->serve.max_body_kb * 1024;
+    if (mkdir(s->boot_cfg->state_dir, 0700) < 0 && errno != EEXIST) {
+        fprintf(stderr, "wixr serve: cannot create %s: %s\n", s->boot_cfg->state_dir, strerror(errno));
+        goto out;
+    }
+    serve_journal_path(s->boot_cfg, s->journal_path, sizeof s->journal_path);
+    if (!(s->jmain = journal_open(s->journal_path, err, sizeof err)) ||
+        !(s->jwrite = journal_open(s->journal_path, err, sizeof err)) ||
+        !(s->jread = journal_open(s->journal_path, err, sizeof err))) {
+        fprintf(stderr, "wixr serve: %s\n", err);
+        goto out;
+    }
+    int recovered = journal_recover(s->jmain);
+    s->h = host_new(s->boot_cfg, 0, err, sizeof err);
+    if (!s->h) {
+        fprintf(stderr, "wixr serve: %s\n", err);
+        rc = 3;
+        goto out;
+    }
+    buf_t errors;
+    buf_init(&errors, 0);
+    s->table = hooks_load(s->h, s->boot_cfg, &errors);
+    if (!s->table) {
+        fprintf(stderr, "%s\n", buf_cstr(&errors));
+        buf_free(&errors);
+        rc = 3;
+        goto out;
+    }
+    buf_free(&errors);
+    s->table->version = s->rules_version = 1;
+    s->inflight = calloc(SERVE_MAX_INFLIGHT_KEYS, sizeof *s->inflight);
+    if (s->boot_cfg->serve.concurrency > SERVE_MAX_INFLIGHT_KEYS)
+        s->boot_cfg->serve.concurrency = SERVE_MAX_INFLIGHT_KEYS;
+    publish_names(s);
+
+    s->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    s->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (s->evfd < 0) {
+        fprintf(stderr, "wixr serve: eventfd: %s\n", strerror(errno));
+        goto out;
+    }
+    sched_watch_fd(s->h->sched, s->evfd);
+    if (s->inotify_fd >= 0) {
+        sched_watch_fd(s->h->sched, s->inotify_fd);
+        watch_dirs(s, s->boot_cfg);
+    }
+    signal_fd = s->evfd;
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
+        fprintf(stderr, "wixr serve: cannot start the journal writer\n");
+        goto out;
+    }
+    s->writer_started = 1;
+    snapshot(s);
+    if (start_http(s, o->listen ? o->listen : s->boot_cfg->serve.listen, err, sizeof err) < 0) {
+        fprintf(stderr, "wixr serve: %s\n", err);
+        rc = strstr(err, "WIXR_TOKEN") || strstr(err, "insecure") ? 3 : 1;
+        goto out;
+    }
+    snprintf(s->pid_path, sizeof s->pid_path, "%s/serve.pid", s->boot_cfg->state_dir);
+    FILE *pf = fopen(s->pid_path, "w");
+    if (pf) {
+        fprintf(pf, "%ld\n", (long)getpid());
+        fclose(pf);
+    }
+    if (recovered > 0) {
+        char f[64];
+        snprintf(f, sizeof f, "{\"events\":%d}", recovered);
+        log_line("warn", "events interrupted by the last stop run again", f);
+    }
+
+    long long drain_deadline = 0;
+    for (;;) {
+        dispatch(s);
+        sched_run_for(s->h->sched, 200);
+        drain_fd(s->evfd);
+        if (got_hup) {
+            got_hup = 0;
+            reload(s, "SIGHUP");
+            snapshot(s);
+        }
+        if (s->inotify_fd >= 0 && inotify_pending(s->inotify_fd))
+            s->reload_at = sched_now_ms() + RELOAD_DEBOUNCE_MS;
+        if (s->reload_at && sched_now_ms() >= s->reload_at) {
+            s->reload_at = 0;
+            reload(s, "files changed");
+            snapshot(s);
+        }
+        if (got_term && !s->draining) {
+            pthread_mutex_lock(&s->lock);
+            s->draining = 1;
+            pthread_mutex_unlock(&s->lock);
+            drain_deadline = sched_now_ms() + s->boot_cfg->serve.drain_ms;
+            char f[64];
+            snprintf(f, sizeof f, "{\"in_flight\":%d}", s->ninflight);
+            log_line("info", "stopping: intake closed, letting runs in flight finish", f);
+            snapshot(s);
+        }
+        if (s->draining && (s->ninflight == 0 || sched_now_ms() >= drain_deadline))
+            break;
+        if (sched_now_ms() - s->last_snapshot >= SNAPSHOT_EVERY_MS) {
+            s->last_snapshot = sched_now_ms();
+            snapshot(s);
+        }
+    }
+    if (s->ninflight) {
+        char f[64];
+        snprintf(f, sizeof f, "{\"events\":%d}", s->ninflight);
+        log_line("warn", "drain deadline reached; unfinished events run again at the next start", f);
+    }
+    rc = 0;
+out:
+    if (s->mhd)
+        MHD_stop_daemon(s->mhd);
+    if (s->writer_started) {
+        pthread_mutex_lock(&s->lock);
+        s->writer_stop = 1;
+        pthread_cond_signal(&s->queued);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->writer, NULL);
+    }
+    signal_fd = -1;
+    /* Runs still in flight are abandoned: their events stay 'running' and are
+     * recovered by the next start. Their jobs are not freed here: the host
+     * (and every Lua state) goes away with the process. */
+    if (s->pid_path[0])
+        unlink(s->pid_path);
+    if (!s->ninflight) {
+        hooks_unref(s->table);
+        host_free(s->h);
+    }
+    journal_close(s->jmain);
+    journal_close(s->jwrite);
+    journal_close(s->jread);
+    if (s->evfd >= 0)
+        close(s->evfd);
+    if (s->inotify_fd >= 0)
+        close(s->inotify_fd);
+    for (int i = 0; i < s->nnames; i++)
+        free(s->names[i]);
+    free(s->names);
+    free(s->health);
+    free(s->metrics);
+    free(s->inflight);
+    if (!s->ninflight) {
+        config_free(s->boot_cfg);
+        free(s->boot_cfg);
+    }
+    log_line("info", "wixr serve stopped", NULL);
+    return rc;
+}

@@ -1,0 +1,27 @@
+/*
+ * serve.h -- `wixr serve`: the durable, hot-reloading provisioning service.
+ *
+ * Threads: libmicrohttpd serves the HTTP front (a thread per connection);
+ * one writer thread commits accepted events to the journal in groups (one
+ * fsync for every event waiting at that moment) before their 202 goes out;
+ * the main thread runs the scheduler: it takes pending events from the
+ * journal, runs their hooks (events sharing an order key one at a time, in
+ * order), records outcomes, retries with backoff, reloads rules, and
+ * publishes /healthz and /metrics snapshots.
+ */
+#ifndef WIXR_SERVE_H
+#define WIXR_SERVE_H
+
+typedef struct serve_options {
+    const char *config_path;      /* NULL: the usual search */
+    const char *listen;           /* overrides serve.listen */
+    int insecure_no_auth;         /* allow running without WIXR_TOKEN (loopback only) */
+} serve_options;
+
+/* Runs until SIGTERM/SIGINT; returns an exit code. */
+int serve_main(const serve_options *o);
+
+/* The journal path for a configuration: serve.journal or <state_dir>/journal.db. */
+void serve_journal_path(const void *cfg, char *out, unsigned long n);
+
+#endif
