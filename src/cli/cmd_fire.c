@@ -252,6 +252,7 @@ static void draw(batch *b, int final)
     bar[width] = '\0';
     fprintf(stderr, "\r[%s] %ld/%ld  ok %ld  failed %ld  skipped %ld  %.1fs%s", bar, done + b->malformed, total, b->ok,
             b->failed, b->skipped + b->malformed, t - b->t0, final ? "\n" : "");
+    fflush(stderr);
 }
 
 static void start_more(batch *b);
@@ -392,12 +393,17 @@ static int run_batch(wixr_host *h, hook_table *t, const char *src, int dedupe, l
         free(text);
         return EXIT_WORK_FAILED;
     }
+    /* Policies log a JSON line per event: buffer stderr for the batch (flushed
+     * with the progress bar and at the end) instead of a write per line. */
+    static char errbuf[1 << 16];
+    setvbuf(stderr, errbuf, _IOFBF, sizeof errbuf);
     b.t0 = now_s();
     parse_batch(&b, text, len);
     free(text);
     start_more(&b);
     sched_run(h->sched);
     draw(&b, 1);
+    fflush(stderr);
     double secs = now_s() - b.t0;
     long total = b.ok + b.failed + b.skipped;
     if (json) {

@@ -474,6 +474,7 @@ hook_rt *hook_load(wixr_host *h, const wixr_config *cfg, const hook_def *def, ch
     k->ctx.host = h;
     k->ctx.hook = k;
     k->handler_ref = LUA_NOREF;
+    k->options_ref = LUA_NOREF;
     const char *base = strrchr(def->script, '/');
     snprintf(k->name, sizeof k->name, "%s (%s)", def->event, base ? base + 1 : def->script);
     k->mem_limit = (size_t)def->limits.memory_mb * 1024 * 1024;
@@ -720,6 +721,26 @@ static int ctx_emit(lua_State *L)
     return 0;
 }
 
+/* Pushes a deep copy of the plain-data table at idx (options hold no cycles). */
+static void copy_table(lua_State *L, int idx, int depth)
+{
+    luaL_checkstack(L, 4, "options");
+    if (depth > 64)
+        luaL_error(L, "options nested too deep");
+    lua_newtable(L);
+    int out = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pushvalue(L, -2);
+        if (lua_type(L, -2) == LUA_TTABLE)
+            copy_table(L, lua_gettop(L) - 1, depth + 1);
+        else
+            lua_pushvalue(L, -2);
+        lua_rawset(L, out);
+        lua_pop(L, 1);
+    }
+}
+
 /* Pushes handler, event, ctx for a run. Runs in protected mode. */
 static int push_call(lua_State *L)
 {
@@ -731,13 +752,21 @@ static int push_call(lua_State *L)
     if (luajson_decode(L, event_json, strlen(event_json), 0, err, sizeof err) < 0)
         return luaL_error(L, "event data: %s", err);
     lua_createtable(L, 0, 8);
-    const hook_def *d = r->hook->def;
-    if (d->options_json) {
-        if (luajson_decode(L, d->options_json, strlen(d->options_json), 0, err, sizeof err) < 0)
-            return luaL_error(L, "options: %s", err);
-    } else {
-        lua_newtable(L);
+    /* ctx.options: a fresh copy each run of the table decoded once, so what a
+     * run changes in it does not reach the next run. */
+    if (r->hook->options_ref == LUA_NOREF) {
+        const hook_def *d = r->hook->def;
+        if (d->options_json) {
+            if (luajson_decode(L, d->options_json, strlen(d->options_json), 0, err, sizeof err) < 0)
+                return luaL_error(L, "options: %s", err);
+        } else {
+            lua_newtable(L);
+        }
+        r->hook->options_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->hook->options_ref);
+    copy_table(L, lua_gettop(L), 0);
+    lua_remove(L, -2);
     lua_setfield(L, -2, "options");
     lua_pushboolean(L, r->ctx.host->dry_run);
     lua_setfield(L, -2, "dry_run");

@@ -29,6 +29,7 @@ typedef struct hook_rt {
     char name[256];               /* "event[i] (script)" for messages */
     size_t mem, mem_limit, mem_peak;
     int handler_ref;
+    int options_ref;              /* ctx.options, decoded once (copied per run) */
     int runs;                     /* runs in flight */
 } hook_rt;
 

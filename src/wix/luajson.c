@@ -129,7 +129,8 @@ static int encode_table(enc *e, int idx, int depth, const char *key, size_t keyl
         is_marked = lua_rawequal(L, -1, -2);
         lua_pop(L, 2);
     }
-    long long n = array_length(L, idx);
+    /* Objects (the common case) have no array part: one pass, not two. */
+    long long n = lua_rawlen(L, idx) > 0 || is_marked ? array_length(L, idx) : 0;
     if (n < 0) {
         snprintf(e->err, e->errlen, "%s%.*s: a table mixes list items and named fields", key ? "" : "value",
                  (int)(key ? keylen : 0), key ? key : "");

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Benchmark: events through the routing policy (lua/policies/route_order.lua,
+# config/wixr.yaml) in dry-run, end to end (NDJSON in, hooks run, report out),
+# and the per-run cost of the hook sandbox against a bare lua_pcall.
+#   tests/bench/hooks.sh BUILD_DIR
+# Environment: BENCH_EVENTS (default 100000).
+set -euo pipefail
+build=$(cd "${1:?usage: hooks.sh BUILD_DIR}" && pwd)
+root=$(cd "$(dirname "$0")/../.." && pwd)
+n=${BENCH_EVENTS:-100000}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+python3 - "$n" > events.ndjson <<'PY'
+import json, sys
+for i in range(int(sys.argv[1])):
+    print(json.dumps({"event": "order.created", "id": "ord-%d" % i, "data": {
+        "order_id": "ord-%d" % i, "model": "DIY" if i % 3 else "DIFM",
+        "account_id": "33333333-4444-4555-8666-777777777777" if i % 3 else None, "country_code": "DE",
+        "items": [{"plan": "core", "billing": "yearly"}]}}))
+PY
+rate() { sed -n 's/.* \([0-9]*\) events\/s$/\1/p' <<<"$1"; }
+out=$("$build/wixr" fire --batch events.ndjson --dry-run --quiet --no-dedupe --config "$root/config/wixr.yaml" 2>&1 | tail -1)
+grep -q " 0 failed" <<<"$out" || { echo "benchmark run failed: $out" >&2; exit 1; }
+nodedupe=$(rate "$out")
+rm -rf .wixr
+out=$("$build/wixr" fire --batch events.ndjson --dry-run --quiet --config "$root/config/wixr.yaml" 2>&1 | tail -1)
+grep -q " 0 failed" <<<"$out" || { echo "benchmark run failed: $out" >&2; exit 1; }
+dedupe=$(rate "$out")
+
+printf '\nHooks: %d events through route_order.lua in dry-run (wixr fire --batch, %d cores)\n' "$n" "$(nproc)"
+printf '%-52s %12s %12s %8s\n' "figure" "measured" "target" "ratio"
+printf '%-52s %12s %12s %7.2fx\n' "events/s, ids recorded for dedupe" "$dedupe" ">= 50000" "$(echo "$dedupe / 50000" | bc -l)"
+printf '%-52s %12s %12s %7.2fx\n' "events/s, --no-dedupe" "$nodedupe" ">= 50000" "$(echo "$nodedupe / 50000" | bc -l)"
+"$build/bench_sandbox" 200000
