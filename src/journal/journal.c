@@ -360,6 +360,24 @@ fail:
     return NULL;
 }
 
+int journal_set_durable(journal *j, int full)
+{
+    return sqlite3_exec(j->db, full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", NULL, NULL, NULL) ==
+                   SQLITE_OK
+               ? 0
+               : -1;
+}
+
+int journal_set_manual_checkpoints(journal *j)
+{
+    return sqlite3_exec(j->db, "PRAGMA wal_autocheckpoint=0", NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+}
+
+int journal_checkpoint(journal *j)
+{
+    return sqlite3_wal_checkpoint_v2(j->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL) == SQLITE_OK ? 0 : -1;
+}
+
 void journal_close(journal *j)
 {
     if (!j)

@@ -53,6 +53,15 @@ typedef struct journal_event {
  * written by a newer wixr). */
 journal *journal_open(const char *path, char *err, size_t errlen);
 void journal_close(journal *j);
+/* Commits of this handle reach the disk (fsync) before returning (full = 1,
+ * the default), or only the OS (0: still safe against a crash of the process,
+ * not against power loss). Intake keeps 1; state changes of a run may use 0
+ * since a lost change only means the event runs again, with the same keys. */
+int journal_set_durable(journal *j, int full);
+/* Turns off checkpoints at commit on this handle (so a commit never waits for
+ * one); the owner then calls journal_checkpoint from time to time. */
+int journal_set_manual_checkpoints(journal *j);
+int journal_checkpoint(journal *j);
 /* The last error on this handle, for messages ("" when none). */
 const char *journal_errmsg(journal *j);
 /* Replaces the wall clock (ms since the epoch) used for created/updated

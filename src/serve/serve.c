@@ -91,6 +91,7 @@ typedef struct serve {
     long long hist_count;
     long long reload_at;          /* debounced reload due (0 = none) */
     long long last_snapshot;
+    long long snapshots;
 } serve;
 
 static volatile sig_atomic_t got_term, got_hup;
@@ -632,6 +633,7 @@ static void job_done(event_job *j, void *arg)
     free(r->key);
     free(r);
     event_job_free(j);
+    sched_wakeup(s->h->sched); /* a slot (and maybe a key) is free: dispatch at once */
 }
 
 static void dispatch(serve *s)
@@ -766,9 +768,9 @@ static void reload(serve *s, const char *why)
     nt->version = ++s->rules_version;
     hook_table *old = s->table;
     s->table = nt; /* runs in flight keep the table they started with */
-    hooks_unref(old);
-    s->last_swap_ms = mono_ms() - t1;
     publish_names(s);
+    s->last_swap_ms = mono_ms() - t1;
+    hooks_unref(old); /* freed now, or when its last run ends */
     watch_dirs(s, nc);
     s->reloads_total++;
     s->last_reload_ok = 1;
@@ -990,6 +992,11 @@ int serve_main(const serve_options *o)
         fprintf(stderr, "wixr serve: %s\n", err);
         goto out;
     }
+    journal_set_durable(s->jmain, 0); /* run state changes: see journal_set_durable */
+    /* Intake commits never wait for a checkpoint: the main loop runs them. */
+    journal_set_manual_checkpoints(s->jwrite);
+    journal_set_manual_checkpoints(s->jmain);
+    journal_set_manual_checkpoints(s->jread);
     int recovered = journal_recover(s->jmain);
     s->h = host_new(s->boot_cfg, 0, err, sizeof err);
     if (!s->h) {
@@ -1088,6 +1095,8 @@ int serve_main(const serve_options *o)
         if (sched_now_ms() - s->last_snapshot >= SNAPSHOT_EVERY_MS) {
             s->last_snapshot = sched_now_ms();
             snapshot(s);
+            if (++s->snapshots % 4 == 0)
+                journal_checkpoint(s->jmain); /* about once a second, off the intake path */
         }
     }
     if (s->ninflight) {

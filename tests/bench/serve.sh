@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Benchmark: wixr serve. Durable intake (wrk POSTs, each answered after its
+# fsync'd journal commit), end-to-end events/s through the routing policy on the
+# in-process emulator, and the rule reload time with 50 scripts.
+#   tests/bench/serve.sh BUILD_DIR
+# Environment: BENCH_SECONDS (default 5), BENCH_E2E_EVENTS (default 2000).
+set -euo pipefail
+build=$(cd "${1:?usage: serve.sh BUILD_DIR}" && pwd)
+root=$(cd "$(dirname "$0")/../.." && pwd)
+here=$root/tests/bench
+secs=${BENCH_SECONDS:-5}
+e2e=${BENCH_E2E_EVENTS:-2000}
+export WIXR_TOKEN=bench-token
+work=$(mktemp -d)
+pid=
+trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+
+start() { # DIR: starts serve there, sets pid and base
+  (cd "$1" && exec "$build/wixr" serve >serve.log 2>&1) &
+  pid=$!
+  for _ in $(seq 200); do [[ -s "$1/.wixr/serve.port" ]] && break; sleep 0.05; done
+  base="http://127.0.0.1:$(cat "$1/.wixr/serve.port")"
+}
+stop() { kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
+health() { curl -s "$base/healthz"; }
+depth() { health | python3 -c 'import json,sys; print(json.load(sys.stdin)["journal"]["depth"])'; }
+
+# 1. intake: an event no hook listens to (accepted, journaled, finished at once)
+mkdir -p "$work/intake" && cd "$work/intake"
+cat > wixr.yaml <<'Y'
+serve: {listen: 127.0.0.1:0, accept_unknown_events: true, order_key: []}
+hooks:
+Y
+start "$work/intake"
+out=$(wrk -t2 -c64 -d"${secs}s" --latency -s "$here/wrk_intake.lua" "$base")
+grep -q '^non2xx=0$' <<<"$out" || { echo "intake benchmark saw errors:" >&2; echo "$out" >&2; exit 1; }
+intake=$(awk '/^Requests\/sec:/ {printf "%d", $2}' <<<"$out")
+p99=$(sed -n 's/^p99_ms=//p' <<<"$out")
+p50=$(sed -n 's/^p50_ms=//p' <<<"$out")
+stop
+
+# 2. end to end: orders through route_order.lua creating packages on the in-process emulator
+mkdir -p "$work/e2e" && cd "$work/e2e"
+sed -e 's|\.\./lua/|'"$root"'/lua/|g' -e 's|catalog: catalog.yaml|catalog: '"$root"'/config/catalog.yaml|' \
+    "$root/config/wixr.yaml" > wixr.yaml
+cat >> wixr.yaml <<'Y'
+serve: {listen: 127.0.0.1:0, concurrency: 64, order_key: [order_id]}
+Y
+sed -i 's/requests: 200 /requests: 0   /' wixr.yaml
+start "$work/e2e"
+python3 - "$base" "$e2e" <<'PY'
+import http.client, json, sys, urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+u = urllib.parse.urlparse(sys.argv[1]); n = int(sys.argv[2])
+def post(part):
+    c = http.client.HTTPConnection(u.hostname, u.port)
+    for i in range(part, n, 16):
+        body = json.dumps({"order_id": "o-%d" % i, "model": "DIY", "account_id": "33333333-4444-4555-8666-777777777777",
+                           "country_code": "DE", "items": [{"plan": "core", "billing": "yearly"}]})
+        c.request("POST", "/v1/events/order.created", body, {"Authorization": "Bearer bench-token", "X-Event-Id": "o-%d" % i})
+        r = c.getresponse(); r.read()
+        assert r.status == 202, r.status
+with ThreadPoolExecutor(16) as ex:
+    list(ex.map(post, range(16)))
+PY
+t0=$(date +%s.%N)
+while [[ "$(depth)" != 0 ]]; do sleep 0.05; done
+t1=$(date +%s.%N)
+done_n=$(health | python3 -c 'import json,sys; print(json.load(sys.stdin)["journal"]["done"])')
+[[ "$done_n" == "$e2e" ]] || { echo "only $done_n of $e2e events done" >&2; exit 1; }
+stop
+# from the first accept to the last event done
+e2e_rate=$(python3 -c "import sqlite3; c=sqlite3.connect('.wixr/journal.db'); a,b=c.execute('select min(created_ms), max(updated_ms) from events').fetchone(); print(int($e2e*1000/(b-a)))")
+
+# 3. reload: 50 scripts
+mkdir -p "$work/reload" && cd "$work/reload"
+{ echo "serve: {listen: 127.0.0.1:0}"; echo "hooks:"; for i in $(seq 50); do
+    printf 'return function(event, ctx) return { version = 1, n = %d } end\n' "$i" > "h$i.lua"
+    printf '  e%d:\n    - script: h%d.lua\n' "$i" "$i"; done; } > wixr.yaml
+start "$work/reload"
+for _ in 1 2 3 4 5; do kill -HUP "$pid"; sleep 0.3; done
+stop
+read -r build_ms swap_ms < <(python3 -c 'import json
+b=[];s=[]
+for l in open("serve.log"):
+    if l.startswith("{"):
+        d=json.loads(l)
+        if d.get("msg")=="rules reloaded": b.append(d["fields"]["build_ms"]); s.append(d["fields"]["swap_ms"])
+b.sort(); s.sort(); print("%.2f %.4f" % (b[len(b)//2], s[len(s)//2]))')
+
+printf '\nwixr serve (%d cores)\n' "$(nproc)"
+printf '%-56s %12s %12s %8s\n' "figure" "measured" "target" "ratio"
+printf '%-56s %12s %12s %7.2fx\n' "durable intake, events/s (wrk, 64 connections)" "$intake" ">= 5000" "$(echo "$intake / 5000" | bc -l)"
+printf '%-56s %12s %12s %7.2fx\n' "durable intake, p99 latency (ms)" "$p99" "< 20" "$(echo "20 / $p99" | bc -l)"
+printf '%-56s %12s %12s %8s\n' "durable intake, p50 latency (ms)" "$p50" "-" "-"
+printf '%-56s %12s %12s %8s\n' "end to end: orders through route_order.lua, events/s" "$e2e_rate" "-" "-"
+printf '%-56s %12s %12s %8s\n' "reload of 50 scripts: build the new rules (ms, median)" "$build_ms" "-" "-"
+printf '%-56s %12s %12s %7.0fx\n' "reload of 50 scripts: swap (ms, median)" "$swap_ms" "< 10" "$(echo "10 / ($swap_ms + 0.0001)" | bc -l)"
