@@ -378,6 +378,83 @@ int journal_checkpoint(journal *j)
     return sqlite3_wal_checkpoint_v2(j->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL) == SQLITE_OK ? 0 : -1;
 }
 
+static int ensure_poller_tables(journal *j)
+{
+    return sqlite3_exec(j->db,
+                        "CREATE TABLE IF NOT EXISTS observed(instance_id TEXT PRIMARY KEY, status TEXT NOT NULL);"
+                        "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);",
+                        NULL, NULL, NULL) == SQLITE_OK
+               ? 0
+               : -1;
+}
+
+int journal_observe(journal *j, const char *instance_id, const char *status, char prev[32])
+{
+    int rc = -1;
+    sqlite3_stmt *st = NULL;
+    prev[0] = '\0';
+    lock(j);
+    if (ensure_poller_tables(j) < 0 ||
+        sqlite3_prepare_v2(j->db, "SELECT status FROM observed WHERE instance_id = ?1", -1, &st, NULL) != SQLITE_OK)
+        goto done;
+    sqlite3_bind_text(st, 1, instance_id, -1, SQLITE_STATIC);
+    int found = sqlite3_step(st) == SQLITE_ROW;
+    if (found)
+        snprintf(prev, 32, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    st = NULL;
+    if (found && !strcmp(prev, status)) {
+        rc = 2;
+        goto done;
+    }
+    if (sqlite3_prepare_v2(j->db, "INSERT OR REPLACE INTO observed(instance_id, status) VALUES(?1, ?2)", -1, &st,
+                           NULL) != SQLITE_OK)
+        goto done;
+    sqlite3_bind_text(st, 1, instance_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, status, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st) == SQLITE_DONE ? (found ? 1 : 0) : -1;
+done:
+    sqlite3_finalize(st);
+    unlock(j);
+    return rc;
+}
+
+int journal_meta_get(journal *j, const char *key, char *out, size_t n)
+{
+    int rc = -1;
+    sqlite3_stmt *st = NULL;
+    lock(j);
+    if (ensure_poller_tables(j) == 0 &&
+        sqlite3_prepare_v2(j->db, "SELECT v FROM meta WHERE k = ?1", -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            snprintf(out, n, "%s", (const char *)sqlite3_column_text(st, 0));
+            rc = 0;
+        } else {
+            rc = 1;
+        }
+    }
+    sqlite3_finalize(st);
+    unlock(j);
+    return rc;
+}
+
+int journal_meta_set(journal *j, const char *key, const char *value)
+{
+    int rc = -1;
+    sqlite3_stmt *st = NULL;
+    lock(j);
+    if (ensure_poller_tables(j) == 0 &&
+        sqlite3_prepare_v2(j->db, "INSERT OR REPLACE INTO meta(k, v) VALUES(?1, ?2)", -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
+    }
+    sqlite3_finalize(st);
+    unlock(j);
+    return rc;
+}
+
 void journal_close(journal *j)
 {
     if (!j)

@@ -62,6 +62,14 @@ int journal_set_durable(journal *j, int full);
  * one); the owner then calls journal_checkpoint from time to time. */
 int journal_set_manual_checkpoints(journal *j);
 int journal_checkpoint(journal *j);
+
+/* The poller's memory. journal_observe records an instance's status and
+ * returns 0 when the instance was not seen before, 1 when its status changed
+ * (prev gets the old one), 2 when it is unchanged; -1 on error. */
+int journal_observe(journal *j, const char *instance_id, const char *status, char prev[32]);
+/* Small persistent settings (the poller's watermark). get: 0 found, 1 not. */
+int journal_meta_get(journal *j, const char *key, char *out, size_t n);
+int journal_meta_set(journal *j, const char *key, const char *value);
 /* The last error on this handle, for messages ("" when none). */
 const char *journal_errmsg(journal *j);
 /* Replaces the wall clock (ms since the epoch) used for created/updated

@@ -22,6 +22,7 @@
 #include "../json/json.h"
 #include "../journal/journal.h"
 #include "../runtime/hooks.h"
+#include "../wix/luajson.h"
 
 #define SERVE_MAX_INFLIGHT_KEYS 4096
 #define SNAPSHOT_EVERY_MS 250
@@ -92,6 +93,9 @@ typedef struct serve {
     long long reload_at;          /* debounced reload due (0 = none) */
     long long last_snapshot;
     long long snapshots;
+    int polling;                  /* a poll is running */
+    long long next_poll;          /* monotonic ms */
+    long long polls_total, poll_failures_total, poll_events_total;
 } serve;
 
 static volatile sig_atomic_t got_term, got_hup;
@@ -692,6 +696,99 @@ static void dispatch(serve *s)
     journal_events_free(ev, n);
 }
 
+/* ---- the poller: changes Wix does not push ---- */
+
+/* A poll's task ended: each changed instance becomes a journaled event. */
+static void poll_done(sched_task *t, lua_State *co, int status, void *arg)
+{
+    (void)t;
+    serve *s = arg;
+    s->polling = 0;
+    s->polls_total++;
+    if (status != LUA_OK) {
+        s->poll_failures_total++;
+        char f[1024];
+        buf_t b;
+        buf_init(&b, 0);
+        const char *msg = host_error_text(co, -1);
+        json_quote(&b, msg, strlen(msg));
+        snprintf(f, sizeof f, "{\"error\":%s}", buf_cstr(&b));
+        buf_free(&b);
+        log_line("warn", "poll failed", f);
+        return;
+    }
+    int res = 1;
+    lua_getfield(co, res, "instances");
+    int list = lua_gettop(co);
+    lua_Integer n = (lua_Integer)lua_rawlen(co, list);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(co, list, i);
+        int item = lua_gettop(co);
+        lua_getfield(co, item, "instance_id");
+        lua_getfield(co, item, "status");
+        lua_getfield(co, item, "name");
+        lua_getfield(co, item, "id");
+        const char *iid = lua_tostring(co, -4), *st = lua_tostring(co, -3), *name = lua_tostring(co, -2),
+                   *id = lua_tostring(co, -1);
+        char prev[32];
+        int seen = iid && st ? journal_observe(s->jmain, iid, st, prev) : -1;
+        /* A change, or a failure seen for the first time, is an event. */
+        if ((seen == 1 || (seen == 0 && !strcmp(st, "FAILED"))) && name && id && known_name(s, name)) {
+            lua_getfield(co, item, "data");
+            if (seen == 1) {
+                lua_pushstring(co, prev);
+                lua_setfield(co, -2, "previous_status");
+            }
+            buf_t data;
+            char err[200];
+            buf_init(&data, 4 * 1024 * 1024);
+            if (luajson_encode(co, -1, &data, 0, err, sizeof err) == 0) {
+                journal_new q = {.id = id, .name = name, .data_json = buf_cstr(&data), .order_key = NULL};
+                char e2[256];
+                if (journal_accept_many(s->jmain, &q, 1, e2, sizeof e2) == 0 && q.result == 0)
+                    s->poll_events_total++;
+                if (q.result == 1)
+                    journal_event_free(&q.existing);
+            }
+            buf_free(&data);
+            lua_pop(co, 1);
+        }
+        lua_settop(co, item - 1);
+    }
+    lua_getfield(co, res, "watermark");
+    if (lua_isstring(co, -1))
+        journal_meta_set(s->jmain, "poller.watermark", lua_tostring(co, -1));
+    sched_wakeup(s->h->sched);
+}
+
+static void poll_start(serve *s)
+{
+    const serve_settings *ss = &s->boot_cfg->serve;
+    if (!ss->poller_enabled || s->polling || s->draining || sched_now_ms() < s->next_poll)
+        return;
+    s->next_poll = sched_now_ms() + ss->poller_interval_ms;
+    lua_State *L = s->h->L;
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "wixr.poller");
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        log_line("error", "the poller cannot start", NULL);
+        lua_pop(L, 1);
+        return;
+    }
+    char wm[64];
+    if (journal_meta_get(s->jmain, "poller.watermark", wm, sizeof wm) == 0)
+        lua_pushstring(L, wm);
+    else
+        lua_pushnil(L);
+    const char *acct = ss->poller_account_id ? ss->poller_account_id : s->boot_cfg->wix.account_id;
+    if (acct)
+        lua_pushstring(L, acct);
+    else
+        lua_pushnil(L);
+    if (sched_spawn(s->h->sched, L, 2, poll_done, s))
+        s->polling = 1;
+}
+
 /* ---- reload ---- */
 
 static void watch_dirs(serve *s, const wixr_config *cfg)
@@ -861,6 +958,13 @@ static void snapshot(serve *s)
                    "# HELP wixr_events_in_flight Events running now.\n# TYPE wixr_events_in_flight gauge\n"
                    "wixr_events_in_flight %d\n",
                s->reloads_total, s->reload_failures_total, s->rules_version, s->ninflight);
+    buf_printf(&m, "# HELP wixr_polls_total Polls of the API for status changes.\n# TYPE wixr_polls_total counter\n"
+                   "wixr_polls_total %lld\n"
+                   "# HELP wixr_poll_failures_total Polls that failed.\n# TYPE wixr_poll_failures_total counter\n"
+                   "wixr_poll_failures_total %lld\n"
+                   "# HELP wixr_poll_events_total Events made from observed changes.\n# TYPE wixr_poll_events_total counter\n"
+                   "wixr_poll_events_total %lld\n",
+               s->polls_total, s->poll_failures_total, s->poll_events_total);
     pthread_mutex_lock(&s->lock);
     free(s->health);
     free(s->metrics);
@@ -1065,6 +1169,7 @@ int serve_main(const serve_options *o)
 
     long long drain_deadline = 0;
     for (;;) {
+        poll_start(s);
         dispatch(s);
         sched_run_for(s->h->sched, 200);
         drain_fd(s->evfd);
