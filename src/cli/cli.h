@@ -7,6 +7,8 @@
 #ifndef WIXR_CLI_H
 #define WIXR_CLI_H
 
+#include <stddef.h>
+
 #define EXIT_WORK_FAILED 1
 #define EXIT_USAGE 2
 #define EXIT_BAD_INPUT 3
@@ -23,6 +25,9 @@ int cmd_events(int argc, char **argv);
 /* Where shipped files (config/, lua/) live: $WIXR_HOME, else the source
  * tree the binary was built from. */
 const char *cli_home(void);
+/* Reads a whole file ("-": standard input). NULL with errno set on failure. */
+char *cli_read_file(const char *path, size_t *len);
+
 /* Writes home + "/" + rel into out. */
 void cli_home_path(char *out, unsigned long n, const char *rel);
 

@@ -184,28 +184,6 @@ static void single_done(event_job *j, void *arg)
     ((single *)arg)->finished = 1;
 }
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-    if (!f)
-        return NULL;
-    buf_t b;
-    buf_init(&b, 512 * 1024 * 1024);
-    char tmp[65536];
-    size_t n;
-    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0)
-        buf_add(&b, tmp, n);
-    int bad = ferror(f) || b.failed;
-    if (f != stdin)
-        fclose(f);
-    if (bad) {
-        buf_free(&b);
-        errno = EIO;
-        return NULL;
-    }
-    return buf_steal(&b, len);
-}
-
 /* ---- batch ---- */
 
 typedef struct batch_event {
@@ -382,7 +360,7 @@ static int run_batch(wixr_host *h, hook_table *t, const char *src, int dedupe, l
     b.progress = !quiet && !json && isatty(2);
     buf_init(&b.failures, 0);
     size_t len;
-    char *text = read_file(src, &len);
+    char *text = cli_read_file(src, &len);
     if (!text) {
         fprintf(stderr, "wixr fire: %s: %s\n", src, strerror(errno));
         return EXIT_BAD_INPUT;
@@ -527,7 +505,7 @@ int cmd_fire(int argc, char **argv)
     char *event_data = NULL;
     if (data) {
         size_t len;
-        event_data = read_file(data, &len);
+        event_data = cli_read_file(data, &len);
         if (!event_data) {
             fprintf(stderr, "wixr fire: %s: %s\n", data, strerror(errno));
             rc = EXIT_BAD_INPUT;

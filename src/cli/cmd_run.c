@@ -71,22 +71,6 @@ static void root_done(sched_task *t, lua_State *co, int status, void *arg)
     }
 }
 
-static char *read_all(FILE *f, size_t *len)
-{
-    buf_t b;
-    buf_init(&b, 256 * 1024 * 1024);
-    char tmp[65536];
-    size_t n;
-    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0)
-        if (buf_add(&b, tmp, n) < 0)
-            break;
-    if (b.failed || ferror(f)) {
-        buf_free(&b);
-        return NULL;
-    }
-    return buf_steal(&b, len);
-}
-
 /* Pushes the event (a table; {} without --event). Returns 0, or -1 after printing why. */
 static int push_event(lua_State *L, const char *path)
 {
@@ -94,18 +78,11 @@ static int push_event(lua_State *L, const char *path)
         lua_newtable(L);
         return 0;
     }
-    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
     const char *name = strcmp(path, "-") ? path : "<stdin>";
-    if (!f) {
-        fprintf(stderr, "wixr run: %s: %s\n", path, strerror(errno));
-        return -1;
-    }
     size_t len;
-    char *text = read_all(f, &len);
-    if (f != stdin)
-        fclose(f);
+    char *text = cli_read_file(path, &len);
     if (!text) {
-        fprintf(stderr, "wixr run: %s: cannot read\n", name);
+        fprintf(stderr, "wixr run: %s: %s\n", name, strerror(errno));
         return -1;
     }
     json_doc *doc;

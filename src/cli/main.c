@@ -1,10 +1,12 @@
 /*
  * main.c -- the wixr command line: dispatches to one subcommand.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../util/buf.h"
 #include "cli.h"
 
 #ifndef WIXR_VERSION
@@ -41,6 +43,29 @@ const char *cli_home(void)
 void cli_home_path(char *out, unsigned long n, const char *rel)
 {
     snprintf(out, n, "%s/%s", cli_home(), rel);
+}
+
+char *cli_read_file(const char *path, size_t *len)
+{
+    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    if (!f)
+        return NULL;
+    buf_t b;
+    buf_init(&b, 512 * 1024 * 1024);
+    char tmp[65536];
+    size_t n;
+    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0)
+        if (buf_add(&b, tmp, n) < 0)
+            break;
+    int bad = ferror(f) || b.failed;
+    if (f != stdin)
+        fclose(f);
+    if (bad) {
+        buf_free(&b);
+        errno = EIO;
+        return NULL;
+    }
+    return buf_steal(&b, len);
 }
 
 int main(int argc, char **argv)

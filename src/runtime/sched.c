@@ -73,7 +73,9 @@ sched_t *sched_new(lua_State *L)
     return s;
 }
 
-static void task_free(sched_t *s, sched_task *t)
+/* Takes t off the list of tasks and frees it; unref drops its thread's
+ * registry reference (not when its state is being closed anyway). */
+static void task_release(sched_t *s, sched_task *t, int unref)
 {
     if (t->prev_all)
         t->prev_all->next_all = t->next_all;
@@ -81,9 +83,15 @@ static void task_free(sched_t *s, sched_task *t)
         s->all = t->next_all;
     if (t->next_all)
         t->next_all->prev_all = t->prev_all;
-    luaL_unref(t->L, LUA_REGISTRYINDEX, t->ref);
+    if (unref)
+        luaL_unref(t->L, LUA_REGISTRYINDEX, t->ref);
     s->ntasks--;
     free(t);
+}
+
+static void task_free(sched_t *s, sched_task *t)
+{
+    task_release(s, t, 1);
 }
 
 void sched_free(sched_t *s)
@@ -172,14 +180,7 @@ void sched_forget_state(sched_t *s, lua_State *L)
                     }
                 }
             }
-            if (t->prev_all)
-                t->prev_all->next_all = t->next_all;
-            else
-                s->all = t->next_all;
-            if (t->next_all)
-                t->next_all->prev_all = t->prev_all;
-            s->ntasks--;
-            free(t);
+            task_release(s, t, 0);
         }
         t = next;
     }
