@@ -378,6 +378,60 @@ int journal_checkpoint(journal *j)
     return sqlite3_wal_checkpoint_v2(j->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL) == SQLITE_OK ? 0 : -1;
 }
 
+int journal_runnable(journal *j, long long now_ms, int limit, journal_event **out, int *n)
+{
+    sqlite3_stmt *st = NULL;
+    *out = NULL;
+    *n = 0;
+    lock(j);
+    int rc = -1;
+    if (sqlite3_prepare_v2(j->db,
+                           "SELECT " EV_COLS " FROM events INDEXED BY events_pending"
+                           " WHERE state IN ('accepted','running','retrying')"
+                           " AND (state <> 'retrying' OR next_attempt_ms <= ?2) ORDER BY seq LIMIT ?1",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_int(st, 1, limit > 0 ? limit : -1);
+        sqlite3_bind_int64(st, 2, now_ms);
+        rc = collect(j, st, out, n);
+    }
+    sqlite3_finalize(st);
+    unlock(j);
+    return rc;
+}
+
+int journal_waiting_keys(journal *j, long long now_ms, char ***keys, int *n)
+{
+    sqlite3_stmt *st = NULL;
+    *keys = NULL;
+    *n = 0;
+    lock(j);
+    int rc = -1;
+    if (sqlite3_prepare_v2(j->db,
+                           "SELECT DISTINCT order_key FROM events INDEXED BY events_pending"
+                           " WHERE state IN ('accepted','running','retrying') AND state = 'retrying'"
+                           " AND next_attempt_ms > ?1 AND order_key IS NOT NULL",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, now_ms);
+        int cap = 0;
+        rc = 0;
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            if (*n == cap) {
+                cap = cap ? cap * 2 : 16;
+                char **nk = realloc(*keys, (size_t)cap * sizeof *nk);
+                if (!nk) {
+                    rc = -1;
+                    break;
+                }
+                *keys = nk;
+            }
+            (*keys)[(*n)++] = strdup((const char *)sqlite3_column_text(st, 0));
+        }
+    }
+    sqlite3_finalize(st);
+    unlock(j);
+    return rc;
+}
+
 static int ensure_poller_tables(journal *j)
 {
     return sqlite3_exec(j->db,

@@ -63,6 +63,12 @@ int journal_set_durable(journal *j, int full);
 int journal_set_manual_checkpoints(journal *j);
 int journal_checkpoint(journal *j);
 
+/* Events that may run now (accepted, running, or retrying and due), in seq
+ * order, at most limit; and the order keys held by retrying events that are
+ * not due yet (their later events must wait). */
+int journal_runnable(journal *j, long long now_ms, int limit, journal_event **out, int *n);
+int journal_waiting_keys(journal *j, long long now_ms, char ***keys, int *n);
+
 /* The poller's memory. journal_observe records an instance's status and
  * returns 0 when the instance was not seen before, 1 when its status changed
  * (prev gets the old one), 2 when it is unchanged; -1 on error. */

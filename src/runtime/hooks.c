@@ -69,6 +69,19 @@ void hooks_unref(hook_table *t)
         hooks_free(t);
 }
 
+static void free_later(void *arg)
+{
+    hooks_free(arg);
+}
+
+/* The last job of a replaced table may end inside a task's completion: the
+ * table (and the Lua states its tasks live in) is freed from the loop, after. */
+static void hooks_unref_later(hook_table *t)
+{
+    if (t && --t->refs == 0)
+        sched_timer(t->h->sched, 0, free_later, t);
+}
+
 int hooks_count_for(const hook_table *t, const char *event)
 {
     int n = 0;
@@ -78,6 +91,7 @@ int hooks_count_for(const hook_table *t, const char *event)
     return n;
 }
 
+static void hooks_unref_later(hook_table *t);
 static void next_hook(event_job *j);
 static void next_child(event_job *j);
 static void event_start(event_job *j);
@@ -281,7 +295,7 @@ void event_job_free(event_job *j)
     free(j->id);
     free(j->data_json);
     free(j->chain);
-    hooks_unref(j->t);
+    hooks_unref_later(j->t);
     free(j);
 }
 

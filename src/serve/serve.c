@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -365,8 +367,9 @@ static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char
         return reply_error(c, 400, "INVALID_JSON", "line %d, column %d: %s", e.line, e.col, e.msg);
     }
     if (v->type != JSON_OBJECT) {
+        const char *what = json_type_name(v->type);
         json_doc_free(doc);
-        return reply_error(c, 400, "INVALID_JSON", "the body must be a JSON object, not %s", json_type_name(v->type));
+        return reply_error(c, 400, "INVALID_JSON", "the body must be a JSON object, not %s", what);
     }
     const char *id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Event-Id");
     json_value *idv = json_get(v, "event_id");
@@ -377,9 +380,10 @@ static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char
         json_doc_free(doc);
         return reply_error(c, 400, "INVALID_EVENT_ID", "event_id must be a string");
     }
-    if (id && (!*id || strlen(id) > 200)) {
+    if (id && (!*id || strlen(id) > 200 || strpbrk(id, "/%?#\\ \t\r\n"))) {
         json_doc_free(doc);
-        return reply_error(c, 400, "INVALID_EVENT_ID", "an event id is 1 to 200 characters");
+        return reply_error(c, 400, "INVALID_EVENT_ID",
+                           "an event id is 1 to 200 characters, without '/', '%%', '?', '#', '\\' or spaces");
     }
     if (!id) {
         unsigned char r[16];
@@ -647,23 +651,39 @@ static void dispatch(serve *s)
     int cap = s->table->cfg->serve.concurrency;
     if (s->ninflight >= cap)
         return;
+    long long now = wall_ms();
     journal_event *ev = NULL;
     int n = 0;
-    if (journal_pending(s->jmain, 2000, &ev, &n) < 0)
+    char **waiting = NULL;
+    int nwaiting = 0;
+    if (journal_waiting_keys(s->jmain, now, &waiting, &nwaiting) < 0 ||
+        journal_runnable(s->jmain, now, cap + s->ninflight + 1000, &ev, &n) < 0) {
+        for (int i = 0; i < nwaiting; i++)
+            free(waiting[i]);
+        free(waiting);
         return;
+    }
+    /* Keys already taken in this pass (an earlier event of the key waits or runs). */
     char **blocked = calloc((size_t)n + 1, sizeof *blocked);
     int nblocked = 0;
-    long long now = wall_ms();
+    int max_attempts = s->table->cfg->serve.retry_attempts;
     for (int i = 0; i < n && s->ninflight < cap; i++) {
         journal_event *e = &ev[i];
         int is_blocked = 0;
         for (int k = 0; e->order_key && k < nblocked && !is_blocked; k++)
             is_blocked = !strcmp(blocked[k], e->order_key);
-        int wait = is_blocked || is_inflight(s, e->id) || key_busy(s, e->order_key) ||
-                   (e->state == EV_RETRYING && e->next_attempt_ms > now);
-        if (wait) {
+        for (int k = 0; e->order_key && k < nwaiting && !is_blocked; k++)
+            is_blocked = !strcmp(waiting[k], e->order_key);
+        if (is_blocked || is_inflight(s, e->id) || key_busy(s, e->order_key)) {
             if (e->order_key && blocked)
                 blocked[nblocked++] = e->order_key; /* later events of this key wait their turn */
+            continue;
+        }
+        if (e->attempts >= max_attempts) {
+            /* every attempt was used, the last ones cut short by a stop of the service */
+            journal_mark_dead(s->jmain, e->id, "its attempts were used up (the service stopped during a run)",
+                              e->results_json);
+            s->dead_total++;
             continue;
         }
         running *r = calloc(1, sizeof *r);
@@ -693,6 +713,9 @@ static void dispatch(serve *s)
             blocked[nblocked++] = e->order_key;
     }
     free(blocked);
+    for (int i = 0; i < nwaiting; i++)
+        free(waiting[i]);
+    free(waiting);
     journal_events_free(ev, n);
 }
 
@@ -867,7 +890,9 @@ static void reload(serve *s, const char *why)
     s->table = nt; /* runs in flight keep the table they started with */
     publish_names(s);
     s->last_swap_ms = mono_ms() - t1;
-    hooks_unref(old); /* freed now, or when its last run ends */
+    old->refs--; /* no longer current: freed when its last run ends (or now) */
+    if (old->refs == 0)
+        hooks_free(old);
     watch_dirs(s, nc);
     s->reloads_total++;
     s->last_reload_ok = 1;
@@ -1089,6 +1114,17 @@ int serve_main(const serve_options *o)
         fprintf(stderr, "wixr serve: cannot create %s: %s\n", s->boot_cfg->state_dir, strerror(errno));
         goto out;
     }
+    /* One service per state folder: a second one would run every event twice. */
+    char lockpath[PATH_MAX];
+    snprintf(lockpath, sizeof lockpath, "%s/serve.lock", s->boot_cfg->state_dir);
+    int lockfd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lockfd < 0 || flock(lockfd, LOCK_EX | LOCK_NB) < 0) {
+        fprintf(stderr, "wixr serve: another wixr serve is running with the state folder %s\n",
+                s->boot_cfg->state_dir);
+        if (lockfd >= 0)
+            close(lockfd);
+        goto out;
+    }
     serve_journal_path(s->boot_cfg, s->journal_path, sizeof s->journal_path);
     if (!(s->jmain = journal_open(s->journal_path, err, sizeof err)) ||
         !(s->jwrite = journal_open(s->journal_path, err, sizeof err)) ||
@@ -1208,7 +1244,14 @@ int serve_main(const serve_options *o)
         char f[64];
         snprintf(f, sizeof f, "{\"events\":%d}", s->ninflight);
         log_line("warn", "drain deadline reached; unfinished events run again at the next start", f);
+        /* Runs are cut short on purpose: their events stay 'running' in the
+         * journal and are recovered by the next start. Leave at once. */
+        unlink(s->pid_path);
+        log_line("info", "wixr serve stopped", NULL);
+        fflush(stderr);
+        _exit(0);
     }
+    sched_run_for(s->h->sched, 0); /* frees rules that were replaced */
     rc = 0;
 out:
     if (s->mhd)

@@ -163,7 +163,7 @@ void wix_endpoint_template(const char *method, const char *path, char *out, size
 
 static void count_call(wix_client *c, const char *method, const char *path, long status)
 {
-    char ep[64];
+    char ep[96];
     wix_endpoint_template(method, path, ep, sizeof ep);
     for (int i = 0; i < c->ncounts; i++) {
         if (c->counts[i].status == status && !strcmp(c->counts[i].endpoint, ep)) {

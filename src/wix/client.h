@@ -37,7 +37,7 @@ typedef struct wix_stats {
 
 /* Finished calls by endpoint (method + path template) and final status. */
 typedef struct wix_call_count {
-    char endpoint[64];            /* e.g. "POST /resellers/v2/packages" */
+    char endpoint[96];            /* e.g. "POST /resellers/v2/packages" */
     long status;                  /* 0: no answer */
     long long n;
 } wix_call_count;
