@@ -29,6 +29,7 @@ typedef struct timer {
     long long at;
     unsigned long seq;
     int weak;
+    int free_arg;
     sched_task *owner;
     sched_fn fn;
     void *arg;
@@ -101,6 +102,9 @@ void sched_free(sched_t *s)
     while (s->all)
         task_free(s, s->all);
     curl_multi_cleanup(s->multi);
+    for (int i = 0; i < s->ntimers; i++)
+        if (s->timers[i].free_arg)
+            free(s->timers[i].arg);
     free(s->timers);
     free(s);
 }
@@ -242,6 +246,17 @@ static int timer_less(const timer *a, const timer *b)
 
 static int add_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg, int weak, sched_task *owner);
 
+int sched_timer_owning(sched_t *s, long long at_ms, sched_fn fn, void *arg, sched_task *task)
+{
+    if (add_timer(s, at_ms, fn, arg, 0, task) < 0)
+        return -1;
+    /* the new timer sits somewhere in the heap: find it by its sequence number */
+    for (int i = 0; i < s->ntimers; i++)
+        if (s->timers[i].seq == s->timer_seq)
+            s->timers[i].free_arg = 1;
+    return 0;
+}
+
 int sched_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg)
 {
     return add_timer(s, at_ms, fn, arg, 0, NULL);
@@ -268,7 +283,7 @@ static int add_timer(sched_t *s, long long at_ms, sched_fn fn, void *arg, int we
         s->captimers = cap;
     }
     int i = s->ntimers++;
-    timer t = {at_ms, ++s->timer_seq, weak, owner, fn, arg};
+    timer t = {at_ms, ++s->timer_seq, weak, 0, owner, fn, arg};
     if (!weak)
         s->strong_timers++;
     while (i > 0 && timer_less(&t, &s->timers[(i - 1) / 2])) {

@@ -58,6 +58,8 @@ int sched_timer_weak(sched_t *s, long long at_ms, sched_fn fn, void *arg);
 /* A timer that wakes task: when the task's group is killed it stops keeping
  * sched_run going (it still fires, harmlessly). */
 int sched_timer_for(sched_t *s, long long at_ms, sched_fn fn, void *arg, sched_task *task);
+/* As sched_timer_for; arg was malloc'd and is freed by sched_free if the timer never fires. */
+int sched_timer_owning(sched_t *s, long long at_ms, sched_fn fn, void *arg, sched_task *task);
 /* Frees every task of a Lua state about to be closed (without touching it). */
 void sched_forget_state(sched_t *s, lua_State *L);
 /* Adds an easy handle (whose CURLOPT_PRIVATE is a sched_transfer). */

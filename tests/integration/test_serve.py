@@ -1298,9 +1298,11 @@ def reload_under_load_drops_nothing():
     eq(hook_of(svc.wait_event("after-1"))["result"]["version"], nreloads, "the last version is in force")
     m = parse_metrics(svc.metrics())
     eq(m.get("wixr_reload_failures_total"), 0.0, "wixr_reload_failures_total")
-    eq(m.get("wixr_reloads_total"), float(h["reloads"]), "wixr_reloads_total")
+    # a file-watch reload may still land after /healthz was read: counts only grow
+    check(m.get("wixr_reloads_total", 0) >= float(h["reloads"]), "wixr_reloads_total %r < %r"
+          % (m.get("wixr_reloads_total"), h["reloads"]))
     reloaded = [x for x in svc.log_records() if x.get("msg") == "rules reloaded"]
-    eq(len(reloaded), h["reloads"], "one log line per reload")
+    eq(float(len(reloaded)), parse_metrics(svc.metrics()).get("wixr_reloads_total"), "one log line per reload")
     check({x["fields"]["why"] for x in reloaded} >= {"SIGHUP"}, "reload reasons: %r"
           % {x["fields"]["why"] for x in reloaded})
 
