@@ -327,7 +327,8 @@ journal *journal_open(const char *path, char *err, size_t errlen)
     }
     char *msg = NULL;
     /* busy_timeout first, so that switching to WAL waits for other handles. */
-    if (sqlite3_exec(j->db, "PRAGMA busy_timeout=5000; PRAGMA synchronous=FULL;", NULL, NULL, &msg) != SQLITE_OK) {
+    sqlite3_busy_timeout(j->db, 5000);
+    if (sqlite3_exec(j->db, "PRAGMA synchronous=FULL;", NULL, NULL, &msg) != SQLITE_OK) {
         snprintf(err, errlen, "%s: %s", path, msg ? msg : sqlite3_errmsg(j->db));
         sqlite3_free(msg);
         goto fail;
@@ -371,6 +372,24 @@ int journal_set_durable(journal *j, int full)
 int journal_set_manual_checkpoints(journal *j)
 {
     return sqlite3_exec(j->db, "PRAGMA wal_autocheckpoint=0", NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+}
+
+int journal_begin(journal *j)
+{
+    lock(j);
+    int rc = sqlite3_exec(j->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+    unlock(j);
+    return rc;
+}
+
+int journal_commit(journal *j)
+{
+    lock(j);
+    int rc = sqlite3_exec(j->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+    if (rc < 0)
+        sqlite3_exec(j->db, "ROLLBACK", NULL, NULL, NULL);
+    unlock(j);
+    return rc;
 }
 
 int journal_checkpoint(journal *j)

@@ -62,6 +62,10 @@ int journal_set_durable(journal *j, int full);
  * one); the owner then calls journal_checkpoint from time to time. */
 int journal_set_manual_checkpoints(journal *j);
 int journal_checkpoint(journal *j);
+/* Groups the next writes of this handle in one transaction (mark_* calls;
+ * not accept, which opens its own). */
+int journal_begin(journal *j);
+int journal_commit(journal *j);
 
 /* Events that may run now (accepted, running, or retrying and due), in seq
  * order, at most limit; and the order keys held by retrying events that are

@@ -42,6 +42,15 @@ typedef struct intake {
     struct intake *next;
 } intake;
 
+/* An ended run's outcome, written with the others of the same loop turn. */
+typedef struct outcome {
+    char *id;
+    int kind;                     /* 0 done, 1 retry, 2 dead */
+    long long next_attempt_ms;
+    char *error, *results;
+    struct outcome *next;
+} outcome;
+
 typedef struct running {
     char *id;
     char *key;
@@ -95,6 +104,7 @@ typedef struct serve {
     long long reload_at;          /* debounced reload due (0 = none) */
     long long last_snapshot;
     long long snapshots;
+    outcome *outcomes;            /* written by flush_outcomes */
     int polling;                  /* a poll is running */
     long long next_poll;          /* monotonic ms */
     long long polls_total, poll_failures_total, poll_events_total;
@@ -601,6 +611,44 @@ static void observe(serve *s, double secs)
     s->hist_count++;
 }
 
+static void queue_outcome(serve *s, const char *id, int kind, long long next, const char *error, const char *results)
+{
+    outcome *o = calloc(1, sizeof *o);
+    if (!o)
+        return; /* the event stays 'running' and runs again at the next start */
+    o->id = strdup(id);
+    o->kind = kind;
+    o->next_attempt_ms = next;
+    o->error = error ? strdup(error) : NULL;
+    o->results = results ? strdup(results) : NULL;
+    o->next = s->outcomes;
+    s->outcomes = o;
+}
+
+/* Writes the outcomes of the runs that ended in this loop turn, in one
+ * transaction. A crash before this only means those events run again. */
+static void flush_outcomes(serve *s)
+{
+    if (!s->outcomes)
+        return;
+    journal_begin(s->jmain);
+    for (outcome *o = s->outcomes, *next; o; o = next) {
+        next = o->next;
+        if (o->kind == 0)
+            journal_mark_done(s->jmain, o->id, o->results);
+        else if (o->kind == 1)
+            journal_mark_retry(s->jmain, o->id, o->next_attempt_ms, o->error, o->results);
+        else
+            journal_mark_dead(s->jmain, o->id, o->error, o->results);
+        free(o->id);
+        free(o->error);
+        free(o->results);
+        free(o);
+    }
+    s->outcomes = NULL;
+    journal_commit(s->jmain);
+}
+
 static void job_done(event_job *j, void *arg)
 {
     running *r = arg;
@@ -609,11 +657,8 @@ static void job_done(event_job *j, void *arg)
     buf_init(&res, 0);
     event_job_json(j, &res);
     observe(s, (double)(sched_now_ms() - r->started_ms) / 1000.0);
-    if (j->nidx == 0 && !j->failed) {
-        journal_mark_done(s->jmain, r->id, buf_cstr(&res));
-        s->done_total++;
-    } else if (!j->failed) {
-        journal_mark_done(s->jmain, r->id, buf_cstr(&res));
+    if (!j->failed) {
+        queue_outcome(s, r->id, 0, 0, NULL, buf_cstr(&res));
         s->done_total++;
     } else {
         char err[2048];
@@ -621,7 +666,7 @@ static void job_done(event_job *j, void *arg)
         s->failed_runs_total++;
         const serve_settings *ss = &s->table->cfg->serve;
         if (r->attempt >= ss->retry_attempts) {
-            journal_mark_dead(s->jmain, r->id, err, buf_cstr(&res));
+            queue_outcome(s, r->id, 2, 0, err, buf_cstr(&res));
             s->dead_total++;
             char f[512];
             snprintf(f, sizeof f, "{\"id\":\"%.200s\",\"attempts\":%d}", r->id, r->attempt);
@@ -631,7 +676,7 @@ static void job_done(event_job *j, void *arg)
             if (d > ss->retry_max_ms)
                 d = ss->retry_max_ms;
             d = d / 2 + (d > 1 ? rand() % (d / 2 + 1) : 0);
-            journal_mark_retry(s->jmain, r->id, wall_ms() + d, err, buf_cstr(&res));
+            queue_outcome(s, r->id, 1, wall_ms() + d, err, buf_cstr(&res));
             s->event_retries_total++;
         }
     }
@@ -644,10 +689,18 @@ static void job_done(event_job *j, void *arg)
     sched_wakeup(s->h->sched); /* a slot (and maybe a key) is free: dispatch at once */
 }
 
+static void dispatch_marks(serve *s);
+
 static void dispatch(serve *s)
 {
+    flush_outcomes(s);
     if (s->draining)
         return;
+    dispatch_marks(s);
+}
+
+static void dispatch_marks(serve *s)
+{
     int cap = s->table->cfg->serve.concurrency;
     if (s->ninflight >= cap)
         return;
@@ -1208,6 +1261,7 @@ int serve_main(const serve_options *o)
         poll_start(s);
         dispatch(s);
         sched_run_for(s->h->sched, 200);
+        flush_outcomes(s);
         drain_fd(s->evfd);
         if (got_hup) {
             got_hup = 0;
@@ -1240,6 +1294,7 @@ int serve_main(const serve_options *o)
                 journal_checkpoint(s->jmain); /* about once a second, off the intake path */
         }
     }
+    flush_outcomes(s);
     if (s->ninflight) {
         char f[64];
         snprintf(f, sizeof f, "{\"events\":%d}", s->ninflight);
@@ -1252,6 +1307,7 @@ int serve_main(const serve_options *o)
         _exit(0);
     }
     sched_run_for(s->h->sched, 0); /* frees rules that were replaced */
+    flush_outcomes(s);
     rc = 0;
 out:
     if (s->mhd)
