@@ -45,7 +45,7 @@ typedef struct intake {
 /* An ended run's outcome, written with the others of the same loop turn. */
 typedef struct outcome {
     char *id;
-    int kind;                     /* 0 done, 1 retry, 2 dead */
+    int kind;                     /* 0 done, 1 retry, 2 dead, 3 running */
     long long next_attempt_ms;
     char *error, *results;
     struct outcome *next;
@@ -104,7 +104,13 @@ typedef struct serve {
     long long reload_at;          /* debounced reload due (0 = none) */
     long long last_snapshot;
     long long snapshots;
-    outcome *outcomes;            /* written by flush_outcomes */
+    outcome *outcomes;            /* state changes of this loop turn, for the writer */
+    outcome *wops_head, *wops_tail; /* handed to the writer thread (under lock) */
+    char **settled;               /* ids whose outcome the writer committed (under lock) */
+    int nsettled, capsettled;
+    char **pending;               /* ids with an outcome not committed yet (main thread) */
+    char **pending_keys;          /* and their order keys (NULL: none): still held */
+    int npending, cappending;
     int polling;                  /* a poll is running */
     long long next_poll;          /* monotonic ms */
     long long polls_total, poll_failures_total, poll_events_total;
@@ -203,18 +209,54 @@ static int known_name(serve *s, const char *name)
 
 /* ---- the writer thread: group commit ---- */
 
+static void apply_ops(serve *s, outcome *ops);
+
 static void *writer_main(void *arg)
 {
     serve *s = arg;
     pthread_mutex_lock(&s->lock);
     for (;;) {
-        while (!s->qhead && !s->writer_stop)
+        while (!s->qhead && !s->wops_head && !s->writer_stop)
             pthread_cond_wait(&s->queued, &s->lock);
-        if (!s->qhead && s->writer_stop)
+        if (!s->qhead && !s->wops_head && s->writer_stop)
             break;
         intake *batch = s->qhead;
         s->qhead = s->qtail = NULL;
+        outcome *ops = s->wops_head;
+        s->wops_head = s->wops_tail = NULL;
         pthread_mutex_unlock(&s->lock);
+        if (ops) {
+            apply_ops(s, ops);
+            pthread_mutex_lock(&s->lock);
+            for (outcome *o = ops, *next; o; o = next) {
+                next = o->next;
+                if (o->kind != 3) {
+                    if (s->nsettled == s->capsettled) {
+                        s->capsettled = s->capsettled ? s->capsettled * 2 : 64;
+                        char **ns = realloc(s->settled, (size_t)s->capsettled * sizeof *ns);
+                        if (ns)
+                            s->settled = ns;
+                    }
+                    if (s->nsettled < s->capsettled) {
+                        s->settled[s->nsettled++] = o->id;
+                        o->id = NULL;
+                    }
+                }
+                free(o->id);
+                free(o->error);
+                free(o->results);
+                free(o);
+            }
+            pthread_mutex_unlock(&s->lock);
+            uint64_t one = 1;
+            if (write(s->evfd, &one, sizeof one) < 0) {
+                /* the main loop polls anyway */
+            }
+        }
+        if (!batch) {
+            pthread_mutex_lock(&s->lock);
+            continue;
+        }
 
         int n = 0;
         for (intake *q = batch; q; q = q->next)
@@ -570,6 +612,10 @@ static int key_busy(serve *s, const char *key)
     for (int i = 0; i < s->ninflight; i++)
         if (s->inflight[i]->key && !strcmp(s->inflight[i]->key, key))
             return 1;
+    /* an outcome not in the journal yet holds its key too (it may be a retry) */
+    for (int i = 0; i < s->npending; i++)
+        if (s->pending_keys[i] && !strcmp(s->pending_keys[i], key))
+            return 1;
     return 0;
 }
 
@@ -611,7 +657,8 @@ static void observe(serve *s, double secs)
     s->hist_count++;
 }
 
-static void queue_outcome(serve *s, const char *id, int kind, long long next, const char *error, const char *results)
+static void queue_outcome(serve *s, const char *id, const char *key, int kind, long long next, const char *error,
+                          const char *results)
 {
     outcome *o = calloc(1, sizeof *o);
     if (!o)
@@ -621,32 +668,102 @@ static void queue_outcome(serve *s, const char *id, int kind, long long next, co
     o->next_attempt_ms = next;
     o->error = error ? strdup(error) : NULL;
     o->results = results ? strdup(results) : NULL;
-    o->next = s->outcomes;
-    s->outcomes = o;
+    outcome **tail = &s->outcomes;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = o;
+    if (kind != 3) {
+        /* until the writer commits it, the journal still says 'running' */
+        if (s->npending == s->cappending) {
+            int cap = s->cappending ? s->cappending * 2 : 64;
+            char **np = realloc(s->pending, (size_t)cap * sizeof *np);
+            if (np)
+                s->pending = np;
+            char **nk = realloc(s->pending_keys, (size_t)cap * sizeof *nk);
+            if (nk)
+                s->pending_keys = nk;
+            if (!np || !nk)
+                return;
+            s->cappending = cap;
+        }
+        s->pending_keys[s->npending] = key ? strdup(key) : NULL;
+        s->pending[s->npending++] = strdup(id);
+    }
 }
 
-/* Writes the outcomes of the runs that ended in this loop turn, in one
- * transaction. A crash before this only means those events run again. */
+static int is_pending(serve *s, const char *id)
+{
+    for (int i = 0; i < s->npending; i++)
+        if (!strcmp(s->pending[i], id))
+            return 1;
+    return 0;
+}
+
+/* Forgets the ids the writer has committed. */
+static void take_settled(serve *s)
+{
+    pthread_mutex_lock(&s->lock);
+    char **list = s->settled;
+    int n = s->nsettled;
+    s->settled = NULL;
+    s->nsettled = s->capsettled = 0;
+    pthread_mutex_unlock(&s->lock);
+    for (int i = 0; i < n; i++) {
+        for (int k = 0; k < s->npending; k++) {
+            if (!strcmp(s->pending[k], list[i])) {
+                free(s->pending[k]);
+                free(s->pending_keys[k]);
+                s->npending--;
+                s->pending[k] = s->pending[s->npending];
+                s->pending_keys[k] = s->pending_keys[s->npending];
+                break;
+            }
+        }
+        free(list[i]);
+    }
+    free(list);
+}
+
+/* Hands this loop turn's state changes to the writer thread, which commits
+ * them in one transaction with the next intake batch's: one writer, so intake
+ * never waits for the run loop's commits. A crash before the commit only
+ * means those events run again (same idempotency keys). */
 static void flush_outcomes(serve *s)
 {
     if (!s->outcomes)
         return;
-    journal_begin(s->jmain);
-    for (outcome *o = s->outcomes, *next; o; o = next) {
-        next = o->next;
-        if (o->kind == 0)
-            journal_mark_done(s->jmain, o->id, o->results);
-        else if (o->kind == 1)
-            journal_mark_retry(s->jmain, o->id, o->next_attempt_ms, o->error, o->results);
-        else
-            journal_mark_dead(s->jmain, o->id, o->error, o->results);
-        free(o->id);
-        free(o->error);
-        free(o->results);
-        free(o);
-    }
+    outcome *last = s->outcomes;
+    while (last->next)
+        last = last->next;
+    pthread_mutex_lock(&s->lock);
+    if (s->wops_tail)
+        s->wops_tail->next = s->outcomes;
+    else
+        s->wops_head = s->outcomes;
+    s->wops_tail = last;
+    pthread_cond_signal(&s->queued);
+    pthread_mutex_unlock(&s->lock);
     s->outcomes = NULL;
-    journal_commit(s->jmain);
+}
+
+/* Writer thread: applies state changes (one transaction, no fsync needed:
+ * see journal_set_durable). Returns the list of ids settled. */
+static void apply_ops(serve *s, outcome *ops)
+{
+    journal_set_durable(s->jwrite, 0);
+    journal_begin(s->jwrite);
+    for (outcome *o = ops; o; o = o->next) {
+        if (o->kind == 0)
+            journal_mark_done(s->jwrite, o->id, o->results);
+        else if (o->kind == 1)
+            journal_mark_retry(s->jwrite, o->id, o->next_attempt_ms, o->error, o->results);
+        else if (o->kind == 2)
+            journal_mark_dead(s->jwrite, o->id, o->error, o->results);
+        else
+            journal_mark_running(s->jwrite, o->id);
+    }
+    journal_commit(s->jwrite);
+    journal_set_durable(s->jwrite, 1);
 }
 
 static void job_done(event_job *j, void *arg)
@@ -658,7 +775,7 @@ static void job_done(event_job *j, void *arg)
     event_job_json(j, &res);
     observe(s, (double)(sched_now_ms() - r->started_ms) / 1000.0);
     if (!j->failed) {
-        queue_outcome(s, r->id, 0, 0, NULL, buf_cstr(&res));
+        queue_outcome(s, r->id, r->key, 0, 0, NULL, buf_cstr(&res));
         s->done_total++;
     } else {
         char err[2048];
@@ -666,7 +783,7 @@ static void job_done(event_job *j, void *arg)
         s->failed_runs_total++;
         const serve_settings *ss = &s->table->cfg->serve;
         if (r->attempt >= ss->retry_attempts) {
-            queue_outcome(s, r->id, 2, 0, err, buf_cstr(&res));
+            queue_outcome(s, r->id, r->key, 2, 0, err, buf_cstr(&res));
             s->dead_total++;
             char f[512];
             snprintf(f, sizeof f, "{\"id\":\"%.200s\",\"attempts\":%d}", r->id, r->attempt);
@@ -676,7 +793,7 @@ static void job_done(event_job *j, void *arg)
             if (d > ss->retry_max_ms)
                 d = ss->retry_max_ms;
             d = d / 2 + (d > 1 ? rand() % (d / 2 + 1) : 0);
-            queue_outcome(s, r->id, 1, wall_ms() + d, err, buf_cstr(&res));
+            queue_outcome(s, r->id, r->key, 1, wall_ms() + d, err, buf_cstr(&res));
             s->event_retries_total++;
         }
     }
@@ -693,10 +810,10 @@ static void dispatch_marks(serve *s);
 
 static void dispatch(serve *s)
 {
+    take_settled(s);
+    if (!s->draining)
+        dispatch_marks(s);
     flush_outcomes(s);
-    if (s->draining)
-        return;
-    dispatch_marks(s);
 }
 
 static void dispatch_marks(serve *s)
@@ -727,7 +844,7 @@ static void dispatch_marks(serve *s)
             is_blocked = !strcmp(blocked[k], e->order_key);
         for (int k = 0; e->order_key && k < nwaiting && !is_blocked; k++)
             is_blocked = !strcmp(waiting[k], e->order_key);
-        if (is_blocked || is_inflight(s, e->id) || key_busy(s, e->order_key)) {
+        if (is_blocked || is_inflight(s, e->id) || is_pending(s, e->id) || key_busy(s, e->order_key)) {
             if (e->order_key && blocked)
                 blocked[nblocked++] = e->order_key; /* later events of this key wait their turn */
             continue;
@@ -748,16 +865,11 @@ static void dispatch_marks(serve *s)
         r->attempt = e->attempts + 1;
         r->started_ms = sched_now_ms();
         r->s = s;
-        if (journal_mark_running(s->jmain, e->id) < 0) {
-            free(r->id);
-            free(r->key);
-            free(r);
-            continue;
-        }
+        queue_outcome(s, e->id, NULL, 3, 0, NULL, NULL); /* running, attempts + 1 */
         s->inflight[s->ninflight++] = r;
         if (!event_fire(s->table, e->name, e->id, e->data_json, job_done, r)) {
             remove_inflight(s, r);
-            journal_mark_retry(s->jmain, e->id, wall_ms() + 1000, "out of memory", NULL);
+            queue_outcome(s, e->id, e->order_key, 1, wall_ms() + 1000, "out of memory", NULL);
             free(r->id);
             free(r->key);
             free(r);
@@ -1263,6 +1375,7 @@ int serve_main(const serve_options *o)
         sched_run_for(s->h->sched, 200);
         flush_outcomes(s);
         drain_fd(s->evfd);
+        take_settled(s);
         if (got_hup) {
             got_hup = 0;
             reload(s, "SIGHUP");
@@ -1342,6 +1455,15 @@ out:
     free(s->health);
     free(s->metrics);
     free(s->inflight);
+    for (int i = 0; i < s->npending; i++) {
+        free(s->pending[i]);
+        free(s->pending_keys[i]);
+    }
+    free(s->pending);
+    free(s->pending_keys);
+    for (int i = 0; i < s->nsettled; i++)
+        free(s->settled[i]);
+    free(s->settled);
     if (!s->ninflight) {
         config_free(s->boot_cfg);
         free(s->boot_cfg);
