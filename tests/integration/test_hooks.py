@@ -12,7 +12,6 @@ wall time; the host carries on with the next event), operation permissions,
 NDJSON batches with dedupe, event chaining, and what a handler may return.
 Python 3 standard library only.
 """
-import argparse
 import atexit
 import json
 import os
@@ -24,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import ARGS, JANE, P_SERVICE, TestFailure, check, eq, run_tests  # noqa: E402
+from testlib import ARGS, JANE, P_SERVICE, TestFailure, check, eq, parse_args, run_tests  # noqa: E402
 
 TESTS = []
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", ": runtime error:")
@@ -1143,14 +1142,7 @@ def ctx_log_writes_a_json_line_with_the_hook_name():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--wixr", required=True)
-    ap.add_argument("--catalog", required=True)
-    ap.add_argument("-k", dest="only", default=None)
-    args = ap.parse_args()
-    ARGS.wixr = os.path.abspath(args.wixr)
-    ARGS.catalog = os.path.abspath(args.catalog)
-    return run_tests(TESTS, args.only)
+    return run_tests(TESTS, parse_args(__doc__))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ checked for crashes and sanitizer reports, and every process started is killed
 (also at exit).
 Python 3 standard library only.
 """
-import argparse
 import atexit
 import calendar
 import http.client
@@ -40,7 +39,7 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from testlib import (ARGS, JANE, P_SERVICE, SITE_JANE1, UNKNOWN_GUID, Client, Resp, Server,  # noqa: E402
-                     TestFailure, check, eq, ok, run_tests)
+                     TestFailure, check, eq, ok, parse_args, run_tests)
 
 TESTS = []
 TOKEN = "serve-test-token-7c1e"
@@ -1617,15 +1616,9 @@ def poller_turns_a_status_change_into_an_event():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--wixr", required=True)
-    ap.add_argument("--catalog", required=True)
-    ap.add_argument("-k", dest="only", default=None)
-    args = ap.parse_args()
-    ARGS.wixr = os.path.abspath(args.wixr)
-    ARGS.catalog = os.path.abspath(args.catalog)
+    only = parse_args(__doc__)
     try:
-        return run_tests(TESTS, args.only)
+        return run_tests(TESTS, only)
     finally:
         remove_work_folders()
 

@@ -8,7 +8,6 @@ to `wixr sandbox serve`), and checks retries against injected faults (attempt
 counts, one idempotency key, no duplicate package), dry-run, the rate limiter,
 concurrency, error reporting and that the API key never leaks.
 """
-import argparse
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import ARGS, JANE, Client, Server, TestFailure, check, eq, ok, run_tests  # noqa: E402
+from testlib import ARGS, JANE, Client, Server, TestFailure, check, eq, ok, parse_args, run_tests  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LUA = os.path.join(os.path.dirname(HERE), "lua")
@@ -431,14 +430,7 @@ def help_and_usage():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--wixr", required=True)
-    ap.add_argument("--catalog", required=True)
-    ap.add_argument("-k", dest="only", default=None)
-    args = ap.parse_args()
-    ARGS.wixr = os.path.abspath(args.wixr)
-    ARGS.catalog = os.path.abspath(args.catalog)
-    return run_tests(TESTS, args.only)
+    return run_tests(TESTS, parse_args(__doc__))
 
 
 if __name__ == "__main__":

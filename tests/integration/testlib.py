@@ -351,3 +351,16 @@ def run_tests(tests, only=None, before_each=None):
     print("runtime %.1f s" % (time.time() - t0), flush=True)
     print("%d passed, %d failed" % (passed, failed), flush=True)
     return 1 if failed else 0
+
+
+def parse_args(doc):
+    """--wixr, --catalog and -k, into ARGS; returns the -k filter."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--wixr", required=True, help="path to the wixr binary")
+    ap.add_argument("--catalog", required=True, help="path to config/catalog.yaml")
+    ap.add_argument("-k", dest="only", default=None, help="run only tests whose name contains this")
+    args = ap.parse_args()
+    ARGS.wixr = os.path.abspath(args.wixr)
+    ARGS.catalog = os.path.abspath(args.catalog)
+    return args.only
