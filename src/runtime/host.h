@@ -61,6 +61,9 @@ const char *host_error_text(lua_State *L, int idx);
 /* Registers wix.core, cjson and the embedded modules (package.preload). */
 void host_register_modules(lua_State *L);
 
+/* wix.core.log(level, message, fields?): one JSON log line on stderr. */
+int wix_core_log(lua_State *L);
+
 /* Opens the wix.core C module (what lua/wix.lua is built on). */
 int luaopen_wix_core(lua_State *L);
 

@@ -658,10 +658,8 @@ static int ctx_log(lua_State *L)
     hook_run *r = sandbox_current_run(L);
     luaL_checkstring(L, 2);
     lua_settop(L, 3);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "wix.core");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "log");        /* stack: level msg fields core log */
+    lua_pushnil(L);                    /* (keeps the slots below as they were) */
+    lua_pushcfunction(L, wix_core_log); /* stack: level msg fields nil log */
     lua_pushvalue(L, 1);
     lua_pushvalue(L, 2);
     lua_newtable(L);                   /* a copy: the caller's table is left as it was */

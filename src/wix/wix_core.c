@@ -480,7 +480,7 @@ static int l_stats(lua_State *L)
 }
 
 /* log(level, message, fields?) -> one JSON line on stderr */
-static int l_log(lua_State *L)
+int wix_core_log(lua_State *L)
 {
     static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
     int lv = luaL_checkoption(L, 1, "info", levels);
@@ -524,7 +524,7 @@ static const luaL_Reg core_funcs[] = {
     {"request", l_request}, {"spawn", l_spawn},       {"current", l_current}, {"suspend", l_suspend},
     {"wake", l_wake},       {"sleep", l_sleep},       {"uuid", l_uuid},       {"encode", l_encode},
     {"decode", l_decode},   {"settings", l_settings}, {"plan", l_plan},       {"stats", l_stats},
-    {"log", l_log},         {NULL, NULL},
+    {"log", wix_core_log},         {NULL, NULL},
 };
 
 int luaopen_wix_core(lua_State *L)
