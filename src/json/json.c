@@ -522,29 +522,57 @@ const char *json_type_name(json_type t)
 void json_quote(buf_t *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    buf_reserve(b, n + 2);
-    buf_addc(b, '"');
-    size_t run = 0;
+    if (n > 4096) {
+        /* long strings: runs of plain bytes, so the reservation stays near the output's size */
+        buf_addc(b, '"');
+        size_t run = 0;
+        for (size_t i = 0; i < n; i++) {
+            unsigned char c = (unsigned char)s[i];
+            if (c >= 0x20 && c != '"' && c != '\\')
+                continue;
+            buf_add(b, s + run, i - run);
+            run = i + 1;
+            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            if (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t') {
+                e[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' : (char)c;
+                buf_add(b, e, 2);
+            } else {
+                buf_add(b, e, 6);
+            }
+        }
+        buf_add(b, s + run, n - run);
+        buf_addc(b, '"');
+        return;
+    }
+    /* short strings (nearly all): worst case every byte as \u00XX, plus the quotes */
+    if (buf_reserve(b, n * 6 + 2) < 0)
+        return;
+    char *o = b->data + b->len;
+    *o++ = '"';
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *o++ = (char)c;
             continue;
-        buf_add(b, s + run, i - run);
-        run = i + 1;
-        switch (c) {
-        case '"': buf_add(b, "\\\"", 2); break;
-        case '\\': buf_add(b, "\\\\", 2); break;
-        case '\n': buf_add(b, "\\n", 2); break;
-        case '\r': buf_add(b, "\\r", 2); break;
-        case '\t': buf_add(b, "\\t", 2); break;
-        default: {
-            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-            buf_add(b, e, 6);
         }
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\r': *o++ = 'r'; break;
+        case '\t': *o++ = 't'; break;
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
         }
     }
-    buf_add(b, s + run, n - run);
-    buf_addc(b, '"');
+    *o++ = '"';
+    b->len = (size_t)(o - b->data);
+    b->data[b->len] = '\0';
 }
 
 void jw_init(json_writer *w, buf_t *b)

@@ -70,6 +70,11 @@ int buf_adds(buf_t *b, const char *s)
 
 int buf_addc(buf_t *b, char c)
 {
+    if (b->len + 2 <= b->cap && !b->failed && (!b->limit || b->len + 1 <= b->limit)) {
+        b->data[b->len++] = c;
+        b->data[b->len] = '\0';
+        return 0;
+    }
     return buf_add(b, &c, 1);
 }
 

@@ -110,6 +110,35 @@ static void test_writer_roundtrip(void)
     buf_free(&b);
 }
 
+static void test_quote_long(void)
+{
+    /* the long-string path gives what the short one gives */
+    char big[6000];
+    for (size_t i = 0; i < sizeof big - 1; i++)
+        big[i] = "ab\"\\\n\x01c"[i % 7];
+    big[sizeof big - 1] = '\0';
+    buf_t a, b;
+    buf_init(&a, 0);
+    buf_init(&b, 0);
+    json_quote(&a, big, strlen(big));
+    for (size_t i = 0; i < strlen(big); i += 1000) {
+        size_t n = strlen(big) - i < 1000 ? strlen(big) - i : 1000;
+        buf_t part;
+        buf_init(&part, 0);
+        json_quote(&part, big + i, n);
+        buf_add(&b, part.data + (i ? 1 : 0), part.len - (i ? 1 : 0) - (i + n < strlen(big) ? 1 : 0));
+        buf_free(&part);
+    }
+    CHECK_INT(a.len, b.len);
+    CHECK(a.len == b.len && memcmp(a.data, b.data, a.len) == 0);
+    json_doc *d;
+    json_value *v = json_parse(a.data, a.len, 0, &d, NULL);
+    CHECK(v && v->type == JSON_STRING && v->u.str.len == strlen(big) && !memcmp(v->u.str.s, big, strlen(big)));
+    json_doc_free(d);
+    buf_free(&a);
+    buf_free(&b);
+}
+
 static void test_buf_limit(void)
 {
     buf_t b;
@@ -127,6 +156,7 @@ int main(void)
     test_errors();
     test_depth();
     test_writer_roundtrip();
+    test_quote_long();
     test_buf_limit();
     return check_report();
 }
