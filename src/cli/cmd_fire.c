@@ -44,8 +44,9 @@ static const char usage[] =
 
 typedef struct seen_db {
     sqlite3 *db;
-    sqlite3_stmt *claim, *get, *take, *finish;
-    char token[40];
+    sqlite3_stmt *get, *finish;
+    const char **set;             /* ids claimed by this run (open addressing; owned by the caller) */
+    size_t setcap, setn;
     int pending;
 } seen_db;
 
@@ -64,56 +65,78 @@ static int seen_open(seen_db *s, const char *dir, char *err, size_t errlen)
                      "CREATE TABLE IF NOT EXISTS events(id TEXT PRIMARY KEY, name TEXT NOT NULL,"
                      " state TEXT NOT NULL, token TEXT NOT NULL, finished INTEGER);",
                      NULL, NULL, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO events(id, name, state, token) VALUES(?1, ?2, 'running', ?3)",
-                           -1, &s->claim, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->db, "SELECT state, token FROM events WHERE id = ?1", -1, &s->get, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->db, "UPDATE events SET token = ?2 WHERE id = ?1", -1, &s->take, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->db, "UPDATE events SET state = ?2, finished = ?3 WHERE id = ?1", -1, &s->finish,
-                           NULL) != SQLITE_OK) {
+        sqlite3_prepare_v2(s->db, "SELECT 1 FROM events WHERE id = ?1 AND state IN ('done', 'failed')", -1, &s->get,
+                           NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->db,
+                           "INSERT OR REPLACE INTO events(id, name, state, token, finished) VALUES(?1, ?2, ?3, '', ?4)",
+                           -1, &s->finish, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(s->db));
         return -1;
     }
-    snprintf(s->token, sizeof s->token, "%ld-%lld", (long)getpid(), (long long)time(NULL));
     sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
     return 0;
 }
 
-/* 1 when this process may run the event, 0 when it was seen before (in an
- * earlier run, or earlier in this one). A row left 'running' by a run that
- * did not finish is taken over. */
-static int seen_claim(seen_db *s, const char *id, const char *name)
+static size_t str_hash(const char *p)
 {
-    sqlite3_reset(s->claim);
-    sqlite3_bind_text(s->claim, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s->claim, 2, name, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s->claim, 3, s->token, -1, SQLITE_STATIC);
-    sqlite3_step(s->claim);
-    if (sqlite3_changes(s->db) == 1)
-        return 1;
-    sqlite3_reset(s->get);
-    sqlite3_bind_text(s->get, 1, id, -1, SQLITE_STATIC);
-    int mine = 0;
-    if (sqlite3_step(s->get) == SQLITE_ROW) {
-        const char *state = (const char *)sqlite3_column_text(s->get, 0);
-        const char *token = (const char *)sqlite3_column_text(s->get, 1);
-        mine = !strcmp(state, "running") && strcmp(token, s->token) != 0;
-    }
-    sqlite3_reset(s->get);
-    if (mine) {
-        sqlite3_reset(s->take);
-        sqlite3_bind_text(s->take, 1, id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s->take, 2, s->token, -1, SQLITE_STATIC);
-        sqlite3_step(s->take);
-    }
-    return mine;
+    size_t h = 1469598103934665603ull;
+    for (; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    return h;
 }
 
-static void seen_finish(seen_db *s, const char *id, int ok)
+/* Adds id to the set of this run's ids; 0 when it was there already. */
+static int set_add(seen_db *s, const char *id)
+{
+    if (2 * (s->setn + 1) > s->setcap) {
+        size_t cap = s->setcap ? s->setcap * 2 : 1024;
+        const char **nset = calloc(cap, sizeof *nset);
+        if (!nset)
+            return 1;
+        for (size_t i = 0; i < s->setcap; i++) {
+            if (!s->set[i])
+                continue;
+            size_t k = str_hash(s->set[i]) & (cap - 1);
+            while (nset[k])
+                k = (k + 1) & (cap - 1);
+            nset[k] = s->set[i];
+        }
+        free(s->set);
+        s->set = nset;
+        s->setcap = cap;
+    }
+    size_t k = str_hash(id) & (s->setcap - 1);
+    while (s->set[k]) {
+        if (!strcmp(s->set[k], id))
+            return 0;
+        k = (k + 1) & (s->setcap - 1);
+    }
+    s->set[k] = id;
+    s->setn++;
+    return 1;
+}
+
+/* 1 when this run may run the event; 0 when it finished before (in an earlier
+ * run) or comes twice in this one. An event that was cut short (the process
+ * stopped) has no record and runs again, with the same derived idempotency
+ * keys. The id must stay valid while the store is open. */
+static int seen_claim(seen_db *s, const char *id, const char *name)
+{
+    (void)name;
+    sqlite3_reset(s->get);
+    sqlite3_bind_text(s->get, 1, id, -1, SQLITE_STATIC);
+    int done_before = sqlite3_step(s->get) == SQLITE_ROW;
+    sqlite3_reset(s->get);
+    return !done_before && set_add(s, id);
+}
+
+static void seen_finish(seen_db *s, const char *id, const char *name, int ok)
 {
     sqlite3_reset(s->finish);
     sqlite3_bind_text(s->finish, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s->finish, 2, ok ? "done" : "failed", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s->finish, 3, (long long)time(NULL));
+    sqlite3_bind_text(s->finish, 2, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s->finish, 3, ok ? "done" : "failed", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s->finish, 4, (long long)time(NULL));
     sqlite3_step(s->finish);
     if (++s->pending >= 5000) {
         sqlite3_exec(s->db, "COMMIT; BEGIN", NULL, NULL, NULL);
@@ -126,11 +149,11 @@ static void seen_close(seen_db *s)
     if (!s->db)
         return;
     sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
-    sqlite3_finalize(s->claim);
     sqlite3_finalize(s->get);
-    sqlite3_finalize(s->take);
     sqlite3_finalize(s->finish);
     sqlite3_close(s->db);
+    free(s->set);
+    s->db = NULL;
 }
 
 /* ---- printing ---- */
@@ -255,7 +278,7 @@ static void batch_done(event_job *j, void *arg)
         b->ok++;
     }
     if (b->dedupe && j->id && j->nidx)
-        seen_finish(&b->seen, j->id, !j->failed);
+        seen_finish(&b->seen, j->id, j->name, !j->failed);
     event_job_free(j);
     draw(b, 0);
     start_more(b);
@@ -562,7 +585,7 @@ int cmd_fire(int argc, char **argv)
         goto done;
     }
     if (id)
-        seen_finish(&seen, id, !j->failed);
+        seen_finish(&seen, id, name, !j->failed);
     seen_close(&seen);
     if (json) {
         buf_t out;
