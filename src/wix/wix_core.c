@@ -304,7 +304,8 @@ static int l_sleep(lua_State *L)
     z->s = h->sched;
     sched_task *cur = sched_current(h->sched);
     z->task_id = sched_task_id(cur);
-    if (sched_timer_owning(h->sched, sched_now_ms() + (long long)(ms > 0 ? ms : 0), sleep_over, z, cur) < 0) {
+    /* +1: the clock counts whole ms, so this waits at least ms */
+    if (sched_timer_owning(h->sched, sched_now_ms() + (ms > 0 ? (long long)ms + 1 : 0), sleep_over, z, cur) < 0) {
         free(z);
         return luaL_error(L, "out of memory");
     }
