@@ -15,6 +15,7 @@
 #include "../config/config.h"
 #include "../journal/journal.h"
 #include "../json/json.h"
+#include "../util/isotime.h"
 #include "cli.h"
 
 #define DEFAULT_LIMIT 50
@@ -86,14 +87,10 @@ static const char usage_purge[] =
 
 static void format_time(long long ms, char out[64])
 {
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    if (ms < 0 || !gmtime_r(&t, &tm)) {
+    if (ms < 0)
         snprintf(out, 64, "-");
-        return;
-    }
-    snprintf(out, 64, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-             tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+    else
+        iso_format_ms(ms, out);
 }
 
 /* Copies s for one table cell or line: control characters become '?' (no

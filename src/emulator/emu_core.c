@@ -11,15 +11,14 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "../util/isotime.h"
 #include "emu_internal.h"
 
 /* ---- helpers ---- */
 
 long long emu_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return iso_now_ms();
 }
 
 uint64_t emu_rand(emu_t *e)
@@ -63,13 +62,7 @@ int emu_is_guid(const char *s)
 
 void emu_format_date(long long ms, char out[64])
 {
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    if (tm.tm_year < -1900 || tm.tm_year > 8099)
-        tm.tm_year = 70;
-    snprintf(out, 64, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-             tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+    iso_format_ms(ms, out);
 }
 
 int emu_parse_date(const char *s, long long *ms)

@@ -24,6 +24,7 @@
 #include "../json/json.h"
 #include "../journal/journal.h"
 #include "../runtime/hooks.h"
+#include "../util/isotime.h"
 #include "../wix/luajson.h"
 
 #define SERVE_MAX_INFLIGHT_KEYS 4096
@@ -131,24 +132,6 @@ static void on_signal(int sig)
     }
 }
 
-static long long wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void iso(long long ms, char out[80])
-{
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    if (tm.tm_year < -1900 || tm.tm_year > 8099)
-        tm.tm_year = 70;
-    snprintf(out, 80, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-             tm.tm_min, tm.tm_sec, (int)(ms % 1000));
-}
-
 void serve_journal_path(const void *cfgp, char *out, unsigned long n)
 {
     const wixr_config *cfg = cfgp;
@@ -161,7 +144,7 @@ void serve_journal_path(const void *cfgp, char *out, unsigned long n)
 static void log_line(const char *level, const char *msg, const char *fields_json)
 {
     char ts[80];
-    iso(wall_ms(), ts);
+    iso_format_ms(iso_now_ms(), ts);
     buf_t b;
     buf_init(&b, 0);
     buf_printf(&b, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", ts, level);
@@ -375,8 +358,8 @@ static int valid_name(const char *n)
 static void event_json(const journal_event *e, buf_t *b)
 {
     char c[80], u[80];
-    iso(e->created_ms, c);
-    iso(e->updated_ms, u);
+    iso_format_ms(e->created_ms, c);
+    iso_format_ms(e->updated_ms, u);
     json_writer w;
     jw_init(&w, b);
     jw_obj(&w);
@@ -389,7 +372,7 @@ static void event_json(const journal_event *e, buf_t *b)
     jw_kstr(&w, "updated", u);
     if (e->state == EV_RETRYING && e->next_attempt_ms) {
         char nx[80];
-        iso(e->next_attempt_ms, nx);
+        iso_format_ms(e->next_attempt_ms, nx);
         jw_kstr(&w, "next_attempt", nx);
     }
     jw_kstr(&w, "order_key", e->order_key);
@@ -793,7 +776,7 @@ static void job_done(event_job *j, void *arg)
             if (d > ss->retry_max_ms)
                 d = ss->retry_max_ms;
             d = d / 2 + (d > 1 ? rand() % (d / 2 + 1) : 0);
-            queue_outcome(s, r->id, r->key, 1, wall_ms() + d, err, buf_cstr(&res));
+            queue_outcome(s, r->id, r->key, 1, iso_now_ms() + d, err, buf_cstr(&res));
             s->event_retries_total++;
         }
     }
@@ -821,7 +804,7 @@ static void dispatch_marks(serve *s)
     int cap = s->table->cfg->serve.concurrency;
     if (s->ninflight >= cap)
         return;
-    long long now = wall_ms();
+    long long now = iso_now_ms();
     journal_event *ev = NULL;
     int n = 0;
     char **waiting = NULL;
@@ -869,7 +852,7 @@ static void dispatch_marks(serve *s)
         s->inflight[s->ninflight++] = r;
         if (!event_fire(s->table, e->name, e->id, e->data_json, job_done, r)) {
             remove_inflight(s, r);
-            queue_outcome(s, e->id, e->order_key, 1, wall_ms() + 1000, "out of memory", NULL);
+            queue_outcome(s, e->id, e->order_key, 1, iso_now_ms() + 1000, "out of memory", NULL);
             free(r->id);
             free(r->key);
             free(r);
@@ -1018,7 +1001,7 @@ static void reload(serve *s, const char *why)
     buf_t errors;
     buf_init(&errors, 64 * 1024);
     hook_table *nt = NULL;
-    s->last_reload_ms = wall_ms();
+    s->last_reload_ms = iso_now_ms();
     if (!nc || config_load(nc, s->boot_cfg->path, err, sizeof err) < 0) {
         buf_adds(&errors, nc ? err : "out of memory");
         free(nc);
@@ -1077,7 +1060,7 @@ static void snapshot(serve *s)
     const wix_stats *st = wix_client_stats(s->h->client);
     char lr[80] = "";
     if (s->last_reload_ms)
-        iso(s->last_reload_ms, lr);
+        iso_format_ms(s->last_reload_ms, lr);
     buf_t h;
     buf_init(&h, 0);
     buf_printf(&h, "{\"status\":\"%s\",\"rules_version\":%ld,\"draining\":%s,\"last_reload\":{\"ok\":%s",

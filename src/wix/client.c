@@ -16,6 +16,7 @@
 #include "../emulator/emu.h"
 #include "../json/json.h"
 #include "../util/buf.h"
+#include "../util/isotime.h"
 
 #define CLIENT_MAX_BODY (16 * 1024 * 1024)
 #define CLIENT_POOL_MAX 256
@@ -224,12 +225,9 @@ static void audit_line(wix_client *c, const call *q, long long now)
         return;
     buf_t b;
     buf_init(&b, 0);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    buf_printf(&b, "{\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"transport\":\"%s\",\"method\":\"%s\",\"path\":",
-               tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
+    char when[ISO_TIME_LEN];
+    iso_format_ms(iso_now_ms(), when);
+    buf_printf(&b, "{\"ts\":\"%s\",\"transport\":\"%s\",\"method\":\"%s\",\"path\":", when,
                c->transport == TRANSPORT_HTTP ? "http" : "sandbox", q->method);
     json_quote(&b, q->path, strlen(q->path));
     buf_printf(&b, ",\"status\":%ld,\"duration_ms\":%lld,\"attempt\":%d", q->status, now - q->t_attempt, q->attempt);

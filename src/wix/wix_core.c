@@ -16,6 +16,7 @@
 #include "../runtime/host.h"
 #include "../runtime/sandbox.h"
 #include "../json/json.h"
+#include "../util/isotime.h"
 #include "luajson.h"
 
 static wixr_host *need_task(lua_State *L, const char *what)
@@ -488,12 +489,9 @@ int wix_core_log(lua_State *L)
     const char *msg = luaL_checkstring(L, 2);
     buf_t b;
     buf_init(&b, 1024 * 1024);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    buf_printf(&b, "{\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"level\":\"%s\",\"msg\":", tm.tm_year + 1900,
-               tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, levels[lv]);
+    char when[ISO_TIME_LEN];
+    iso_format_ms(iso_now_ms(), when);
+    buf_printf(&b, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", when, levels[lv]);
     json_quote(&b, msg, strlen(msg));
     if (lua_istable(L, 3)) {
         char err[128];
