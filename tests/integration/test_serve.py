@@ -39,7 +39,7 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from testlib import (ARGS, JANE, P_SERVICE, SITE_JANE1, UNKNOWN_GUID, Client, Resp, Server,  # noqa: E402
-                     TestFailure, check, eq, ok, parse_args, run_tests)
+                     TestFailure, check, eq, json_body, ok, parse_args, run_tests)
 
 TESTS = []
 TOKEN = "serve-test-token-7c1e"
@@ -340,12 +340,7 @@ def http_call(port, method, path, body=None, token=None, headers=None, timeout=1
         h = {}
         if token is not None:
             h["Authorization"] = "Bearer " + token
-        data = None
-        if body is not None:
-            data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-            if isinstance(data, str):
-                data = data.encode()
-            h["Content-Type"] = "application/json"
+        data = json_body(body, h)
         h.update(headers or {})
         t0 = time.time()
         conn.request(method, path, body=data, headers=h)

@@ -204,6 +204,15 @@ class Resp:
 DEFAULT = object()
 
 
+def json_body(body, headers):
+    """The request bytes for body (bytes, text or a value to send as JSON); sets Content-Type."""
+    if body is None:
+        return None
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    headers["Content-Type"] = "application/json"
+    return data.encode() if isinstance(data, str) else data
+
+
 class Client:
     """A persistent http.client connection to one server."""
 
@@ -231,12 +240,7 @@ class Client:
             h["Authorization"] = auth
         if account is not None:
             h["wix-account-id"] = account
-        data = None
-        if body is not None:
-            data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-            if isinstance(data, str):
-                data = data.encode()
-            h["Content-Type"] = "application/json"
+        data = json_body(body, h)
         h.update(headers or {})
         t0 = time.time()
         try:
