@@ -26,13 +26,13 @@ static void *hook_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     hook_rt *k = ud;
     size_t old = ptr ? osize : 0;
     if (nsize == 0) {
-        free(ptr);
+        pool_free(&k->pool, ptr, old);
         k->mem -= old;
         return NULL;
     }
     if (nsize > old && k->mem + (nsize - old) > k->mem_limit)
         return NULL; /* Lua raises "not enough memory" in the running code */
-    void *p = realloc(ptr, nsize);
+    void *p = pool_realloc(&k->pool, ptr, old, nsize);
     if (!p)
         return NULL;
     k->mem = k->mem - old + nsize;
@@ -311,17 +311,19 @@ static int sbx_setmetatable(lua_State *L)
 /* Patterns: Lua's matcher backtracks without bound inside C, where no hook
  * runs. A pattern with k unanchored repetitions ('.-', '.*', '%a+' ...) over
  * a subject of n bytes can take n^k steps: refuse when n^k is over 1e9. */
+static int is_repeat(char c) { return c == '*' || c == '+' || c == '-'; }
+
 static int pattern_too_costly(const char *p, size_t plen, size_t n)
 {
     int k = 0;
     for (size_t i = 0; i + 1 < plen; i++) {
         if (p[i] == '%') {
             i++;
-            if (i + 1 < plen && strchr("*+-", p[i + 1]))
+            if (i + 1 < plen && is_repeat(p[i + 1]))
                 k++;
             continue;
         }
-        if (strchr("*+-", p[i + 1]) && (p[i] == '.' || p[i] == ']'))
+        if (is_repeat(p[i + 1]) && (p[i] == '.' || p[i] == ']'))
             k++;
     }
     if (k < 2)
@@ -481,6 +483,7 @@ hook_rt *hook_load(wixr_host *h, const wixr_config *cfg, const hook_def *def, ch
     k->L = lua_newstate(hook_alloc, k);
     if (!k->L) {
         snprintf(err, errlen, "%s: cannot create a Lua state", def->where);
+        pool_destroy(&k->pool);
         free(k);
         return NULL;
     }
@@ -538,6 +541,7 @@ void hook_free(hook_rt *k)
         sched_forget_state(k->ctx.host->sched, k->L);
         lua_close(k->L);
     }
+    pool_destroy(&k->pool);
     free(k);
 }
 
@@ -652,34 +656,31 @@ static void arm_watchdog(wixr_host *h, long long at)
     sched_timer_weak(h->sched, at, watchdog, h);
 }
 
-/* ctx.log(level, message, fields) */
+/* ctx.log(level, message, fields): wix.core.log's line, its fields naming the hook and the event. */
 static int ctx_log(lua_State *L)
 {
     hook_run *r = sandbox_current_run(L);
-    luaL_checkstring(L, 2);
     lua_settop(L, 3);
-    lua_pushnil(L);                    /* (keeps the slots below as they were) */
-    lua_pushcfunction(L, wix_core_log); /* stack: level msg fields nil log */
-    lua_pushvalue(L, 1);
-    lua_pushvalue(L, 2);
-    lua_newtable(L);                   /* a copy: the caller's table is left as it was */
-    if (lua_istable(L, 3)) {
+    if (r && lua_istable(L, 3) &&
+        (lua_getfield(L, 3, "hook") != LUA_TNIL || lua_getfield(L, 3, "event_id") != LUA_TNIL)) {
+        /* the run's own hook and event_id win: log a copy without the script's */
+        lua_settop(L, 3);
+        lua_newtable(L);
         lua_pushnil(L);
         while (lua_next(L, 3)) {
             lua_pushvalue(L, -2);
             lua_insert(L, -2);
-            lua_rawset(L, -4);
+            lua_rawset(L, 4);
         }
+        lua_pushnil(L);
+        lua_setfield(L, 4, "hook");
+        lua_pushnil(L);
+        lua_setfield(L, 4, "event_id");
+        lua_replace(L, 3);
     }
-    if (r) {
-        lua_pushstring(L, r->hook->name);
-        lua_setfield(L, -2, "hook");
-        if (r->event_id) {
-            lua_pushstring(L, r->event_id);
-            lua_setfield(L, -2, "event_id");
-        }
-    }
-    lua_call(L, 3, 0);
+    lua_settop(L, 3);
+    const char *extra[] = {"hook", r ? r->hook->name : NULL, "event_id", r ? r->event_id : NULL, NULL};
+    wix_log_write(L, 1, 2, 3, r ? extra : NULL);
     return 0;
 }
 
@@ -725,7 +726,13 @@ static void copy_table(lua_State *L, int idx, int depth)
     luaL_checkstack(L, 4, "options");
     if (depth > 64)
         luaL_error(L, "options nested too deep");
-    lua_newtable(L);
+    int narr = (int)lua_rawlen(L, idx), nrec = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        nrec++;
+    }
+    lua_createtable(L, narr, nrec - narr); /* sized once: no rehash while filling */
     int out = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, idx)) {

@@ -19,6 +19,7 @@
 
 #include "../config/config.h"
 #include "../util/buf.h"
+#include "../util/pool.h"
 #include "host.h"
 
 typedef struct hook_rt {
@@ -28,6 +29,7 @@ typedef struct hook_rt {
     const wixr_config *cfg;       /* the configuration def belongs to */
     char name[256];               /* "event[i] (script)" for messages */
     size_t mem, mem_limit, mem_peak;
+    pool pool;                    /* the state's small blocks */
     int handler_ref;
     int options_ref;              /* ctx.options, decoded once (copied per run) */
     int runs;                     /* runs in flight */
