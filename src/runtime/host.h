@@ -63,6 +63,10 @@ void host_register_modules(lua_State *L);
 
 /* wix.core.log(level, message, fields?): one JSON log line on stderr. */
 int wix_core_log(lua_State *L);
+/* The line itself, from the level, message and fields table at those stack
+ * slots; extra is NULL or {key, value, ..., NULL}: string pairs added to the
+ * fields (the fields table is left as it was). */
+void wix_log_write(lua_State *L, int level_idx, int msg_idx, int fields_idx, const char *const *extra);
 
 /* Opens the wix.core C module (what lua/wix.lua is built on). */
 int luaopen_wix_core(lua_State *L);

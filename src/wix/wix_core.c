@@ -331,6 +331,42 @@ static uint64_t rng_next(uint64_t *s)
     return r;
 }
 
+/* guid(v) -> v in lower case when it is a GUID (8-4-4-4-12 hex digits), else nil */
+static int l_guid(lua_State *L)
+{
+    size_t n;
+    const char *v = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n) : NULL;
+    if (!v || n != 36) {
+        lua_pushnil(L);
+        return 1;
+    }
+    char out[36];
+    int upper = 0;
+    for (size_t i = 0; i < 36; i++) {
+        char c = v[i];
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (c != '-')
+                goto no;
+            out[i] = c;
+        } else if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) {
+            out[i] = c;
+        } else if (c >= 'A' && c <= 'F') {
+            out[i] = (char)(c + 32);
+            upper = 1;
+        } else {
+            goto no;
+        }
+    }
+    if (upper)
+        lua_pushlstring(L, out, 36);
+    else
+        lua_settop(L, 1); /* already in lower case: the same string */
+    return 1;
+no:
+    lua_pushnil(L);
+    return 1;
+}
+
 static int l_uuid(lua_State *L)
 {
     wixr_host *h = host_of(L);
@@ -482,26 +518,59 @@ static int l_stats(lua_State *L)
 }
 
 /* log(level, message, fields?) -> one JSON line on stderr */
-int wix_core_log(lua_State *L)
+static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
+
+void wix_log_write(lua_State *L, int level_idx, int msg_idx, int fields_idx, const char *const *extra)
 {
-    static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
-    int lv = luaL_checkoption(L, 1, "info", levels);
-    const char *msg = luaL_checkstring(L, 2);
+    int lv = luaL_checkoption(L, level_idx, "info", log_levels);
+    size_t msglen;
+    const char *msg = luaL_checklstring(L, msg_idx, &msglen);
     buf_t b;
     buf_init(&b, 1024 * 1024);
     char when[ISO_TIME_LEN];
     iso_format_ms(iso_now_ms(), when);
-    buf_printf(&b, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", when, levels[lv]);
-    json_quote(&b, msg, strlen(msg));
-    if (lua_istable(L, 3)) {
-        char err[128];
+    buf_adds(&b, "{\"ts\":\"");
+    buf_adds(&b, when);
+    buf_adds(&b, "\",\"level\":\"");
+    buf_adds(&b, log_levels[lv]);
+    buf_adds(&b, "\",\"msg\":");
+    json_quote(&b, msg, msglen);
+    size_t at = b.len;
+    char err[128];
+    if (lua_istable(L, fields_idx)) {
         buf_adds(&b, ",\"fields\":");
-        if (luajson_encode(L, 3, &b, 0, err, sizeof err) < 0)
-            buf_adds(&b, "null");
+        if (luajson_encode(L, fields_idx, &b, 0, err, sizeof err) < 0 || b.data[b.len - 1] != '}') {
+            b.len = at; /* not an object: the extra fields stand alone */
+            b.failed = 0;
+        }
+    }
+    if (extra && extra[0]) {
+        if (b.len > at) { /* "fields":{...} : the extra pairs join it */
+            b.len--;
+            if (b.data[b.len - 1] != '{')
+                buf_addc(&b, ',');
+        } else {
+            buf_adds(&b, ",\"fields\":{");
+        }
+        for (int i = 0; extra[i] && extra[i + 1]; i += 2) {
+            if (i)
+                buf_addc(&b, ',');
+            json_quote(&b, extra[i], strlen(extra[i]));
+            buf_addc(&b, ':');
+            json_quote(&b, extra[i + 1], strlen(extra[i + 1]));
+        }
+        buf_addc(&b, '}');
+    } else if (b.len == at && lua_istable(L, fields_idx)) {
+        buf_adds(&b, ",\"fields\":null");
     }
     buf_adds(&b, "}\n");
     fwrite(b.data, 1, b.len, stderr);
     buf_free(&b);
+}
+
+int wix_core_log(lua_State *L)
+{
+    wix_log_write(L, 1, 2, 3, NULL);
     return 0;
 }
 
@@ -521,7 +590,7 @@ static int l_sandbox_admin(lua_State *L)
 static const luaL_Reg core_funcs[] = {
     {"sandbox_admin", l_sandbox_admin}, {"next_key", l_next_key},
     {"request", l_request}, {"spawn", l_spawn},       {"current", l_current}, {"suspend", l_suspend},
-    {"wake", l_wake},       {"sleep", l_sleep},       {"uuid", l_uuid},       {"encode", l_encode},
+    {"wake", l_wake},       {"sleep", l_sleep},       {"guid", l_guid},       {"uuid", l_uuid},       {"encode", l_encode},
     {"decode", l_decode},   {"settings", l_settings}, {"plan", l_plan},       {"stats", l_stats},
     {"log", wix_core_log},         {NULL, NULL},
 };

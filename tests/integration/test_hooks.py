@@ -1141,6 +1141,25 @@ def ctx_log_writes_a_json_line_with_the_hook_name():
        ("warn", "no fields", {"hook": "lg (lg.lua)", "event_id": "e-7"}), "log line without fields")
 
 
+@test
+def ctx_log_keeps_the_run_names_and_the_callers_table():
+    script = ('return function(event, ctx)\n'
+              '  local f = { hook = "forged", event_id = "forged", n = 2 }\n'
+              '  ctx.log("info", "forged", f)\n'
+              '  ctx.log("info", "list", { 1, 2 })\n'
+              '  ctx.log("info", "empty", {})\n'
+              '  return { f.hook, f.event_id, f.n }\nend\n')
+    w = Work("hooks:\n  lg:\n    - script: lg.lua\n", {"lg.lua": script})
+    r = w.fire("lg", "--id", "e-8", "--json")
+    eq(r.rc, 0, "exit status (%s)" % r)
+    lines = {x["msg"]: x for x in (json.loads(l) for l in r.lines() if l.startswith("{"))}
+    run = {"hook": "lg (lg.lua)", "event_id": "e-8"}
+    eq(lines["forged"]["fields"], dict(run, n=2), "the run's hook and event id win over the script's")
+    eq(lines["list"]["fields"], run, "a list of fields is not an object: only the run's names")
+    eq(lines["empty"]["fields"], run, "empty fields")
+    eq(hook_of(r.json)["result"], ["forged", "forged", 2], "the caller's table is left as it was")
+
+
 def main():
     return run_tests(TESTS, parse_args(__doc__))
 
