@@ -18,7 +18,6 @@ wix.VERSION = "0.1.0"
 -- The sandbox's seeded reseller: the default account when none is configured.
 local SANDBOX_ACCOUNT = "11111111-2222-4333-8444-555555555555"
 
-local GUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
 local STATUS = { PENDING = true, ENABLED = true, CANCELED = true, FAILED = true, AWAITING_ACTION = true }
 local CYCLE_TYPES = { ONE_TIME = true, RECURRING = true }
 local UNITS = { DAY = true, WEEK = true, MONTH = true, YEAR = true }
@@ -108,10 +107,11 @@ local function check_guid(v, field, required)
     if required then invalid(field, "is required") end
     return nil
   end
-  if type(v) ~= "string" or not v:match(GUID) then
+  local guid = core.guid(v)
+  if not guid then
     invalid(field, "must be a GUID (8-4-4-4-12 hex), got " .. string.format("%q", tostring(v)))
   end
-  return v:lower()
+  return guid
 end
 
 local function check_string(v, field, max, required)
