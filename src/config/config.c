@@ -678,7 +678,9 @@ static int read_key_file(const char *path, char **out, char *err, size_t errlen)
     return set_str(out, line);
 }
 
-int config_load(wixr_config *c, const char *path, char *err, size_t errlen)
+/* The one loader: path names the file (NULL: search for one); when text is
+ * not NULL it is the file's content, already in memory. */
+static int load(wixr_config *c, const char *path, const char *text, size_t len, char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
     wix_settings *s = &c->wix;
@@ -722,7 +724,7 @@ int config_load(wixr_config *c, const char *path, char *err, size_t errlen)
         set_str(&s->sandbox_catalog, cat);
     }
 
-    if (!path) {
+    if (!path && !text) {
         const char *env = getenv("WIXR_CONFIG");
         if (env && *env)
             path = env;
@@ -732,7 +734,7 @@ int config_load(wixr_config *c, const char *path, char *err, size_t errlen)
             path = "config/wixr.yaml";
     }
     if (path) {
-        ydoc *d = ytree_load_file(path, err, errlen);
+        ydoc *d = text ? ytree_load_string(path, text, len, err, errlen) : ytree_load_file(path, err, errlen);
         if (!d)
             goto fail;
         c->path = strdup(path);
@@ -788,6 +790,16 @@ oom:
 fail:
     config_free(c);
     return -1;
+}
+
+int config_load(wixr_config *c, const char *path, char *err, size_t errlen)
+{
+    return load(c, path, NULL, 0, err, errlen);
+}
+
+int config_load_string(wixr_config *c, const char *name, const char *text, size_t len, char *err, size_t errlen)
+{
+    return load(c, name ? name : "<string>", text ? text : "", len, err, errlen);
 }
 
 void config_free(wixr_config *c)

@@ -107,6 +107,9 @@ int config_hooks_for(const wixr_config *c, const char *event, int *idx, int max)
  * ./config/wixr.yaml that exists, or none), then the environment.
  * Returns 0, or -1 with "file:line:col: message" in err. */
 int config_load(wixr_config *c, const char *path, char *err, size_t errlen);
+/* The same from text in memory: name stands for the file in messages, and its
+ * folder is where relative paths start (no search, no file read). */
+int config_load_string(wixr_config *c, const char *name, const char *text, size_t len, char *err, size_t errlen);
 void config_free(wixr_config *c);
 const char *config_transport_name(wix_transport t);
 
