@@ -26,7 +26,7 @@ int buf_add(buf_t *b, const void *p, size_t n);
 int buf_adds(buf_t *b, const char *s);
 int buf_addc(buf_t *b, char c);
 int buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int buf_vprintf(buf_t *b, const char *fmt, va_list ap);
+int buf_vprintf(buf_t *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 const char *buf_cstr(buf_t *b);
 /* Hands the data to the caller (malloc'd, NUL-terminated) and resets b. */
 char *buf_steal(buf_t *b, size_t *len);
