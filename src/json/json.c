@@ -519,19 +519,35 @@ const char *json_type_name(json_type t)
 
 /* ---- writer ---- */
 
+/* JSON text is UTF-8 (RFC 8259 §8.1): a byte that does not start a valid
+ * sequence is written as U+FFFD, so what is written always parses back. */
+static const char replacement[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
+
 void json_quote(buf_t *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s, *end = u + n;
     if (n > 4096) {
         /* long strings: runs of plain bytes, so the reservation stays near the output's size */
         buf_addc(b, '"');
         size_t run = 0;
         for (size_t i = 0; i < n; i++) {
-            unsigned char c = (unsigned char)s[i];
-            if (c >= 0x20 && c != '"' && c != '\\')
+            unsigned char c = u[i];
+            if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\')
                 continue;
+            if (c >= 0x80) {
+                size_t l = utf8_len(u + i, end);
+                if (l) {
+                    i += l - 1;
+                    continue;
+                }
+            }
             buf_add(b, s + run, i - run);
             run = i + 1;
+            if (c >= 0x80) {
+                buf_add(b, replacement, sizeof replacement);
+                continue;
+            }
             char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
             if (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t') {
                 e[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' : (char)c;
@@ -550,9 +566,21 @@ void json_quote(buf_t *b, const char *s, size_t n)
     char *o = b->data + b->len;
     *o++ = '"';
     for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') {
+        unsigned char c = u[i];
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
             *o++ = (char)c;
+            continue;
+        }
+        if (c >= 0x80) {
+            size_t l = utf8_len(u + i, end);
+            if (l) {
+                memcpy(o, s + i, l);
+                o += l;
+                i += l - 1;
+            } else {
+                memcpy(o, replacement, sizeof replacement);
+                o += sizeof replacement;
+            }
             continue;
         }
         *o++ = '\\';

@@ -83,7 +83,8 @@ void jw_kstr(json_writer *w, const char *k, const char *s);
 /* Writes v indented by two spaces per level (for people to read). */
 void json_pretty(buf_t *b, const json_value *v, int level);
 
-/* Appends s as a quoted JSON string to b. */
+/* Appends s as a quoted JSON string to b. JSON text is UTF-8: a byte of s that
+ * does not belong to a valid UTF-8 sequence is written as U+FFFD. */
 void json_quote(buf_t *b, const char *s, size_t n);
 
 #endif

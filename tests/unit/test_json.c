@@ -139,6 +139,46 @@ static void test_quote_long(void)
     buf_free(&b);
 }
 
+/* What the writer writes parses back, whatever the bytes: invalid UTF-8 (a
+ * raw byte from a URL, a message cut in the middle of a character) becomes
+ * U+FFFD; valid sequences stay as they are. */
+static void test_quote_utf8(void)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\""},
+        {"a\xfe", "\"a\xef\xbf\xbd\""},
+        {"\xc3", "\"\xef\xbf\xbd\""},                   /* cut after the first byte of two */
+        {"\xe2\x82", "\"\xef\xbf\xbd\xef\xbf\xbd\""}, /* each stray byte on its own */
+        {"\xc0\xaf", "\"\xef\xbf\xbd\xef\xbf\xbd\""}, /* overlong '/' */
+        {"\xed\xa0\x80", "\"\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\""}, /* a surrogate */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        buf_t b;
+        buf_init(&b, 0);
+        json_quote(&b, cases[i].in, strlen(cases[i].in));
+        CHECK_STR(buf_cstr(&b), cases[i].out);
+        json_doc *d;
+        CHECK(json_parse(b.data, b.len, 0, &d, NULL) != NULL);
+        json_doc_free(d);
+        buf_free(&b);
+    }
+    /* the long-string path does the same */
+    char big[5000];
+    for (size_t i = 0; i < sizeof big; i++)
+        big[i] = "x\xc3\xa9\xff"[i % 4];
+    buf_t b;
+    buf_init(&b, 0);
+    json_quote(&b, big, sizeof big);
+    json_doc *d;
+    json_value *v = json_parse(b.data, b.len, 0, &d, NULL);
+    CHECK(v && v->type == JSON_STRING && v->u.str.len == sizeof big / 4 * 6);
+    CHECK(v && !memcmp(v->u.str.s, "x\xc3\xa9\xef\xbf\xbd", 6));
+    json_doc_free(d);
+    buf_free(&b);
+}
+
 static void test_buf_limit(void)
 {
     buf_t b;
@@ -157,6 +197,7 @@ int main(void)
     test_depth();
     test_writer_roundtrip();
     test_quote_long();
+    test_quote_utf8();
     test_buf_limit();
     return check_report();
 }
