@@ -347,6 +347,36 @@ static json_value *parse_number(parser *ps)
     return v;
 }
 
+int json_is_number(const char *s, size_t n)
+{
+    const char *q = s, *end = s + n;
+    if (q < end && *q == '-')
+        q++;
+    if (q >= end || !(*q >= '0' && *q <= '9'))
+        return 0;
+    if (*q == '0')
+        q++;
+    else
+        while (q < end && *q >= '0' && *q <= '9')
+            q++;
+    if (q < end && *q == '.') {
+        if (++q >= end || !(*q >= '0' && *q <= '9'))
+            return 0;
+        while (q < end && *q >= '0' && *q <= '9')
+            q++;
+    }
+    if (q < end && (*q == 'e' || *q == 'E')) {
+        q++;
+        if (q < end && (*q == '+' || *q == '-'))
+            q++;
+        if (q >= end || !(*q >= '0' && *q <= '9'))
+            return 0;
+        while (q < end && *q >= '0' && *q <= '9')
+            q++;
+    }
+    return q == end;
+}
+
 static int expect_lit(parser *ps, const char *lit)
 {
     size_t n = strlen(lit);
@@ -680,7 +710,7 @@ void jw_num(json_writer *w, double v)
     sep(w);
     if (!isfinite(v))
         buf_adds(w->b, "null");
-    else if (v == (double)(long long)v && fabs(v) < 1e15)
+    else if (fabs(v) < 1e15 && v == (double)(long long)v) /* the range first: a cast out of range is undefined */
         buf_printf(w->b, "%lld", (long long)v);
     else
         buf_printf(w->b, "%.17g", v);

@@ -48,6 +48,9 @@ typedef struct json_error {
 json_value *json_parse(const char *text, size_t len, int max_depth, json_doc **doc, json_error *err);
 void json_doc_free(json_doc *doc);
 
+/* 1 when s[0..n) is exactly one number as JSON writes it (RFC 8259 §6). */
+int json_is_number(const char *s, size_t n);
+
 json_value *json_get(const json_value *obj, const char *key);
 const char *json_type_name(json_type t);
 /* Convenience: string value of obj[key] or NULL when absent or not a string. */

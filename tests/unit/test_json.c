@@ -179,6 +179,29 @@ static void test_quote_utf8(void)
     buf_free(&b);
 }
 
+/* Numbers beyond what a long long holds are written with an exponent (the
+ * whole-number test must not convert them first: that is undefined). */
+static void test_num_large(void)
+{
+    buf_t b;
+    buf_init(&b, 0);
+    json_writer w;
+    jw_init(&w, &b);
+    jw_arr(&w);
+    jw_num(&w, 1e300);
+    jw_num(&w, -9.3e18);
+    jw_num(&w, 123456789012345.0);
+    jw_num(&w, 0.5);
+    jw_arr_end(&w);
+    CHECK_STR(buf_cstr(&b), "[1.0000000000000001e+300,-9.3e+18,123456789012345,0.5]");
+    buf_free(&b);
+    CHECK(json_is_number("-0.5e+3", 7));
+    CHECK(!json_is_number("1.", 2));
+    CHECK(!json_is_number("012", 3));
+    CHECK(!json_is_number("-inf", 4));
+    CHECK(!json_is_number("", 0));
+}
+
 static void test_buf_limit(void)
 {
     buf_t b;
@@ -198,6 +221,7 @@ int main(void)
     test_writer_roundtrip();
     test_quote_long();
     test_quote_utf8();
+    test_num_large();
     test_buf_limit();
     return check_report();
 }
