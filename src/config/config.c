@@ -356,14 +356,8 @@ static int to_json(const ydoc *d, const ynode *n, buf_t *b, char *err, size_t er
         return -1;
     int raw = 0;
     if (n->plain) {
-        if (!strcmp(v, "true") || !strcmp(v, "false") || !strcmp(v, "null")) {
-            raw = 1;
-        } else if (*v) {
-            char *end;
-            strtod(v, &end);
-            raw = *end == '\0' && (v[0] == '-' || (v[0] >= '0' && v[0] <= '9')) &&
-                  !(v[0] == '0' && v[1] && v[1] != '.') && !strchr(v, 'x') && !strchr(v, 'X');
-        }
+        /* only what JSON itself takes as a number: "1.", "-inf", "012" or "0x1F" stay strings */
+        raw = !strcmp(v, "true") || !strcmp(v, "false") || !strcmp(v, "null") || json_is_number(v, strlen(v));
         if (!strcmp(v, "~")) {
             free(v);
             buf_adds(b, "null");

@@ -1,8 +1,11 @@
-/* Unit tests of the positioned YAML tree and its strict helpers. */
+/* Unit tests of the positioned YAML tree and its strict helpers, and of the
+ * configuration read from text (config_load_string). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
+#include "config/config.h"
+#include "json/json.h"
 #include "yaml/ytree.h"
 
 static ydoc *load(const char *text, char *err, size_t n)
@@ -58,10 +61,44 @@ static void test_distance(void)
     CHECK_INT(ytree_distance("", "abc"), 3);
 }
 
+/* A hook's options become JSON the sandbox decodes: plain scalars keep their type
+ * only when JSON has the same number, so the text always parses. */
+static void test_config_options(void)
+{
+    const char *text = "hooks:\n"
+                       "  order.created:\n"
+                       "    - script: ../lua/policies/route_order.lua\n"
+                       "      options: {i: 12, f: -1.5e3, z: 0, t: true, n: ~, e: '', s: \"7\",\n"
+                       "                dot: 5., lead: .5, oct: 012, hex: 0x1F, inf: -inf, nan: .nan, plus: +1}\n";
+    wixr_config c;
+    char err[1024] = "";
+    int rc = config_load_string(&c, WIXR_SOURCE_DIR "/config/test.yaml", text, strlen(text), err, sizeof err);
+    CHECK(rc == 0);
+    if (rc < 0) {
+        fprintf(stderr, "%s\n", err);
+        return;
+    }
+    CHECK_INT(c.nhooks, 1);
+    CHECK_STR(c.hooks[0].script, WIXR_SOURCE_DIR "/config/../lua/policies/route_order.lua");
+    CHECK_STR(c.hooks[0].options_json,
+              "{\"i\":12,\"f\":-1.5e3,\"z\":0,\"t\":true,\"n\":null,\"e\":\"\",\"s\":\"7\",\"dot\":\"5.\",\"lead\":\".5\","
+              "\"oct\":\"012\",\"hex\":\"0x1F\",\"inf\":\"-inf\",\"nan\":\".nan\",\"plus\":\"+1\"}");
+    json_doc *d;
+    CHECK(json_parse(c.hooks[0].options_json, strlen(c.hooks[0].options_json), 0, &d, NULL) != NULL);
+    json_doc_free(d);
+    config_free(&c);
+
+    /* errors name the text's file, like config_load does */
+    rc = config_load_string(&c, "inline.yaml", "hooks: [1]\n", 11, err, sizeof err);
+    CHECK(rc < 0);
+    CHECK_STR(err, "inline.yaml:1:8: hooks: expected a mapping, got a list");
+}
+
 int main(void)
 {
     test_positions();
     test_errors();
     test_distance();
+    test_config_options();
     return check_report();
 }
