@@ -17,6 +17,7 @@
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/inotify.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,6 +38,7 @@ static const double buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
 
 typedef struct intake {
     journal_new item;
+    pthread_cond_t wake;          /* signalled (under s->lock) once done is set: only its own waiter wakes */
     int done;
     int status;                   /* 0 inserted, 1 existed, -1 failed */
     char err[256];
@@ -71,7 +73,7 @@ typedef struct serve {
     char pid_path[PATH_MAX];
 
     pthread_mutex_t lock;         /* guards everything below that threads share */
-    pthread_cond_t queued, committed;
+    pthread_cond_t queued;
     intake *qhead, *qtail;
     int writer_stop;
     pthread_t writer;
@@ -272,7 +274,10 @@ static void *writer_main(void *arg)
             }
         }
         free(items);
-        pthread_cond_broadcast(&s->committed);
+        for (intake *q = batch, *next; q; q = next) {
+            next = q->next; /* q may be gone once its waiter runs */
+            pthread_cond_signal(&q->wake);
+        }
         uint64_t one = 1;
         if (write(s->evfd, &one, sizeof one) < 0) {
             /* the main loop polls anyway */
@@ -422,14 +427,10 @@ static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char
     }
     if (!id) {
         unsigned char r[16];
-        FILE *f = fopen("/dev/urandom", "rb");
-        if (!f || fread(r, 1, sizeof r, f) != sizeof r) {
-            if (f)
-                fclose(f);
+        if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
             json_doc_free(doc);
             return reply_error(c, 500, "INTERNAL", "no randomness for an event id");
         }
-        fclose(f);
         r[6] = (unsigned char)((r[6] & 0x0F) | 0x40);
         r[8] = (unsigned char)((r[8] & 0x3F) | 0x80);
         snprintf(idbuf, sizeof idbuf, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0], r[1],
@@ -453,6 +454,7 @@ static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char
     jw_init(&w, &data);
     jw_value(&w, v);
     intake q = {0};
+    pthread_cond_init(&q.wake, NULL);
     char *idcopy = strdup(id);
     q.item.id = idcopy;
     q.item.name = name;
@@ -462,6 +464,7 @@ static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char
     pthread_mutex_lock(&s->lock);
     if (s->draining) {
         pthread_mutex_unlock(&s->lock);
+        pthread_cond_destroy(&q.wake);
         buf_free(&data);
         free(idcopy);
         return reply_error(c, 503, "SHUTTING_DOWN", "the service is stopping; send the event again later");
@@ -473,8 +476,9 @@ static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char
     s->qtail = &q;
     pthread_cond_signal(&s->queued);
     while (!q.done)
-        pthread_cond_wait(&s->committed, &s->lock);
+        pthread_cond_wait(&q.wake, &s->lock);
     pthread_mutex_unlock(&s->lock);
+    pthread_cond_destroy(&q.wake);
     buf_free(&data);
     buf_t out;
     buf_init(&out, 0);
@@ -1237,7 +1241,6 @@ int serve_main(const serve_options *o)
     s->last_reload_ok = 1;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->queued, NULL);
-    pthread_cond_init(&s->committed, NULL);
     int rc = 1;
     char err[8192];
     s->boot_cfg = calloc(1, sizeof *s->boot_cfg);
