@@ -25,28 +25,49 @@
 #include <string.h>
 #include <time.h>
 
-#define JOURNAL_SCHEMA_VERSION 1
+#define JOURNAL_SCHEMA_VERSION 2
 #define PURGE_CHUNK 2000 /* rows deleted per transaction, so a big purge never holds the lock long */
 
 static const char *const state_names[EV__COUNT] = {"accepted", "running", "done", "retrying", "dead"};
 
-static const char *const schema =
-    "CREATE TABLE IF NOT EXISTS events("
-    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-    " id TEXT NOT NULL UNIQUE,"
-    " name TEXT NOT NULL,"
-    " data TEXT NOT NULL,"
-    " order_key TEXT,"
-    " state TEXT NOT NULL CHECK(state IN ('accepted','running','done','retrying','dead')),"
-    " attempts INTEGER NOT NULL DEFAULT 0,"
-    " next_attempt_ms INTEGER NOT NULL DEFAULT 0,"
-    " created_ms INTEGER NOT NULL,"
-    " updated_ms INTEGER NOT NULL,"
-    " last_error TEXT,"
-    " results TEXT);"
-    "CREATE INDEX IF NOT EXISTS events_state_seq ON events(state, seq);"
-    "CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE state IN ('accepted','running','retrying');"
-    "CREATE INDEX IF NOT EXISTS events_finished ON events(updated_ms) WHERE state IN ('done','dead');";
+/* The state sets as OR chains, not IN lists: SQLite (3.40) builds a
+ * temporary b-tree for each IN list it evaluates, and the partial indexes'
+ * predicates and the CHECK are evaluated on every insert and update, which
+ * made an IN list cost more than the row itself. The queries repeat the
+ * PENDING text exactly so the planner can use the partial index. */
+#define PENDING "(state = 'accepted' OR state = 'running' OR state = 'retrying')"
+#define FINISHED "(state = 'done' OR state = 'dead')"
+#define EVENTS_COLUMNS                                                                                    \
+    "(seq INTEGER PRIMARY KEY AUTOINCREMENT,"                                                             \
+    " id TEXT NOT NULL UNIQUE,"                                                                           \
+    " name TEXT NOT NULL,"                                                                                \
+    " data TEXT NOT NULL,"                                                                                \
+    " order_key TEXT,"                                                                                    \
+    " state TEXT NOT NULL CHECK(" PENDING " OR " FINISHED "),"                                            \
+    " attempts INTEGER NOT NULL DEFAULT 0,"                                                               \
+    " next_attempt_ms INTEGER NOT NULL DEFAULT 0,"                                                        \
+    " created_ms INTEGER NOT NULL,"                                                                       \
+    " updated_ms INTEGER NOT NULL,"                                                                       \
+    " last_error TEXT,"                                                                                   \
+    " results TEXT)"
+#define EVENTS_INDEXES                                                                                    \
+    "CREATE INDEX IF NOT EXISTS events_state_seq ON events(state, seq);"                                  \
+    "CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE " PENDING ";"                         \
+    "CREATE INDEX IF NOT EXISTS events_finished ON events(updated_ms) WHERE " FINISHED ";"
+
+static const char *const schema = "CREATE TABLE IF NOT EXISTS events" EVENTS_COLUMNS ";" EVENTS_INDEXES;
+
+/* Format 1 had IN lists in the CHECK and the partial indexes: the table is
+ * rebuilt with the same rows (and seq numbers; the sequence is kept). */
+static const char *const migrate_1_to_2 =
+    "CREATE TABLE events_v2" EVENTS_COLUMNS ";"
+    "INSERT INTO events_v2 SELECT * FROM events;"
+    "CREATE TEMP TABLE old_seq AS SELECT seq FROM sqlite_sequence WHERE name = 'events';"
+    "DROP TABLE events;"
+    "ALTER TABLE events_v2 RENAME TO events;"
+    "INSERT OR IGNORE INTO sqlite_sequence(name, seq) VALUES('events', 0);"
+    "UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT seq FROM old_seq), 0)) WHERE name = 'events';"
+    "DROP TABLE old_seq;" EVENTS_INDEXES;
 
 #define EV_COLS \
     "seq, id, name, data, order_key, state, attempts, next_attempt_ms, created_ms, updated_ms, last_error, results"
@@ -69,6 +90,8 @@ enum {
     ST_COUNTS,
     ST_LIST_ANY,
     ST_LIST_STATE,
+    ST_RUNNABLE,
+    ST_WAITING_KEYS,
     ST__COUNT
 };
 
@@ -80,8 +103,7 @@ static const char *const sql[ST__COUNT] = {
                   " updated_ms) VALUES(?1, ?2, ?3, ?4, 'accepted', 0, 0, ?5, ?5) ON CONFLICT(id) DO NOTHING",
     [ST_GET] = "SELECT " EV_COLS " FROM events WHERE id = ?1",
     [ST_PENDING] = "SELECT " EV_COLS " FROM events INDEXED BY events_pending"
-                   " WHERE state IN ('accepted','running','retrying')"
-                   " ORDER BY seq LIMIT ?1",
+                   " WHERE " PENDING " ORDER BY seq LIMIT ?1",
     [ST_RUNNING] = "UPDATE events SET state = 'running', attempts = attempts + 1, next_attempt_ms = 0,"
                    " updated_ms = ?2 WHERE id = ?1",
     [ST_DONE] = "UPDATE events SET state = 'done', next_attempt_ms = 0, last_error = NULL, results = ?2,"
@@ -92,14 +114,19 @@ static const char *const sql[ST__COUNT] = {
                 " updated_ms = ?4 WHERE id = ?1",
     [ST_RECOVER] = "UPDATE events SET state = 'accepted', updated_ms = ?1 WHERE state = 'running'",
     [ST_RETRY] = "UPDATE events SET state = 'accepted', attempts = 0, next_attempt_ms = 0, updated_ms = ?2"
-                 " WHERE id = ?1 AND state IN ('dead','retrying')",
+                 " WHERE id = ?1 AND (state = 'dead' OR state = 'retrying')",
     [ST_RETRY_DEAD] = "UPDATE events SET state = 'accepted', attempts = 0, next_attempt_ms = 0, updated_ms = ?1"
                       " WHERE state = 'dead'",
     [ST_PURGE] = "DELETE FROM events WHERE seq IN (SELECT seq FROM events INDEXED BY events_finished"
-                 " WHERE state IN ('done','dead') AND updated_ms < ?1 LIMIT ?2)",
+                 " WHERE " FINISHED " AND updated_ms < ?1 LIMIT ?2)",
     [ST_COUNTS] = "SELECT state, count(*) FROM events GROUP BY state",
     [ST_LIST_ANY] = "SELECT " EV_COLS " FROM events ORDER BY seq DESC LIMIT ?1",
     [ST_LIST_STATE] = "SELECT " EV_COLS " FROM events WHERE state = ?1 ORDER BY seq DESC LIMIT ?2",
+    [ST_RUNNABLE] = "SELECT " EV_COLS " FROM events INDEXED BY events_pending WHERE " PENDING
+                    " AND (state <> 'retrying' OR next_attempt_ms <= ?2) ORDER BY seq LIMIT ?1",
+    /* (no DISTINCT: it would build a temporary b-tree each time; the caller skips repeats) */
+    [ST_WAITING_KEYS] = "SELECT order_key FROM events INDEXED BY events_pending WHERE " PENDING
+                        " AND state = 'retrying' AND next_attempt_ms > ?1 AND order_key IS NOT NULL",
 };
 
 struct journal {
@@ -292,6 +319,32 @@ static int setup_schema(sqlite3 *db, const char *path, char *err, size_t errlen)
         }
         version = JOURNAL_SCHEMA_VERSION;
     }
+    if (version == 1) {
+        char *msg = NULL;
+        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
+            pragma_int(db, "PRAGMA user_version", &version) < 0) {
+            snprintf(err, errlen, "%s: upgrading the journal: %s", path, msg ? msg : sqlite3_errmsg(db));
+            sqlite3_free(msg);
+            if (!sqlite3_get_autocommit(db))
+                sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            return -1;
+        }
+        /* (another process may have upgraded it while this one waited for the lock) */
+        if (version == 1 && (sqlite3_exec(db, migrate_1_to_2, NULL, NULL, &msg) != SQLITE_OK ||
+                             sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, &msg) != SQLITE_OK)) {
+            snprintf(err, errlen, "%s: upgrading the journal: %s", path, msg ? msg : sqlite3_errmsg(db));
+            sqlite3_free(msg);
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            return -1;
+        }
+        if (sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
+            snprintf(err, errlen, "%s: upgrading the journal: %s", path, msg ? msg : sqlite3_errmsg(db));
+            sqlite3_free(msg);
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            return -1;
+        }
+        version = JOURNAL_SCHEMA_VERSION;
+    }
     if (version != JOURNAL_SCHEMA_VERSION) {
         snprintf(err, errlen, "%s: journal format %lld is not the one this wixr knows (%d)%s", path, version,
                  JOURNAL_SCHEMA_VERSION, version > JOURNAL_SCHEMA_VERSION ? "; it was written by a newer wixr" : "");
@@ -399,54 +452,52 @@ int journal_checkpoint(journal *j)
 
 int journal_runnable(journal *j, long long now_ms, int limit, journal_event **out, int *n)
 {
-    sqlite3_stmt *st = NULL;
     *out = NULL;
     *n = 0;
     lock(j);
-    int rc = -1;
-    if (sqlite3_prepare_v2(j->db,
-                           "SELECT " EV_COLS " FROM events INDEXED BY events_pending"
-                           " WHERE state IN ('accepted','running','retrying')"
-                           " AND (state <> 'retrying' OR next_attempt_ms <= ?2) ORDER BY seq LIMIT ?1",
-                           -1, &st, NULL) == SQLITE_OK) {
-        sqlite3_bind_int(st, 1, limit > 0 ? limit : -1);
-        sqlite3_bind_int64(st, 2, now_ms);
-        rc = collect(j, st, out, n);
-    }
-    sqlite3_finalize(st);
+    sqlite3_stmt *st = stmt(j, ST_RUNNABLE);
+    sqlite3_bind_int(st, 1, limit > 0 ? limit : -1);
+    sqlite3_bind_int64(st, 2, now_ms);
+    int rc = collect(j, st, out, n);
     unlock(j);
     return rc;
 }
 
 int journal_waiting_keys(journal *j, long long now_ms, char ***keys, int *n)
 {
-    sqlite3_stmt *st = NULL;
     *keys = NULL;
     *n = 0;
     lock(j);
-    int rc = -1;
-    if (sqlite3_prepare_v2(j->db,
-                           "SELECT DISTINCT order_key FROM events INDEXED BY events_pending"
-                           " WHERE state IN ('accepted','running','retrying') AND state = 'retrying'"
-                           " AND next_attempt_ms > ?1 AND order_key IS NOT NULL",
-                           -1, &st, NULL) == SQLITE_OK) {
-        sqlite3_bind_int64(st, 1, now_ms);
-        int cap = 0;
-        rc = 0;
-        while (sqlite3_step(st) == SQLITE_ROW) {
-            if (*n == cap) {
-                cap = cap ? cap * 2 : 16;
-                char **nk = realloc(*keys, (size_t)cap * sizeof *nk);
-                if (!nk) {
-                    rc = -1;
-                    break;
-                }
-                *keys = nk;
+    sqlite3_stmt *st = stmt(j, ST_WAITING_KEYS);
+    sqlite3_bind_int64(st, 1, now_ms);
+    int cap = 0, rc = 0, step;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *k = (const char *)sqlite3_column_text(st, 0);
+        int seen = 0;
+        for (int i = 0; i < *n && !seen; i++)
+            seen = !strcmp((*keys)[i], k);
+        if (seen)
+            continue;
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 16;
+            char **nk = realloc(*keys, (size_t)cap * sizeof *nk);
+            if (!nk) {
+                rc = -1;
+                break;
             }
-            (*keys)[(*n)++] = strdup((const char *)sqlite3_column_text(st, 0));
+            *keys = nk;
         }
+        if (!((*keys)[*n] = strdup(k))) {
+            rc = -1;
+            break;
+        }
+        (*n)++;
     }
-    sqlite3_finalize(st);
+    if (step != SQLITE_DONE && step != SQLITE_ROW) {
+        set_err(j, "reading waiting keys");
+        rc = -1;
+    }
+    sqlite3_reset(st);
     unlock(j);
     return rc;
 }

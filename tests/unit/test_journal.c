@@ -1,8 +1,9 @@
 /*
  * Unit tests of the event journal: accept and duplicates (one by one and
  * in a group commit), every transition, pending order, crash recovery,
- * retry, purge by age, counts, list, two handles on one file (one writing
- * while the other reads), reopening, and a child process killed with
+ * retry, purge by age, counts, list, the upgrade of a format-1 file, two
+ * handles on one file (one writing while the other reads), reopening, and
+ * a child process killed with
  * SIGKILL while it accepts events (nothing it reported is lost, the file
  * passes integrity_check).
  */
@@ -471,6 +472,79 @@ static void test_reopen(void)
     CHECK(strstr(err, bad) != NULL);
 }
 
+/* A format-1 journal (IN lists in the CHECK and the partial indexes) is
+ * upgraded in place when opened: same rows, same seq numbers, the sequence
+ * kept past purged rows, and the pending/finished indexes in use again. */
+static void test_upgrade_from_format_1(void)
+{
+    char path[256];
+    new_path(path, sizeof path);
+    sqlite3 *db;
+    CHECK_INT(sqlite3_open(path, &db), SQLITE_OK);
+    const char *v1 =
+        "CREATE TABLE events(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL,"
+        " data TEXT NOT NULL, order_key TEXT,"
+        " state TEXT NOT NULL CHECK(state IN ('accepted','running','done','retrying','dead')),"
+        " attempts INTEGER NOT NULL DEFAULT 0, next_attempt_ms INTEGER NOT NULL DEFAULT 0,"
+        " created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, last_error TEXT, results TEXT);"
+        "CREATE INDEX events_state_seq ON events(state, seq);"
+        "CREATE INDEX events_pending ON events(seq) WHERE state IN ('accepted','running','retrying');"
+        "CREATE INDEX events_finished ON events(updated_ms) WHERE state IN ('done','dead');"
+        "INSERT INTO events VALUES(3, 'u1', 'order.created', '{\"a\":1}', 'k=1', 'retrying', 2, 99, 10, 20, 'boom', '[]');"
+        "INSERT INTO events VALUES(5, 'u2', 'order.created', '{}', NULL, 'done', 1, 0, 11, 21, NULL, '[1]');"
+        "INSERT INTO events VALUES(9, 'u3', 'x', '{}', NULL, 'accepted', 0, 0, 12, 22, NULL, NULL);"
+        "DELETE FROM events WHERE seq = 9;" /* the sequence stays at 9 */
+        "PRAGMA user_version = 1;";
+    char *msg = NULL;
+    CHECK_INT(sqlite3_exec(db, v1, NULL, NULL, &msg), SQLITE_OK);
+    sqlite3_free(msg);
+    sqlite3_close(db);
+
+    journal *j = open_j(path);
+    CHECK(j != NULL);
+    if (!j)
+        return;
+    journal_event e;
+    CHECK_INT(journal_get(j, "u1", &e), 0);
+    CHECK_INT(e.seq, 3);
+    CHECK(e.state == EV_RETRYING);
+    CHECK_STR(e.order_key, "k=1");
+    CHECK_STR(e.last_error, "boom");
+    CHECK_INT(e.attempts, 2);
+    CHECK_INT(e.next_attempt_ms, 99);
+    journal_event_free(&e);
+    CHECK(state_of(j, "u2") == EV_DONE);
+    CHECK_INT(accept_ev(j, "u4", "n", "{}"), 0);
+    CHECK_INT(journal_get(j, "u4", &e), 0);
+    CHECK(e.seq > 9);
+    journal_event_free(&e);
+    journal_event *list = NULL;
+    int n = 0;
+    CHECK_INT(journal_pending(j, 10, &list, &n), 0);
+    CHECK_INT(n, 2); /* u1 (retrying) and u4 */
+    if (n == 2) {
+        CHECK_STR(list[0].id, "u1");
+        CHECK_STR(list[1].id, "u4");
+    }
+    journal_events_free(list, n);
+    journal_close(j);
+
+    CHECK_INT(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    CHECK_INT(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+    CHECK_INT(sqlite3_step(st), SQLITE_ROW);
+    CHECK_INT(sqlite3_column_int(st, 0), 2);
+    sqlite3_finalize(st);
+    CHECK_INT(sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master WHERE sql LIKE '% IN (%'", -1, &st, NULL),
+              SQLITE_OK);
+    CHECK_INT(sqlite3_step(st), SQLITE_ROW);
+    CHECK_INT(sqlite3_column_int(st, 0), 0);
+    sqlite3_finalize(st);
+    /* a bad state is still refused */
+    CHECK(sqlite3_exec(db, "UPDATE events SET state = 'lost' WHERE id = 'u1'", NULL, NULL, NULL) == SQLITE_CONSTRAINT);
+    sqlite3_close(db);
+}
+
 /* ---- two handles on one file ---- */
 
 #define WRITER_EVENTS 150
@@ -716,6 +790,7 @@ int main(void)
     test_pending_recover_retry();
     test_purge_counts_list();
     test_reopen();
+    test_upgrade_from_format_1();
     test_two_handles();
     test_crash();
     char cmd[300];
