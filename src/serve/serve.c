@@ -837,9 +837,13 @@ static void dispatch_marks(serve *s)
             continue;
         }
         if (e->attempts >= max_attempts) {
-            /* every attempt was used, the last ones cut short by a stop of the service */
-            journal_mark_dead(s->jmain, e->id, "its attempts were used up (the service stopped during a run)",
-                              e->results_json);
+            /* every attempt was used, the last ones cut short by a stop of the service;
+             * the error of the last run that ended is kept */
+            char why[2048];
+            snprintf(why, sizeof why, "its attempts were used up (the service stopped during a run)%s%.1900s",
+                     e->last_error && *e->last_error ? "; the last error: " : "",
+                     e->last_error ? e->last_error : "");
+            journal_mark_dead(s->jmain, e->id, why, e->results_json);
             s->dead_total++;
             continue;
         }
