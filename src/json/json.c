@@ -160,6 +160,48 @@ static size_t put_utf8(char *o, unsigned cp)
 }
 
 /* Length of a valid UTF-8 sequence at q, or 0. */
+/* Word-at-a-time scans (8 bytes per step). In each, a byte's high bit in
+ * the mask is set where the byte matches; false matches occur only above a
+ * true one, and either way the scan stops to look byte by byte. */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+static uint64_t zero_bytes(uint64_t v) { return (v - ONES) & ~v; }
+
+/* Length of the run at p of printable ASCII other than '"' and '\\': bytes
+ * a JSON string holds as they are, in both directions. */
+static size_t plain_run(const unsigned char *p, const unsigned char *end)
+{
+    const unsigned char *q = p;
+    while (end - q >= 8) {
+        uint64_t v;
+        memcpy(&v, q, 8);
+        uint64_t special = ((v - 0x20 * ONES) & ~v) | zero_bytes(v ^ (0x22 * ONES)) | zero_bytes(v ^ (0x5C * ONES)) | v;
+        if (special & HIGHS)
+            break;
+        q += 8;
+    }
+    while (q < end && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\')
+        q++;
+    return (size_t)(q - p);
+}
+
+/* Length of the run at p without '"' or '\\'. */
+static size_t quote_free_run(const unsigned char *p, const unsigned char *end)
+{
+    const unsigned char *q = p;
+    while (end - q >= 8) {
+        uint64_t v;
+        memcpy(&v, q, 8);
+        if ((zero_bytes(v ^ (0x22 * ONES)) | zero_bytes(v ^ (0x5C * ONES))) & HIGHS)
+            break;
+        q += 8;
+    }
+    while (q < end && *q != '"' && *q != '\\')
+        q++;
+    return (size_t)(q - p);
+}
+
 static size_t utf8_len(const unsigned char *q, const unsigned char *end)
 {
     unsigned c = q[0];
@@ -198,10 +240,15 @@ static int parse_string(parser *ps, const char **out, size_t *outlen)
     const char *q = ps->p + 1;
     /* First pass: find the end and the decoded length upper bound. */
     const char *s = q;
-    while (s < ps->end && *s != '"') {
-        if (*s == '\\')
-            s++;
-        s++;
+    for (;;) {
+        s += quote_free_run((const unsigned char *)s, (const unsigned char *)ps->end);
+        if (s >= ps->end || *s == '"')
+            break;
+        if (ps->end - s < 2) {
+            s = ps->end; /* a backslash at the very end */
+            break;
+        }
+        s += 2; /* a backslash and the character it escapes */
     }
     if (s >= ps->end) {
         fail(ps, ps->p, "unterminated string");
@@ -214,6 +261,13 @@ static int parse_string(parser *ps, const char **out, size_t *outlen)
     }
     size_t n = 0;
     while (q < ps->end && *q != '"') {
+        size_t run = plain_run((const unsigned char *)q, (const unsigned char *)ps->end);
+        if (run) {
+            memcpy(o + n, q, run);
+            n += run;
+            q += run;
+            continue;
+        }
         unsigned char c = (unsigned char)*q;
         if (c < 0x20) {
             fail(ps, q, "control character in string");
@@ -596,6 +650,14 @@ void json_quote(buf_t *b, const char *s, size_t n)
     char *o = b->data + b->len;
     *o++ = '"';
     for (size_t i = 0; i < n; i++) {
+        size_t run = plain_run(u + i, end);
+        if (run) {
+            memcpy(o, s + i, run);
+            o += run;
+            i += run;
+            if (i >= n)
+                break;
+        }
         unsigned char c = u[i];
         if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
             *o++ = (char)c;

@@ -139,6 +139,67 @@ static void test_quote_long(void)
     buf_free(&b);
 }
 
+/* Strings are scanned 8 bytes at a time: a byte that needs care (a quote, a
+ * backslash, a control character, UTF-8) at every position of strings of
+ * every length up to 40, against the expected escaping, both ways. */
+static void test_quote_word_boundaries(void)
+{
+    static const char *const specials[] = {"\"", "\\", "\n", "\x01", "\xc3\xa9", "\x7f"};
+    static const char *const escaped[] = {"\\\"", "\\\\", "\\n", "\\u0001", "\xc3\xa9", "\x7f"};
+    int bad = 0;
+    for (size_t k = 0; k < sizeof specials / sizeof *specials; k++) {
+        for (size_t len = 0; len <= 40; len++) {
+            for (size_t at = 0; at <= len; at++) {
+                char in[64], want[80];
+                size_t sl = strlen(specials[k]), n = 0, w = 0;
+                want[w++] = '"';
+                for (size_t i = 0; i < len; i++) {
+                    if (i == at) {
+                        memcpy(in + n, specials[k], sl);
+                        n += sl;
+                        memcpy(want + w, escaped[k], strlen(escaped[k]));
+                        w += strlen(escaped[k]);
+                    }
+                    in[n++] = (char)('a' + i % 26);
+                    want[w++] = (char)('a' + i % 26);
+                }
+                if (at == len) {
+                    memcpy(in + n, specials[k], sl);
+                    n += sl;
+                    memcpy(want + w, escaped[k], strlen(escaped[k]));
+                    w += strlen(escaped[k]);
+                }
+                want[w++] = '"';
+                buf_t b;
+                buf_init(&b, 0);
+                json_quote(&b, in, n);
+                if (b.len != w || memcmp(b.data, want, w)) {
+                    bad++;
+                } else {
+                    json_doc *d;
+                    json_value *v = json_parse(b.data, b.len, 0, &d, NULL);
+                    if (!v || v->type != JSON_STRING || v->u.str.len != n || memcmp(v->u.str.s, in, n))
+                        bad++;
+                    json_doc_free(d);
+                }
+                buf_free(&b);
+            }
+        }
+    }
+    CHECK_INT(bad, 0);
+    /* an unterminated string and a backslash at the very end are errors at any length */
+    for (size_t len = 0; len < 20; len++) {
+        char text[32] = "\"";
+        memset(text + 1, 'x', len);
+        json_doc *d;
+        CHECK(json_parse(text, len + 1, 0, &d, NULL) == NULL);
+        json_doc_free(d);
+        text[len + 1] = '\\';
+        CHECK(json_parse(text, len + 2, 0, &d, NULL) == NULL);
+        json_doc_free(d);
+    }
+}
+
 /* What the writer writes parses back, whatever the bytes: invalid UTF-8 (a
  * raw byte from a URL, a message cut in the middle of a character) becomes
  * U+FFFD; valid sequences stay as they are. */
@@ -220,6 +281,7 @@ int main(void)
     test_depth();
     test_writer_roundtrip();
     test_quote_long();
+    test_quote_word_boundaries();
     test_quote_utf8();
     test_num_large();
     test_buf_limit();
