@@ -499,6 +499,11 @@ static void admin_requests(emu_ctx *c)
     long long since = query_param(c->req->query, "since", 0);
     long long limit = query_param(c->req->query, "limit", 1000);
     emu_t *e = c->e;
+    /* strtoll saturates: keep since + 1 and limit-- inside long long */
+    if (since > e->log_seq)
+        since = e->log_seq;
+    if (limit < 0)
+        limit = 0;
     long long first = e->log_seq - EMU_LOG_SIZE + 1;
     if (first < 1)
         first = 1;

@@ -233,6 +233,37 @@ static void test_dates(void)
     CHECK(emu_parse_date("2021-13-02T15:45:30Z", &ms) < 0);
 }
 
+/* Inputs the fuzzers found (tests/fuzz/regressions/): each answer is one JSON object. */
+static void test_fuzz_findings(void)
+{
+    emu_t *e = open_emu(":memory:", 0);
+    if (!e)
+        return;
+    json_doc *d;
+    json_value *v;
+    /* A raw byte of the path echoed in the message: the body is still UTF-8 JSON. */
+    CHECK_INT(call(e, "GET", "/resellers/v1/packages/\xfe", JANE, NULL, &d, &v), 400);
+    CHECK(v && v->type == JSON_OBJECT);
+    json_doc_free(d);
+    CHECK_INT(call(e, "GET", "/\xc3", JANE, NULL, &d, &v), 404);
+    CHECK(v && strstr(json_get_str(v, "message"), "\xef\xbf\xbd"));
+    json_doc_free(d);
+    /* The request log with numbers strtoll saturates. */
+    emu_request rq = {.method = "GET", .path = "/__admin/requests",
+                      .query = "since=99999999999999999999&limit=-99999999999999999999"};
+    emu_response rs;
+    emu_handle(e, &rq, &rs);
+    CHECK_INT(rs.status, 200);
+    CHECK(strstr(rs.body, "\"requests\":[]") != NULL);
+    emu_response_free(&rs);
+    rq.query = "since=-99999999999999999999&limit=99999999999999999999";
+    emu_handle(e, &rq, &rs);
+    CHECK_INT(rs.status, 200);
+    CHECK(strstr(rs.body, "\"seq\":1,") != NULL);
+    emu_response_free(&rs);
+    emu_close(e);
+}
+
 int main(void)
 {
     test_catalog_errors();
@@ -240,5 +271,6 @@ int main(void)
     test_rules_rollback();
     test_filter();
     test_dates();
+    test_fuzz_findings();
     return check_report();
 }
