@@ -295,10 +295,13 @@ static int sbx_coresume(lua_State *L)
 }
 
 /* setmetatable: as Lua's, but no __gc: finalizers run with hooks off, out of
- * reach of every limit. */
+ * reach of every limit. The second argument is checked as Lua's own does:
+ * lua_setmetatable takes any other value for a table (memory corruption). */
 static int sbx_setmetatable(lua_State *L)
 {
-    if (lua_type(L, 2) == LUA_TTABLE && lua_getfield(L, 2, "__gc") != LUA_TNIL)
+    int t = lua_type(L, 2);
+    luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+    if (t == LUA_TTABLE && lua_getfield(L, 2, "__gc") != LUA_TNIL)
         return luaL_error(L, "setmetatable: __gc finalizers are not allowed in scripts");
     lua_settop(L, 2);
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -595,6 +598,11 @@ static void run_done(sched_task *t, lua_State *co, int status, void *arg)
         return;
     }
     buf_t b;
+    /* wix.lua calls setmetatable with tables a script can reach and change
+     * (wix.Error, the metatables of tasks and of wix.array): the checked one,
+     * so that no object of a hook state ever gets a __gc finalizer. */
+    lua_pushcfunction(L, sbx_setmetatable);
+    lua_setglobal(L, "setmetatable");
     char err[256];
     buf_init(&b, 16 * 1024 * 1024);
     if (lua_gettop(co) == 0 || lua_isnil(co, 1)) {
