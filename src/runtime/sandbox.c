@@ -90,7 +90,17 @@ static void limit_hook(lua_State *L, lua_Debug *ar)
 
 void sandbox_adopt_thread(lua_State *parent, lua_State *child)
 {
-    *(wixr_ctx **)lua_getextraspace(child) = ctx_of(parent);
+    wixr_ctx *c = ctx_of(parent);
+    if (c && c->hook) {
+        /* The task works for the run going on, wherever it was started from:
+         * a coroutine of the script carries the hook's context (no run), and
+         * a task left with it would run outside every limit and permission. */
+        hook_run *r = sandbox_current_run(parent);
+        *(wixr_ctx **)lua_getextraspace(child) = r ? &r->ctx : c;
+        lua_sethook(child, limit_hook, LUA_MASKCOUNT, r && r->tripped ? 1 : HOOK_EVERY);
+        return;
+    }
+    *(wixr_ctx **)lua_getextraspace(child) = c;
     lua_Hook h = lua_gethook(parent);
     if (h)
         lua_sethook(child, h, lua_gethookmask(parent), lua_gethookcount(parent));

@@ -201,7 +201,12 @@ sched_task *sched_spawn_in(sched_t *s, lua_State *L, int nargs, unsigned long gr
     t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_xmove(L, t->co, nargs + 1);
     t->nargs = nargs;
-    t->L = L;
+    /* The state's main thread, whichever thread spawned it: sched_forget_state
+     * finds every task of a state this way (a wix.spawn task left sleeping
+     * when its run ended would otherwise outlive its state). */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    t->L = lua_tothread(L, -1);
+    lua_pop(L, 1);
     t->group = group;
     t->id = ++s->next_id;
     t->done = done;

@@ -233,6 +233,11 @@ static int l_spawn(lua_State *L)
     luaL_checktype(L, 1, LUA_TFUNCTION);
     int nargs = lua_gettop(L) - 1;
     sched_task *cur = sched_current(h->sched);
+    /* A hook's tasks belong to a run (its limits, permissions and end); while
+     * the script loads there is none, and a task started then would outlive it. */
+    if (ctx_of(L)->hook && !cur)
+        return luaL_error(L, "wix.spawn: tasks can only be started by a run of the handler, not while the "
+                             "script loads");
     unsigned long group = cur ? sched_task_group(cur) : 0;
     sched_task *t = sched_spawn_in(h->sched, L, nargs, group, spawn_done, NULL);
     if (!t)
