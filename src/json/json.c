@@ -176,12 +176,12 @@ static size_t plain_run(const unsigned char *p, const unsigned char *end)
     while (end - q >= 8) {
         uint64_t v;
         memcpy(&v, q, 8);
-        uint64_t special = ((v - 0x20 * ONES) & ~v) | zero_bytes(v ^ (0x22 * ONES)) | zero_bytes(v ^ (0x5C * ONES)) | v;
-        if (special & HIGHS)
-            break;
+        uint64_t special = (((v - 0x20 * ONES) & ~v) | zero_bytes(v ^ (0x22 * ONES)) | zero_bytes(v ^ (0x5C * ONES)) | v) & HIGHS;
+        if (special)
+            return (size_t)(q - p) + (size_t)__builtin_ctzll(special) / 8; /* the lowest match is a true one */
         q += 8;
     }
-    while (q < end && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\')
+    while (q < end && (unsigned)(*q - 0x20) < 0x60 && *q != '"' && *q != '\\')
         q++;
     return (size_t)(q - p);
 }
@@ -193,8 +193,9 @@ static size_t quote_free_run(const unsigned char *p, const unsigned char *end)
     while (end - q >= 8) {
         uint64_t v;
         memcpy(&v, q, 8);
-        if ((zero_bytes(v ^ (0x22 * ONES)) | zero_bytes(v ^ (0x5C * ONES))) & HIGHS)
-            break;
+        uint64_t special = (zero_bytes(v ^ (0x22 * ONES)) | zero_bytes(v ^ (0x5C * ONES))) & HIGHS;
+        if (special)
+            return (size_t)(q - p) + (size_t)__builtin_ctzll(special) / 8;
         q += 8;
     }
     while (q < end && *q != '"' && *q != '\\')
