@@ -470,6 +470,11 @@ static int open_state(lua_State *L)
         lua_pop(L, 1);
     }
     host_register_modules(L);
+    /* wix.lua calls setmetatable with tables a script can reach and change
+     * (wix.Error, the metatables of tasks and of wix.array): the checked one,
+     * so that no object of a hook state ever gets a __gc finalizer. */
+    lua_pushcfunction(L, sbx_setmetatable);
+    lua_setglobal(L, "setmetatable");
     /* wix.lua is loaded before any script code runs, with the real libraries. */
     lua_getglobal(L, "require");
     lua_pushliteral(L, "wix");
@@ -608,11 +613,6 @@ static void run_done(sched_task *t, lua_State *co, int status, void *arg)
         return;
     }
     buf_t b;
-    /* wix.lua calls setmetatable with tables a script can reach and change
-     * (wix.Error, the metatables of tasks and of wix.array): the checked one,
-     * so that no object of a hook state ever gets a __gc finalizer. */
-    lua_pushcfunction(L, sbx_setmetatable);
-    lua_setglobal(L, "setmetatable");
     char err[256];
     buf_init(&b, 16 * 1024 * 1024);
     if (lua_gettop(co) == 0 || lua_isnil(co, 1)) {
