@@ -270,12 +270,31 @@ static const char *const utf8_names[] = {"char", "charpattern", "codes", "codepo
 static const char *const coroutine_names[] = {"resume", "yield", "status", "isyieldable", "running", "close", NULL};
 static const char *const os_names[] = {"time", "clock", "date", "difftime", NULL};
 
+/* A coroutine the script made (coroutine.create/wrap) carries the hook's own
+ * context; the scheduler's threads (a run, its wix.spawn tasks) carry their
+ * run's. A script resumes, closes and yields only its own coroutines:
+ * resuming a task parked on an API call would hand it made-up values for the
+ * answer, and a yield from the run's thread would park it where nothing
+ * wakes it. */
+static int script_coroutine(lua_State *L, lua_State *co)
+{
+    hook_rt *k = ctx_of(L)->hook;
+    return k && co != k->L && ctx_of(co) == &k->ctx;
+}
+
+static const char not_own[] = "a coroutine wixr runs (only those made with coroutine.create or wrap)";
+
 /* coroutine.resume: as Lua's, but a limit tripped inside the coroutine ends
  * the run instead of coming back as (false, message). */
 static int sbx_coresume(lua_State *L)
 {
     lua_State *co = lua_tothread(L, 1);
     luaL_argexpected(L, co, 1, "coroutine");
+    if (!script_coroutine(L, co)) {
+        lua_pushboolean(L, 0);
+        lua_pushfstring(L, "cannot resume %s", not_own);
+        return 2;
+    }
     int narg = lua_gettop(L) - 1, nres;
     if (!lua_checkstack(co, narg))
         return luaL_error(L, "too many arguments to resume");
@@ -302,6 +321,33 @@ static int sbx_coresume(lua_State *L)
     lua_pushboolean(L, 0);
     lua_xmove(co, L, 1);
     return 2;
+}
+
+static int sbx_coclose(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, 1);
+    luaL_argexpected(L, co, 1, "coroutine");
+    if (!script_coroutine(L, co))
+        return luaL_error(L, "cannot close %s", not_own);
+    lua_pushvalue(L, lua_upvalueindex(1)); /* Lua's coroutine.close */
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int sbx_coyield(lua_State *L)
+{
+    if (!script_coroutine(L, L))
+        return luaL_error(L, "attempt to yield from outside a coroutine");
+    return lua_yield(L, lua_gettop(L));
+}
+
+static int sbx_coisyieldable(lua_State *L)
+{
+    lua_State *co = lua_isnone(L, 1) ? L : lua_tothread(L, 1);
+    luaL_argexpected(L, co, 1, "coroutine");
+    lua_pushboolean(L, script_coroutine(L, co) && lua_isyieldable(co));
+    return 1;
 }
 
 /* setmetatable: as Lua's, but no __gc: finalizers run with hooks off, out of
@@ -398,6 +444,13 @@ static int build_env(lua_State *L)
     lua_setfield(L, -2, "create");
     lua_pushcfunction(L, sbx_coresume);
     lua_setfield(L, -2, "resume");
+    lua_getfield(L, -1, "close");
+    lua_pushcclosure(L, sbx_coclose, 1);
+    lua_setfield(L, -2, "close");
+    lua_pushcfunction(L, sbx_coyield);
+    lua_setfield(L, -2, "yield");
+    lua_pushcfunction(L, sbx_coisyieldable);
+    lua_setfield(L, -2, "isyieldable");
     if (luaL_loadstring(L, wrap_glue) != LUA_OK)
         return lua_error(L);
     lua_pushcfunction(L, sbx_cocreate);
