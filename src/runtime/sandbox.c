@@ -584,7 +584,14 @@ hook_rt *hook_load(wixr_host *h, const wixr_config *cfg, const hook_def *def, ch
     lua_sethook(L, NULL, 0, 0);
     *(wixr_ctx **)lua_getextraspace(L) = &k->ctx;
     if (st != LUA_OK) {
-        snprintf(err, errlen, "%s", st == LUA_ERRMEM ? "memory limit exceeded while loading" : lua_tostring(L, -1));
+        /* (an error object's __tostring is not called: no limits apply here) */
+        const char *msg = lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER ? lua_tostring(L, -1) : NULL;
+        if (st == LUA_ERRMEM)
+            snprintf(err, errlen, "%s: memory limit exceeded while loading", def->script);
+        else if (msg)
+            snprintf(err, errlen, "%s", msg);
+        else
+            snprintf(err, errlen, "%s: the script raised a %s value while loading", def->script, luaL_typename(L, -1));
         goto fail;
     }
     if (!lua_isfunction(L, -1)) {
@@ -648,6 +655,45 @@ static void finish(hook_run *r, int ok, char *result_json, const char *error)
     r->done(r, r->done_arg);
 }
 
+static int error_text_call(lua_State *L)
+{
+    lua_pushstring(L, host_error_text(L, 1));
+    return 1;
+}
+
+/* The text of a run's error value (at the top of co, which has ended). An
+ * error object's __tostring is script code: it runs protected, on the hook's
+ * main thread, under the run's limits -- never unbounded, and an error in it
+ * cannot reach C unprotected. */
+static void run_error_text(hook_run *r, lua_State *co, char *out, size_t n)
+{
+    int t = lua_type(co, -1);
+    if (t == LUA_TSTRING || t == LUA_TNUMBER) {
+        snprintf(out, n, "%s", lua_tostring(co, -1));
+        return;
+    }
+    lua_State *L = r->hook->L;
+    int top = lua_gettop(L);
+    wixr_ctx **slot = (wixr_ctx **)lua_getextraspace(L);
+    wixr_ctx *saved = *slot;
+    *slot = &r->ctx;
+    lua_sethook(L, limit_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    lua_pushcfunction(L, error_text_call);
+    lua_xmove(co, L, 1);
+    int st = lua_pcall(L, 1, 1, 0);
+    lua_sethook(L, NULL, 0, 0);
+    *slot = saved;
+    if (r->tripped)
+        snprintf(out, n, "%s", r->trip);
+    else if (st == LUA_ERRMEM)
+        snprintf(out, n, "memory limit exceeded (%ld MB)", r->hook->def->limits.memory_mb);
+    else if (st == LUA_OK && lua_type(L, -1) == LUA_TSTRING)
+        snprintf(out, n, "%s", lua_tostring(L, -1));
+    else
+        snprintf(out, n, "(error object is a %s value)", lua_typename(L, t));
+    lua_settop(L, top);
+}
+
 static void run_done(sched_task *t, lua_State *co, int status, void *arg)
 {
     (void)t;
@@ -656,12 +702,13 @@ static void run_done(sched_task *t, lua_State *co, int status, void *arg)
         return;
     lua_sethook(co, NULL, 0, 0);
     if (status != LUA_OK) {
-        const char *msg = status == LUA_ERRMEM ? "memory limit exceeded" : host_error_text(co, -1);
         char buf[1024];
         if (status == LUA_ERRMEM)
             snprintf(buf, sizeof buf, "memory limit exceeded (%ld MB)", r->hook->def->limits.memory_mb);
+        else if (r->tripped)
+            snprintf(buf, sizeof buf, "%s", r->trip); /* whatever the script raised after the limit struck */
         else
-            snprintf(buf, sizeof buf, "%s", msg);
+            run_error_text(r, co, buf, sizeof buf);
         finish(r, 0, NULL, buf);
         return;
     }
