@@ -367,49 +367,100 @@ static int sbx_setmetatable(lua_State *L)
     return 1;
 }
 
-/* Patterns: Lua's matcher backtracks without bound inside C, where no hook
- * runs. A pattern with k unanchored repetitions ('.-', '.*', '%a+' ...) over
- * a subject of n bytes can take n^k steps: refuse when n^k is over 1e9. */
-static int is_repeat(char c) { return c == '*' || c == '+' || c == '-'; }
+/* Patterns: Lua's matcher backtracks inside C, where no limit can stop it
+ * (the count hook only runs between Lua instructions). Its work on a subject
+ * of n bytes is bounded by the product of the choices of the pattern's items:
+ * n + 1 lengths for each repeated single-character class ('a*', '.-', '%d+',
+ * '[%w_]*'), two for an optional one ('x?'), a scan of the subject for a
+ * balance ('%b()') or a back-reference ('%1'); times n + 1 start positions
+ * unless the pattern is anchored with '^' (find, match and gsub honour it;
+ * gmatch does not). A call whose bound is over 1e9 steps (seconds of C) is
+ * refused. The bound is an upper one: a pattern it refuses may well have
+ * matched quickly, e.g. a line split with '(.-)\n' over a large text. */
+#define PATTERN_MAX_STEPS 1e9
 
-static int pattern_too_costly(const char *p, size_t plen, size_t n)
+static size_t set_end(const char *p, size_t plen, size_t i) /* p[i] == '[' */
 {
-    int k = 0;
-    for (size_t i = 0; i + 1 < plen; i++) {
-        if (p[i] == '%') {
+    i++;
+    if (i < plen && p[i] == '^')
+        i++;
+    do { /* as lstrlib's classEnd: the first character may be a ']' */
+        if (i >= plen)
+            return plen;
+        if (p[i++] == '%' && i < plen)
             i++;
-            if (i + 1 < plen && is_repeat(p[i + 1]))
-                k++;
-            continue;
-        }
-        if (is_repeat(p[i + 1]) && (p[i] == '.' || p[i] == ']'))
-            k++;
-    }
-    if (k < 2)
-        return 0;
-    double steps = 1;
-    for (int i = 0; i < k; i++)
-        steps *= (double)n;
-    return steps > 1e9;
+    } while (i < plen && p[i] != ']');
+    return i < plen ? i + 1 : plen;
 }
 
-static int guarded(lua_State *L, int plain_arg)
+static double pattern_steps(const char *p, size_t plen, size_t n, int honours_anchor)
+{
+    double len = (double)n + 1, steps = 1;
+    size_t i = 0;
+    int anchored = honours_anchor && plen && p[0] == '^';
+    if (anchored)
+        i = 1;
+    while (i < plen) {
+        char c = p[i];
+        size_t end;
+        if (c == '(' || c == ')') {
+            i++;
+            continue;
+        }
+        if (c == '%' && i + 1 < plen) {
+            char d = p[i + 1];
+            if (d == 'b') { /* %bxy: a scan of the subject */
+                steps *= len;
+                i += 4;
+                continue;
+            }
+            if (d == 'f') { /* %f[set]: one test */
+                i += 2;
+                if (i < plen && p[i] == '[')
+                    i = set_end(p, plen, i);
+                continue;
+            }
+            if (d >= '0' && d <= '9') { /* a back-reference: a comparison over the subject */
+                steps *= len;
+                i += 2;
+                continue;
+            }
+            end = i + 2;
+        } else if (c == '[') {
+            end = set_end(p, plen, i);
+        } else {
+            end = i + 1;
+        }
+        if (end < plen && (p[end] == '*' || p[end] == '+' || p[end] == '-')) {
+            steps *= len;
+            end++;
+        } else if (end < plen && p[end] == '?') {
+            steps *= 2;
+            end++;
+        }
+        i = end;
+    }
+    return anchored ? steps : steps * len;
+}
+
+static int guarded(lua_State *L, int plain_arg, int honours_anchor)
 {
     size_t n, plen;
     luaL_checklstring(L, 1, &n);
     const char *p = luaL_checklstring(L, 2, &plen);
     int plain = plain_arg && lua_toboolean(L, plain_arg);
-    if (!plain && pattern_too_costly(p, plen, n))
-        return luaL_error(L, "pattern too costly for a %d-byte string (nested repetitions); split the work or use "
-                             "plain find", (int)n);
+    if (!plain && pattern_steps(p, plen, n, honours_anchor) > PATTERN_MAX_STEPS)
+        return luaL_error(L, "pattern too costly for a %d-byte string (repetitions that can backtrack); split "
+                             "the work, anchor the pattern or use plain find", (int)n);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
     return lua_gettop(L);
 }
 
-static int guarded_find(lua_State *L) { return guarded(L, 4); }
-static int guarded_other(lua_State *L) { return guarded(L, 0); }
+static int guarded_find(lua_State *L) { return guarded(L, 4, 1); }
+static int guarded_other(lua_State *L) { return guarded(L, 0, 1); }
+static int guarded_gmatch(lua_State *L) { return guarded(L, 0, 0); }
 
 static const char wrap_glue[] =
     "local create, resume, error = ...\n"
@@ -481,7 +532,10 @@ static int build_env(lua_State *L)
     lua_pop(L, 1);
     for (const char *const *pn = pats; *pn; pn++) {
         lua_getfield(L, hidden, *pn);
-        lua_pushcclosure(L, !strcmp(*pn, "find") ? guarded_find : guarded_other, 1);
+        lua_pushcclosure(L, !strcmp(*pn, "find")     ? guarded_find
+                            : !strcmp(*pn, "gmatch") ? guarded_gmatch
+                                                     : guarded_other,
+                         1);
         lua_pushvalue(L, -1);
         lua_setfield(L, envstr, *pn);
         lua_setfield(L, hidden, *pn);
