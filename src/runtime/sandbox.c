@@ -141,6 +141,27 @@ static int sbx_print(lua_State *L)
         luaL_addvalue(&b);
     }
     luaL_pushresult(&b);
+    /* One print, one line: control characters are written escaped, so what a
+     * script prints cannot pass for a log line of its own (wixr serve writes
+     * JSON lines to the same stream). */
+    size_t len;
+    const char *s = lua_tolstring(L, -1, &len);
+    luaL_buffinit(L, &b);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '\n') {
+            luaL_addstring(&b, "\\n");
+        } else if (ch == '\r') {
+            luaL_addstring(&b, "\\r");
+        } else if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
+            char e[8];
+            snprintf(e, sizeof e, "\\x%02x", ch);
+            luaL_addstring(&b, e);
+        } else {
+            luaL_addchar(&b, (char)ch);
+        }
+    }
+    luaL_pushresult(&b);
     fprintf(stderr, "[%s] %s\n", k ? k->name : "script", lua_tostring(L, -1));
     return 0;
 }
