@@ -7,6 +7,7 @@
 set -euo pipefail
 bin=${1:?usage: emulator.sh WIXR_BINARY}
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/report.sh"
 secs=${BENCH_SECONDS:-5}
 conns=${BENCH_CONNECTIONS:-8}
 want=${BENCH_PACKAGES:-100000}
@@ -42,7 +43,7 @@ rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
 
 printf '\nEmulator over HTTP (wrk, keep-alive, %d connections, %ss each, %d cores)\n' "$conns" "$secs" "$(nproc)"
 printf '%-44s %14s %14s %8s\n' "figure" "measured" "target" "ratio"
-row() { printf '%-44s %14s %14s %7.2fx\n' "$1" "$2" "$3" "$4"; }
+row() { printf '%-44s %14s %14s %7.2fx\n' "$1" "$2" "$3" "$4"; report emulator "$1" "$2" - "$(printf %.2fx "$4")" "$3"; }
 row "Create Package V2 (requests/s)" "$create" ">= 2000" "$(echo "$create / 2000" | bc -l)"
 row "Get Package (requests/s)" "$get" ">= 10000" "$(echo "$get / 10000" | bc -l)"
 row "Get Package, 1 connection (requests/s)" "$get1" "-" "$(echo "$get1 / 10000" | bc -l)"

@@ -7,6 +7,7 @@
 set -euo pipefail
 build=$(cd "${1:?usage: hooks.sh BUILD_DIR}" && pwd)
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$root/tests/bench/report.sh"
 n=${BENCH_EVENTS:-100000}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -32,4 +33,11 @@ printf '\nHooks: %d events through route_order.lua in dry-run (wixr fire --batch
 printf '%-52s %12s %12s %8s\n' "figure" "measured" "target" "ratio"
 printf '%-52s %12s %12s %7.2fx\n' "events/s, ids recorded for dedupe" "$dedupe" ">= 50000" "$(echo "$dedupe / 50000" | bc -l)"
 printf '%-52s %12s %12s %7.2fx\n' "events/s, --no-dedupe" "$nodedupe" ">= 50000" "$(echo "$nodedupe / 50000" | bc -l)"
-"$build/bench_sandbox" 200000
+report hooks "events/s through route_order.lua, dry-run, ids recorded for dedupe" "$dedupe" - \
+  "$(printf %.2fx "$(echo "$dedupe / 50000" | bc -l)")" ">= 50000"
+report hooks "events/s through route_order.lua, dry-run, --no-dedupe" "$nodedupe" - \
+  "$(printf %.2fx "$(echo "$nodedupe / 50000" | bc -l)")" ">= 50000"
+sandbox=$("$build/bench_sandbox" 200000)
+echo "$sandbox"
+read -r us bare_us ratio < <(awk '/^microseconds per run/ {print $4, $5, $6}' <<<"$sandbox")
+report hooks "sandboxed run of a trivial handler (us) vs a bare lua_pcall" "$us" "$bare_us" "$ratio" -

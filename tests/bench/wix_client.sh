@@ -15,6 +15,7 @@
 set -euo pipefail
 bin=${1:?usage: wix_client.sh WIXR_BINARY}
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/report.sh"
 pairs=${BENCH_PAIRS:-5000}
 events=${BENCH_EVENTS:-2000}
 events1=${BENCH_EVENTS_C1:-200}
@@ -224,7 +225,11 @@ rss_secs=$secs
 
 printf '\nwix Lua module over HTTP to the emulator (keep-alive; retries and rate limit off; %d cores)\n' "$(nproc)"
 printf '%-52s %10s %13s %8s %9s\n' "figure" "wixr" "peer/ideal" "ratio" "target"
-row() { printf '%-52s %10s %13s %8s %9s\n' "$@"; }
+section=
+row() { # row FIGURE WIXR PEER RATIO TARGET; a row with no figures names the rows under it
+  printf '%-52s %10s %13s %8s %9s\n' "$@"
+  if [[ -z $2 ]]; then section=${1#(?) }; else report "wix module" "$section: ${1#  }" "$2" "${3:--}" "$4" "$5"; fi
+}
 x() { [[ $2 == - ]] && echo - || calc %.2fx "$1 / $2"; }
 pct() { calc %.0f%% "100 * $1 / $2"; }
 row "(a) $pairs sequential create+get pairs, calls/s" "" "" "" ""
