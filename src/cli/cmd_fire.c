@@ -65,8 +65,9 @@ static int seen_open(seen_db *s, const char *dir, char *err, size_t errlen)
                      "CREATE TABLE IF NOT EXISTS events(id TEXT PRIMARY KEY, name TEXT NOT NULL,"
                      " state TEXT NOT NULL, token TEXT NOT NULL, finished INTEGER);",
                      NULL, NULL, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->db, "SELECT 1 FROM events WHERE id = ?1 AND state IN ('done', 'failed')", -1, &s->get,
-                           NULL) != SQLITE_OK ||
+        /* (an OR chain, not IN (...): SQLite builds a temporary b-tree for each IN list) */
+        sqlite3_prepare_v2(s->db, "SELECT 1 FROM events WHERE id = ?1 AND (state = 'done' OR state = 'failed')", -1,
+                           &s->get, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->db,
                            "INSERT OR REPLACE INTO events(id, name, state, token, finished) VALUES(?1, ?2, ?3, '', ?4)",
                            -1, &s->finish, NULL) != SQLITE_OK) {
