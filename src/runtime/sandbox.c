@@ -58,21 +58,28 @@ hook_run *sandbox_current_run(lua_State *L)
     return c->run; /* loading the script (no task runs) */
 }
 
-static void limit_hook(lua_State *L, lua_Debug *ar)
+/* Counts n instructions (or work of a C call, see sandbox_charge) against the
+ * run's budget and checks its deadline; 1 when a limit has struck. */
+static int over_limit(hook_run *r, long long n)
 {
-    hook_run *r = sandbox_current_run(L);
-    if (!r)
-        return;
     if (!r->tripped) {
-        r->instructions += HOOK_EVERY;
+        r->instructions += n;
         if (r->instructions > r->hook->def->limits.instructions)
             snprintf(r->trip, sizeof r->trip, "instruction limit exceeded (%lld)", r->hook->def->limits.instructions);
         else if (sched_now_ms() > r->deadline_ms)
             snprintf(r->trip, sizeof r->trip, "wall time limit exceeded (%ld ms)", r->hook->def->limits.wall_ms);
         else
-            return;
+            return 0;
         r->tripped = 1;
     }
+    return 1;
+}
+
+static void limit_hook(lua_State *L, lua_Debug *ar)
+{
+    hook_run *r = sandbox_current_run(L);
+    if (!r || !over_limit(r, HOOK_EVERY))
+        return;
     /* From now on every instruction raises: a pcall in the script cannot swallow it. */
     lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1);
     if (!r->trip_placed) {
@@ -81,6 +88,30 @@ static void limit_hook(lua_State *L, lua_Debug *ar)
         if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0) {
             char msg[sizeof r->trip];
             snprintf(msg, sizeof msg, "%.200s:%d: %.90s", ar->short_src, ar->currentline, r->trip);
+            snprintf(r->trip, sizeof r->trip, "%s", msg);
+        }
+    }
+    lua_pushstring(L, r->trip);
+    lua_error(L);
+}
+
+/* The count hook never runs inside a C function: a library call that loops
+ * in C (over a range of a table, a repetition) escapes both limits. Such a
+ * call charges its work to the instruction budget before it starts, and does
+ * not start past the deadline; once a limit has struck it raises, as the
+ * hook does. */
+static void sandbox_charge(lua_State *L, double units)
+{
+    hook_run *r = sandbox_current_run(L);
+    if (!r || !over_limit(r, units < 0 ? 0 : units > 1e15 ? (long long)1e15 : (long long)units))
+        return;
+    lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1);
+    lua_Debug ar;
+    if (!r->trip_placed && lua_getstack(L, 1, &ar)) {
+        r->trip_placed = 1;
+        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+            char msg[sizeof r->trip];
+            snprintf(msg, sizeof msg, "%.200s:%d: %.90s", ar.short_src, ar.currentline, r->trip);
             snprintf(r->trip, sizeof r->trip, "%s", msg);
         }
     }
@@ -464,24 +495,148 @@ static double pattern_steps(const char *p, size_t plen, size_t n, int honours_an
     return anchored ? steps : steps * len;
 }
 
+/* "src:line: ..." */
+static int has_position(const char *m)
+{
+    const char *c = strchr(m, ':');
+    if (!c || c == m || c[1] < '0' || c[1] > '9')
+        return 0;
+    for (c++; *c >= '0' && *c <= '9'; c++)
+        ;
+    return *c == ':';
+}
+
+/* Calls the library function in upvalue 1 with the arguments as they are.
+ * An error it raises itself gets the script's position, as when the script
+ * calls it directly (luaL_error places it at the caller: here, this C
+ * function, which has none). A memory error is passed on as its message. */
+static int call_original(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    if (st == LUA_OK)
+        return lua_gettop(L);
+    hook_run *r = sandbox_current_run(L);
+    if (st == LUA_ERRRUN && !(r && r->tripped) && lua_type(L, -1) == LUA_TSTRING &&
+        !has_position(lua_tostring(L, -1))) {
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+    }
+    return lua_error(L);
+}
+
 static int guarded(lua_State *L, int plain_arg, int honours_anchor)
 {
     size_t n, plen;
     luaL_checklstring(L, 1, &n);
     const char *p = luaL_checklstring(L, 2, &plen);
     int plain = plain_arg && lua_toboolean(L, plain_arg);
+    sandbox_charge(L, 0);
     if (!plain && pattern_steps(p, plen, n, honours_anchor) > PATTERN_MAX_STEPS)
         return luaL_error(L, "pattern too costly for a %d-byte string (repetitions that can backtrack); split "
                              "the work, anchor the pattern or use plain find", (int)n);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    return call_original(L);
 }
 
 static int guarded_find(lua_State *L) { return guarded(L, 4, 1); }
 static int guarded_other(lua_State *L) { return guarded(L, 0, 1); }
 static int guarded_gmatch(lua_State *L) { return guarded(L, 0, 0); }
+
+/* string.rep: Lua's copies an empty string n times, one empty memcpy at a
+ * time (string.rep("", math.maxinteger) never ends). */
+static int sbx_rep(lua_State *L)
+{
+    size_t l, lsep;
+    luaL_checklstring(L, 1, &l);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_optlstring(L, 3, "", &lsep);
+    if (n > 0 && l + lsep == 0) {
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    sandbox_charge(L, 0);
+    return call_original(L);
+}
+
+/* table.move(a1, f, e, t [, a2]): e - f + 1 elements, charged. */
+static int sbx_tmove(lua_State *L)
+{
+    lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
+    sandbox_charge(L, e >= f ? (double)e - (double)f + 1 : 0);
+    return call_original(L);
+}
+
+/* The length of the table at 1, asked once: its __len could answer another
+ * length to a second asking. */
+static lua_Integer table_len(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    return luaL_len(L, 1);
+}
+
+/* table.insert and table.remove as Lua 5.4's, with the elements they shift
+ * charged (a __len answering 1e15 made them loop in C for ever). */
+static int sbx_tinsert(lua_State *L)
+{
+    lua_Integer e = table_len(L);
+    e = (lua_Integer)((lua_Unsigned)e + 1u); /* first empty element */
+    lua_Integer pos;
+    switch (lua_gettop(L)) {
+    case 2:
+        pos = e;
+        break;
+    case 3:
+        pos = luaL_checkinteger(L, 2);
+        luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)e, 2, "position out of bounds");
+        sandbox_charge(L, (double)e - (double)pos);
+        for (lua_Integer i = e; i > pos; i--) {
+            lua_geti(L, 1, i - 1);
+            lua_seti(L, 1, i);
+        }
+        break;
+    default:
+        return luaL_error(L, "wrong number of arguments to 'insert'");
+    }
+    lua_seti(L, 1, pos);
+    return 0;
+}
+
+static int sbx_tremove(lua_State *L)
+{
+    lua_Integer size = table_len(L);
+    lua_Integer pos = luaL_optinteger(L, 2, size);
+    if (pos != size)
+        luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 2, "position out of bounds");
+    lua_geti(L, 1, pos);
+    sandbox_charge(L, (double)size - (double)pos);
+    for (; pos < size; pos++) {
+        lua_geti(L, 1, pos + 1);
+        lua_seti(L, 1, pos);
+    }
+    lua_pushnil(L);
+    lua_seti(L, 1, pos);
+    return 1;
+}
+
+/* table.concat, table.unpack, table.sort: their loops end at the first
+ * missing value (or at the stack's size), so the memory cap bounds them; they
+ * do not start past the deadline. */
+static int sbx_checked(lua_State *L)
+{
+    sandbox_charge(L, 0);
+    return call_original(L);
+}
+
+/* Replaces table[name] (at idx) by fn with the old value as upvalue 1. */
+static void wrap_field(lua_State *L, int idx, const char *name, lua_CFunction fn)
+{
+    idx = lua_absindex(L, idx);
+    lua_getfield(L, idx, name);
+    lua_pushcclosure(L, fn, 1);
+    lua_setfield(L, idx, name);
+}
 
 static const char wrap_glue[] =
     "local create, resume, error = ...\n"
@@ -531,6 +686,14 @@ static int build_env(lua_State *L)
     lua_call(L, 3, 1);
     lua_setfield(L, -2, "wrap");
     lua_pop(L, 1);
+    lua_getfield(L, env, "table");
+    wrap_field(L, -1, "move", sbx_tmove);
+    wrap_field(L, -1, "insert", sbx_tinsert);
+    wrap_field(L, -1, "remove", sbx_tremove);
+    wrap_field(L, -1, "concat", sbx_checked);
+    wrap_field(L, -1, "unpack", sbx_checked);
+    wrap_field(L, -1, "sort", sbx_checked);
+    lua_pop(L, 1);
     lua_pushcfunction(L, sbx_print);
     lua_setfield(L, env, "print");
     lua_pushcfunction(L, sbx_setmetatable);
@@ -561,6 +724,9 @@ static int build_env(lua_State *L)
         lua_setfield(L, envstr, *pn);
         lua_setfield(L, hidden, *pn);
     }
+    wrap_field(L, hidden, "rep", sbx_rep);
+    lua_getfield(L, hidden, "rep");
+    lua_setfield(L, envstr, "rep");
     lua_pushliteral(L, "");
     lua_getmetatable(L, -1);
     lua_pushvalue(L, hidden);
@@ -778,7 +944,9 @@ static void run_done(sched_task *t, lua_State *co, int status, void *arg)
     lua_sethook(co, NULL, 0, 0);
     if (status != LUA_OK) {
         char buf[1024];
-        if (status == LUA_ERRMEM)
+        int memory = status == LUA_ERRMEM || (lua_type(co, -1) == LUA_TSTRING &&
+                                              !strcmp(lua_tostring(co, -1), "not enough memory"));
+        if (memory)
             snprintf(buf, sizeof buf, "memory limit exceeded (%ld MB)", r->hook->def->limits.memory_mb);
         else if (r->tripped)
             snprintf(buf, sizeof buf, "%s", r->trip); /* whatever the script raised after the limit struck */
