@@ -1074,6 +1074,16 @@ static int ctx_emit(lua_State *L)
         return luaL_error(L, "ctx.emit: %s", err);
     }
     buf_addc(&b, '}');
+    /* Over the cap, the run fails: a cut list would lose every emitted event. */
+    if (b.failed) {
+        buf_free(&b);
+        return luaL_error(L, "ctx.emit: an emitted event is limited to %d MB", (int)(b.limit >> 20));
+    }
+    if (r->emitted.limit && r->emitted.len + b.len + 1 > r->emitted.limit) {
+        buf_free(&b);
+        return luaL_error(L, "ctx.emit: the events emitted by one run are limited to %d MB",
+                          (int)(r->emitted.limit >> 20));
+    }
     if (r->nemitted++)
         buf_addc(&r->emitted, ',');
     buf_add(&r->emitted, b.data, b.len);
