@@ -706,12 +706,10 @@ static int build_env(lua_State *L)
     int envstr = lua_gettop(L);
     lua_createtable(L, 0, 24);
     int hidden = lua_gettop(L);
-    lua_getglobal(L, "string");
-    lua_pushnil(L);
-    while (lua_next(L, -2)) {
-        lua_pushvalue(L, -2);
-        lua_insert(L, -2);
-        lua_rawset(L, hidden);
+    lua_getglobal(L, "string"); /* the allowed names only: ("").dump reached string.dump */
+    for (const char *const *n = string_names; *n; n++) {
+        lua_getfield(L, -1, *n);
+        lua_setfield(L, hidden, *n);
     }
     lua_pop(L, 1);
     for (const char *const *pn = pats; *pn; pn++) {
