@@ -78,6 +78,16 @@ static int list_key(const char *k, size_t n)
 
 static int encode_value(enc *e, int idx, int depth, const char *key, size_t keylen);
 
+/* 1 when the table at idx has no entry; the stack is left as it was. */
+static int table_empty(lua_State *L, int idx)
+{
+    lua_pushnil(L);
+    if (lua_next(L, idx) == 0)
+        return 1;
+    lua_pop(L, 2);
+    return 0;
+}
+
 static void put_key(enc *e, const char *k, size_t n)
 {
     if (e->camel && memchr(k, '_', n)) {
@@ -137,7 +147,7 @@ static int encode_table(enc *e, int idx, int depth, const char *key, size_t keyl
         return -1;
     }
     if (n > 0 || is_marked || (n == 0 && key && list_key(key, keylen) && lua_rawlen(L, idx) == 0 &&
-                               (lua_pushnil(L), lua_next(L, idx) == 0))) {
+                               table_empty(L, idx))) {
         buf_addc(e->b, '[');
         for (long long i = 1; i <= n; i++) {
             if (i > 1)

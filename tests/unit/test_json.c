@@ -1,9 +1,12 @@
-/* Unit tests of the JSON reader and writer. */
+/* Unit tests of the JSON reader and writer, and of Lua <-> JSON (luajson). */
+#include <lauxlib.h>
+#include <lualib.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
 #include "json/json.h"
+#include "wix/luajson.h"
 
 static json_value *parse(const char *s, json_doc **d, json_error *e)
 {
@@ -263,6 +266,33 @@ static void test_num_large(void)
     CHECK(!json_is_number("", 0));
 }
 
+/* A list field ("products", "$in", ...) holding named fields is written as an
+ * object, and the encoder leaves the Lua stack as it found it (it once left
+ * the probe's key and value behind: the next lua_next got a wrong key and
+ * Lua aborted the process). */
+static void test_luajson_list_key_object(void)
+{
+    lua_State *L = luaL_newstate();
+    const char *text = "{\"products\":{\"a\":1,\"b\":[]},\"$in\":{\"\":{}},\"sort\":{},\"z\":[1,2]}";
+    char err[256];
+    CHECK(luajson_decode(L, text, strlen(text), 0, err, sizeof err) == 0);
+    int top = lua_gettop(L);
+    buf_t b;
+    buf_init(&b, 0);
+    CHECK(luajson_encode(L, -1, &b, 0, err, sizeof err) == 0);
+    CHECK_INT(lua_gettop(L), top);
+    json_doc *d;
+    json_value *v = json_parse(b.data, b.len, 0, &d, NULL);
+    CHECK(v && v->type == JSON_OBJECT && v->u.kids.n == 4);
+    CHECK(json_get(v, "products") && json_get(v, "products")->type == JSON_OBJECT);
+    CHECK(json_get(json_get(v, "products"), "a") && json_get(json_get(v, "products"), "b"));
+    CHECK(json_get(v, "$in") && json_get(v, "$in")->type == JSON_OBJECT);
+    CHECK(json_get(v, "sort") && json_get(v, "sort")->type == JSON_ARRAY); /* empty: the wire's list */
+    json_doc_free(d);
+    buf_free(&b);
+    lua_close(L);
+}
+
 static void test_buf_limit(void)
 {
     buf_t b;
@@ -284,6 +314,7 @@ int main(void)
     test_quote_word_boundaries();
     test_quote_utf8();
     test_num_large();
+    test_luajson_list_key_object();
     test_buf_limit();
     return check_report();
 }
