@@ -402,6 +402,45 @@ static int sbx_coisyieldable(lua_State *L)
     return 1;
 }
 
+/* xpcall: as Lua's, but the script's message handler is not called once a
+ * limit has struck. Lua calls a message handler where the error is raised:
+ * for the limit's error that is inside the count hook, where hooks are off,
+ * so a handler that loops would run out of reach of every limit. */
+static int xpcall_handler(lua_State *L)
+{
+    hook_run *r = sandbox_current_run(L);
+    if (r && r->tripped)
+        return 1; /* the error as it is */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+static int xpcall_finish(lua_State *L, int status, lua_KContext extra)
+{
+    if (status != LUA_OK && status != LUA_YIELD) {
+        lua_pushboolean(L, 0);
+        lua_pushvalue(L, -2);
+        return 2;
+    }
+    return lua_gettop(L) - (int)extra;
+}
+
+static int sbx_xpcall(lua_State *L)
+{
+    int n = lua_gettop(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, xpcall_handler, 1);
+    lua_replace(L, 2);
+    lua_pushboolean(L, 1); /* as lbaselib's: true, then f below its arguments */
+    lua_pushvalue(L, 1);
+    lua_rotate(L, 3, 2);
+    int status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, xpcall_finish);
+    return xpcall_finish(L, status, 2);
+}
+
 /* setmetatable: as Lua's, but no __gc: finalizers run with hooks off, out of
  * reach of every limit. The second argument is checked as Lua's own does:
  * lua_setmetatable takes any other value for a table (memory corruption). */
@@ -698,6 +737,8 @@ static int build_env(lua_State *L)
     lua_setfield(L, env, "print");
     lua_pushcfunction(L, sbx_setmetatable);
     lua_setfield(L, env, "setmetatable");
+    lua_pushcfunction(L, sbx_xpcall);
+    lua_setfield(L, env, "xpcall");
     /* Guarded pattern functions, for string.x(...) and ("..."):x(...) alike.
      * Method calls use a hidden copy, so a script emptying its own `string`
      * table changes nothing for anyone else (the wix module included). */
