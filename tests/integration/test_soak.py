@@ -224,7 +224,8 @@ def soak_config():
             "  listen: 127.0.0.1:0\n"
             "  concurrency: 64\n"
             "  order_key: [subscription_id]\n"
-            "  retry: {attempts: 5, base_ms: 250, max_ms: 2000}\n"
+            # runs cut short by a kill count as attempts: with 8, five kills alone never make an event dead
+            "  retry: {attempts: 8, base_ms: 250, max_ms: 2000}\n"
             + hooks)
 
 
