@@ -452,6 +452,10 @@ static void admin_settings(emu_ctx *c)
         json_value *rl = json_get(b, "rateLimit");
         if (rl && rl->type != JSON_BOOL)
             return bad(c, "rateLimit", "must be true or false");
+        json_value *seed = json_get(b, "seed");
+        if (seed && seed->type == JSON_NUMBER &&
+            (!seed->is_int || seed->u.number < 0 || seed->u.number > 9007199254740992.0)) /* before the cast */
+            return bad(c, "seed", "must be a whole number from 0 to 2^53");
         double per, delay;
         if (num_field(c, b, "requestsPerMinute", 1, 100000, c->e->rl_per_minute, &per) < 0 ||
             num_field(c, b, "deliveryDelayMs", -1, 86400000.0 * 365, (double)c->e->enable_delay_ms, &delay) < 0)
@@ -462,7 +466,6 @@ static void admin_settings(emu_ctx *c)
             c->e->rl_enabled = rl->u.boolean;
         c->e->rl_per_minute = (int)per;
         c->e->enable_delay_ms = (long long)delay;
-        json_value *seed = json_get(b, "seed");
         if (seed && seed->type == JSON_NUMBER)
             c->e->rng = (uint64_t)seed->u.number;
     }
