@@ -557,8 +557,8 @@ void emu_api_query(emu_ctx *c)
             cj = json_parse(scratch.data ? scratch.data : "", scratch.len, EMU_MAX_JSON_DEPTH, &cdoc, &jerr);
         json_value *o = cj ? json_get(cj, "o") : NULL;
         const char *p = cj ? json_get_str(cj, "p") : NULL;
-        if (!cj || cj->type != JSON_OBJECT || !o || o->type != JSON_NUMBER || !o->is_int || o->u.number < 0 || !p ||
-            strcmp(p, c->parent)) {
+        if (!cj || cj->type != JSON_OBJECT || !o || o->type != JSON_NUMBER || !o->is_int || o->u.number < 0 ||
+            o->u.number > 1000000000 || !p || strcmp(p, c->parent)) { /* the offset's range before the cast */
             emu_violation(c, "query.cursorPaging.cursor", "INVALID_CURSOR", "invalid cursor");
             goto violations;
         }

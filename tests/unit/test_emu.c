@@ -261,6 +261,21 @@ static void test_fuzz_findings(void)
     CHECK_INT(rs.status, 200);
     CHECK(strstr(rs.body, "\"seq\":1,") != NULL);
     emu_response_free(&rs);
+    /* Numbers out of range are refused before they are converted. */
+    CHECK_INT(call(e, "POST", "/__admin/settings", NULL, "{\"seed\":-7}", &d, &v), 400);
+    json_doc_free(d);
+    CHECK_INT(call(e, "POST", "/__admin/settings", NULL, "{\"seed\":1e30}", &d, &v), 400);
+    json_doc_free(d);
+    CHECK_INT(call(e, "POST", "/__admin/settings", NULL, "{\"seed\":7}", &d, &v), 200);
+    json_doc_free(d);
+    /* a cursor whose offset is {"p": the reseller, "o": 1e30} */
+    CHECK_INT(call(e, "POST", "/resellers/v1/packages/query", RESELLER,
+                   "{\"query\":{\"cursorPaging\":{\"cursor\":\"eyJwIjoiMTExMTExMTEtMjIyMi00MzMzLTg0NDQtNTU1NTU1NTU1NTU1IiwibyI6MTAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMH0\"}}}", &d, &v),
+              400);
+    CHECK_STR(json_get_str(json_get(json_get(json_get(v, "details"), "validationError"), "fieldViolations")->u.kids.head,
+                           "violatedRule"),
+              "INVALID_CURSOR");
+    json_doc_free(d);
     emu_close(e);
 }
 
