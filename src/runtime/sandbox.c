@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include "sandbox.h"
 
+#include <ctype.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdio.h>
@@ -461,13 +462,16 @@ static int sbx_setmetatable(lua_State *L)
 /* Patterns: Lua's matcher backtracks inside C, where no limit can stop it
  * (the count hook only runs between Lua instructions). Its work on a subject
  * of n bytes is bounded by the product of the choices of the pattern's items:
- * n + 1 lengths for each repeated single-character class ('a*', '.-', '%d+',
- * '[%w_]*'), two for an optional one ('x?'), a scan of the subject for a
- * balance ('%b()') or a back-reference ('%1'); times n + 1 start positions
- * unless the pattern is anchored with '^' (find, match and gsub honour it;
- * gmatch does not). A call whose bound is over 1e9 steps (seconds of C) is
- * refused. The bound is an upper one: a pattern it refuses may well have
- * matched quickly, e.g. a line split with '(.-)\n' over a large text. */
+ * for a repeated single-character class ('a*', '.-', '%d+', '[%w_]*') one
+ * more than the longest run of subject characters it matches, two for an
+ * optional one ('x?'), a scan of the subject for a balance ('%b()') or a
+ * back-reference ('%1'); times n + 1 start positions unless the pattern is
+ * anchored with '^' (find, match and gsub honour it; gmatch does not). A
+ * repetition that ends the pattern never backtracks (nothing after it can
+ * fail) and counts once. A call whose bound is over 1e9 steps (seconds of C)
+ * is refused. The bound is an upper one: it refuses '.-' before a character
+ * over a subject of more than about 30 kB, which a character class avoids
+ * ('[^\n]*\n' rather than '.-\n'). */
 #define PATTERN_MAX_STEPS 1e9
 
 static size_t set_end(const char *p, size_t plen, size_t i) /* p[i] == '[' */
@@ -484,7 +488,76 @@ static size_t set_end(const char *p, size_t plen, size_t i) /* p[i] == '[' */
     return i < plen ? i + 1 : plen;
 }
 
-static double pattern_steps(const char *p, size_t plen, size_t n, int honours_anchor)
+/* As lstrlib's match_class, matchbracketclass and singlematch. */
+static int class_match(int c, int cl)
+{
+    int res;
+    switch (tolower(cl)) {
+    case 'a': res = isalpha(c); break;
+    case 'c': res = iscntrl(c); break;
+    case 'd': res = isdigit(c); break;
+    case 'g': res = isgraph(c); break;
+    case 'l': res = islower(c); break;
+    case 'p': res = ispunct(c); break;
+    case 's': res = isspace(c); break;
+    case 'u': res = isupper(c); break;
+    case 'w': res = isalnum(c); break;
+    case 'x': res = isxdigit(c); break;
+    default: return cl == c;
+    }
+    return isupper(cl) ? !res : res != 0;
+}
+
+static int set_match(int c, const char *p, const char *ec) /* p at '[', ec at its ']' */
+{
+    int sig = 1;
+    if (p[1] == '^') {
+        sig = 0;
+        p++;
+    }
+    while (++p < ec) {
+        if (*p == '%' && p + 1 < ec) {
+            p++;
+            if (class_match(c, (unsigned char)*p))
+                return sig;
+        } else if (p + 2 < ec && p[1] == '-') {
+            p += 2;
+            if ((unsigned char)p[-2] <= c && c <= (unsigned char)*p)
+                return sig;
+        } else if ((unsigned char)*p == c) {
+            return sig;
+        }
+    }
+    return !sig;
+}
+
+static int single_match(int c, const char *p, const char *ep) /* the class is p..ep */
+{
+    switch (*p) {
+    case '.': return 1;
+    case '%': return class_match(c, (unsigned char)p[1]);
+    case '[': return set_match(c, p, ep - 1);
+    default: return (unsigned char)*p == c;
+    }
+}
+
+/* The longest run of subject characters the class p..ep matches. */
+static size_t longest_run(const char *s, size_t n, const char *p, const char *ep)
+{
+    if (*p == '.')
+        return n;
+    size_t best = 0, run = 0;
+    for (size_t i = 0; i < n; i++) {
+        run = single_match((unsigned char)s[i], p, ep) ? run + 1 : 0;
+        if (run > best)
+            best = run;
+    }
+    return best;
+}
+
+/* With s NULL every repetition counts n + 1 choices (a quick first bound);
+ * with the subject, the longest run its class matches. */
+static double pattern_steps(const char *p, size_t plen, const char *s, size_t n, int honours_anchor)
 {
     double len = (double)n + 1, steps = 1;
     size_t i = 0;
@@ -523,7 +596,11 @@ static double pattern_steps(const char *p, size_t plen, size_t n, int honours_an
             end = i + 1;
         }
         if (end < plen && (p[end] == '*' || p[end] == '+' || p[end] == '-')) {
-            steps *= len;
+            size_t after = end + 1;
+            while (after < plen && p[after] == ')')
+                after++;
+            if (after < plen) /* something after it can fail: it backtracks */
+                steps *= s ? (double)longest_run(s, n, p + i, p + end) + 1 : len;
             end++;
         } else if (end < plen && p[end] == '?') {
             steps *= 2;
@@ -532,6 +609,12 @@ static double pattern_steps(const char *p, size_t plen, size_t n, int honours_an
         i = end;
     }
     return anchored ? steps : steps * len;
+}
+
+static int pattern_too_costly(const char *p, size_t plen, const char *s, size_t n, int honours_anchor)
+{
+    return pattern_steps(p, plen, NULL, n, honours_anchor) > PATTERN_MAX_STEPS &&
+           pattern_steps(p, plen, s, n, honours_anchor) > PATTERN_MAX_STEPS;
 }
 
 /* "src:line: ..." */
@@ -569,11 +652,11 @@ static int call_original(lua_State *L)
 static int guarded(lua_State *L, int plain_arg, int honours_anchor)
 {
     size_t n, plen;
-    luaL_checklstring(L, 1, &n);
+    const char *s = luaL_checklstring(L, 1, &n);
     const char *p = luaL_checklstring(L, 2, &plen);
     int plain = plain_arg && lua_toboolean(L, plain_arg);
     sandbox_charge(L, 0);
-    if (!plain && pattern_steps(p, plen, n, honours_anchor) > PATTERN_MAX_STEPS)
+    if (!plain && pattern_too_costly(p, plen, s, n, honours_anchor))
         return luaL_error(L, "pattern too costly for a %d-byte string (repetitions that can backtrack); split "
                              "the work, anchor the pattern or use plain find", (int)n);
     return call_original(L);
