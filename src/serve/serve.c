@@ -292,6 +292,7 @@ static void *writer_main(void *arg)
 typedef struct conn {
     buf_t body;
     int too_big;
+    int unauthorized; /* its body is read and dropped, not kept */
 } conn;
 
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, buf_t *b)
@@ -533,11 +534,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->max_body)
             st->too_big = 1;
+        st->unauthorized = strcmp(url, "/healthz") != 0 && !authorized(s, c);
         *con_cls = st;
         return MHD_YES;
     }
     if (*upload_size) {
-        if (!st->too_big && buf_add(&st->body, upload, *upload_size) < 0)
+        if (!st->too_big && !st->unauthorized && buf_add(&st->body, upload, *upload_size) < 0)
             st->too_big = 1;
         *upload_size = 0;
         return MHD_YES;

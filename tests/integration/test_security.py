@@ -1328,6 +1328,41 @@ def http_request_size_limits_and_malformed_bodies():
     svc.stop()
 
 
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+@test
+def http_unauthenticated_bodies_are_not_kept():
+    # Bodies up to serve.max_body_kb were kept in memory until the end of the
+    # upload, before the token was looked at: 1024 connections, 1 GB.
+    svc = Service(serve_config(AUTH_HOOKS, serve="  max_body_kb: 1024\n"), {"good.lua": GOOD}).start()
+    eq(svc.call("GET", "/healthz", token=None)[0], 200, "up")
+    size = 1024 * 1024
+    conns = []
+    before = rss_kb(svc.proc.pid)
+    try:
+        for i in range(64):
+            s = socket.create_connection(("127.0.0.1", svc.port), timeout=10)
+            s.sendall(b"POST /v1/events/provision HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size)
+            s.sendall(b"{" + b" " * (size - 2))  # all but the last byte: the upload is not over
+            conns.append(s)
+        time.sleep(0.5)
+        grown = rss_kb(svc.proc.pid) - before
+        check(grown < 32 * 1024, "64 unauthenticated uploads of 1 MB grew the service by %d MB" % (grown // 1024))
+    finally:
+        for s in conns:
+            s.close()
+    st, _, _ = svc.post("provision", {"ok": True}, "after")
+    eq(st, 202, "the service takes events")
+    svc.stop()
+
+
 def open_slow(port, first_bytes):
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     if first_bytes:
