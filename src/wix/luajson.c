@@ -304,6 +304,15 @@ static void push_value(lua_State *L, const json_value *v, int snake)
     }
 }
 
+static int push_protected(lua_State *L)
+{
+    const json_value *v = lua_touserdata(L, 1);
+    int snake = lua_toboolean(L, 2);
+    lua_settop(L, 0);
+    push_value(L, v, snake);
+    return 1;
+}
+
 int luajson_decode(lua_State *L, const char *text, size_t len, int snake, char *err, size_t errlen)
 {
     json_doc *doc = NULL;
@@ -314,7 +323,22 @@ int luajson_decode(lua_State *L, const char *text, size_t len, int snake, char *
         json_doc_free(doc);
         return -1;
     }
-    push_value(L, v, snake);
+    /* Building the tables may raise (a memory limit): in a protected call, so
+     * the document is freed either way. None of the three pushes allocates. */
+    if (!lua_checkstack(L, 4)) {
+        snprintf(err, errlen, "stack overflow");
+        json_doc_free(doc);
+        return -1;
+    }
+    lua_pushcfunction(L, push_protected);
+    lua_pushlightuserdata(L, v);
+    lua_pushboolean(L, snake);
+    int rc = lua_pcall(L, 2, 1, 0);
     json_doc_free(doc);
+    if (rc != LUA_OK) {
+        snprintf(err, errlen, "%s", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error while decoding");
+        lua_pop(L, 1);
+        return -1;
+    }
     return 0;
 }

@@ -293,6 +293,52 @@ static void test_luajson_list_key_object(void)
     lua_close(L);
 }
 
+/* An allocator with a cap, like a hook's state. */
+typedef struct capped {
+    size_t used, cap;
+} capped;
+
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    capped *c = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        c->used -= old;
+        free(ptr);
+        return NULL;
+    }
+    if (nsize > old && c->used + (nsize - old) > c->cap)
+        return NULL;
+    void *p = realloc(ptr, nsize);
+    if (p)
+        c->used = c->used - old + nsize;
+    return p;
+}
+
+/* A document too big for the state's memory: an error, the stack as it was,
+ * and the parsed document freed (it leaked when the tables raised). */
+static void test_luajson_decode_out_of_memory(void)
+{
+    capped c = {0, 256 * 1024};
+    lua_State *L = lua_newstate(capped_alloc, &c);
+    buf_t b;
+    buf_init(&b, 0);
+    buf_addc(&b, '[');
+    for (int i = 0; i < 20000; i++)
+        buf_adds(&b, i ? ",{\"k\":[1,2,3]}" : "{\"k\":[1,2,3]}");
+    buf_addc(&b, ']');
+    char err[256] = "";
+    int top = lua_gettop(L);
+    CHECK(luajson_decode(L, b.data, b.len, 0, err, sizeof err) < 0);
+    CHECK_INT(lua_gettop(L), top);
+    CHECK_STR(err, "not enough memory");
+    /* a small one still decodes in the same state */
+    CHECK(luajson_decode(L, "{\"a\":[1,null]}", 14, 0, err, sizeof err) == 0);
+    CHECK(lua_istable(L, -1));
+    buf_free(&b);
+    lua_close(L);
+}
+
 static void test_buf_limit(void)
 {
     buf_t b;
@@ -315,6 +361,7 @@ int main(void)
     test_quote_utf8();
     test_num_large();
     test_luajson_list_key_object();
+    test_luajson_decode_out_of_memory();
     test_buf_limit();
     return check_report();
 }
