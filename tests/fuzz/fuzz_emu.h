@@ -36,7 +36,7 @@ static inline emu_t *fuzz_emu_open(const char *target)
 
 /* One request; returns the status, the body in *body (malloc'd) when asked. */
 static inline int fuzz_emu_call(emu_t *e, const char *method, const char *path, const char *account, const char *body,
-                         char **out)
+                                char **out)
 {
     emu_request rq = {.method = method, .path = path, .authorization = "fuzz-key", .account_id = account,
                       .body = body, .body_len = body ? strlen(body) : 0};
