@@ -310,8 +310,11 @@ static int l_sleep(lua_State *L)
     z->s = h->sched;
     sched_task *cur = sched_current(h->sched);
     z->task_id = sched_task_id(cur);
-    /* +1: the clock counts whole ms, so this waits at least ms */
-    if (sched_timer_owning(h->sched, sched_now_ms() + (ms > 0 ? (long long)ms + 1 : 0), sleep_over, z, cur) < 0) {
+    /* +1: the clock counts whole ms, so this waits at least ms; math.huge or
+     * 1e300 is a very long time (a double that large cast to an integer is
+     * undefined: it came out negative, a sleep of nothing) */
+    long long wait = ms > 0 ? (ms < 1e12 ? (long long)ms + 1 : (long long)1e12) : 0;
+    if (sched_timer_owning(h->sched, sched_now_ms() + wait, sleep_over, z, cur) < 0) {
         free(z);
         return luaL_error(L, "out of memory");
     }

@@ -723,12 +723,16 @@ def limits_wall_time_survives_pcall():
                        "    end)\n  end\nend\n"),
         "sleep_pcall": ('local wix = require "wix"\nreturn function()\n  while true do\n'
                         '    pcall(wix.sleep, 100)\n  end\nend\n'),
+        # math.huge (cast to an integer: undefined behaviour) sleeps until the run ends
+        "sleep_huge": ('local wix = require "wix"\nreturn function()\n  while true do\n'
+                       '    wix.sleep(math.huge)\n  end\nend\n'),
     }
     t0 = time.time()
     errors = attacks(scripts, limits="instructions: 100000000000, wall_ms: 300, memory_mb: 16", max_seconds=3)
     expect(errors, {"busy_pcall": r"wall time limit exceeded \(300 ms\)$",
-                    "sleep_pcall": r"wall time limit exceeded \(300 ms\)$"})
-    check(time.time() - t0 < 3, "both ended near their 300 ms")
+                    "sleep_pcall": r"wall time limit exceeded \(300 ms\)$",
+                    "sleep_huge": r"^wall time limit exceeded \(300 ms\)$"})
+    check(time.time() - t0 < 3, "each ended near its 300 ms")
 
 
 @test
