@@ -90,7 +90,7 @@ class Service:
         self.proc = None
         self.port = None          # None while the service is down
         self.starts = 0
-        self.killed = set()       # pids we sent SIGKILL
+        self.ended = set()        # pids we sent SIGKILL or SIGTERM
         self.log_path = os.path.join(self.dir, "serve.log")
         self.logf = None
 
@@ -127,24 +127,28 @@ class Service:
     def kill(self):
         self.port = None
         if self.proc and self.proc.poll() is None:
-            self.killed.add(self.proc.pid)
+            self.ended.add(self.proc.pid)
             self.proc.kill()
             self.proc.wait(timeout=10)
 
     def stop(self):
+        """SIGTERM and wait: the exit status (None when it had to be killed)."""
+        rc = None
         if self.proc and self.proc.poll() is None:
+            self.ended.add(self.proc.pid)
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=15)
+                rc = self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
         if self.logf:
             self.logf.close()
             self.logf = None
+        return rc
 
     def crashed(self):
-        """The process died on its own (not by our SIGKILL)."""
-        return (self.proc is not None and self.proc.poll() is not None and self.proc.pid not in self.killed)
+        """The process ended on its own (not by our SIGKILL or SIGTERM)."""
+        return self.proc is not None and self.proc.poll() is not None and self.proc.pid not in self.ended
 
     def log_text(self):
         try:
@@ -854,7 +858,6 @@ def soak():
         eq(stats.get("packages"), len(pkgs), "emulator stats: packages")
 
         check(len(kills) == OPTS.kills, "kills: %r" % kills)
-        check(not svc.problems(), "; ".join(svc.problems()))
         runs = sum(e["attempts"] for e in evs)
         most = max(e["attempts"] for e in evs if e["id"] not in expected_dead)
         reruns = runs - len(evs)
@@ -869,12 +872,19 @@ def soak():
               % (log.count, f.get("error", 0) + f.get("error-after", 0), f.get("error-after", 0), f.get("throttle", 0),
                  f.get("drop", 0) + f.get("drop-after", 0), f.get("drop-after", 0),
                  "; request log gaps %d" % log.gaps if log.gaps else ""), flush=True)
-        print("soak: seed=%d events=%d subscriptions=%d packages=%d live_instances=%d sent_again=%d "
-              "intake_duplicates=%d runs=%d retried_runs=%d interrupted_runs=%d most_runs=%d api_retries>=%d restarts=%d "
-              "dead=%d/%d lost=0 duplicates=0 intake=%.1fs total=%.1fs"
-              % (seed, total, len(subs), len(pkgs), live, intake.resends, intake.dup_answers, runs, reruns,
-                 recovered, most, api_retries, len(kills), len(dead), len(expected_dead), t_sent, time.time() - t_start),
-              flush=True)
+        # both stop cleanly (and, under the sanitizers, without a leak report)
+        eq(svc.stop(), 0, "exit status of wixr serve after SIGTERM")
+        check(not svc.problems(), "; ".join(svc.problems()))
+        eq(emu.stop(), 0, "exit status of wixr sandbox serve after SIGTERM")
+        check(not any(m in emu.log_text() for m in SANITIZER_MARKS), "emulator log: %s" % emu.log_text()[-2000:])
+        figures = [("seed", seed), ("events", total), ("subscriptions", len(subs)), ("packages", len(pkgs)),
+                   ("live_instances", live), ("sent_again", intake.resends), ("intake_duplicates", intake.dup_answers),
+                   ("runs", runs), ("retried_runs", reruns), ("interrupted_runs", recovered), ("most_runs", most),
+                   ("api_retries>=", int(api_retries)), ("restarts", len(kills)),
+                   ("dead", "%d/%d" % (len(dead), len(expected_dead))), ("lost", len(lost) + len(missing)),
+                   ("duplicates", len(doubled)), ("intake", "%.1fs" % t_sent),
+                   ("total", "%.1fs" % (time.time() - t_start))]
+        print("soak: " + " ".join("%s%s%s" % (k, "" if k.endswith("=") else "=", v) for k, v in figures), flush=True)
         if log.error:
             print("soak: note: the request log watcher stopped: %s" % log.error, flush=True)
     except BaseException:
