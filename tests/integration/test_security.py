@@ -164,7 +164,9 @@ def wix_block():
 
 
 GOOD = "return function(event, ctx)\n  return { good = true }\nend\n"
-LIMITS = "instructions: 1000000, wall_ms: 2000, memory_mb: 16"
+# Only the limit a test is about may strike: the wall time is generous (the suite also runs
+# under ASan, beside other suites); a hang would still be cut by the process timeout.
+LIMITS = "instructions: 1000000, wall_ms: 20000, memory_mb: 16"
 
 
 LAST_WORK = None
@@ -180,7 +182,7 @@ def packages_in(w):
     return r.json["hooks"][0]["result"]
 
 
-def attacks(scripts, limits=LIMITS, hook_extra=None, timeout=20, max_seconds=None):
+def attacks(scripts, limits=LIMITS, hook_extra=None, timeout=60, max_seconds=None):
     """Runs each attack script as the hook of its own event, one at a time, then a
     good event: every attack must fail (the batch goes on), the good event must
     succeed after them. Returns {name: error}."""
@@ -518,7 +520,7 @@ def escape_gc_finalizers_cannot_be_set():
         "via_index": ("return function()\n  local mt = setmetatable({}, { __index = function(t, k) return %s end })\n"
                       "  setmetatable({}, mt)\nend\n") % loop,
     }
-    errors = attacks(scripts, max_seconds=8)
+    errors = attacks(scripts, max_seconds=20)
     gc = r"setmetatable: __gc finalizers are not allowed in scripts"
     expect(errors, {"direct": r"^(\./)?direct\.lua:1: " + gc, "task_mt": gc, "array_mt": gc,
                     "via_index": r"via_index\.lua:3: " + gc, "error_mt": r"error_mt\.lua:6: done$"})
@@ -529,7 +531,7 @@ def escape_gc_finalizers_cannot_be_set():
               "  mt.__gc = %s\n  t = nil\n  for i = 1, 50000 do local x = { i } end\n"
               "  return collectgarbage('count') > 0\nend\n" % loop)
     eq(p, True, "the run returned")
-    check(time.time() - t0 < 8, "and ended at once")
+    check(time.time() - t0 < 20, "and ended")
 
 
 @test
@@ -597,7 +599,7 @@ end
     eq(p["resume_self"], [False, "cannot resume " + not_own], "resuming the run's own thread")
     eq((p["yieldable"], p["own_yieldable"]), (False, True), "isyieldable")
     eq(p["wait"], "slept", "the task slept its full time and ended on its own")
-    errors = attacks({"yield": "return function()\n  coroutine.yield()\n  return 'resumed'\nend\n"}, max_seconds=1.5)
+    errors = attacks({"yield": "return function()\n  coroutine.yield()\n  return 'resumed'\nend\n"}, max_seconds=10)
     expect(errors, {"yield": r"(^|/)yield\.lua:2: attempt to yield from outside a coroutine$"})
 
 
@@ -617,7 +619,7 @@ def escape_spawned_tasks_keep_the_runs_limits_and_permissions():
                              '    return wix.all{ function() return %s.id end }\n  end)()\nend\n') % create,
     }
     errors = attacks(scripts, hook_extra={"from_coroutine_create": "      allow: [read]\n",
-                                          "all_in_coroutine": "      allow: [read]\n"}, max_seconds=8)
+                                          "all_in_coroutine": "      allow: [read]\n"}, max_seconds=20)
     refused = r"operation 'create' is not allowed for this hook \(allow: get, query\)"
     expect(errors, {"from_coroutine_loop": instruction_limit_at(5), "from_coroutine_create": refused,
                     "all_in_coroutine": refused + r"|wix\.core\.suspend must be called from a script run by wixr"})
@@ -653,7 +655,7 @@ def escape_error_objects_are_turned_into_text_safely():
         "table": "return function()\n  error({ code = 7, where = 'here' })\nend\n",
         "function": "return function()\n  error(print)\nend\n",
     }
-    errors = attacks(scripts, limits="instructions: 1000000, wall_ms: 3000, memory_mb: 16", max_seconds=10)
+    errors = attacks(scripts, max_seconds=20)
     expect(errors, {"tostring_loops": instruction_limit_at(3), "tostring_raises": r"^\(error object is a table value\)$",
                     "tostring_memory": MEMORY, "tostring_yields": r"^\(error object is a table value\)$",
                     "tostring_ok": r"^a custom message$", "table": r'^\{"(code|where)":',
@@ -708,7 +710,7 @@ def limits_instruction_budget_survives_pcall_xpcall_and_handlers():
         "sort_comparator": ("return function()\n  local t = { 3, 1, 2 }\n  table.sort(t, function(a, b)\n"
                             "    while true do end\n  end)\nend\n"),
     }
-    errors = attacks(scripts, max_seconds=10)
+    errors = attacks(scripts, max_seconds=20)
     expect(errors, {"pcall_loop": instruction_limit_at(4), "xpcall_handler_loops": INSTRUCTIONS,
                     "xpcall_handler_returns": INSTRUCTIONS, "error_rethrown": INSTRUCTIONS,
                     "close_handler": INSTRUCTIONS, "pcall_wrap": instruction_limit_at(3),
@@ -728,11 +730,11 @@ def limits_wall_time_survives_pcall():
                        '    wix.sleep(math.huge)\n  end\nend\n'),
     }
     t0 = time.time()
-    errors = attacks(scripts, limits="instructions: 100000000000, wall_ms: 300, memory_mb: 16", max_seconds=3)
+    errors = attacks(scripts, limits="instructions: 100000000000, wall_ms: 300, memory_mb: 16", max_seconds=8)
     expect(errors, {"busy_pcall": r"wall time limit exceeded \(300 ms\)$",
                     "sleep_pcall": r"wall time limit exceeded \(300 ms\)$",
                     "sleep_huge": r"^wall time limit exceeded \(300 ms\)$"})
-    check(time.time() - t0 < 3, "each ended near its 300 ms")
+    check(time.time() - t0 < 8, "each ended near its 300 ms, long before any other limit")
 
 
 @test
@@ -752,8 +754,8 @@ def limits_memory_bombs():
         "coroutines": ("return function()\n  local cs = {}\n  for i = 1, 1e9 do cs[i] = coroutine.create(print) end\n"
                        "end\n"),
     }
-    errors = attacks(scripts, limits="instructions: 100000000, wall_ms: 8000, memory_mb: 16", timeout=40,
-                     max_seconds=30)
+    errors = attacks(scripts, limits="instructions: 100000000, wall_ms: 60000, memory_mb: 16", timeout=90,
+                     max_seconds=60)
     for name in ("rep_huge", "string_rep", "doubling", "concat_growth", "table_growth", "nested", "keys",
                  "closures", "coroutines"):
         expect(errors, {name: MEMORY})
@@ -761,7 +763,7 @@ def limits_memory_bombs():
     # a memory error can be caught (the cap held); catching it for ever is stopped like any loop
     errors = attacks({"pcall_swallows": ("return function()\n  local caught = 0\n  while true do\n"
                                          "    if not pcall(string.rep, 'x', 2^28) then caught = caught + 1 end\n"
-                                         "  end\nend\n")}, max_seconds=5)
+                                         "  end\nend\n")}, max_seconds=20)
     expect(errors, {"pcall_swallows": instruction_limit_at(4)})
 
 
@@ -789,8 +791,8 @@ def limits_deep_recursion_and_metamethod_chains():
         "returned_depth": ("return function()\n  local t = {}\n  for i = 1, 1000 do t = { t } end\n  return t\nend\n"),
         "returned_cycle": "return function()\n  local t = {}\n  t.self = t\n  return t\nend\n",
     }
-    errors = attacks(scripts, limits="instructions: 100000000, wall_ms: 8000, memory_mb: 64", timeout=40,
-                     max_seconds=30)
+    errors = attacks(scripts, limits="instructions: 100000000, wall_ms: 60000, memory_mb: 64", timeout=90,
+                     max_seconds=60)
     expect(errors, {
         "lua_recursion": r"^memory limit exceeded \(64 MB\)$|lua_recursion\.lua:1: stack overflow",
         "index_function": r"index_function\.lua:3: (stack overflow|C stack overflow)",
@@ -822,7 +824,7 @@ def limits_single_c_calls_cannot_run_forever():
         "concat": "return function()\n  return table.concat(%s)\nend\n" % lying_len,
         "sort": "return function()\n  table.sort(setmetatable({}, { __len = function() return 2^31 - 2 end }))\nend\n",
     }
-    errors = attacks(scripts, max_seconds=5)
+    errors = attacks(scripts, max_seconds=20)
     expect(errors, {"move": instruction_limit_at(2), "insert": instruction_limit_at(2),
                     "remove": instruction_limit_at(2), "unpack": r"unpack\.lua:2: too many results to unpack$",
                     "concat": r"concat\.lua:2: invalid value \(at index 1\) in table for 'concat'$|"
@@ -845,7 +847,7 @@ def limits_costly_patterns_are_refused():
         "backref": big % 100000 + "return function() return s:find('(a*)%1b') end\n",
         "balance": ("local s = ('('):rep(50000)\nreturn function() return s:find('%b()%b()') end\n"),
     }
-    errors = attacks(scripts, max_seconds=5)
+    errors = attacks(scripts, max_seconds=20)
     for name in scripts:
         expect(errors, {name: r"%s\.lua:\d+: pattern too costly for a \d+-byte string" % name})
     # what policies do every day still works, on large texts too
@@ -877,8 +879,8 @@ def limits_emitted_events_are_capped():
     # and every one of them was dropped without a word.
     script = ('return function(event, ctx)\n  local pad = ("p"):rep(100)\n'
               '  for i = 1, 200000 do ctx.emit("child", { i = i, pad = pad }) end\nend\n')
-    errors = attacks({"fanout": script}, limits="instructions: 100000000, wall_ms: 8000, memory_mb: 64",
-                     max_seconds=10)
+    errors = attacks({"fanout": script}, limits="instructions: 100000000, wall_ms: 60000, memory_mb: 64",
+                     max_seconds=30)
     expect(errors, {"fanout": r"fanout\.lua:3: ctx\.emit: the events emitted by one run are limited to 16 MB$"})
 
 
@@ -1412,7 +1414,7 @@ def http_slow_clients_are_cut_off():
         t1 = time.time()
         st, _, _ = svc.post("provision", {"i": i}, "fast-%d" % i)
         eq(st, 202, "a normal request while slow clients hang on")
-        check(time.time() - t1 < 2, "answered at once (%.2f s)" % (time.time() - t1))
+        check(time.time() - t1 < 5, "answered at once (%.2f s)" % (time.time() - t1))
     for th in threads:
         th.join(25)
     for key in slow:
