@@ -6,17 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define POOL_PASSTHROUGH 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define POOL_PASSTHROUGH 1
-#endif
-#endif
-#ifndef POOL_PASSTHROUGH
-#define POOL_PASSTHROUGH 0
-#endif
-
 #define SLAB_BYTES (64 * 1024)
 #define SLAB_HEADER 16 /* the link to the previous slab, kept 16-byte aligned */
 

@@ -17,6 +17,18 @@
 
 #include <stddef.h>
 
+/* 1 when every block goes to malloc (AddressSanitizer builds). */
+#if defined(__SANITIZE_ADDRESS__)
+#define POOL_PASSTHROUGH 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define POOL_PASSTHROUGH 1
+#endif
+#endif
+#ifndef POOL_PASSTHROUGH
+#define POOL_PASSTHROUGH 0
+#endif
+
 #define POOL_MAX_SMALL 512
 #define POOL_CLASSES (POOL_MAX_SMALL / 16)
 
