@@ -489,7 +489,9 @@ static int load_hook(const ydoc *d, const ynode *n, const char *event, int index
 }
 
 static const char *const serve_keys[] = {"listen", "journal", "concurrency", "order_key", "retry",
-                                         "accept_unknown_events", "max_body_kb", "drain_ms", NULL};
+                                         "accept_unknown_events", "max_body_kb", "request_timeout_ms",
+                                         "idle_timeout_ms", "max_connections", "max_connections_per_ip",
+                                         "drain_ms", NULL};
 static const char *const serve_retry_keys[] = {"attempts", "base_ms", "max_ms", NULL};
 static const char *const poller_keys[] = {"enabled", "interval_ms", "account_id", NULL};
 
@@ -553,6 +555,22 @@ static int load_serve(const ydoc *d, const ynode *n, wixr_config *c, char *err, 
         return -1;
     if ((m = ymap_get(n, "drain_ms")) && get_long(d, m, "serve.drain_ms", 0, 3600000, &s->drain_ms, err, errlen) < 0)
         return -1;
+    if ((m = ymap_get(n, "request_timeout_ms")) &&
+        get_long(d, m, "serve.request_timeout_ms", 1000, 3600000, &s->request_timeout_ms, err, errlen) < 0)
+        return -1;
+    if ((m = ymap_get(n, "idle_timeout_ms")) &&
+        get_long(d, m, "serve.idle_timeout_ms", 1000, 3600000, &s->idle_timeout_ms, err, errlen) < 0)
+        return -1;
+    if ((m = ymap_get(n, "max_connections"))) {
+        if (get_long(d, m, "serve.max_connections", 1, 16384, &v, err, errlen) < 0)
+            return -1;
+        s->max_connections = (int)v;
+    }
+    if ((m = ymap_get(n, "max_connections_per_ip"))) {
+        if (get_long(d, m, "serve.max_connections_per_ip", 0, 16384, &v, err, errlen) < 0)
+            return -1;
+        s->max_connections_per_ip = (int)v;
+    }
     return 0;
 }
 
@@ -699,6 +717,10 @@ static int load(wixr_config *c, const char *path, const char *text, size_t len, 
     c->serve.retry_max_ms = 60000;
     c->serve.max_body_kb = 1024;
     c->serve.drain_ms = 10000;
+    c->serve.request_timeout_ms = 30000;
+    c->serve.idle_timeout_ms = 15000;
+    c->serve.max_connections = 1024;
+    c->serve.max_connections_per_ip = 256;
     c->serve.poller_interval_ms = 5000;
     if (set_str(&c->state_dir, ".wixr") < 0 || set_str(&c->serve.listen, "127.0.0.1:8480") < 0)
         goto oom;

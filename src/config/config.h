@@ -78,6 +78,10 @@ typedef struct serve_settings {
     long retry_base_ms, retry_max_ms;
     int accept_unknown_events;    /* accept names no hook listens to (else 404) */
     long max_body_kb;
+    long request_timeout_ms;      /* a request's headers and body arrive within it (slow clients are cut off) */
+    long idle_timeout_ms;         /* a connection without a byte for this long is closed */
+    int max_connections;          /* open at once, in all */
+    int max_connections_per_ip;   /* open at once from one address (0: no limit) */
     long drain_ms;                /* SIGTERM: how long in-flight runs may finish */
     int poller_enabled;
     long poller_interval_ms;

@@ -18,6 +18,7 @@
 #include <sys/file.h>
 #include <sys/inotify.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -62,6 +63,13 @@ typedef struct running {
     struct serve *s;
 } running;
 
+/* An open connection, for the request deadline (see cut_slow_requests). */
+typedef struct watched {
+    int fd;                       /* -1: the slot is free */
+    long long since_ms;           /* when its current request began (opened, or the last one completed) */
+    int cut;
+} watched;
+
 typedef struct serve {
     const serve_options *opt;
     wixr_config *boot_cfg;        /* the configuration at start (wix settings, state dir) */
@@ -85,6 +93,10 @@ typedef struct serve {
     char *health;                 /* snapshots served by the HTTP threads */
     char *metrics;
     long long accepted_total, duplicates_total;
+    pthread_mutex_t conns_lock;   /* guards conns */
+    watched *conns;               /* serve.max_connections slots */
+    int nconns;
+    long long slow_cut_total;     /* connections cut off at the request deadline */
 
     struct MHD_Daemon *mhd;
     int evfd;
@@ -579,11 +591,63 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                             "/healthz, /metrics)", method, url);
 }
 
+/* ---- slow clients ----
+ *
+ * libmicrohttpd's timeout counts idle time only: a client sending one header
+ * line every few seconds keeps its connection (and its thread) for ever, and
+ * a thousand such clients fill every slot. Each connection is watched from the
+ * moment it opens: its request must be complete within
+ * serve.request_timeout_ms of the connection opening or of its previous request
+ * completing, or the main loop shuts the socket down (the connection's thread
+ * then sees it closed and ends it). The slot is freed in the CLOSED
+ * notification, which libmicrohttpd sends before it closes the socket, under
+ * the same lock: a shutdown never reaches a descriptor already reused. */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    serve *s = cls;
+    pthread_mutex_lock(&s->conns_lock);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        for (int i = 0; ci && i < s->nconns; i++) {
+            if (s->conns[i].fd < 0) {
+                s->conns[i] = (watched){.fd = ci->connect_fd, .since_ms = iso_now_ms(), .cut = 0};
+                *socket_context = &s->conns[i];
+                break;
+            }
+        }
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
+        ((watched *)*socket_context)->fd = -1;
+        *socket_context = NULL;
+    }
+    pthread_mutex_unlock(&s->conns_lock);
+}
+
+static void cut_slow_requests(serve *s)
+{
+    long long now = iso_now_ms(), limit = s->boot_cfg->serve.request_timeout_ms;
+    pthread_mutex_lock(&s->conns_lock);
+    for (int i = 0; i < s->nconns; i++) {
+        watched *w = &s->conns[i];
+        if (w->fd >= 0 && !w->cut && now - w->since_ms > limit) {
+            shutdown(w->fd, SHUT_RDWR);
+            w->cut = 1;
+            s->slow_cut_total++;
+        }
+    }
+    pthread_mutex_unlock(&s->conns_lock);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
-    (void)c;
+    serve *s = cls;
     (void)toe;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    if (ci && ci->socket_context) {
+        pthread_mutex_lock(&s->conns_lock);
+        ((watched *)ci->socket_context)->since_ms = iso_now_ms(); /* the next request's time starts now */
+        pthread_mutex_unlock(&s->conns_lock);
+    }
     conn *st = *con_cls;
     if (st) {
         buf_free(&st->body);
@@ -1105,6 +1169,13 @@ static void snapshot(serve *s)
                    "# HELP wixr_events_duplicate_total Events sent again with a known id.\n# TYPE wixr_events_duplicate_total counter\n"
                    "wixr_events_duplicate_total %lld\n",
                acc, dup);
+    pthread_mutex_lock(&s->conns_lock);
+    long long cut = s->slow_cut_total;
+    pthread_mutex_unlock(&s->conns_lock);
+    buf_printf(&m, "# HELP wixr_http_slow_requests_cut_total Connections cut off because their request took longer than "
+                   "serve.request_timeout_ms.\n# TYPE wixr_http_slow_requests_cut_total counter\n"
+                   "wixr_http_slow_requests_cut_total %lld\n",
+               cut);
     buf_printf(&m, "# HELP wixr_event_runs_failed_total Event runs in which a hook failed.\n# TYPE wixr_event_runs_failed_total counter\n"
                    "wixr_event_runs_failed_total %lld\n"
                    "# HELP wixr_event_retries_total Event runs scheduled again after a failure.\n# TYPE wixr_event_retries_total counter\n"
@@ -1195,10 +1266,22 @@ static int start_http(serve *s, const char *listen, char *err, size_t errlen)
         snprintf(err, errlen, "listen: '%s' is not an IPv4 address", host);
         return -1;
     }
+    const serve_settings *ss = &s->boot_cfg->serve;
+    s->conns = malloc((size_t)ss->max_connections * sizeof *s->conns);
+    if (!s->conns) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    s->nconns = ss->max_connections;
+    for (int i = 0; i < s->nconns; i++)
+        s->conns[i].fd = -1;
     s->mhd = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
                               (uint16_t)port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-                              MHD_OPTION_CONNECTION_TIMEOUT, 15U, MHD_OPTION_CONNECTION_LIMIT, 1024U,
-                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U,
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)((ss->idle_timeout_ms + 999) / 1000),
+                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)ss->max_connections,
+                              MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)ss->max_connections_per_ip,
+                              MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U,
                               MHD_OPTION_END);
     if (!s->mhd) {
         snprintf(err, errlen, "cannot listen on %s (in use, or not permitted)", listen);
@@ -1246,6 +1329,7 @@ int serve_main(const serve_options *o)
     s->inotify_fd = -1;
     s->last_reload_ok = 1;
     pthread_mutex_init(&s->lock, NULL);
+    pthread_mutex_init(&s->conns_lock, NULL);
     pthread_cond_init(&s->queued, NULL);
     int rc = 1;
     char err[8192];
@@ -1394,6 +1478,7 @@ int serve_main(const serve_options *o)
             break;
         if (sched_now_ms() - s->last_snapshot >= SNAPSHOT_EVERY_MS) {
             s->last_snapshot = sched_now_ms();
+            cut_slow_requests(s);
             snapshot(s);
             if (++s->snapshots % 4 == 0)
                 journal_checkpoint(s->jmain); /* about once a second, off the intake path */
@@ -1456,6 +1541,7 @@ out:
     for (int i = 0; i < s->nsettled; i++)
         free(s->settled[i]);
     free(s->settled);
+    free(s->conns);
     if (!s->ninflight) {
         config_free(s->boot_cfg);
         free(s->boot_cfg);

@@ -1428,6 +1428,68 @@ def http_slow_clients_are_cut_off():
     svc.stop()
 
 
+@test
+def http_trickling_clients_meet_the_request_deadline():
+    # A byte every second resets libmicrohttpd's idle timeout for ever; the
+    # request deadline (serve.request_timeout_ms) cuts such a client off.
+    svc = Service(serve_config(AUTH_HOOKS, serve="  request_timeout_ms: 2000\n"), {"good.lua": GOOD}).start()
+    auth = ("Authorization: Bearer %s\r\n" % svc.token).encode()
+    s = open_slow(svc.port, b"POST /v1/events/provision HTTP/1.1\r\nHost: x\r\n" + auth)
+    t0, closed = time.time(), False
+    try:
+        for i in range(12):
+            s.sendall(b"X-Trickle-%d: y\r\n" % i)
+            time.sleep(0.5)
+    except OSError:
+        closed = True
+    elapsed = time.time() - t0
+    if not closed:
+        s.settimeout(3)
+        try:
+            closed = s.recv(100) == b""
+        except socket.timeout:
+            closed = False  # still open
+        except OSError:
+            closed = True
+    s.close()
+    check(closed, "the trickling connection is cut off")
+    check(elapsed < 5.5, "within the deadline and a tick (%.1f s)" % elapsed)
+    # a keep-alive connection gets a fresh deadline for each request
+    c = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=10)
+    for i in range(3):
+        c.request("POST", "/v1/events/provision", json.dumps({"i": i}),
+                  {"Authorization": "Bearer " + svc.token, "X-Event-Id": "ka-%d" % i})
+        r = c.getresponse()
+        r.read()
+        eq(r.status, 202, "request %d on one connection" % i)
+        time.sleep(1.2)
+    c.close()
+    st, _, text = svc.call("GET", "/metrics")
+    check(re.search(r"^wixr_http_slow_requests_cut_total [1-9]", text.decode() if isinstance(text, bytes) else text,
+                    re.M), "the cut is counted in /metrics")
+    svc.stop()
+
+
+@test
+def http_connections_per_address_are_capped():
+    svc = Service(serve_config(AUTH_HOOKS, serve="  max_connections_per_ip: 3\n"), {"good.lua": GOOD}).start()
+    held = [open_slow(svc.port, b"") for _ in range(3)]
+    time.sleep(0.3)
+    extra = open_slow(svc.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    extra.settimeout(5)
+    try:
+        got = extra.recv(100)
+    except OSError:
+        got = b""
+    extra.close()
+    check(not got.startswith(b"HTTP/1.1 200"), "a fourth connection from one address is refused: %r" % got[:60])
+    for h in held:
+        h.close()
+    time.sleep(0.3)
+    eq(svc.call("GET", "/healthz", token=None)[0], 200, "served again once the three are closed")
+    svc.stop()
+
+
 def main():
     return run_tests(TESTS, parse_args(__doc__))
 
