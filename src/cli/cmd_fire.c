@@ -4,7 +4,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,70 +42,13 @@ static const char usage[] =
 
 /* ---- the dedupe store ---- */
 
-/* A finished event's record, on its way to the store's writer thread. */
-typedef struct seen_rec {
-    struct seen_rec *next;
-    int ok;
-    long long when;
-    char text[];                  /* id, NUL, name, NUL */
-} seen_rec;
-
-/* The look-ups run on the caller's thread, on a connection of their own; the
- * records of finished events are written by a thread (the other core), in
- * transactions of whatever has arrived, at most about a hundred a second. A
- * record lost to a crash only lets its event run again, with the same
- * derived idempotency keys. */
 typedef struct seen_db {
-    sqlite3 *db;                  /* look-ups */
-    sqlite3_stmt *get;
+    sqlite3 *db;
+    sqlite3_stmt *get, *finish;
     const char **set;             /* ids claimed by this run (open addressing; owned by the caller) */
     size_t setcap, setn;
-    long lookups;
-    sqlite3 *wdb;                 /* the writer's */
-    sqlite3_stmt *finish;
-    pthread_t writer;
-    int writer_started;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    seen_rec *head, *tail;
-    int stop;
+    int pending;
 } seen_db;
-
-static void seen_close(seen_db *s);
-
-static void *seen_writer(void *arg)
-{
-    seen_db *s = arg;
-    pthread_mutex_lock(&s->mu);
-    for (;;) {
-        while (!s->head && !s->stop)
-            pthread_cond_wait(&s->cv, &s->mu);
-        seen_rec *list = s->head;
-        int stop = s->stop;
-        s->head = s->tail = NULL;
-        pthread_mutex_unlock(&s->mu);
-        if (list) {
-            sqlite3_exec(s->wdb, "BEGIN", NULL, NULL, NULL);
-            for (seen_rec *r = list, *next; r; r = next) {
-                next = r->next;
-                sqlite3_reset(s->finish);
-                sqlite3_bind_text(s->finish, 1, r->text, -1, SQLITE_STATIC);
-                sqlite3_bind_text(s->finish, 2, r->text + strlen(r->text) + 1, -1, SQLITE_STATIC);
-                sqlite3_bind_text(s->finish, 3, r->ok ? "done" : "failed", -1, SQLITE_STATIC);
-                sqlite3_bind_int64(s->finish, 4, r->when);
-                sqlite3_step(s->finish);
-                sqlite3_reset(s->finish);
-                free(r);
-            }
-            sqlite3_exec(s->wdb, "COMMIT", NULL, NULL, NULL);
-        }
-        if (stop)
-            break;
-        usleep(10000); /* let records gather: fewer, larger transactions */
-        pthread_mutex_lock(&s->mu);
-    }
-    return NULL;
-}
 
 static int seen_open(seen_db *s, const char *dir, char *err, size_t errlen)
 {
@@ -117,41 +59,24 @@ static int seen_open(seen_db *s, const char *dir, char *err, size_t errlen)
     }
     char path[4096];
     snprintf(path, sizeof path, "%s/events.db", dir);
-    sqlite3 *bad = NULL;
-    if (sqlite3_open(path, &s->wdb) != SQLITE_OK ||
-        sqlite3_exec(s->wdb,
+    if (sqlite3_open(path, &s->db) != SQLITE_OK ||
+        sqlite3_exec(s->db,
                      "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;"
                      "PRAGMA cache_size=-16384;" /* 16 MB: a million ids' b-tree stays in memory */
                      /* WITHOUT ROWID: the ids' b-tree is the table (one b-tree written per event, not two) */
                      "CREATE TABLE IF NOT EXISTS events(id TEXT PRIMARY KEY, name TEXT NOT NULL,"
                      " state TEXT NOT NULL, token TEXT NOT NULL, finished INTEGER) WITHOUT ROWID;",
                      NULL, NULL, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->wdb,
+        /* (an OR chain, not IN (...): SQLite builds a temporary b-tree for each IN list) */
+        sqlite3_prepare_v2(s->db, "SELECT 1 FROM events WHERE id = ?1 AND (state = 'done' OR state = 'failed')", -1,
+                           &s->get, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->db,
                            "INSERT OR REPLACE INTO events(id, name, state, token, finished) VALUES(?1, ?2, ?3, '', ?4)",
                            -1, &s->finish, NULL) != SQLITE_OK) {
-        bad = s->wdb;
-    } else if (sqlite3_open(path, &s->db) != SQLITE_OK ||
-               sqlite3_exec(s->db, "PRAGMA busy_timeout=5000;", NULL, NULL, NULL) != SQLITE_OK ||
-               /* (an OR chain, not IN (...): SQLite builds a temporary b-tree for each IN list) */
-               sqlite3_prepare_v2(s->db, "SELECT 1 FROM events WHERE id = ?1 AND (state = 'done' OR state = 'failed')",
-                                  -1, &s->get, NULL) != SQLITE_OK) {
-        bad = s->db;
-    }
-    if (bad) {
-        snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(bad));
-        seen_close(s);
+        snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(s->db));
         return -1;
     }
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv, NULL);
-    if (pthread_create(&s->writer, NULL, seen_writer, s) != 0) {
-        snprintf(err, errlen, "%s: cannot start its writer thread", path);
-        pthread_mutex_destroy(&s->mu);
-        pthread_cond_destroy(&s->cv);
-        seen_close(s);
-        return -1;
-    }
-    s->writer_started = 1;
+    sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
     return 0;
 }
 
@@ -201,11 +126,6 @@ static int set_add(seen_db *s, const char *id)
 static int seen_claim(seen_db *s, const char *id, const char *name)
 {
     (void)name;
-    /* Look-ups share a read transaction: its snapshot is all that earlier runs
-     * recorded (this run's ids are in the set), and its pages stay cached
-     * while the writer commits. A new one now and then lets checkpoints go on. */
-    if (s->lookups++ % 20000 == 0)
-        sqlite3_exec(s->db, s->lookups > 1 ? "COMMIT; BEGIN" : "BEGIN", NULL, NULL, NULL);
     sqlite3_reset(s->get);
     sqlite3_bind_text(s->get, 1, id, -1, SQLITE_STATIC);
     int done_before = sqlite3_step(s->get) == SQLITE_ROW;
@@ -215,46 +135,28 @@ static int seen_claim(seen_db *s, const char *id, const char *name)
 
 static void seen_finish(seen_db *s, const char *id, const char *name, int ok)
 {
-    size_t il = strlen(id), nl = strlen(name);
-    seen_rec *r = malloc(sizeof *r + il + nl + 2);
-    if (!r)
-        return; /* (the event is not recorded: it may run again, with the same keys) */
-    r->next = NULL;
-    r->ok = ok;
-    r->when = (long long)time(NULL);
-    memcpy(r->text, id, il + 1);
-    memcpy(r->text + il + 1, name, nl + 1);
-    pthread_mutex_lock(&s->mu);
-    if (s->tail)
-        s->tail->next = r;
-    else
-        s->head = r;
-    s->tail = r;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
+    sqlite3_reset(s->finish);
+    sqlite3_bind_text(s->finish, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s->finish, 2, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s->finish, 3, ok ? "done" : "failed", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s->finish, 4, (long long)time(NULL));
+    sqlite3_step(s->finish);
+    if (++s->pending >= 5000) {
+        sqlite3_exec(s->db, "COMMIT; BEGIN", NULL, NULL, NULL);
+        s->pending = 0;
+    }
 }
 
-/* Writes what is left and closes the store (safe on a store that failed to open). */
 static void seen_close(seen_db *s)
 {
-    if (s->writer_started) {
-        pthread_mutex_lock(&s->mu);
-        s->stop = 1;
-        pthread_cond_signal(&s->cv);
-        pthread_mutex_unlock(&s->mu);
-        pthread_join(s->writer, NULL);
-        s->writer_started = 0;
-        pthread_mutex_destroy(&s->mu);
-        pthread_cond_destroy(&s->cv);
-    }
+    if (!s->db)
+        return;
+    sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
     sqlite3_finalize(s->get);
     sqlite3_finalize(s->finish);
-    if (s->db && !sqlite3_get_autocommit(s->db))
-        sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
     sqlite3_close(s->db);
-    sqlite3_close(s->wdb);
     free(s->set);
-    memset(s, 0, sizeof *s);
+    s->db = NULL;
 }
 
 /* ---- printing ---- */
