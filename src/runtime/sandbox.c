@@ -1057,6 +1057,22 @@ static void run_error_text(hook_run *r, lua_State *co, char *out, size_t n)
     lua_settop(L, top);
 }
 
+typedef struct result_enc {
+    buf_t *b;
+    char *err;
+    size_t errlen;
+    int rc;
+} result_enc;
+
+/* (value, result_enc): encodes in protected mode, since growing the stack can
+ * raise a memory error once the hook's memory cap is reached. */
+static int encode_result(lua_State *L)
+{
+    result_enc *e = lua_touserdata(L, 2);
+    e->rc = luajson_encode(L, 1, e->b, 0, e->err, e->errlen);
+    return 0;
+}
+
 static void run_done(sched_task *t, lua_State *co, int status, void *arg)
 {
     (void)t;
@@ -1082,12 +1098,31 @@ static void run_done(sched_task *t, lua_State *co, int status, void *arg)
     buf_init(&b, 16 * 1024 * 1024);
     if (lua_gettop(co) == 0 || lua_isnil(co, 1)) {
         buf_adds(&b, "null");
-    } else if (luajson_encode(co, 1, &b, 0, err, sizeof err) < 0) {
-        char msg[400];
-        snprintf(msg, sizeof msg, "the handler returned a value that is not data: %s", err);
-        buf_free(&b);
-        finish(r, 0, NULL, msg);
-        return;
+    } else {
+        result_enc e = {&b, err, sizeof err, -1};
+        int memory = 0;
+        if (!lua_checkstack(co, 3)) {
+            memory = 1;
+        } else {
+            lua_pushcfunction(co, encode_result);
+            lua_pushvalue(co, 1);
+            lua_pushlightuserdata(co, &e);
+            if (lua_pcall(co, 2, 0, 0) != LUA_OK) {
+                lua_pop(co, 1);
+                memory = 1;
+            }
+        }
+        if (memory || e.rc < 0) {
+            char msg[400];
+            if (memory)
+                snprintf(msg, sizeof msg, "memory limit exceeded (%ld MB) encoding the handler's result",
+                         r->hook->def->limits.memory_mb);
+            else
+                snprintf(msg, sizeof msg, "the handler returned a value that is not data: %s", err);
+            buf_free(&b);
+            finish(r, 0, NULL, msg);
+            return;
+        }
     }
     if (r->tripped) {
         /* the script caught the limit's error (coroutine.resume, pcall) and returned */
