@@ -48,6 +48,7 @@ typedef struct seen_db {
     const char **set;             /* ids claimed by this run (open addressing; owned by the caller) */
     size_t setcap, setn;
     int pending;
+    int was_empty;                /* nothing recorded before this run: no look-ups needed */
 } seen_db;
 
 static int seen_open(seen_db *s, const char *dir, char *err, size_t errlen)
@@ -75,6 +76,11 @@ static int seen_open(seen_db *s, const char *dir, char *err, size_t errlen)
                            -1, &s->finish, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(s->db));
         return -1;
+    }
+    sqlite3_stmt *any;
+    if (sqlite3_prepare_v2(s->db, "SELECT NOT EXISTS(SELECT 1 FROM events)", -1, &any, NULL) == SQLITE_OK) {
+        s->was_empty = sqlite3_step(any) == SQLITE_ROW && sqlite3_column_int(any, 0);
+        sqlite3_finalize(any);
     }
     sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
     return 0;
@@ -126,10 +132,13 @@ static int set_add(seen_db *s, const char *id)
 static int seen_claim(seen_db *s, const char *id, const char *name)
 {
     (void)name;
-    sqlite3_reset(s->get);
-    sqlite3_bind_text(s->get, 1, id, -1, SQLITE_STATIC);
-    int done_before = sqlite3_step(s->get) == SQLITE_ROW;
-    sqlite3_reset(s->get);
+    int done_before = 0;
+    if (!s->was_empty) { /* (a store empty at open holds only this run's ids: the set has them) */
+        sqlite3_reset(s->get);
+        sqlite3_bind_text(s->get, 1, id, -1, SQLITE_STATIC);
+        done_before = sqlite3_step(s->get) == SQLITE_ROW;
+        sqlite3_reset(s->get);
+    }
     return !done_before && set_add(s, id);
 }
 
