@@ -23,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import ARGS, JANE, P_SERVICE, TestFailure, check, eq, parse_args, run_tests  # noqa: E402
+from testlib import ARGS, JANE, P_SERVICE, Run, TestFailure, check, eq, parse_args, run_tests  # noqa: E402
 
 TESTS = []
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", ": runtime error:")
@@ -32,46 +32,6 @@ SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", ": runtime
 def test(fn):
     TESTS.append(fn)
     return fn
-
-
-class Run:
-    def __init__(self, args, rc, out, err, elapsed, timed_out):
-        self.args, self.rc, self.out, self.err = args, rc, out, err
-        self.elapsed, self.timed_out = elapsed, timed_out
-
-    @property
-    def json(self):
-        if self.timed_out:
-            raise TestFailure("wixr %s did not finish within its time limit (killed after %.1f s); stderr %r"
-                              % (" ".join(self.args), self.elapsed, self.err[-300:]))
-        if self.rc is not None and self.rc < 0:
-            raise TestFailure("wixr %s died with signal %d; stderr %r" % (" ".join(self.args), -self.rc,
-                                                                          self.err[-300:]))
-        try:
-            return json.loads(self.out)
-        except ValueError:
-            raise TestFailure("not JSON on stdout: %r (rc %s, stderr %r)" % (self.out[:300], self.rc,
-                                                                             self.err[-400:]))
-
-    def lines(self, stream="err"):
-        """The lines of stderr (or stdout), without the sandbox notice."""
-        text = self.err if stream == "err" else self.out
-        return [x for x in text.splitlines() if "using the embedded sandbox emulator" not in x]
-
-    def log_lines(self):
-        """The JSON lines (ctx.log) on stderr."""
-        out = []
-        for x in self.lines():
-            if x.startswith("{"):
-                try:
-                    out.append(json.loads(x))
-                except ValueError:
-                    raise TestFailure("a log line on stderr is not JSON: %r" % x)
-        return out
-
-    def __str__(self):
-        return "rc=%s%s stdout=%r stderr=%r" % (self.rc, " (timed out)" if self.timed_out else "",
-                                               self.out[-500:], self.err[-700:])
 
 
 WORKS = []

@@ -29,14 +29,16 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import (ARGS, JANE, P_SERVICE, SITE_JANE1, UNKNOWN_GUID, Server, TestFailure, check, eq,  # noqa: E402
-                     json_body, parse_args, run_tests)
+from testlib import (ARGS, JANE, P_SERVICE, SITE_JANE1, UNKNOWN_GUID, Run, Server, TestFailure, check, eq,  # noqa: E402
+                     json_body, parse_args, run_tests, wait_for_port_file)
 
 TESTS = []
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", ": runtime error:")
 SANDBOX_NOTICE = "using the embedded sandbox emulator"
 WORKS = []
 PROCS = []
+# What a `wixr fire` cut by its process timeout means here.
+TIMEOUT_HINT = "the attack escaped every limit"
 
 
 def test(fn):
@@ -88,30 +90,6 @@ def clean_env(extra=None):
 # `wixr fire` in a folder of its own
 # ---------------------------------------------------------------------------
 
-class Run:
-    def __init__(self, args, rc, out, err, elapsed, timed_out):
-        self.args, self.rc, self.out, self.err = args, rc, out, err
-        self.elapsed, self.timed_out = elapsed, timed_out
-
-    @property
-    def json(self):
-        if self.timed_out:
-            raise TestFailure("wixr %s did not finish within its time limit (killed after %.1f s): the attack "
-                              "escaped every limit; stderr %r" % (" ".join(self.args), self.elapsed, self.err[-300:]))
-        if self.rc is not None and self.rc < 0:
-            raise TestFailure("wixr %s died with signal %d; stderr %r" % (" ".join(self.args), -self.rc,
-                                                                          self.err[-500:]))
-        try:
-            return json.loads(self.out)
-        except ValueError:
-            raise TestFailure("not JSON on stdout: %r (rc %s, stderr %r)" % (self.out[:300], self.rc,
-                                                                             self.err[-400:]))
-
-    def __str__(self):
-        return "rc=%s%s stdout=%r stderr=%r" % (self.rc, " (timed out)" if self.timed_out else "",
-                                               self.out[-500:], self.err[-700:])
-
-
 class Work:
     """A temporary folder with a wixr.yaml and scripts; runs wixr there."""
 
@@ -138,11 +116,11 @@ class Work:
         try:
             p = subprocess.run([ARGS.wixr] + list(args), cwd=self.dir, env=clean_env(env), input=stdin,
                                capture_output=True, text=True, timeout=timeout, errors="replace")
-            r = Run(args, p.returncode, p.stdout, p.stderr, time.time() - t0, False)
+            r = Run(args, p.returncode, p.stdout, p.stderr, time.time() - t0, False, TIMEOUT_HINT)
         except subprocess.TimeoutExpired as te:
             def text(b):
                 return b.decode("utf-8", "replace") if isinstance(b, bytes) else (b or "")
-            r = Run(args, None, text(te.stdout), text(te.stderr), time.time() - t0, True)
+            r = Run(args, None, text(te.stdout), text(te.stderr), time.time() - t0, True, TIMEOUT_HINT)
         no_sanitizer_report(r.err, "wixr " + " ".join(args))
         return r
 
@@ -911,20 +889,8 @@ class Service:
         self.proc = subprocess.Popen([ARGS.wixr, "serve"] + list(args), cwd=self.dir, env=clean_env(env),
                                      stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf)
         PROCS.append(self.proc)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise TestFailure("wixr serve exited with %s: %s" % (self.proc.returncode, self.log()[-800:]))
-            try:
-                with open(self.state("serve.port")) as f:
-                    text = f.read().strip()
-                if text:
-                    self.port = int(text)
-                    return self
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.01)
-        raise TestFailure("wixr serve did not write its port within %d s: %s" % (timeout, self.log()[-800:]))
+        self.port = wait_for_port_file(self.proc, self.state("serve.port"), timeout, self.log, "wixr serve")
+        return self
 
     def stop(self):
         """SIGTERM; asserts a clean exit (no crash, no sanitizer report)."""

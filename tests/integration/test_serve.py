@@ -39,7 +39,7 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from testlib import (ARGS, JANE, P_SERVICE, SITE_JANE1, UNKNOWN_GUID, Client, Resp, Server,  # noqa: E402
-                     TestFailure, check, eq, json_body, ok, parse_args, run_tests)
+                     TestFailure, check, eq, json_body, ok, parse_args, read_log, run_tests, wait_for_port_file)
 
 TESTS = []
 TOKEN = "serve-test-token-7c1e"
@@ -174,22 +174,8 @@ class Service:
 
     def start(self, *args, token=DEFAULT, timeout=10):
         self.spawn(*args, token=token)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise TestFailure("wixr serve exited with %s before listening: %s"
-                                  % (self.proc.returncode, self.log_text()[-800:]))
-            try:
-                with open(self.state("serve.port")) as f:
-                    text = f.read().strip()
-                if text:
-                    self.port = int(text)
-                    return self
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.01)
-        raise TestFailure("wixr serve did not write .wixr/serve.port within %d s: %s"
-                          % (timeout, self.log_text()[-800:]))
+        self.port = wait_for_port_file(self.proc, self.state("serve.port"), timeout, self.log_text, "wixr serve")
+        return self
 
     def note_crash(self):
         """Remembers a previous process that died of a signal other than our SIGKILL."""
@@ -237,11 +223,7 @@ class Service:
             self.logf = None
 
     def log_text(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def log_of_this_start(self):
         with open(self.log_path, "rb") as f:

@@ -46,7 +46,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from testlib import (ARGS, BOB, JANE, OTHER, P_BUSINESS, P_CORE, P_DOMAIN, P_ELITE, P_LIGHT,  # noqa: E402
                      RESELLER, SITE_BOB, SITE_OTHER, TEAM, UNKNOWN_GUID, Client, Server, TestFailure,
-                     check, eq, json_body, ok, run_tests)
+                     check, eq, json_body, ok, read_log, run_tests, wait_for_port_file)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOKEN = "soak-token-5f0c"
@@ -108,21 +108,7 @@ class Service:
         self.logf.flush()
         self.proc = subprocess.Popen([ARGS.wixr, "serve"], cwd=self.dir, env=self.env, stdin=subprocess.DEVNULL,
                                      stdout=self.logf, stderr=self.logf)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise TestFailure("wixr serve exited with %s before listening: %s"
-                                  % (self.proc.returncode, self.log_text()[-800:]))
-            try:
-                with open(port_file) as f:
-                    text = f.read().strip()
-                if text:
-                    self.port = int(text)
-                    return
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.01)
-        raise TestFailure("wixr serve did not write .wixr/serve.port within %d s" % timeout)
+        self.port = wait_for_port_file(self.proc, port_file, timeout, self.log_text, "wixr serve")
 
     def kill(self):
         self.port = None
@@ -151,11 +137,7 @@ class Service:
         return self.proc is not None and self.proc.poll() is not None and self.proc.pid not in self.ended
 
     def log_text(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def problems(self):
         text = self.log_text()

@@ -1,6 +1,7 @@
 """Shared pieces of the integration tests: the seed data of config/catalog.yaml,
-a `wixr sandbox serve` process on a free port, a keep-alive HTTP client, the
-assertions and the runner that prints "N passed, N failed".
+a `wixr sandbox serve` process on a free port, waiting for a port file, a
+keep-alive HTTP client, the result of a `wixr` command (Run), the assertions
+and the runner that prints "N passed, N failed".
 Python 3 standard library only."""
 import atexit
 import http.client
@@ -100,28 +101,11 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         if self not in SERVERS:
             SERVERS.append(self)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("server exited with %s before listening: %s"
-                                     % (self.proc.returncode, self.log_text()[-500:]))
-            try:
-                with open(port_file) as f:
-                    text = f.read().strip()
-                if text:
-                    self.port = int(text)
-                    return self
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.01)
-        raise AssertionError("server did not write its port file within 10 s")
+        self.port = wait_for_port_file(self.proc, port_file, 10, self.log_text, "server")
+        return self
 
     def log_text(self):
-        try:
-            with open(os.path.join(self.dir, "server.log"), "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_log(os.path.join(self.dir, "server.log"))
 
     def stop(self):
         """SIGTERM, wait; returns the exit code (kills after 5 s)."""
@@ -143,6 +127,36 @@ class Server:
         if self in SERVERS:
             SERVERS.remove(self)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def read_log(path):
+    """The text of a log file (UTF-8, bad bytes replaced); "" when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def wait_for_port_file(proc, path, timeout, log_text, name="server"):
+    """Waits until proc writes its port into the file at path; returns the port.
+    Fails (naming `name`, with the tail of log_text()) when proc exits first or
+    timeout seconds go by."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise TestFailure("%s exited with %s before listening: %s"
+                              % (name, proc.returncode, log_text()[-800:]))
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+            if text:
+                return int(text)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    raise TestFailure("%s did not write its port file %s within %g s: %s"
+                      % (name, os.path.basename(path), timeout, log_text()[-800:]))
 
 
 def kill_all_servers():
@@ -321,6 +335,56 @@ def ok(r, what="request"):
     check(isinstance(r.json, dict), "%s: 200 without a JSON object body" % what)
     return r.json
 
+
+
+# ---------------------------------------------------------------------------
+# The result of one `wixr` command
+# ---------------------------------------------------------------------------
+
+class Run:
+    """What one `wixr` invocation gave: its args, exit code, stdout, stderr,
+    seconds taken and whether it was killed at its timeout. timeout_hint is
+    added to the failure when a run timed out (what that means to the suite)."""
+
+    def __init__(self, args, rc, out, err, elapsed, timed_out, timeout_hint=None):
+        self.args, self.rc, self.out, self.err = args, rc, out, err
+        self.elapsed, self.timed_out = elapsed, timed_out
+        self.timeout_hint = timeout_hint
+
+    @property
+    def json(self):
+        if self.timed_out:
+            raise TestFailure("wixr %s did not finish within its time limit (killed after %.1f s)%s; stderr %r"
+                              % (" ".join(self.args), self.elapsed,
+                                 ": " + self.timeout_hint if self.timeout_hint else "", self.err[-300:]))
+        if self.rc is not None and self.rc < 0:
+            raise TestFailure("wixr %s died with signal %d; stderr %r" % (" ".join(self.args), -self.rc,
+                                                                          self.err[-500:]))
+        try:
+            return json.loads(self.out)
+        except ValueError:
+            raise TestFailure("not JSON on stdout: %r (rc %s, stderr %r)" % (self.out[:300], self.rc,
+                                                                             self.err[-400:]))
+
+    def lines(self, stream="err"):
+        """The lines of stderr (or stdout), without the sandbox notice."""
+        text = self.err if stream == "err" else self.out
+        return [x for x in text.splitlines() if "using the embedded sandbox emulator" not in x]
+
+    def log_lines(self):
+        """The JSON lines (ctx.log) on stderr."""
+        out = []
+        for x in self.lines():
+            if x.startswith("{"):
+                try:
+                    out.append(json.loads(x))
+                except ValueError:
+                    raise TestFailure("a log line on stderr is not JSON: %r" % x)
+        return out
+
+    def __str__(self):
+        return "rc=%s%s stdout=%r stderr=%r" % (self.rc, " (timed out)" if self.timed_out else "",
+                                               self.out[-500:], self.err[-700:])
 
 
 def run_tests(tests, only=None, before_each=None):
