@@ -38,7 +38,7 @@ import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import (ARGS, JANE, P_SERVICE, SITE_JANE1, UNKNOWN_GUID, Client, Resp, Server,  # noqa: E402
+from testlib import (ARGS, JANE, P_SERVICE, SITE_JANE1, UNKNOWN_GUID, Client, Resp, Server, all_packages,  # noqa: E402
                      TestFailure, check, eq, json_body, ok, parse_args, read_log, run_tests, wait_for_port_file)
 
 TESTS = []
@@ -1016,22 +1016,6 @@ return function(event, ctx)
   return { package = p.id }
 end
 """ % (JANE, P_SERVICE)
-
-
-def all_packages(emu):
-    """Every package of the emulator's reseller, following cursors."""
-    c = Client(emu)
-    out, cursor = [], None
-    for _ in range(100):
-        q = {"cursorPaging": {"limit": 100}}
-        if cursor:
-            q["cursorPaging"]["cursor"] = cursor
-        body = ok(c.query(q), "query packages")
-        out += body["packages"]
-        cursor = ((body.get("metadata") or {}).get("cursors") or {}).get("next")
-        if not cursor:
-            return out
-    raise TestFailure("query paging did not end")
 
 
 @test

@@ -45,7 +45,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from testlib import (ARGS, BOB, JANE, OTHER, P_BUSINESS, P_CORE, P_DOMAIN, P_ELITE, P_LIGHT,  # noqa: E402
-                     RESELLER, SITE_BOB, SITE_OTHER, TEAM, UNKNOWN_GUID, Client, Server, TestFailure,
+                     RESELLER, SITE_BOB, SITE_OTHER, TEAM, UNKNOWN_GUID, Client, Server, TestFailure, all_packages,
                      check, eq, json_body, ok, read_log, run_tests, wait_for_port_file)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -602,21 +602,6 @@ class RequestLog:
 # The end state
 # ---------------------------------------------------------------------------
 
-def all_packages(emu):
-    """Every package the reseller's accounts hold, following cursors."""
-    c = Client(emu, account=RESELLER)
-    out, cursor = [], None
-    while True:
-        q = {"cursorPaging": {"limit": 100}}
-        if cursor:
-            q["cursorPaging"]["cursor"] = cursor
-        body = ok(c.query(q), "query packages")
-        out += body["packages"]
-        cursor = ((body.get("metadata") or {}).get("cursors") or {}).get("next")
-        if not cursor:
-            return out
-
-
 def cycle_of(inst):
     b = inst.get("billingInfo") or {}
     d = b.get("cycleDuration") or {}
@@ -828,7 +813,7 @@ def soak():
         check(not wrong, "dead events with another error than expected (seed %d): %s" % (seed, wrong[:5]))
 
         # the emulator: exactly the expected packages
-        pkgs = all_packages(emu)
+        pkgs = all_packages(emu, RESELLER)
         problems, missing, doubled = compare_state(subs, gen.pre_taken, pkgs)
         check(not doubled, "provisioned twice (seed %d): %s" % (seed, doubled[:10]))
         check(not missing, "provisioning lost (seed %d): %s" % (seed, missing[:10]))

@@ -337,6 +337,25 @@ def ok(r, what="request"):
 
 
 
+def all_packages(server, account=JANE, max_pages=1000):
+    """Every package the account sees on the emulator, following cursors."""
+    c = Client(server, account=account)
+    out, cursor = [], None
+    try:
+        for _ in range(max_pages):
+            q = {"cursorPaging": {"limit": 100}}
+            if cursor:
+                q["cursorPaging"]["cursor"] = cursor
+            body = ok(c.query(q), "query packages")
+            out += body["packages"]
+            cursor = ((body.get("metadata") or {}).get("cursors") or {}).get("next")
+            if not cursor:
+                return out
+    finally:
+        c.close()
+    raise TestFailure("query paging did not end within %d pages" % max_pages)
+
+
 # ---------------------------------------------------------------------------
 # The result of one `wixr` command
 # ---------------------------------------------------------------------------
