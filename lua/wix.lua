@@ -443,6 +443,19 @@ local function simulate_instance(instance_id, opts, method, path, body, account,
   return pkg
 end
 
+-- A mutating call on one instance: body (and its idempotency key) sent, or in
+-- dry-run planned, with the package as `change` would leave it.
+local function instance_call(instance_id, opts, method, path, body, change)
+  local account = account_of(opts)
+  body.idempotency_key = mutating_key(opts)
+  if settings.dry_run then
+    return simulate_instance(instance_id, opts, method, path, body, account, body.idempotency_key, change)
+  end
+  return send(method, path, body, account, body.idempotency_key).package
+end
+
+local INSTANCES = "/resellers/v1/packages/product-instances/"
+
 local ADJUST_KEYS = { catalog_product_id = true, billing = true, billing_info = true, discount_code = true }
 
 --- Upgrades, downgrades or changes the billing cycle of an instance (it keeps its id).
@@ -459,56 +472,32 @@ function wix.instances.adjust(instance_id, change, opts)
   if not body.catalog_product_id and not body.billing_info then
     invalid("change", "give catalog_product_id or billing")
   end
-  local account = account_of(opts)
-  body.idempotency_key = mutating_key(opts)
-  local path = "/resellers/v1/packages/product-instances/" .. instance_id
-  if settings.dry_run then
-    return simulate_instance(instance_id, opts, "PATCH", path, body, account, body.idempotency_key, function(inst)
-      inst.catalog_product_id = body.catalog_product_id or inst.catalog_product_id
-      inst.billing_info = body.billing_info or inst.billing_info
-    end)
-  end
-  return send("PATCH", path, body, account, body.idempotency_key).package
+  return instance_call(instance_id, opts, "PATCH", INSTANCES .. instance_id, body, function(inst)
+    inst.catalog_product_id = body.catalog_product_id or inst.catalog_product_id
+    inst.billing_info = body.billing_info or inst.billing_info
+  end)
 end
 
 --- Assigns an instance to a site (also moves it from another site).
 function wix.instances.assign(instance_id, site_id, opts)
   instance_id = check_guid(instance_id, "instance_id", true)
   site_id = check_guid(site_id, "site_id", true)
-  local account, key = account_of(opts), mutating_key(opts)
-  local path = "/resellers/v1/packages/product-instances/" .. instance_id .. "/" .. site_id
-  local body = { idempotency_key = key }
-  if settings.dry_run then
-    return simulate_instance(instance_id, opts, "PATCH", path, body, account, key,
-                             function(inst) inst.site_id = site_id end)
-  end
-  return send("PATCH", path, body, account, key).package
+  return instance_call(instance_id, opts, "PATCH", INSTANCES .. instance_id .. "/" .. site_id, {},
+                       function(inst) inst.site_id = site_id end)
 end
 
 --- Unassigns an instance from its site (it becomes floating).
 function wix.instances.unassign(instance_id, opts)
   instance_id = check_guid(instance_id, "instance_id", true)
-  local account, key = account_of(opts), mutating_key(opts)
-  local path = "/resellers/v1/packages/product-instances/" .. instance_id .. "/unassign"
-  local body = { idempotency_key = key }
-  if settings.dry_run then
-    return simulate_instance(instance_id, opts, "PATCH", path, body, account, key,
-                             function(inst) inst.site_id = nil end)
-  end
-  return send("PATCH", path, body, account, key).package
+  return instance_call(instance_id, opts, "PATCH", INSTANCES .. instance_id .. "/unassign", {},
+                       function(inst) inst.site_id = nil end)
 end
 
 --- Cancels one instance; returns the package that holds it.
 function wix.instances.cancel(instance_id, opts)
   instance_id = check_guid(instance_id, "instance_id", true)
-  local account, key = account_of(opts), mutating_key(opts)
-  local path = "/resellers/v1/packages/product-instances/" .. instance_id
-  local body = { idempotency_key = key }
-  if settings.dry_run then
-    return simulate_instance(instance_id, opts, "DELETE", path, body, account, key,
-                             function(inst) inst.status = "CANCELED" end)
-  end
-  return send("DELETE", path, body, account, key).package
+  return instance_call(instance_id, opts, "DELETE", INSTANCES .. instance_id, {},
+                       function(inst) inst.status = "CANCELED" end)
 end
 
 --- The instance with this id inside a package, or nil.
