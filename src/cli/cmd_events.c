@@ -433,36 +433,47 @@ static void print_lines(const char *label, const char *value)
     }
 }
 
+/* The options of `events show` and `events retry`: one event id, --config
+ * FILE and one flag. Returns -1 to go on, else the exit code (help, usage). */
+static int id_args(int argc, char **argv, const char *cmd, const char *help, const char *flag, int *flag_set,
+                   const char **config, const char **id)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(help, stdout);
+            return 0;
+        } else if (!strcmp(a, flag)) {
+            *flag_set = 1;
+        } else if (!strcmp(a, "--config") && v) {
+            *config = argv[++i];
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "wixr events %s: unknown option or missing value: %s\n%s", cmd, a, help);
+            return EXIT_USAGE;
+        } else if (!*id) {
+            *id = a;
+        } else {
+            fprintf(stderr, "wixr events %s: one event id at a time (got '%s' and '%s')\n", cmd, *id, a);
+            return EXIT_USAGE;
+        }
+    }
+    return -1;
+}
+
 static int events_show(int argc, char **argv)
 {
     const char *config = NULL, *id = NULL;
     int json = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage_show, stdout);
-            return 0;
-        } else if (!strcmp(a, "--json")) {
-            json = 1;
-        } else if (!strcmp(a, "--config") && v) {
-            config = argv[++i];
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "wixr events show: unknown option or missing value: %s\n%s", a, usage_show);
-            return EXIT_USAGE;
-        } else if (!id) {
-            id = a;
-        } else {
-            fprintf(stderr, "wixr events show: one event id at a time (got '%s' and '%s')\n", id, a);
-            return EXIT_USAGE;
-        }
-    }
+    int rc = id_args(argc, argv, "show", usage_show, "--json", &json, &config, &id);
+    if (rc >= 0)
+        return rc;
     if (!id) {
         fprintf(stderr, "wixr events show: give an event ID\n%s", usage_show);
         return EXIT_USAGE;
     }
     journal *j;
     char path[4200];
-    int rc = open_journal(config, &j, path, sizeof path);
+    rc = open_journal(config, &j, path, sizeof path);
     if (rc)
         return rc;
     journal_event e;
@@ -518,32 +529,16 @@ static int events_retry(int argc, char **argv)
 {
     const char *config = NULL, *id = NULL;
     int dead = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage_retry, stdout);
-            return 0;
-        } else if (!strcmp(a, "--dead")) {
-            dead = 1;
-        } else if (!strcmp(a, "--config") && v) {
-            config = argv[++i];
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "wixr events retry: unknown option or missing value: %s\n%s", a, usage_retry);
-            return EXIT_USAGE;
-        } else if (!id) {
-            id = a;
-        } else {
-            fprintf(stderr, "wixr events retry: one event id at a time (got '%s' and '%s')\n", id, a);
-            return EXIT_USAGE;
-        }
-    }
+    int rc = id_args(argc, argv, "retry", usage_retry, "--dead", &dead, &config, &id);
+    if (rc >= 0)
+        return rc;
     if (!id == !dead) {
         fprintf(stderr, "wixr events retry: give an event ID or --dead (not both)\n%s", usage_retry);
         return EXIT_USAGE;
     }
     journal *j;
     char path[4200];
-    int rc = open_journal(config, &j, path, sizeof path);
+    rc = open_journal(config, &j, path, sizeof path);
     if (rc)
         return rc;
     if (dead) {
