@@ -397,6 +397,11 @@ static json_value *parse_number(parser *ps)
         tmp[n] = '\0';
         v->u.number = strtod(tmp, NULL);
     }
+    if (!isfinite(v->u.number)) {
+        /* 1e999 would become infinity and be written back as null: refuse it here. */
+        fail(ps, ps->p, "number out of range");
+        return NULL;
+    }
     v->is_int = is_int;
     ps->p = q;
     return v;

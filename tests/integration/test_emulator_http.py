@@ -876,6 +876,10 @@ def g3_malformed_json_and_non_object_body():
     violation(raw_create(c, b"[1, 2]"), "body", "array body")
     violation(raw_create(c, b'"text"'), "body", "string body")
     violation(c.call("POST", QUERY, b"{not json"), "body", "query with malformed JSON")
+    r = c.call("POST", QUERY, b'{"query": {"filter": {"externalId": {"$ne": 1e999}}}}')
+    violation(r, "body", "a number beyond a double")
+    check(any("number out of range" in v["description"] for v in r.violations),
+          "the 1e999 refusal says why: %s" % r.short())
     violation(c.call("PATCH", "%s/%s" % (INST, UNKNOWN_GUID), b"{"), "body", "adjust with malformed JSON")
     eq(stats()["packages"], 0, "nothing created")
 

@@ -51,6 +51,8 @@ static void test_errors(void)
         {"\"\xff\"", 1, 2, "invalid UTF-8 in string"},
         {"\"a\nb\"", 1, 3, "control character in string"},
         {"1.", 1, 3, "bad number: digit expected after '.'"},
+        {"{\"n\": 1e999}", 1, 7, "number out of range"},
+        {"[-1e400]", 1, 2, "number out of range"},
         {"", 1, 1, "unexpected end of input"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
