@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "../util/isotime.h"
+#include "../json/wix_error.h"
 #include "emu_internal.h"
 
 /* ---- helpers ---- */
@@ -118,22 +119,7 @@ void emu_error_response(emu_response *resp, int status, const char *code, const 
     va_end(ap);
     buf_t b;
     buf_init(&b, 0);
-    json_writer w;
-    jw_init(&w, &b);
-    jw_obj(&w);
-    jw_kstr(&w, "message", msg);
-    jw_key(&w, "details");
-    jw_obj(&w);
-    jw_key(&w, "applicationError");
-    jw_obj(&w);
-    jw_kstr(&w, "code", code);
-    jw_kstr(&w, "description", msg);
-    jw_key(&w, "data");
-    jw_obj(&w);
-    jw_obj_end(&w);
-    jw_obj_end(&w);
-    jw_obj_end(&w);
-    jw_obj_end(&w);
+    wix_error_body(&b, code, msg);
     emu_set_json(resp, status, &b);
 }
 
@@ -146,19 +132,11 @@ void emu_violation(emu_ctx *c, const char *field, const char *rule, const char *
     va_end(ap);
     if (c->nviol >= 50)
         return;
-    json_writer w;
-    jw_init(&w, &c->viol);
     if (c->nviol++)
         buf_addc(&c->viol, ',');
-    jw_obj(&w);
-    jw_kstr(&w, "field", field);
-    jw_kstr(&w, "description", msg);
-    jw_kstr(&w, "violatedRule", rule);
-    jw_kstr(&w, "ruleName", "VALIDATION_ERROR");
-    jw_key(&w, "data");
-    jw_obj(&w);
-    jw_obj_end(&w);
-    jw_obj_end(&w);
+    else
+        snprintf(c->first_viol, sizeof c->first_viol, "%s", field);
+    wix_violation_item(&c->viol, field, rule, msg);
 }
 
 /* When violations were collected, answers 400 with all of them and returns 1. */
@@ -168,31 +146,7 @@ int emu_finish_violations(emu_ctx *c)
         return 0;
     buf_t b;
     buf_init(&b, 0);
-    json_writer w;
-    jw_init(&w, &b);
-    jw_obj(&w);
-    /* The message names the first field, so a one-line log says where. */
-    const char *f = strstr(buf_cstr(&c->viol), "\"field\":\"");
-    char first[160] = "";
-    if (f) {
-        f += 9;
-        size_t n = strcspn(f, "\"");
-        snprintf(first, sizeof first, "%.*s", (int)(n < 150 ? n : 150), f);
-    }
-    char msg[256];
-    snprintf(msg, sizeof msg, "INVALID_ARGUMENT: %s%s", first, c->nviol > 1 ? " (and other fields)" : "");
-    jw_kstr(&w, "message", msg);
-    jw_key(&w, "details");
-    jw_obj(&w);
-    jw_key(&w, "validationError");
-    jw_obj(&w);
-    jw_key(&w, "fieldViolations");
-    jw_raw(&w, "[", 1);
-    buf_add(&b, c->viol.data, c->viol.len);
-    buf_addc(&b, ']');
-    jw_obj_end(&w);
-    jw_obj_end(&w);
-    jw_obj_end(&w);
+    wix_validation_body(&b, c->first_viol, c->nviol > 1, c->viol.data, c->viol.len);
     emu_set_json(c->resp, 400, &b);
     return 1;
 }

@@ -127,6 +127,7 @@ typedef struct emu_ctx {
     int nseg;
     long long now;
     buf_t viol;                    /* fieldViolations being collected */
+    char first_viol[160];          /* the field of the first, for the message */
     int nviol;
     const char *idem_key;          /* body idempotencyKey, if any */
 } emu_ctx;

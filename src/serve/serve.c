@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "../json/json.h"
+#include "../json/wix_error.h"
 #include "../journal/journal.h"
 #include "../runtime/hooks.h"
 #include "../util/isotime.h"
@@ -331,6 +332,8 @@ static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, con
     return ok;
 }
 
+/* Errors answer in the Wix shape (resellers-api.md §4.0), like the API wixr fronts:
+ * an applicationError with a code, or for bad input a validationError naming the field. */
 static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, const char *code, const char *fmt, ...)
@@ -342,12 +345,27 @@ static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, co
     va_end(ap);
     buf_t b;
     buf_init(&b, 0);
-    buf_adds(&b, "{\"error\":{\"code\":");
-    json_quote(&b, code, strlen(code));
-    buf_adds(&b, ",\"message\":");
-    json_quote(&b, msg, strlen(msg));
-    buf_adds(&b, "}}");
+    wix_error_body(&b, code, msg);
     return reply(c, status, &b);
+}
+
+static enum MHD_Result reply_invalid(struct MHD_Connection *c, const char *field, const char *rule, const char *fmt,
+                                     ...) __attribute__((format(printf, 4, 5)));
+static enum MHD_Result reply_invalid(struct MHD_Connection *c, const char *field, const char *rule, const char *fmt,
+                                     ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    buf_t item, b;
+    buf_init(&item, 0);
+    buf_init(&b, 0);
+    wix_violation_item(&item, field, rule, msg);
+    wix_validation_body(&b, field, 0, item.data, item.len);
+    buf_free(&item);
+    return reply(c, 400, &b);
 }
 
 static int authorized(serve *s, struct MHD_Connection *c)
@@ -405,7 +423,7 @@ static void event_json(const journal_event *e, buf_t *b)
 static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char *name, conn *st)
 {
     if (!valid_name(name))
-        return reply_error(c, 400, "INVALID_EVENT_NAME", "event names are 1-100 of A-Z a-z 0-9 . _ - :");
+        return reply_invalid(c, "name", "EVENT_NAME_FORMAT", "event names are 1-100 of A-Z a-z 0-9 . _ - :");
     if (!known_name(s, name))
         return reply_error(c, 404, "UNKNOWN_EVENT", "no hook is configured for event '%s'", name);
     json_doc *doc = NULL;
@@ -413,30 +431,34 @@ static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char
     json_value *v = st->body.len ? json_parse(st->body.data, st->body.len, INTAKE_MAX_DEPTH, &doc, &e) : NULL;
     if (!st->body.len) {
         json_doc_free(doc);
-        return reply_error(c, 400, "INVALID_JSON", "the body must be a JSON object (the event's data)");
+        return reply_invalid(c, "body", "VALID_JSON", "the body must be a JSON object (the event's data)");
     }
     if (!v) {
         json_doc_free(doc);
-        return reply_error(c, 400, "INVALID_JSON", "line %d, column %d: %s", e.line, e.col, e.msg);
+        return reply_invalid(c, "body", "VALID_JSON", "malformed JSON at line %d, column %d: %s", e.line, e.col,
+                             e.msg);
     }
     if (v->type != JSON_OBJECT) {
         const char *what = json_type_name(v->type);
         json_doc_free(doc);
-        return reply_error(c, 400, "INVALID_JSON", "the body must be a JSON object, not %s", what);
+        return reply_invalid(c, "body", "VALID_JSON", "the body must be a JSON object, not %s", what);
     }
     const char *id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Event-Id");
     json_value *idv = json_get(v, "event_id");
     char idbuf[64];
-    if (!id && idv && idv->type == JSON_STRING)
+    const char *id_field = "X-Event-Id";
+    if (!id && idv && idv->type == JSON_STRING) {
         id = idv->u.str.s;
+        id_field = "event_id";
+    }
     else if (!id && idv && idv->type != JSON_NULL) {
         json_doc_free(doc);
-        return reply_error(c, 400, "INVALID_EVENT_ID", "event_id must be a string");
+        return reply_invalid(c, "event_id", "EVENT_ID_FORMAT", "event_id must be a string");
     }
     if (id && (!*id || strlen(id) > 200 || strpbrk(id, "/%?#\\ \t\r\n"))) {
         json_doc_free(doc);
-        return reply_error(c, 400, "INVALID_EVENT_ID",
-                           "an event id is 1 to 200 characters, without '/', '%%', '?', '#', '\\' or spaces");
+        return reply_invalid(c, id_field, "EVENT_ID_FORMAT",
+                             "an event id is 1 to 200 characters, without '/', '%%', '?', '#', '\\' or spaces");
     }
     if (!id) {
         unsigned char r[16];

@@ -139,7 +139,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (idv && idv->type == JSON_STRING) {
         if (!valid_id(idv->u.str.s, idv->u.str.len)) {
             json_doc_free(doc);
-            return 0; /* 400 INVALID_EVENT_ID */
+            return 0; /* 400, a violation on the event id */
         }
         id = strdup(idv->u.str.s);
     } else if (idv && idv->type != JSON_NULL) {

@@ -30,7 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from testlib import (ARGS, JANE, P_SERVICE, SITE_JANE1, UNKNOWN_GUID, Run, Server, TestFailure, check, eq,  # noqa: E402
-                     json_body, parse_args, run_tests, wait_for_port_file)
+                     json_body, parse_args, run_tests, wait_for_port_file, wix_error)
 
 TESTS = []
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", ": runtime error:")
@@ -1234,9 +1234,9 @@ def http_every_route_needs_the_token_but_healthz():
                 continue
             eq(st, 401, "%s %s with Authorization %r" % (method, path, auth))
             if method != "HEAD":
-                err = json.loads(payload)["error"]
-                eq(err["code"], "UNAUTHENTICATED", "error code")
-                check("WIXR_TOKEN" in err["message"], "the message says what to send: %r" % err)
+                code, text = wix_error(json.loads(payload), "401")
+                eq(code, "UNAUTHENTICATED", "error code")
+                check("WIXR_TOKEN" in text, "the message says what to send: %r" % text)
                 eq(headers.get("content-type"), "application/json", "a JSON error")
     st, _, payload = svc.call("GET", "/healthz", token=None)
     eq(st, 200, "/healthz without a token")
@@ -1261,11 +1261,11 @@ def http_request_size_limits_and_malformed_bodies():
     def error(r, status, code, what):
         st, headers, payload = r
         eq(st, status, "%s (%r)" % (what, payload[:200]))
-        err = json.loads(payload)["error"]
-        eq(err["code"], code, "%s: code" % what)
-        check(err["message"], "%s: a message" % what)
+        kind, text = wix_error(json.loads(payload), what)
+        eq(kind, code, "%s: code" % what)
+        check(text, "%s: a description" % what)
         eq(headers.get("content-type"), "application/json", "%s: JSON" % what)
-        return err["message"]
+        return text
 
     pad = '{"pad": "%s"}'
     exact = pad % ("p" * (4096 - len(pad % "")))
@@ -1282,13 +1282,13 @@ def http_request_size_limits_and_malformed_bodies():
         error((r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()), 413, "PAYLOAD_TOO_LARGE", "chunked")
     finally:
         conn.close()
-    msg = error(svc.post("provision", '{"a": 1,\n "b": }', "bad"), 400, "INVALID_JSON", "malformed JSON")
+    msg = error(svc.post("provision", '{"a": 1,\n "b": }', "bad"), 400, "INVALID_ARGUMENT body", "malformed JSON")
     check("line 2" in msg and "column" in msg, "line and column: %r" % msg)
-    error(svc.post("provision", '{"a": ' + "[" * 2000 + "]" * 2000 + "}", "deep"), 400, "INVALID_JSON",
+    error(svc.post("provision", '{"a": ' + "[" * 2000 + "]" * 2000 + "}", "deep"), 400, "INVALID_ARGUMENT body",
           "deep nesting")
-    error(svc.post("provision", "", "empty"), 400, "INVALID_JSON", "an empty body")
-    error(svc.post("provision", b'{"a": "\xc3\x28"}', "utf8"), 400, "INVALID_JSON", "invalid UTF-8")
-    error(svc.post("provision", "[1]", "array"), 400, "INVALID_JSON", "not an object")
+    error(svc.post("provision", "", "empty"), 400, "INVALID_ARGUMENT body", "an empty body")
+    error(svc.post("provision", b'{"a": "\xc3\x28"}', "utf8"), 400, "INVALID_ARGUMENT body", "invalid UTF-8")
+    error(svc.post("provision", "[1]", "array"), 400, "INVALID_ARGUMENT body", "not an object")
     # headers: the HTTP library's own cap (its answer is not JSON), and the service stays up
     st, _, _ = svc.call("GET", "/metrics", headers={"X-Pad": "h" * 64 * 1024})
     check(400 <= st < 500, "a 64 kB header is refused: %d" % st)

@@ -39,7 +39,7 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from testlib import (ARGS, JANE, P_SERVICE, SITE_JANE1, UNKNOWN_GUID, Client, Resp, Server, all_packages,  # noqa: E402
-                     TestFailure, check, eq, json_body, ok, parse_args, read_log, run_tests, wait_for_port_file)
+                     TestFailure, check, eq, json_body, ok, parse_args, read_log, run_tests, wait_for_port_file, wix_error)
 
 TESTS = []
 TOKEN = "serve-test-token-7c1e"
@@ -501,7 +501,7 @@ def intake_auth_on_every_route_but_healthz():
             h = {} if auth is None else {"Authorization": auth}
             r = svc.call(method, path, body, token=None, headers=h)
             eq(r.status, 401, "%s %s with Authorization %r (%s)" % (method, path, auth, r.short()))
-            eq((r.json or {}).get("error", {}).get("code"), "UNAUTHENTICATED", "401 error code")
+            eq(wix_error(r.json, "401")[0], "UNAUTHENTICATED", "401 error code")
     r = svc.call("GET", "/healthz", token=None)
     eq(r.status, 200, "/healthz without a token")
     h = r.json
@@ -555,7 +555,7 @@ def intake_accept_get_and_duplicate():
     # unknown id
     r = svc.call("GET", "/v1/events/no-such-event")
     eq(r.status, 404, "GET of an unknown id")
-    eq(r.json["error"]["code"], "NOT_FOUND", "404 code")
+    eq(wix_error(r.json, "404")[0], "NOT_FOUND", "404 code")
 
 
 @test
@@ -577,7 +577,7 @@ def intake_event_id_from_body_or_generated():
     for bad in ({"event_id": 42}, {"event_id": ""}, {"event_id": "x" * 201}, {"event_id": ["a"]}):
         r = svc.post("provision", bad)
         eq(r.status, 400, "event_id %r (%s)" % (str(bad)[:40], r.short()))
-        eq(r.json["error"]["code"], "INVALID_EVENT_ID", "error code")
+        eq(wix_error(r.json, "400")[0], "INVALID_ARGUMENT event_id", "error kind")
     r = svc.post("provision", {"sub": "b-5"}, "")
     eq(r.status, 400, "an empty X-Event-Id (%s)" % r.short())
     r = svc.post("provision", {"sub": "b-4"}, "y" * 200)
@@ -611,29 +611,28 @@ def intake_hostile_input():
 
     def error(r, status, code, what):
         eq(r.status, status, "%s (%s)" % (what, r.short()))
-        check(isinstance(r.json, dict) and isinstance(r.json.get("error"), dict),
-              "%s: the body is {\"error\": ...}: %r" % (what, r.body[:200]))
-        eq(r.json["error"].get("code"), code, "%s: error code" % what)
-        check(isinstance(r.json["error"].get("message"), str) and r.json["error"]["message"],
-              "%s: a message" % what)
+        check(isinstance(r.json, dict), "%s: a JSON body: %r" % (what, r.body[:200]))
+        kind, text = wix_error(r.json, what)
+        eq(kind, code, "%s: error code" % what)
+        check(text, "%s: a description" % what)
         eq(r.headers.get("content-type"), "application/json", "%s: content type" % what)
-        return r.json["error"]["message"]
+        return text
 
     r = svc.post("nosuch.event", {"a": 1})
     error(r, 404, "UNKNOWN_EVENT", "unknown event name")
-    msg = error(svc.post("provision", '{"sub": "a",\n  "x": }'), 400, "INVALID_JSON", "bad JSON")
+    msg = error(svc.post("provision", '{"sub": "a",\n  "x": }'), 400, "INVALID_ARGUMENT body", "bad JSON")
     check("line 2" in msg and "column" in msg, "the message gives line and column: %r" % msg)
     for body, kind in (("[1, 2]", "array"), ('"text"', "string"), ("42", "number"), ("null", "null"),
                        ("true", "boolean")):
-        msg = error(svc.post("provision", body), 400, "INVALID_JSON", "body %s" % body)
+        msg = error(svc.post("provision", body), 400, "INVALID_ARGUMENT body", "body %s" % body)
         check(msg.endswith("not %s" % kind), "the message names the type (%s): %r" % (kind, msg))
     for body, what in (("", "an empty body"), ("{}  {}", "two documents"), ('{"a": 1', "a cut document"),
                        (b'{"a": "\xff\xfe"}', "invalid UTF-8")):
-        error(svc.post("provision", body), 400, "INVALID_JSON", "body %s" % what)
+        error(svc.post("provision", body), 400, "INVALID_ARGUMENT body", "body %s" % what)
     deep = '{"a": ' + "[" * 1000 + "]" * 1000 + "}"
-    error(svc.post("provision", deep), 400, "INVALID_JSON", "1000 levels of nesting")
+    error(svc.post("provision", deep), 400, "INVALID_ARGUMENT body", "1000 levels of nesting")
     deep_obj = '{"a": ' + '{"b": ' * 1000 + "1" + "}" * 1000 + "}"
-    error(svc.post("provision", deep_obj), 400, "INVALID_JSON", "1000 levels of objects")
+    error(svc.post("provision", deep_obj), 400, "INVALID_ARGUMENT body", "1000 levels of objects")
     # sizes: max_body_kb 8 = 8192 bytes
     pad = '{"sub": "big", "pad": "%s"}'
     exact = pad % ("p" * (8192 - len(pad % "")))
@@ -654,7 +653,7 @@ def intake_hostile_input():
         conn.close()
     # names
     for name in ("bad$name", "x" * 101):
-        error(svc.post(name, {"a": 1}), 400, "INVALID_EVENT_NAME", "event name %r" % name[:20])
+        error(svc.post(name, {"a": 1}), 400, "INVALID_ARGUMENT name", "event name %r" % name[:20])
     # routes and methods
     error(svc.call("GET", "/nowhere"), 404, "NOT_FOUND", "unknown route")
     error(svc.call("POST", "/v1/events/"), 404, "NOT_FOUND", "no event name")
@@ -1389,7 +1388,7 @@ def drain_sigterm_finishes_runs_in_flight():
         r = svc.post("slow", {"ms": 1}, "dr-late")
         saw = r.status
         eq(r.status, 503, "intake while draining (%s)" % r.short())
-        eq(r.json["error"]["code"], "SHUTTING_DOWN", "503 code")
+        eq(wix_error(r.json, "503")[0], "SHUTTING_DOWN", "503 code")
     except (ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected):
         saw = "refused"
     rc = svc.wait_exit(10)

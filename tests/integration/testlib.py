@@ -336,6 +336,28 @@ def ok(r, what="request"):
     return r.json
 
 
+def wix_error(doc, what="error"):
+    """Checks that doc is a Wix error body (resellers-api.md 4.0) and returns
+    (kind, text): kind is the applicationError code, or "INVALID_ARGUMENT FIELD"
+    for a validationError (FIELD of its first violation); text is the description."""
+    check(isinstance(doc, dict) and isinstance(doc.get("message"), str) and doc["message"],
+          "%s: a Wix error body has a message: %r" % (what, doc))
+    details = doc.get("details")
+    check(isinstance(details, dict) and len(details) == 1, "%s: one kind of details: %r" % (what, doc))
+    if "applicationError" in details:
+        app = details["applicationError"]
+        check(isinstance(app.get("code"), str) and isinstance(app.get("description"), str)
+              and app.get("data") == {}, "%s: applicationError {code, description, data}: %r" % (what, app))
+        return app["code"], app["description"]
+    violations = (details.get("validationError") or {}).get("fieldViolations")
+    check(isinstance(violations, list) and violations, "%s: validationError with fieldViolations: %r" % (what, doc))
+    for v in violations:
+        eq(sorted(v), ["data", "description", "field", "ruleName", "violatedRule"], "%s: fieldViolation keys" % what)
+        eq(v["ruleName"], "VALIDATION_ERROR", "%s: ruleName" % what)
+    check(doc["message"].startswith("INVALID_ARGUMENT: " + violations[0]["field"]),
+          "%s: the message names the field: %r" % (what, doc["message"]))
+    return "INVALID_ARGUMENT " + violations[0]["field"], violations[0]["description"]
+
 
 def all_packages(server, account=JANE, max_pages=1000):
     """Every package the account sees on the emulator, following cursors."""
