@@ -223,8 +223,19 @@ static void spawn_done(sched_task *t, lua_State *co, int status, void *arg)
         sandbox_run_abort(r, r->trip);
         return;
     }
-    if (status != LUA_OK)
-        fprintf(stderr, "wixr: a spawned task failed: %s\n", host_error_text(co, -1));
+    if (status == LUA_OK)
+        return;
+    /* Nobody waits for this task (a waited one reports to its waiter): say so in the log,
+     * as a warning when the run ended before it did. */
+    char text[512];
+    snprintf(text, sizeof text, "%s", host_error_text(co, -1));
+    int stopped = r && r->finished;
+    lua_settop(co, 0);
+    lua_pushstring(co, stopped ? "warn" : "error");
+    lua_pushstring(co, stopped ? "a task started with wix.spawn was stopped: the run ended before it"
+                               : "a task started with wix.spawn failed");
+    const char *extra[] = {"error", text, "hook", r ? r->hook->name : NULL, "event_id", r ? r->event_id : NULL, NULL};
+    wix_log_write(co, 1, 2, 3, extra);
 }
 
 static int l_spawn(lua_State *L)

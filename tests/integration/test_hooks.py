@@ -1120,6 +1120,31 @@ def ctx_log_keeps_the_run_names_and_the_callers_table():
     eq(hook_of(r.json)["result"], ["forged", "forged", 2], "the caller's table is left as it was")
 
 
+@test
+def spawned_tasks_left_running_or_failing_are_logged_as_json():
+    """A task nobody waits for: stopped when its run ends (warn), or failing (warn from wix.spawn);
+    both are JSON log lines naming the hook and the event."""
+    script = ('local wix = require("wix")\n'
+              'return function(event, ctx)\n'
+              '  wix.spawn(function() wix.sleep(5000) end)\n'
+              '  wix.spawn(function() error("task boom") end)\n'
+              '  wix.sleep(20)\n'
+              '  return true\nend\n')
+    w = Work("hooks:\n  sp:\n    - script: sp.lua\n", {"sp.lua": script})
+    r = w.fire("sp", "--id", "e-9", "--json")
+    eq(r.rc, 0, "exit status (%s)" % r)
+    check(r.elapsed < 4, "the run does not wait for its unwaited task (%.1f s)" % r.elapsed)
+    for line in r.lines():
+        check(not line or line.startswith("{"), "every stderr line is JSON: %r" % r.err)
+    lines = [json.loads(x) for x in r.lines() if x]
+    stopped = [x for x in lines if "stopped" in x["msg"]]
+    eq(len(stopped), 1, "one line for the stopped task: %r" % r.err)
+    eq((stopped[0]["level"], stopped[0]["fields"]["hook"], stopped[0]["fields"]["event_id"],
+        stopped[0]["fields"]["error"]), ("warn", "sp (sp.lua)", "e-9", "the run has ended"), "the stopped task")
+    failed = [x for x in lines if "task boom" in x["msg"] + json.dumps(x.get("fields"))]
+    eq(len(failed), 1, "one line for the failed task: %r" % r.err)
+
+
 def main():
     return run_tests(TESTS, parse_args(__doc__))
 
