@@ -112,31 +112,27 @@ void emu_set_json(emu_response *resp, int status, buf_t *b)
 
 void emu_error_response(emu_response *resp, int status, const char *code, const char *fmt, ...)
 {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     buf_t b;
     buf_init(&b, 0);
-    wix_error_body(&b, code, msg);
+    va_list ap;
+    va_start(ap, fmt);
+    wix_error_body(&b, code, fmt, ap);
+    va_end(ap);
     emu_set_json(resp, status, &b);
 }
 
 void emu_violation(emu_ctx *c, const char *field, const char *rule, const char *fmt, ...)
 {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     if (c->nviol >= 50)
         return;
     if (c->nviol++)
         buf_addc(&c->viol, ',');
     else
         snprintf(c->first_viol, sizeof c->first_viol, "%s", field);
-    wix_violation_item(&c->viol, field, rule, msg);
+    va_list ap;
+    va_start(ap, fmt);
+    wix_violation_item(&c->viol, field, rule, fmt, ap);
+    va_end(ap);
 }
 
 /* When violations were collected, answers 400 with all of them and returns 1. */

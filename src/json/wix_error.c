@@ -5,8 +5,10 @@
 
 #include "json.h"
 
-void wix_error_body(buf_t *b, const char *code, const char *message)
+void wix_error_body(buf_t *b, const char *code, const char *fmt, va_list ap)
 {
+    char message[512];
+    vsnprintf(message, sizeof message, fmt, ap);
     json_writer w;
     jw_init(&w, b);
     jw_obj(&w);
@@ -25,8 +27,10 @@ void wix_error_body(buf_t *b, const char *code, const char *message)
     jw_obj_end(&w);
 }
 
-void wix_violation_item(buf_t *b, const char *field, const char *rule, const char *description)
+void wix_violation_item(buf_t *b, const char *field, const char *rule, const char *fmt, va_list ap)
 {
+    char description[512];
+    vsnprintf(description, sizeof description, fmt, ap);
     json_writer w;
     jw_init(&w, b);
     jw_obj(&w);

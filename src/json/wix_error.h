@@ -11,13 +11,16 @@
 #ifndef WIXR_WIX_ERROR_H
 #define WIXR_WIX_ERROR_H
 
+#include <stdarg.h>
+
 #include "../util/buf.h"
 
-/* Appends an applicationError body: a business rule said no. */
-void wix_error_body(buf_t *b, const char *code, const char *message);
+/* Appends an applicationError body, its message made from fmt: a rule said no. */
+void wix_error_body(buf_t *b, const char *code, const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
 
 /* Appends one fieldViolation object (no separator) to a list being built. */
-void wix_violation_item(buf_t *b, const char *field, const char *rule, const char *description);
+void wix_violation_item(buf_t *b, const char *field, const char *rule, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
 
 /* Appends a validationError body around violations, the items already joined
  * with commas; first_field names the first of them, and more says there are

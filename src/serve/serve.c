@@ -338,14 +338,12 @@ static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, co
     __attribute__((format(printf, 4, 5)));
 static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, const char *code, const char *fmt, ...)
 {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     buf_t b;
     buf_init(&b, 0);
-    wix_error_body(&b, code, msg);
+    va_list ap;
+    va_start(ap, fmt);
+    wix_error_body(&b, code, fmt, ap);
+    va_end(ap);
     return reply(c, status, &b);
 }
 
@@ -354,15 +352,13 @@ static enum MHD_Result reply_invalid(struct MHD_Connection *c, const char *field
 static enum MHD_Result reply_invalid(struct MHD_Connection *c, const char *field, const char *rule, const char *fmt,
                                      ...)
 {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     buf_t item, b;
     buf_init(&item, 0);
     buf_init(&b, 0);
-    wix_violation_item(&item, field, rule, msg);
+    va_list ap;
+    va_start(ap, fmt);
+    wix_violation_item(&item, field, rule, fmt, ap);
+    va_end(ap);
     wix_validation_body(&b, field, 0, item.data, item.len);
     buf_free(&item);
     return reply(c, 400, &b);
