@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -357,7 +358,14 @@ static int to_json(const ydoc *d, const ynode *n, buf_t *b, char *err, size_t er
     int raw = 0;
     if (n->plain) {
         /* only what JSON itself takes as a number: "1.", "-inf", "012" or "0x1F" stay strings */
-        raw = !strcmp(v, "true") || !strcmp(v, "false") || !strcmp(v, "null") || json_is_number(v, strlen(v));
+        int number = json_is_number(v, strlen(v));
+        if (number && !isfinite(strtod(v, NULL))) {
+            yerr(d, n, err, errlen, "number out of range: %.40s%s (quote it to keep it as text)", v,
+                 strlen(v) > 40 ? "..." : "");
+            free(v);
+            return -1;
+        }
+        raw = number || !strcmp(v, "true") || !strcmp(v, "false") || !strcmp(v, "null");
         if (!strcmp(v, "~")) {
             free(v);
             buf_adds(b, "null");

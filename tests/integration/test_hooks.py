@@ -187,6 +187,10 @@ def config_wrong_types():
     eq(config_error(w), ["wixr.yaml:4:22: max_mutations: -1 is out of range (0 to 100000)"], "out of range")
     w = Work("hooks:\n  ev:\n    - options: {}\n")
     eq(config_error(w), ["wixr.yaml:3:7: hooks.ev[0]: 'script' is required"], "script is required")
+    w = Work("hooks:\n  ev:\n    - script: h.lua\n      options: {big: 1e999, ok: \"1e999\"}\n",
+             {"h.lua": HANDLER_OPTIONS})
+    eq(config_error(w), ["wixr.yaml:4:22: number out of range: 1e999 (quote it to keep it as text)"],
+       "an option beyond a double")
 
 
 @test
