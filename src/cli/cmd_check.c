@@ -7,6 +7,7 @@
 
 #include "../runtime/hooks.h"
 #include "cli.h"
+#include "opts.h"
 
 static const char usage[] =
     "usage: wixr check [--config FILE]\n"
@@ -19,18 +20,11 @@ static const char usage[] =
 int cmd_check(int argc, char **argv)
 {
     const char *config = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            fputs(usage, stdout);
-            return 0;
-        }
-        if (!strcmp(argv[i], "--config") && i + 1 < argc) {
-            config = argv[++i];
-            continue;
-        }
-        fprintf(stderr, "wixr check: unknown option or missing value: %s\n%s", argv[i], usage);
-        return EXIT_USAGE;
-    }
+    const cli_opt opts[] = {{"--config", OPT_VALUE, &config, 0, 0, NULL}, {NULL, OPT_FLAG, NULL, 0, 0, NULL}};
+    const cli_command cmd = {"wixr check", usage, opts, NULL, 0, NULL};
+    int prc = cli_parse(&cmd, argc, argv, NULL);
+    if (prc != CLI_GO)
+        return prc;
     char err[16384];
     wixr_config cfg;
     if (config_load(&cfg, config, err, sizeof err) < 0) {

@@ -17,6 +17,7 @@
 #include "../json/json.h"
 #include "../util/isotime.h"
 #include "cli.h"
+#include "opts.h"
 
 #define DEFAULT_LIMIT 50
 #define ERROR_COLUMN 60 /* characters of last_error shown in the table */
@@ -263,37 +264,25 @@ static long long parse_duration(const char *s)
 
 static int events_list(int argc, char **argv)
 {
-    const char *config = NULL;
+    const char *config = NULL, *state_name = NULL;
     int state = -1, json = 0;
-    long limit = DEFAULT_LIMIT;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage_list, stdout);
-            return 0;
-        } else if (!strcmp(a, "--json")) {
-            json = 1;
-        } else if (!strcmp(a, "--config") && v) {
-            config = argv[++i];
-        } else if (!strcmp(a, "--state") && v) {
-            ev_state s;
-            if (journal_state_parse(argv[++i], &s) < 0) {
-                fprintf(stderr, "wixr events list: --state: '%s' is not accepted, running, retrying, done or dead\n",
-                        argv[i]);
-                return EXIT_USAGE;
-            }
-            state = (int)s;
-        } else if (!strcmp(a, "--limit") && v) {
-            char *end;
-            limit = strtol(argv[++i], &end, 10);
-            if (*end || end == argv[i] || limit < 0 || limit > 10000000) {
-                fprintf(stderr, "wixr events list: --limit: expected 0 to 10000000, got '%s'\n", argv[i]);
-                return EXIT_USAGE;
-            }
-        } else {
-            fprintf(stderr, "wixr events list: unknown option or missing value: %s\n%s", a, usage_list);
-            return EXIT_USAGE;
-        }
+    long long limit = DEFAULT_LIMIT;
+    const cli_opt opts[] = {
+        {"--json", OPT_FLAG, &json, 1, 0, NULL},
+        {"--config", OPT_VALUE, &config, 0, 0, NULL},
+        {"--state", OPT_VALUE, &state_name, 0, 0, NULL},
+        {"--limit", OPT_NUMBER, &limit, 0, 10000000, NULL},
+        {NULL, OPT_FLAG, NULL, 0, 0, NULL},
+    };
+    const cli_command cmd = {"wixr events list", usage_list, opts, NULL, 0, NULL};
+    int prc = cli_parse(&cmd, argc, argv, NULL);
+    if (prc != CLI_GO)
+        return prc;
+    if (state_name) {
+        ev_state st;
+        if (journal_state_parse(state_name, &st) < 0)
+            return cli_usage_error(&cmd, "--state: '%s' is not accepted, running, retrying, done or dead", state_name);
+        state = (int)st;
     }
     journal *j;
     char path[4200];
@@ -434,43 +423,33 @@ static void print_lines(const char *label, const char *value)
 }
 
 /* The options of `events show` and `events retry`: one event id, --config
- * FILE and one flag. Returns -1 to go on, else the exit code (help, usage). */
-static int id_args(int argc, char **argv, const char *cmd, const char *help, const char *flag, int *flag_set,
+ * FILE and one flag. Returns CLI_GO to go on, else the exit code (help, usage). */
+static int id_args(int argc, char **argv, const cli_command *cmd, const char *flag, int *flag_set,
                    const char **config, const char **id)
 {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(help, stdout);
-            return 0;
-        } else if (!strcmp(a, flag)) {
-            *flag_set = 1;
-        } else if (!strcmp(a, "--config") && v) {
-            *config = argv[++i];
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "wixr events %s: unknown option or missing value: %s\n%s", cmd, a, help);
-            return EXIT_USAGE;
-        } else if (!*id) {
-            *id = a;
-        } else {
-            fprintf(stderr, "wixr events %s: one event id at a time (got '%s' and '%s')\n", cmd, *id, a);
-            return EXIT_USAGE;
-        }
-    }
-    return -1;
+    const cli_opt opts[] = {
+        {flag, OPT_FLAG, flag_set, 1, 0, NULL},
+        {"--config", OPT_VALUE, config, 0, 0, NULL},
+        {NULL, OPT_FLAG, NULL, 0, 0, NULL},
+    };
+    cli_command c = *cmd;
+    c.opts = opts;
+    c.pos = id;
+    c.max_pos = 1;
+    c.pos_name = "event id";
+    return cli_parse(&c, argc, argv, NULL);
 }
 
 static int events_show(int argc, char **argv)
 {
     const char *config = NULL, *id = NULL;
     int json = 0;
-    int rc = id_args(argc, argv, "show", usage_show, "--json", &json, &config, &id);
-    if (rc >= 0)
+    const cli_command cmd = {"wixr events show", usage_show, NULL, NULL, 0, NULL};
+    int rc = id_args(argc, argv, &cmd, "--json", &json, &config, &id);
+    if (rc != CLI_GO)
         return rc;
-    if (!id) {
-        fprintf(stderr, "wixr events show: give an event ID\n%s", usage_show);
-        return EXIT_USAGE;
-    }
+    if (!id)
+        return cli_usage_error(&cmd, "give an event ID");
     journal *j;
     char path[4200];
     rc = open_journal(config, &j, path, sizeof path);
@@ -529,13 +508,12 @@ static int events_retry(int argc, char **argv)
 {
     const char *config = NULL, *id = NULL;
     int dead = 0;
-    int rc = id_args(argc, argv, "retry", usage_retry, "--dead", &dead, &config, &id);
-    if (rc >= 0)
+    const cli_command cmd = {"wixr events retry", usage_retry, NULL, NULL, 0, NULL};
+    int rc = id_args(argc, argv, &cmd, "--dead", &dead, &config, &id);
+    if (rc != CLI_GO)
         return rc;
-    if (!id == !dead) {
-        fprintf(stderr, "wixr events retry: give an event ID or --dead (not both)\n%s", usage_retry);
-        return EXIT_USAGE;
-    }
+    if (!id == !dead)
+        return cli_usage_error(&cmd, "give an event ID or --dead (not both)");
     journal *j;
     char path[4200];
     rc = open_journal(config, &j, path, sizeof path);
@@ -586,31 +564,21 @@ static int events_retry(int argc, char **argv)
 static int events_purge(int argc, char **argv)
 {
     const char *config = NULL, *older = NULL;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage_purge, stdout);
-            return 0;
-        } else if (!strcmp(a, "--older-than") && v) {
-            older = argv[++i];
-        } else if (!strcmp(a, "--config") && v) {
-            config = argv[++i];
-        } else {
-            fprintf(stderr, "wixr events purge: unknown option or missing value: %s\n%s", a, usage_purge);
-            return EXIT_USAGE;
-        }
-    }
-    if (!older) {
-        fprintf(stderr, "wixr events purge: --older-than D is required (like 30s, 15m, 12h, 7d)\n");
-        return EXIT_USAGE;
-    }
+    const cli_opt opts[] = {
+        {"--older-than", OPT_VALUE, &older, 0, 0, NULL},
+        {"--config", OPT_VALUE, &config, 0, 0, NULL},
+        {NULL, OPT_FLAG, NULL, 0, 0, NULL},
+    };
+    const cli_command cmd = {"wixr events purge", usage_purge, opts, NULL, 0, NULL};
+    int prc = cli_parse(&cmd, argc, argv, NULL);
+    if (prc != CLI_GO)
+        return prc;
+    if (!older)
+        return cli_usage_error(&cmd, "--older-than D is required (like 30s, 15m, 12h, 7d)");
     long long age = parse_duration(older);
-    if (age < 0) {
-        fprintf(stderr, "wixr events purge: --older-than: expected a number and a unit (s, m, h or d) like 7d, "
-                        "got '%s'\n",
-                older);
-        return EXIT_USAGE;
-    }
+    if (age < 0)
+        return cli_usage_error(&cmd, "--older-than: expected a number and a unit (s, m, h or d) like 7d, got '%s'",
+                               older);
     journal *j;
     char path[4200];
     int rc = open_journal(config, &j, path, sizeof path);
@@ -646,6 +614,6 @@ int cmd_events(int argc, char **argv)
         return events_retry(argc - 1, argv + 1);
     if (!strcmp(sub, "purge"))
         return events_purge(argc - 1, argv + 1);
-    fprintf(stderr, "wixr events: unknown command '%s'\n%s", sub, usage);
-    return EXIT_USAGE;
+    const cli_command cmd = {"wixr events", usage, NULL, NULL, 0, NULL};
+    return cli_usage_error(&cmd, "unknown command '%s' (list, show, retry or purge)", sub);
 }

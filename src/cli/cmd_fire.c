@@ -15,6 +15,7 @@
 #include "../json/json.h"
 #include "../runtime/hooks.h"
 #include "cli.h"
+#include "opts.h"
 
 static const char usage[] =
     "usage: wixr fire NAME [--data FILE.json|-] [--id ID] [options]\n"
@@ -389,7 +390,8 @@ static void parse_batch(batch *b, char *text, size_t len)
     }
 }
 
-static int run_batch(wixr_host *h, hook_table *t, const char *src, int dedupe, long concurrency, int json, int quiet)
+static int run_batch(wixr_host *h, hook_table *t, const char *src, int dedupe, long concurrency, int json,
+                     int quiet)
 {
     batch b = {.t = t, .dedupe = dedupe, .concurrency = concurrency, .src = strcmp(src, "-") ? src : "<stdin>"};
     b.progress = !quiet && !json && isatty(2);
@@ -461,50 +463,25 @@ int cmd_fire(int argc, char **argv)
 {
     const char *name = NULL, *data = NULL, *id = NULL, *config = NULL, *batch_src = NULL;
     int dry = 0, json = 0, quiet = 0, dedupe = 1;
-    long concurrency = 64;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage, stdout);
-            return 0;
-        } else if (!strcmp(a, "--dry-run")) {
-            dry = 1;
-        } else if (!strcmp(a, "--json")) {
-            json = 1;
-        } else if (!strcmp(a, "--quiet")) {
-            quiet = 1;
-        } else if (!strcmp(a, "--no-dedupe")) {
-            dedupe = 0;
-        } else if (!strcmp(a, "--batch")) {
-            batch_src = v && v[0] != '-' ? argv[++i] : (v && !strcmp(v, "-") ? argv[++i] : "-");
-        } else if (!strcmp(a, "--data") && v) {
-            data = argv[++i];
-        } else if (!strcmp(a, "--id") && v) {
-            id = argv[++i];
-        } else if (!strcmp(a, "--config") && v) {
-            config = argv[++i];
-        } else if (!strcmp(a, "--concurrency") && v) {
-            char *end;
-            concurrency = strtol(argv[++i], &end, 10);
-            if (*end || concurrency < 1 || concurrency > 100000) {
-                fprintf(stderr, "wixr fire: --concurrency: expected 1 to 100000, got '%s'\n", argv[i]);
-                return EXIT_USAGE;
-            }
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "wixr fire: unknown option or missing value: %s\n%s", a, usage);
-            return EXIT_USAGE;
-        } else if (!name) {
-            name = a;
-        } else {
-            fprintf(stderr, "wixr fire: one event name at a time (got '%s' and '%s')\n", name, a);
-            return EXIT_USAGE;
-        }
-    }
-    if (!name == !batch_src) {
-        fprintf(stderr, "wixr fire: give an event NAME or --batch\n%s", usage);
-        return EXIT_USAGE;
-    }
+    long long concurrency = 64;
+    const cli_opt opts[] = {
+        {"--dry-run", OPT_FLAG, &dry, 1, 0, NULL},
+        {"--json", OPT_FLAG, &json, 1, 0, NULL},
+        {"--quiet", OPT_FLAG, &quiet, 1, 0, NULL},
+        {"--no-dedupe", OPT_FLAG, &dedupe, 0, 0, NULL},
+        {"--batch", OPT_OPTIONAL, &batch_src, 0, 0, "-"},
+        {"--data", OPT_VALUE, &data, 0, 0, NULL},
+        {"--id", OPT_VALUE, &id, 0, 0, NULL},
+        {"--config", OPT_VALUE, &config, 0, 0, NULL},
+        {"--concurrency", OPT_NUMBER, &concurrency, 1, 100000, NULL},
+        {NULL, OPT_FLAG, NULL, 0, 0, NULL},
+    };
+    const cli_command cmd = {"wixr fire", usage, opts, &name, 1, "event NAME"};
+    int rc = cli_parse(&cmd, argc, argv, NULL);
+    if (rc != CLI_GO)
+        return rc;
+    if (!name == !batch_src)
+        return cli_usage_error(&cmd, "give an event NAME or --batch%s", name ? ", not both" : "");
     char err[8192];
     wixr_config cfg;
     if (config_load(&cfg, config, err, sizeof err) < 0) {
@@ -516,7 +493,7 @@ int cmd_fire(int argc, char **argv)
         config_free(&cfg);
         return EXIT_BAD_INPUT;
     }
-    int rc = EXIT_WORK_FAILED;
+    rc = EXIT_WORK_FAILED;
     wixr_host *h = host_new(&cfg, dry, err, sizeof err);
     if (!h) {
         fprintf(stderr, "wixr fire: %s\n", err);
@@ -534,7 +511,7 @@ int cmd_fire(int argc, char **argv)
     }
     buf_free(&errors);
     if (batch_src) {
-        rc = run_batch(h, t, batch_src, dedupe, concurrency, json, quiet);
+        rc = run_batch(h, t, batch_src, dedupe, (long)concurrency, json, quiet);
         goto done;
     }
     char *event_data = NULL;

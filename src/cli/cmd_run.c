@@ -13,6 +13,7 @@
 #include "../runtime/host.h"
 #include "../wix/luajson.h"
 #include "cli.h"
+#include "opts.h"
 
 static const char usage[] =
     "usage: wixr run SCRIPT.lua [options]\n"
@@ -140,36 +141,20 @@ int cmd_run(int argc, char **argv)
 {
     const char *script = NULL, *event = NULL, *config = NULL;
     int dry = 0, json = 0, trace = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage, stdout);
-            return 0;
-        } else if (!strcmp(a, "--dry-run")) {
-            dry = 1;
-        } else if (!strcmp(a, "--json")) {
-            json = 1;
-        } else if (!strcmp(a, "--trace")) {
-            trace = 1;
-        } else if ((!strcmp(a, "--event") || !strcmp(a, "--config")) && i + 1 < argc) {
-            if (!strcmp(a, "--event"))
-                event = argv[++i];
-            else
-                config = argv[++i];
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "wixr run: unknown option or missing value: %s\n%s", a, usage);
-            return EXIT_USAGE;
-        } else if (!script) {
-            script = a;
-        } else {
-            fprintf(stderr, "wixr run: one script at a time (got '%s' and '%s')\n", script, a);
-            return EXIT_USAGE;
-        }
-    }
-    if (!script) {
-        fputs(usage, stderr);
-        return EXIT_USAGE;
-    }
+    const cli_opt opts[] = {
+        {"--dry-run", OPT_FLAG, &dry, 1, 0, NULL},
+        {"--json", OPT_FLAG, &json, 1, 0, NULL},
+        {"--trace", OPT_FLAG, &trace, 1, 0, NULL},
+        {"--event", OPT_VALUE, &event, 0, 0, NULL},
+        {"--config", OPT_VALUE, &config, 0, 0, NULL},
+        {NULL, OPT_FLAG, NULL, 0, 0, NULL},
+    };
+    const cli_command cmd = {"wixr run", usage, opts, &script, 1, "SCRIPT"};
+    int prc = cli_parse(&cmd, argc, argv, NULL);
+    if (prc != CLI_GO)
+        return prc;
+    if (!script)
+        return cli_usage_error(&cmd, "give a SCRIPT to run");
 
     char err[1024];
     wixr_config cfg;

@@ -12,6 +12,7 @@
 #include "../emulator/emu.h"
 #include "../emulator/emu_http.h"
 #include "cli.h"
+#include "opts.h"
 
 static const char usage[] =
     "usage: wixr sandbox serve [options]\n"
@@ -55,44 +56,33 @@ static int serve(int argc, char **argv)
     const char *db = NULL, *port_file = NULL;
     emu_options o = {0};
     cli_home_path(catalog, sizeof catalog, "config/catalog.yaml");
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage, stdout);
-            return 0;
-        }
-        if (!v) {
-            fprintf(stderr, "wixr sandbox serve: %s needs a value (or unknown option)\n", a);
-            return EXIT_USAGE;
-        }
-        i++;
-        if (!strcmp(a, "--listen")) {
-            if (parse_listen(v, host, sizeof host, &port) < 0) {
-                fprintf(stderr, "wixr sandbox serve: --listen: expected HOST:PORT, got '%s'\n", v);
-                return EXIT_USAGE;
-            }
-        } else if (!strcmp(a, "--db")) {
-            db = v;
-        } else if (!strcmp(a, "--catalog")) {
-            snprintf(catalog, sizeof catalog, "%s", v);
-        } else if (!strcmp(a, "--keys")) {
-            o.api_keys = v;
-        } else if (!strcmp(a, "--delivery-delay")) {
-            char *end;
-            o.enable_delay_ms = strtoll(v, &end, 10);
-            if (*end || o.enable_delay_ms < -1) {
-                fprintf(stderr, "wixr sandbox serve: --delivery-delay: expected milliseconds or -1, got '%s'\n", v);
-                return EXIT_USAGE;
-            }
-        } else if (!strcmp(a, "--seed")) {
-            o.seed = strtoull(v, NULL, 10);
-        } else if (!strcmp(a, "--port-file")) {
-            port_file = v;
-        } else {
-            fprintf(stderr, "wixr sandbox serve: unknown option '%s'\n%s", a, usage);
-            return EXIT_USAGE;
-        }
+    const char *listen = NULL, *catalog_arg = NULL, *seed = NULL;
+    long long delay = 0;
+    const cli_opt opts[] = {
+        {"--listen", OPT_VALUE, &listen, 0, 0, NULL},
+        {"--db", OPT_VALUE, &db, 0, 0, NULL},
+        {"--catalog", OPT_VALUE, &catalog_arg, 0, 0, NULL},
+        {"--keys", OPT_VALUE, &o.api_keys, 0, 0, NULL},
+        {"--delivery-delay", OPT_NUMBER, &delay, -1, 86400000, NULL},
+        {"--seed", OPT_VALUE, &seed, 0, 0, NULL},
+        {"--port-file", OPT_VALUE, &port_file, 0, 0, NULL},
+        {NULL, OPT_FLAG, NULL, 0, 0, NULL},
+    };
+    const cli_command cmd = {"wixr sandbox serve", usage, opts, NULL, 0, NULL};
+    int prc = cli_parse(&cmd, argc, argv, NULL);
+    if (prc != CLI_GO)
+        return prc;
+    if (listen && parse_listen(listen, host, sizeof host, &port) < 0)
+        return cli_usage_error(&cmd, "--listen: expected HOST:PORT, got '%s'", listen);
+    if (catalog_arg)
+        snprintf(catalog, sizeof catalog, "%s", catalog_arg);
+    o.enable_delay_ms = delay;
+    if (seed) {
+        char *end;
+        errno = 0;
+        o.seed = strtoull(seed, &end, 10);
+        if (end == seed || *end || errno || seed[0] == '-')
+            return cli_usage_error(&cmd, "--seed: expected a whole number, got '%s'", seed);
     }
     if (!db) {
         if (mkdir(".wixr", 0700) < 0 && errno != EEXIST) {
@@ -150,6 +140,6 @@ int cmd_sandbox(int argc, char **argv)
     }
     if (!strcmp(argv[1], "serve"))
         return serve(argc - 1, argv + 1);
-    fprintf(stderr, "wixr sandbox: unknown subcommand '%s' (try 'wixr sandbox serve')\n", argv[1]);
-    return EXIT_USAGE;
+    const cli_command cmd = {"wixr sandbox", usage, NULL, NULL, 0, NULL};
+    return cli_usage_error(&cmd, "unknown subcommand '%s' (try 'wixr sandbox serve')", argv[1]);
 }

@@ -10,6 +10,7 @@
 #include "../config/config.h"
 #include "../serve/serve.h"
 #include "cli.h"
+#include "opts.h"
 
 static const char serve_usage[] =
     "usage: wixr serve [--config FILE] [--listen HOST:PORT] [--insecure-no-auth]\n"
@@ -35,22 +36,16 @@ static const char serve_usage[] =
 int cmd_serve(int argc, char **argv)
 {
     serve_options o = {0};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(serve_usage, stdout);
-            return 0;
-        } else if (!strcmp(a, "--config") && i + 1 < argc) {
-            o.config_path = argv[++i];
-        } else if (!strcmp(a, "--listen") && i + 1 < argc) {
-            o.listen = argv[++i];
-        } else if (!strcmp(a, "--insecure-no-auth")) {
-            o.insecure_no_auth = 1;
-        } else {
-            fprintf(stderr, "wixr serve: unknown option or missing value: %s\n%s", a, serve_usage);
-            return EXIT_USAGE;
-        }
-    }
+    const cli_opt opts[] = {
+        {"--config", OPT_VALUE, &o.config_path, 0, 0, NULL},
+        {"--listen", OPT_VALUE, &o.listen, 0, 0, NULL},
+        {"--insecure-no-auth", OPT_FLAG, &o.insecure_no_auth, 1, 0, NULL},
+        {NULL, OPT_FLAG, NULL, 0, 0, NULL},
+    };
+    const cli_command cmd = {"wixr serve", serve_usage, opts, NULL, 0, NULL};
+    int rc = cli_parse(&cmd, argc, argv, NULL);
+    if (rc != CLI_GO)
+        return rc;
     return serve_main(&o);
 }
 
@@ -64,17 +59,11 @@ static const char reload_usage[] =
 int cmd_reload(int argc, char **argv)
 {
     const char *config = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            fputs(reload_usage, stdout);
-            return 0;
-        } else if (!strcmp(argv[i], "--config") && i + 1 < argc) {
-            config = argv[++i];
-        } else {
-            fprintf(stderr, "wixr reload: unknown option or missing value: %s\n%s", argv[i], reload_usage);
-            return EXIT_USAGE;
-        }
-    }
+    const cli_opt opts[] = {{"--config", OPT_VALUE, &config, 0, 0, NULL}, {NULL, OPT_FLAG, NULL, 0, 0, NULL}};
+    const cli_command cmd = {"wixr reload", reload_usage, opts, NULL, 0, NULL};
+    int prc = cli_parse(&cmd, argc, argv, NULL);
+    if (prc != CLI_GO)
+        return prc;
     char err[4096];
     wixr_config cfg;
     if (config_load(&cfg, config, err, sizeof err) < 0) {

@@ -12,6 +12,7 @@
 
 #include "../runtime/host.h"
 #include "cli.h"
+#include "opts.h"
 
 static const char usage[] =
     "usage: wixr test [PATH...] [--filter TEXT] [--quiet]\n"
@@ -102,35 +103,39 @@ int cmd_test(int argc, char **argv)
 {
     files f = {0};
     const char *filter = NULL;
-    int quiet = 0, had_paths = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage, stdout);
-            return 0;
-        } else if (!strcmp(a, "--filter") && i + 1 < argc) {
-            filter = argv[++i];
-        } else if (!strcmp(a, "--quiet")) {
-            quiet = 1;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "wixr test: unknown option or missing value: %s\n%s", a, usage);
+    int quiet = 0, npaths = 0;
+    const cli_opt opts[] = {
+        {"--filter", OPT_VALUE, &filter, 0, 0, NULL},
+        {"--quiet", OPT_FLAG, &quiet, 1, 0, NULL},
+        {NULL, OPT_FLAG, NULL, 0, 0, NULL},
+    };
+    const char **paths = calloc((size_t)argc, sizeof *paths);
+    if (!paths)
+        return EXIT_WORK_FAILED;
+    const cli_command cmd = {"wixr test", usage, opts, paths, argc, "PATH"};
+    int prc = cli_parse(&cmd, argc, argv, &npaths);
+    if (prc != CLI_GO) {
+        free(paths);
+        return prc;
+    }
+    for (int i = 0; i < npaths; i++) {
+        struct stat st;
+        if (stat(paths[i], &st) < 0) {
+            fprintf(stderr, "wixr test: %s: no such file or folder\n", paths[i]);
+            free(paths);
+            free(f.v);
             return EXIT_USAGE;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            size_t before = (size_t)f.n;
+            walk(&f, paths[i]);
+            qsort(f.v + before, (size_t)f.n - before, sizeof *f.v, cmp);
         } else {
-            had_paths = 1;
-            struct stat st;
-            if (stat(a, &st) < 0) {
-                fprintf(stderr, "wixr test: %s: no such file or folder\n", a);
-                return EXIT_USAGE;
-            }
-            if (S_ISDIR(st.st_mode)) {
-                size_t before = (size_t)f.n;
-                walk(&f, a);
-                qsort(f.v + before, (size_t)f.n - before, sizeof *f.v, cmp);
-            } else {
-                add_file(&f, a);
-            }
+            add_file(&f, paths[i]);
         }
     }
+    free(paths);
+    int had_paths = npaths > 0;
     if (!had_paths) {
         walk(&f, ".");
         qsort(f.v, (size_t)f.n, sizeof *f.v, cmp);
