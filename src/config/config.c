@@ -137,6 +137,32 @@ static void add_error(buf_t *errs, int *nerr, const char *e)
 
 #define NOTE_ERR() add_error(errs, nerr, err)
 
+/* Copies the n problems (one a line) into err; those that do not fit whole are
+ * counted on a last line instead of being cut in the middle. */
+static void list_errors(char *err, size_t errlen, const char *path, const char *list, int n)
+{
+    size_t len = strlen(list);
+    if (len < errlen) {
+        memcpy(err, list, len + 1);
+        return;
+    }
+    char tail[600];
+    size_t keep = 0;
+    int shown = 0;
+    for (const char *p = list; *p && shown < n; shown++) {
+        size_t line = strcspn(p, "\n");
+        size_t next = (size_t)(p - list) + line;
+        if (next + sizeof tail >= errlen)
+            break;
+        keep = next;
+        p += line + (p[line] == '\n');
+    }
+    snprintf(tail, sizeof tail, "%s%.400s: %d more problem%s not shown", keep ? "\n" : "", path, n - shown,
+             n - shown == 1 ? "" : "s");
+    memcpy(err, list, keep);
+    snprintf(err + keep, errlen - keep, "%s", tail);
+}
+
 static int resolve_path(const wixr_config *c, const char *p, char **out);
 
 static int load_wix(const ydoc *d, const ynode *w, wixr_config *c, buf_t *errs, int *nerr)
@@ -786,7 +812,7 @@ static int load(wixr_config *c, const char *path, const char *text, size_t len, 
         }
         ytree_free(d);
         if (nerr) {
-            snprintf(err, errlen, "%s", buf_cstr(&errs));
+            list_errors(err, errlen, path, buf_cstr(&errs), nerr);
             buf_free(&errs);
             goto fail;
         }

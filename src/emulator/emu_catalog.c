@@ -206,12 +206,48 @@ static int load_account(ydoc *d, ynode *n, emu_seed_account *a, char *err, size_
     return 0;
 }
 
+/* An account id, or one of its sites' ids, given before by another account: the
+ * store would merge them silently. */
+static int account_clash(ydoc *d, ynode *n, const emu_catalog *cat, const emu_seed_account *a, char *err,
+                         size_t errlen)
+{
+    for (int i = 0; i < cat->naccounts - 1; i++)
+        if (!strcmp(cat->accounts[i].id, a->id))
+            return yerr(d, ymap_get(n, "id"), err, errlen, "id: account %s is listed twice", a->id);
+    ynode *sites = ymap_get(n, "sites");
+    ynode *sn = sites ? sites->head : NULL;
+    for (int k = 0; k < a->nsites && sn; k++, sn = sn->next) {
+        const char *id = a->sites[k].id;
+        for (int i = 0; i < cat->naccounts; i++) {
+            const emu_seed_account *o = &cat->accounts[i];
+            for (int j = 0; j < (o == a ? k : o->nsites); j++)
+                if (!strcmp(o->sites[j].id, id))
+                    return yerr(d, ymap_get(sn, "id"), err, errlen, "id: site %s is listed twice", id);
+        }
+    }
+    return 0;
+}
+
+static int catalog_from_doc(emu_catalog *cat, ydoc *d, char *err, size_t errlen);
+
 int emu_catalog_load(emu_catalog *cat, const char *path, char *err, size_t errlen)
 {
     memset(cat, 0, sizeof *cat);
     ydoc *d = ytree_load_file(path, err, errlen);
-    if (!d)
-        return -1;
+    return d ? catalog_from_doc(cat, d, err, errlen) : -1;
+}
+
+int emu_catalog_load_string(emu_catalog *cat, const char *name, const char *text, size_t len, char *err,
+                            size_t errlen)
+{
+    memset(cat, 0, sizeof *cat);
+    ydoc *d = ytree_load_string(name, text, len, err, errlen);
+    return d ? catalog_from_doc(cat, d, err, errlen) : -1;
+}
+
+/* Reads the catalog out of d (and frees d). */
+static int catalog_from_doc(emu_catalog *cat, ydoc *d, char *err, size_t errlen)
+{
     int rc = -1;
     ynode *root = d->root;
     if (!root) {
@@ -248,9 +284,24 @@ int emu_catalog_load(emu_catalog *cat, const char *path, char *err, size_t errle
         cat->accounts = calloc(accts->n ? accts->n : 1, sizeof *cat->accounts);
         if (!cat->accounts)
             goto done;
-        for (ynode *a = accts->head; a; a = a->next)
-            if (load_account(d, a, &cat->accounts[cat->naccounts++], err, errlen) < 0)
+        for (ynode *a = accts->head; a; a = a->next) {
+            emu_seed_account *acc = &cat->accounts[cat->naccounts++];
+            if (load_account(d, a, acc, err, errlen) < 0 || account_clash(d, a, cat, acc, err, errlen) < 0)
                 goto done;
+        }
+        /* A parent may be listed after its sub-accounts, so parents are checked once all are read. */
+        int i = 0;
+        for (ynode *a = accts->head; a; a = a->next, i++) {
+            const char *parent = cat->accounts[i].parent;
+            int found = 0;
+            for (int j = 0; parent[0] && j < cat->naccounts && !found; j++)
+                found = j != i && !strcmp(cat->accounts[j].id, parent);
+            if (parent[0] && !found) {
+                yerr(d, ymap_get(a, "parent"), err, errlen, "parent: account %s is not listed in the catalog%s",
+                     parent, strcmp(parent, cat->accounts[i].id) ? "" : " (an account cannot be its own parent)");
+                goto done;
+            }
+        }
     }
     rc = 0;
 done:

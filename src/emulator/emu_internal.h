@@ -147,6 +147,9 @@ void emu_set_json(emu_response *resp, int status, buf_t *b);
 
 /* emu_catalog.c */
 int emu_catalog_load(emu_catalog *cat, const char *path, char *err, size_t errlen);
+/* The same from text in memory; name stands for the file in error positions. */
+int emu_catalog_load_string(emu_catalog *cat, const char *name, const char *text, size_t len, char *err,
+                            size_t errlen);
 void emu_catalog_free(emu_catalog *cat);
 const emu_product *emu_product_find(const emu_catalog *cat, const char *id);
 

@@ -277,10 +277,22 @@ int yerr(const ydoc *d, const ynode *n, char *err, size_t errlen, const char *fm
     int k = snprintf(err, errlen, "%s:%d:%d: ", d->file, n ? n->line : 1, n ? n->col : 1);
     if (k < 0 || (size_t)k >= errlen)
         return -1;
+    char msg[2048];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err + k, errlen - (size_t)k, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    /* One line, whatever a quoted value holds: control characters are written escaped. */
+    size_t o = (size_t)k;
+    for (const unsigned char *p = (const unsigned char *)msg; *p && o + 5 < errlen; p++) {
+        if (*p >= 0x20 && *p != 0x7f)
+            err[o++] = (char)*p;
+        else if (*p == '\n' || *p == '\t' || *p == '\r')
+            o += (size_t)snprintf(err + o, errlen - o, "\\%c", *p == '\n' ? 'n' : *p == '\t' ? 't' : 'r');
+        else
+            o += (size_t)snprintf(err + o, errlen - o, "\\x%02x", *p);
+    }
+    err[o] = '\0';
     return -1;
 }
 

@@ -6,7 +6,9 @@
  * The text stands for config/wixr.yaml of the source tree, so the example
  * policies' relative script paths resolve and the loader goes on past them.
  * Besides the sanitizers, it checks what the rest of wixr relies on:
- *   - a refused file leaves a non-empty error message;
+ *   - a refused file leaves a non-empty error message, each problem on a line
+ *     of its own that starts with file:line:col (the last may count those that
+ *     did not fit);
  *   - a loaded file's hooks each have an event, a script and a position, and
  *     their options are valid JSON objects (the sandbox decodes them into
  *     ctx.options at every run; text that does not parse fails the hook);
@@ -52,6 +54,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (config_load_string(&c, NAME, (const char *)data, size, err, sizeof err) < 0) {
         if (!err[0] || !memchr(err, '\0', sizeof err))
             fail("a refused configuration without a message", NULL);
+        /* Each problem is one line that says where: NAME:LINE:COL: message. */
+        for (const char *line = err; *line;) {
+            size_t n = strcspn(line, "\n");
+            int ln, col, at = 0;
+            int more = !line[n] && strstr(line, " more problem") && strstr(line, " not shown");
+            if (strncmp(line, NAME ":", strlen(NAME ":")) ||
+                (!more && (sscanf(line + strlen(NAME ":"), "%d:%d: %n", &ln, &col, &at) != 2 || !at || ln < 1 ||
+                           col < 1)))
+                fail("a problem without file:line:col", line);
+            line += n + (line[n] == '\n');
+        }
         return 0;
     }
     if (!c.path || !c.dir || !c.state_dir || !c.wix.base_url || !c.serve.listen)

@@ -79,6 +79,41 @@ static void test_catalog_errors(void)
     CHECK_STR(err, want);
     unlink(path);
 
+    /* Accounts and sites the store would merge, and parents that are not there. */
+    static const struct {
+        const char *text, *want;
+    } clashes[] = {
+        {"products: []\naccounts:\n  - id: 11111111-2222-4333-8444-555555555555\n"
+         "  - id: 11111111-2222-4333-8444-555555555555\n",
+         "c.yaml:4:9: id: account 11111111-2222-4333-8444-555555555555 is listed twice"},
+        {"products: []\naccounts:\n  - id: 11111111-2222-4333-8444-555555555555\n"
+         "    sites: [{id: c0000000-0000-4000-8000-000000000001}, {id: c0000000-0000-4000-8000-000000000001}]\n",
+         "c.yaml:4:62: id: site c0000000-0000-4000-8000-000000000001 is listed twice"},
+        {"products: []\naccounts:\n  - id: 11111111-2222-4333-8444-555555555555\n"
+         "    sites: [{id: c0000000-0000-4000-8000-000000000001}]\n"
+         "  - id: 22222222-2222-4333-8444-555555555555\n"
+         "    sites: [{id: c0000000-0000-4000-8000-000000000001}]\n",
+         "c.yaml:6:18: id: site c0000000-0000-4000-8000-000000000001 is listed twice"},
+        {"products: []\naccounts:\n  - id: 22222222-2222-4333-8444-555555555555\n"
+         "    parent: 11111111-2222-4333-8444-555555555555\n",
+         "c.yaml:4:13: parent: account 11111111-2222-4333-8444-555555555555 is not listed in the catalog"},
+        {"products: []\naccounts:\n  - id: 22222222-2222-4333-8444-555555555555\n"
+         "    parent: 22222222-2222-4333-8444-555555555555\n",
+         "c.yaml:4:13: parent: account 22222222-2222-4333-8444-555555555555 is not listed in the catalog "
+         "(an account cannot be its own parent)"},
+    };
+    for (size_t i = 0; i < sizeof clashes / sizeof clashes[0]; i++) {
+        CHECK(emu_catalog_load_string(&cat, "c.yaml", clashes[i].text, strlen(clashes[i].text), err, sizeof err) < 0);
+        CHECK_STR(err, clashes[i].want);
+    }
+    /* a sub-account listed before its parent is fine */
+    const char *order = "products: []\naccounts:\n  - id: 22222222-2222-4333-8444-555555555555\n"
+                        "    parent: 11111111-2222-4333-8444-555555555555\n"
+                        "  - id: 11111111-2222-4333-8444-555555555555\n";
+    CHECK(emu_catalog_load_string(&cat, "c.yaml", order, strlen(order), err, sizeof err) == 0);
+    CHECK(cat.naccounts == 2);
+    emu_catalog_free(&cat);
+
     CHECK(emu_catalog_load(&cat, CATALOG, err, sizeof err) == 0);
     CHECK(cat.nproducts >= 10);
     CHECK(emu_product_find(&cat, CORE) != NULL);

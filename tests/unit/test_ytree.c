@@ -1,5 +1,6 @@
 /* Unit tests of the positioned YAML tree and its strict helpers, and of the
  * configuration read from text (config_load_string). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,6 +53,13 @@ static void test_errors(void)
     CHECK(ynode_int(d, ymap_get(lim, "count"), "count", 0, 100, &v, err, sizeof err) < 0);
     CHECK_STR(err, "t.yaml:3:10: count: expected a whole number, got 'ten'");
     ytree_free(d);
+
+    /* A value quoted in a message cannot break it over lines. */
+    d = load("count: \"1\\n2\\t\\x01\"\n", err, sizeof err);
+    CHECK(d != NULL);
+    CHECK(ynode_int(d, ymap_get(d->root, "count"), "count", 0, 100, &v, err, sizeof err) < 0);
+    CHECK_STR(err, "t.yaml:1:8: count: expected a whole number, got '1\\n2\\t\\x01'");
+    ytree_free(d);
 }
 
 static void test_distance(void)
@@ -92,6 +100,24 @@ static void test_config_options(void)
     rc = config_load_string(&c, "inline.yaml", "hooks: [1]\n", 11, err, sizeof err);
     CHECK(rc < 0);
     CHECK_STR(err, "inline.yaml:1:8: hooks: expected a mapping, got a list");
+
+    /* More problems than the message holds: whole lines, then a count of the rest. */
+    char many[4096] = "hooks:\n  e:\n";
+    for (int i = 0; i < 200; i++)
+        strcat(many, "    - {}\n");
+    rc = config_load_string(&c, "m.yaml", many, strlen(many), err, sizeof err);
+    CHECK(rc < 0);
+    int lines = 0, more = -1;
+    for (char *line = err; *line; lines++) {
+        size_t n = strcspn(line, "\n");
+        if (!line[n])
+            CHECK(sscanf(line, "m.yaml: %d more problems not shown", &more) == 1);
+        else
+            CHECK(strncmp(line, "m.yaml:", 7) == 0 && strstr(line, "'script' is required") && line[7] != ' ');
+        line += n + (line[n] == '\n');
+    }
+    CHECK(lines > 5 && more > 0);
+    CHECK_INT(lines - 1 + more, 200);
 }
 
 int main(void)
