@@ -2,6 +2,7 @@
  * cmd_sandbox.c -- `wixr sandbox serve`: the Resellers API emulator over HTTP.
  */
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,7 +64,7 @@ static int serve(int argc, char **argv)
         {"--db", OPT_VALUE, &db, 0, 0, NULL},
         {"--catalog", OPT_VALUE, &catalog_arg, 0, 0, NULL},
         {"--keys", OPT_VALUE, &o.api_keys, 0, 0, NULL},
-        {"--delivery-delay", OPT_NUMBER, &delay, -1, 86400000, NULL},
+        {"--delivery-delay", OPT_NUMBER, &delay, -1, LLONG_MAX, NULL},
         {"--seed", OPT_VALUE, &seed, 0, 0, NULL},
         {"--port-file", OPT_VALUE, &port_file, 0, 0, NULL},
         {NULL, OPT_FLAG, NULL, 0, 0, NULL},

@@ -1,6 +1,7 @@
 #include "opts.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,16 +33,18 @@ static int unknown(const cli_command *c, const char *a)
 {
     const char *best = NULL;
     int bestd = 3;
+    char name[65];
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(a, "="), a); /* --limt=3: compare --limt */
     for (const cli_opt *o = c->opts; o && o->name; o++) {
-        int d = ytree_distance(o->name, a);
+        int d = ytree_distance(o->name, name);
         if (d < bestd) {
             bestd = d;
             best = o->name;
         }
     }
     if (best)
-        return cli_usage_error(c, "unknown option '%s' (did you mean '%s'?)", a, best);
-    return cli_usage_error(c, "unknown option '%s'", a);
+        return cli_usage_error(c, "unknown option '%s' (did you mean '%s'?)", name, best);
+    return cli_usage_error(c, "unknown option '%s'", name);
 }
 
 static int store(const cli_command *c, const cli_opt *o, const char *v)
@@ -53,8 +56,11 @@ static int store(const cli_command *c, const cli_opt *o, const char *v)
     char *end;
     errno = 0;
     long long n = strtoll(v, &end, 10);
-    if (end == v || *end || errno || n < o->min || n > o->max)
+    if (end == v || *end || errno || n < o->min || n > o->max) {
+        if (o->max == LLONG_MAX)
+            return cli_usage_error(c, "%s: expected a whole number from %lld, got '%s'", o->name, o->min, v);
         return cli_usage_error(c, "%s: expected %lld to %lld, got '%s'", o->name, o->min, o->max, v);
+    }
     *(long long *)o->out = n;
     return 0;
 }

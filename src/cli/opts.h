@@ -2,7 +2,7 @@
  * opts.h -- the option parser every wixr subcommand uses: a table of
  * options, positional arguments, --help, and one-line usage errors.
  *
- *   --flag            OPT_FLAG: stores set_to in an int
+ *   --flag            OPT_FLAG: stores `min` in an int (1, or 0 for --no-x)
  *   --name VALUE      OPT_VALUE: stores the argument (also --name=VALUE)
  *   --name [VALUE]    OPT_OPTIONAL: the next argument when it is not an
  *                     option ("-" counts as a value), else `fallback`

@@ -138,7 +138,8 @@ static void add_error(buf_t *errs, int *nerr, const char *e)
 #define NOTE_ERR() add_error(errs, nerr, err)
 
 /* Copies the n problems (one a line) into err; those that do not fit whole are
- * counted on a last line instead of being cut in the middle. */
+ * counted on a last line instead of being cut in the middle (the first one is
+ * always shown, cut if it must be). */
 static void list_errors(char *err, size_t errlen, const char *path, const char *list, int n)
 {
     size_t len = strlen(list);
@@ -146,24 +147,34 @@ static void list_errors(char *err, size_t errlen, const char *path, const char *
         memcpy(err, list, len + 1);
         return;
     }
-    char tail[600];
+    char tail[512];
     size_t keep = 0;
     int shown = 0;
-    for (const char *p = list; *p && shown < n; shown++) {
+    for (const char *p = list; *p && shown < n;) {
         size_t line = strcspn(p, "\n");
-        size_t next = (size_t)(p - list) + line;
-        if (next + sizeof tail >= errlen)
+        size_t end = (size_t)(p - list) + line;
+        int t = snprintf(tail, sizeof tail, "\n%.400s: %d more problem%s not shown", path, n - shown - 1,
+                         n - shown - 1 == 1 ? "" : "s");
+        if (shown && end + (size_t)t >= errlen)
             break;
-        keep = next;
+        keep = end;
+        shown++;
         p += line + (p[line] == '\n');
     }
-    snprintf(tail, sizeof tail, "%s%.400s: %d more problem%s not shown", keep ? "\n" : "", path, n - shown,
-             n - shown == 1 ? "" : "s");
+    if (shown == n) { /* only the first, and it alone is too long */
+        snprintf(err, errlen, "%s", list);
+        return;
+    }
+    snprintf(tail, sizeof tail, "\n%.400s: %d more problem%s not shown", path, n - shown, n - shown == 1 ? "" : "s");
+    size_t t = strlen(tail);
+    if (keep + t >= errlen) /* the first line alone: cut it to make room */
+        keep = errlen > t + 1 ? errlen - t - 1 : 0;
     memcpy(err, list, keep);
     snprintf(err + keep, errlen - keep, "%s", tail);
 }
 
 static int resolve_path(const wixr_config *c, const char *p, char **out);
+static int read_key_file(const char *path, char **out, char *err, size_t errlen);
 
 static int load_wix(const ydoc *d, const ynode *w, wixr_config *c, buf_t *errs, int *nerr)
 {
@@ -202,8 +213,12 @@ static int load_wix(const ydoc *d, const ynode *w, wixr_config *c, buf_t *errs, 
             free(p);
             free(s->api_key_file);
             s->api_key_file = full;
+            const char *env = getenv("WIX_API_KEY");
+            char why[1024];
             if (!full || !file_exists(full))
                 yerr(d, n, err, errlen, "wix.api_key_file: %s does not exist", full ? full : "?"), NOTE_ERR();
+            else if (!(env && *env) && read_key_file(full, &s->api_key, why, sizeof why) < 0)
+                yerr(d, n, err, errlen, "wix.api_key_file: %s", why), NOTE_ERR(); /* WIX_API_KEY wins */
         }
     }
     if ((n = ymap_get(w, "timeout_ms")) && get_long(d, n, "wix.timeout_ms", 1, 3600000, &s->timeout_ms, err, errlen) < 0)
@@ -824,12 +839,8 @@ static int load(wixr_config *c, const char *path, const char *text, size_t len, 
         goto oom;
     if ((v = getenv("WIX_ACCOUNT_ID")) && *v && set_str(&s->account_id, v) < 0)
         goto oom;
-    if ((v = getenv("WIX_API_KEY")) && *v) {
-        if (set_str(&s->api_key, v) < 0)
-            goto oom;
-    } else if (s->api_key_file && read_key_file(s->api_key_file, &s->api_key, err, errlen) < 0) {
-        goto fail;
-    }
+    if ((v = getenv("WIX_API_KEY")) && *v && set_str(&s->api_key, v) < 0)
+        goto oom;
     /* A trailing slash on the base URL would double the one every path starts with. */
     size_t bl = strlen(s->base_url);
     while (bl > 0 && s->base_url[bl - 1] == '/')

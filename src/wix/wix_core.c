@@ -589,7 +589,10 @@ void wix_log_write(lua_State *L, int level_idx, int msg_idx, int fields_idx, con
 
 int wix_core_log(lua_State *L)
 {
-    wix_log_write(L, 1, 2, 3, NULL);
+    /* Inside a hook run (a task nobody waited for failed, say) the line names the run. */
+    hook_run *r = sandbox_current_run(L);
+    const char *extra[] = {"hook", r ? r->hook->name : NULL, "event_id", r ? r->event_id : NULL, NULL};
+    wix_log_write(L, 1, 2, 3, r ? extra : NULL);
     return 0;
 }
 

@@ -83,6 +83,7 @@ def unknown_options_are_named_with_a_suggestion():
     usage_error(wixr("fire", "--bacth"), "wixr fire: unknown option '--bacth' (did you mean '--batch'?)")
     usage_error(wixr("check", "--conifg", "x"), "(did you mean '--config'?)")
     usage_error(wixr("events", "list", "--limt", "3"), "(did you mean '--limit'?)")
+    usage_error(wixr("events", "list", "--limt=3"), "unknown option '--limt' (did you mean '--limit'?)")
     usage_error(wixr("events", "bogus"), "wixr events: unknown command 'bogus'")
     usage_error(wixr("sandbox", "bogus"), "wixr sandbox: unknown subcommand 'bogus'")
 
@@ -99,6 +100,8 @@ def values_missing_or_out_of_range():
     usage_error(wixr("events", "purge"), "--older-than D is required")
     usage_error(wixr("sandbox", "serve", "--listen", "nowhere"), "--listen: expected HOST:PORT, got 'nowhere'")
     usage_error(wixr("sandbox", "serve", "--seed", "-3"), "--seed: expected a whole number, got '-3'")
+    usage_error(wixr("sandbox", "serve", "--delivery-delay", "-2"),
+                "--delivery-delay: expected a whole number from -1, got '-2'")
     usage_error(wixr("run", "--json=yes", "x.lua"), "wixr run: --json takes no value")
 
 

@@ -191,6 +191,10 @@ def config_wrong_types():
              {"h.lua": HANDLER_OPTIONS})
     eq(config_error(w), ["wixr.yaml:4:22: number out of range: 1e999 (quote it to keep it as text)"],
        "an option beyond a double")
+    w = Work("wix:\n  api_key_file: key.txt\n", {"key.txt": " \n"})
+    eq(config_error(w), ["wixr.yaml:2:17: wix.api_key_file: key.txt: the API key file is empty"], "an empty key file")
+    r = w.check(env={"WIX_API_KEY": "from-the-environment"})
+    eq(r.rc, 0, "WIX_API_KEY wins over an empty key file (%s)" % r)
 
 
 @test
@@ -1147,6 +1151,8 @@ def spawned_tasks_left_running_or_failing_are_logged_as_json():
         stopped[0]["fields"]["error"]), ("warn", "sp (sp.lua)", "e-9", "the run has ended"), "the stopped task")
     failed = [x for x in lines if "task boom" in x["msg"] + json.dumps(x.get("fields"))]
     eq(len(failed), 1, "one line for the failed task: %r" % r.err)
+    eq((failed[0]["level"], failed[0]["fields"]), ("warn", {"hook": "sp (sp.lua)", "event_id": "e-9"}),
+       "the failed task's line names the hook and the event")
 
 
 def main():

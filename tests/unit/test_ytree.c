@@ -118,6 +118,10 @@ static void test_config_options(void)
     }
     CHECK(lines > 5 && more > 0);
     CHECK_INT(lines - 1 + more, 200);
+    /* a message too small for even the first: it is cut, and the count still said */
+    char small[60];
+    CHECK(config_load_string(&c, "m.yaml", many, strlen(many), small, sizeof small) < 0);
+    CHECK_STR(small, "m.yaml:3:7: hooks.e[0]:\nm.yaml: 199 more problems not shown");
 }
 
 int main(void)
