@@ -37,6 +37,7 @@ typedef struct wixr_host {
     wix_client *client;
     const wixr_config *cfg;
     int dry_run;
+    int print_as_log;             /* a hook's print() writes a JSON log line (wixr serve) */
     int plan_ref;                 /* registry: list of planned calls (dry-run) */
     struct hook_run *active_runs; /* hook runs in flight (sandbox.c) */
     uint64_t rng[4];          /* wix.uuid's generator (wix_core.c) */

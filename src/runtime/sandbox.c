@@ -173,6 +173,19 @@ static int sbx_print(lua_State *L)
         luaL_addvalue(&b);
     }
     luaL_pushresult(&b);
+    wixr_ctx *c = ctx_of(L);
+    if (c->host && c->host->print_as_log) {
+        /* Under wixr serve every line of the stream is JSON: the print is one, naming its run. */
+        hook_run *r = c->run;
+        const char *extra[] = {"source", "print", "hook", k ? k->name : "script", "event_id",
+                               r ? r->event_id : NULL, NULL};
+        lua_pushliteral(L, "info");
+        lua_insert(L, -2);
+        lua_pushnil(L);
+        int top = lua_gettop(L);
+        wix_log_write(L, top - 2, top - 1, top, extra);
+        return 0;
+    }
     /* One print, one line: control characters are written escaped, so what a
      * script prints cannot pass for a log line of its own (wixr serve writes
      * JSON lines to the same stream). */

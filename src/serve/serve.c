@@ -1403,6 +1403,7 @@ int serve_main(const serve_options *o)
         rc = 3;
         goto out;
     }
+    s->h->print_as_log = 1;
     buf_t errors;
     buf_init(&errors, 0);
     s->table = hooks_load(s->h, s->boot_cfg, &errors);

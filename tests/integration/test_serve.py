@@ -1575,6 +1575,24 @@ def poller_turns_a_status_change_into_an_event():
         emu.cleanup()
 
 
+@test
+def print_in_a_hook_is_a_json_log_line():
+    """Every line wixr serve writes is JSON: a hook's print() too, naming its hook and event."""
+    script = ('return function(event, ctx)\n'
+              '  print("hello", event.n, "two\\nlines")\n'
+              '  return { ok = true }\nend\n')
+    svc = Service(serve_config(hooks="  p:\n    - script: p.lua\n"), {"p.lua": script}).start()
+    svc.accept("p", {"n": 7}, "pr-1")
+    svc.wait_event("pr-1")
+    lines = [x for x in svc.log_records() if (x.get("fields") or {}).get("source") == "print"]
+    eq(len(lines), 1, "one print line: %r" % lines)
+    eq((lines[0]["level"], lines[0]["msg"], lines[0]["fields"]),
+       ("info", "hello\t7\ttwo\nlines", {"source": "print", "hook": "p (p.lua)", "event_id": "pr-1"}),
+       "the print line")
+    svc.signal(signal.SIGTERM)
+    eq(svc.wait_exit(10), 0, "a clean stop")
+
+
 def main():
     only = parse_args(__doc__)
     try:
