@@ -8,16 +8,11 @@ Usage: test_cli.py --wixr PATH/wixr --catalog PATH/catalog.yaml [-k SUBSTRING]
 Runs wixr in a temporary folder holding a small valid wixr.yaml; nothing is
 listened on and nothing reaches Wix. Python 3 standard library only.
 """
-import atexit
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import ARGS, Run, check, eq, parse_args, run_tests  # noqa: E402
+from testlib import Folder, check, eq, parse_args, run_tests  # noqa: E402
 
 TESTS = []
 
@@ -27,12 +22,8 @@ def test(fn):
     return fn
 
 
-WORK = tempfile.mkdtemp(prefix="wixr-cli-")
-atexit.register(shutil.rmtree, WORK, True)
-with open(os.path.join(WORK, "wixr.yaml"), "w") as f:
-    f.write("hooks:\n  ev:\n    - script: h.lua\n")
-with open(os.path.join(WORK, "h.lua"), "w") as f:
-    f.write("return function(event, ctx) return { ok = true } end\n")
+WORK = Folder("hooks:\n  ev:\n    - script: h.lua\n",
+              {"h.lua": "return function(event, ctx) return { ok = true } end\n"})
 
 # Every subcommand, with the words that name it.
 COMMANDS = [["run"], ["fire"], ["check"], ["test"], ["serve"], ["reload"], ["events"], ["events", "list"],
@@ -40,11 +31,7 @@ COMMANDS = [["run"], ["fire"], ["check"], ["test"], ["serve"], ["reload"], ["eve
 
 
 def wixr(*args, stdin=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WIX_") and k not in ("WIXR_CONFIG", "WIXR_TOKEN")}
-    t0 = time.time()
-    p = subprocess.run([ARGS.wixr] + list(args), cwd=WORK, env=env, input=stdin, capture_output=True, text=True,
-                       timeout=30)
-    return Run(args, p.returncode, p.stdout, p.stderr, time.time() - t0, False)
+    return WORK.run(*args, stdin=stdin, timeout=30)
 
 
 def usage_error(r, *parts):

@@ -12,21 +12,15 @@ wall time; the host carries on with the next event), operation permissions,
 NDJSON batches with dedupe, event chaining, and what a handler may return.
 Python 3 standard library only.
 """
-import atexit
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import ARGS, JANE, P_SERVICE, Run, TestFailure, check, eq, parse_args, run_tests  # noqa: E402
+from testlib import ARGS, JANE, P_SERVICE, Folder, TestFailure, check, eq, parse_args, run_tests  # noqa: E402
 
 TESTS = []
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", ": runtime error:")
 
 
 def test(fn):
@@ -34,55 +28,12 @@ def test(fn):
     return fn
 
 
-WORKS = []
-
-
-def remove_work_folders():
-    for d in WORKS:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-atexit.register(remove_work_folders)
-
-
-class Work:
+class Work(Folder):
     """A temporary working folder with a wixr.yaml and scripts; runs wixr there."""
+    prefix = "wixr-hooks-"
 
     def __init__(self, config=None, files=None, wix=False):
-        self.dir = tempfile.mkdtemp(prefix="wixr-hooks-")
-        WORKS.append(self.dir)
-        if config is not None:
-            if wix:
-                config = wix_block() + config
-            self.write("wixr.yaml", config)
-        for name, text in (files or {}).items():
-            self.write(name, text)
-
-    def write(self, name, text):
-        path = os.path.join(self.dir, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
-        return path
-
-    def run(self, *args, env=None, stdin=None, timeout=20):
-        e = {k: v for k, v in os.environ.items() if not k.startswith("WIX_") and k != "WIXR_CONFIG"}
-        e.update(env or {})
-        t0 = time.time()
-        try:
-            p = subprocess.run([ARGS.wixr] + list(args), cwd=self.dir, env=e, input=stdin,
-                               capture_output=True, text=True, timeout=timeout, errors="replace")
-            r = Run(args, p.returncode, p.stdout, p.stderr, time.time() - t0, False)
-        except subprocess.TimeoutExpired as te:
-            def text(b):
-                return b.decode("utf-8", "replace") if isinstance(b, bytes) else (b or "")
-            r = Run(args, None, text(te.stdout), text(te.stderr), time.time() - t0, True)
-        for mark in SANITIZER_MARKS:
-            if mark in r.err:
-                at = r.err.index(mark)
-                raise TestFailure("sanitizer report from wixr %s: %s"
-                                  % (" ".join(args), r.err[max(0, at - 200):at + 1500]))
-        return r
+        super().__init__(wix_block() + config if wix and config is not None else config, files)
 
     def check(self, *args, **kw):
         return self.run("check", *args, **kw)

@@ -19,26 +19,21 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import (ARGS, JANE, P_SERVICE, SITE_JANE1, UNKNOWN_GUID, Run, Server, TestFailure, check, eq,  # noqa: E402
-                     json_body, parse_args, run_tests, wait_for_port_file, wix_error)
+from testlib import (ARGS, JANE, P_SERVICE, SITE_JANE1, UNKNOWN_GUID, Folder, Server, TestFailure, check,  # noqa: E402
+                     clean_env, eq, json_body, no_sanitizer_report, parse_args, run_tests, wait_for_port_file,
+                     wix_error)
 
 TESTS = []
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", ": runtime error:")
 SANDBOX_NOTICE = "using the embedded sandbox emulator"
-WORKS = []
 PROCS = []
-# What a `wixr fire` cut by its process timeout means here.
-TIMEOUT_HINT = "the attack escaped every limit"
 
 
 def test(fn):
@@ -63,66 +58,18 @@ def kill_all():
     PROCS.clear()
 
 
-def remove_work_folders():
-    kill_all()
-    for d in WORKS:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-atexit.register(remove_work_folders)
-
-
-def no_sanitizer_report(text, what):
-    for mark in SANITIZER_MARKS:
-        if mark in text:
-            at = text.index(mark)
-            raise TestFailure("sanitizer report from %s: %s" % (what, text[max(0, at - 200):at + 1500]))
-
-
-def clean_env(extra=None):
-    e = {k: v for k, v in os.environ.items()
-         if not k.startswith("WIX_") and k not in ("WIXR_CONFIG", "WIXR_TOKEN")}
-    e.update(extra or {})
-    return e
+atexit.register(kill_all)
 
 
 # ---------------------------------------------------------------------------
 # `wixr fire` in a folder of its own
 # ---------------------------------------------------------------------------
 
-class Work:
+class Work(Folder):
     """A temporary folder with a wixr.yaml and scripts; runs wixr there."""
-
-    def __init__(self, config=None, files=None):
-        self.dir = tempfile.mkdtemp(prefix="wixr-sec-")
-        WORKS.append(self.dir)
-        if config is not None:
-            self.write("wixr.yaml", config)
-        for name, text in (files or {}).items():
-            self.write(name, text)
-
-    def write(self, name, text):
-        path = os.path.join(self.dir, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
-        return path
-
-    def path(self, name):
-        return os.path.join(self.dir, name)
-
-    def run(self, *args, env=None, stdin=None, timeout=20):
-        t0 = time.time()
-        try:
-            p = subprocess.run([ARGS.wixr] + list(args), cwd=self.dir, env=clean_env(env), input=stdin,
-                               capture_output=True, text=True, timeout=timeout, errors="replace")
-            r = Run(args, p.returncode, p.stdout, p.stderr, time.time() - t0, False, TIMEOUT_HINT)
-        except subprocess.TimeoutExpired as te:
-            def text(b):
-                return b.decode("utf-8", "replace") if isinstance(b, bytes) else (b or "")
-            r = Run(args, None, text(te.stdout), text(te.stderr), time.time() - t0, True, TIMEOUT_HINT)
-        no_sanitizer_report(r.err, "wixr " + " ".join(args))
-        return r
+    prefix = "wixr-sec-"
+    # What a `wixr fire` cut by its process timeout means here.
+    timeout_hint = "the attack escaped every limit"
 
     def fire(self, name, data=None, timeout=20):
         args = ["fire", name, "--json"]
@@ -1034,11 +981,17 @@ def serve_hostile_policies_fail_their_event_and_the_service_carries_on():
     eq(svc.wait_final(["ev-good-2"])["ev-good-2"]["result"]["hooks"][0]["result"], {"good": 2}, "after the reload")
     svc.stop()
     log = svc.log()
-    check('[printer (printer.lua)] x\\n{"ts"' in log, "the print is one escaped line: %r" % log[-1500:])
+    prints = []
     for line in log.splitlines():
         if line.startswith("{"):
             rec = json.loads(line)
             check(rec.get("msg") != "forged line", "a forged log line: %r" % line)
+            if (rec.get("fields") or {}).get("source") == "print":
+                prints.append(rec)
+        else:
+            check(line.startswith("---") or SANDBOX_NOTICE in line, "a log line of serve that is not JSON: %r" % line)
+    check(len(prints) == 1 and prints[0]["msg"].startswith('x\n{"ts"') and
+          prints[0]["fields"]["hook"] == "printer (printer.lua)", "the print is one JSON line: %r" % prints)
 
 
 SECRET_CREATE = """local wix = require "wix"

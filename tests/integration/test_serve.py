@@ -28,22 +28,21 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import testlib  # noqa: E402
 from testlib import (ARGS, JANE, P_SERVICE, SITE_JANE1, UNKNOWN_GUID, Client, Resp, Server, all_packages,  # noqa: E402
-                     TestFailure, check, eq, json_body, ok, parse_args, read_log, run_tests, wait_for_port_file, wix_error)
+                     TestFailure, check, eq, json_body, ok, parse_args, read_log, run_tests, sanitizer_report,
+                     wait_for_port_file, wix_error, work_folder)
 
 TESTS = []
 TOKEN = "serve-test-token-7c1e"
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", ": runtime error:")
 SANDBOX_NOTICE = "using the embedded sandbox emulator"
 GUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -56,7 +55,6 @@ DEFAULT = object()
 # ---------------------------------------------------------------------------
 
 SERVICES = []
-WORKS = []
 
 
 def kill_all_services():
@@ -67,12 +65,10 @@ def kill_all_services():
 
 def remove_work_folders():
     kill_all_services()
-    for d in WORKS:
-        shutil.rmtree(d, ignore_errors=True)
-    WORKS.clear()
+    testlib.remove_work_folders()
 
 
-atexit.register(remove_work_folders)
+atexit.register(kill_all_services)
 
 
 def service_problems():
@@ -107,20 +103,14 @@ def test(fn):
 
 
 def clean_env(extra=None, token=TOKEN):
-    e = {k: v for k, v in os.environ.items()
-         if not k.startswith("WIX_") and k not in ("WIXR_CONFIG", "WIXR_TOKEN")}
-    if token is not None:
-        e["WIXR_TOKEN"] = token
-    e.update(extra or {})
-    return e
+    return testlib.clean_env(dict({"WIXR_TOKEN": token} if token is not None else {}, **(extra or {})))
 
 
 class Service:
     """A working folder with a wixr.yaml and scripts, and the `wixr serve` run in it."""
 
     def __init__(self, config, files=None, token=TOKEN, env=None):
-        self.dir = tempfile.mkdtemp(prefix="wixr-serve-")
-        WORKS.append(self.dir)
+        self.dir = work_folder("wixr-serve-")
         self.write("wixr.yaml", config)
         for name, text in (files or {}).items():
             self.write(name, text)
@@ -188,12 +178,9 @@ class Service:
     def problems(self):
         self.note_crash()
         out = list(self.crashes)
-        text = self.log_text()
-        for mark in SANITIZER_MARKS:
-            if mark in text:
-                at = text.index(mark)
-                out.append("sanitizer report: %s" % text[max(0, at - 100):at + 1200])
-                break
+        report = sanitizer_report(self.log_text(), 100, 1200)
+        if report:
+            out.append("sanitizer report: %s" % report)
         return out
 
     def alive(self):
@@ -457,8 +444,7 @@ def intake_refuses_to_start_without_a_token():
     check("only allowed on a loopback address" in svc.log_of_this_start(),
           "message: %r" % svc.log_of_this_start()[-300:])
     # no configuration at all
-    empty = tempfile.mkdtemp(prefix="wixr-serve-")
-    WORKS.append(empty)
+    empty = work_folder("wixr-serve-")
     p = subprocess.run([ARGS.wixr, "serve"], cwd=empty, env=clean_env(), capture_output=True, text=True,
                        timeout=10)
     eq(p.returncode, 3, "exit status with no configuration (stderr %r)" % p.stderr)

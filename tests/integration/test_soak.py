@@ -46,11 +46,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from testlib import (ARGS, BOB, JANE, OTHER, P_BUSINESS, P_CORE, P_DOMAIN, P_ELITE, P_LIGHT,  # noqa: E402
                      RESELLER, SITE_BOB, SITE_OTHER, TEAM, UNKNOWN_GUID, Client, Server, TestFailure, all_packages,
-                     check, eq, json_body, ok, read_log, run_tests, wait_for_port_file)
+                     check, clean_env, eq, json_body, ok, read_log, run_tests, sanitizer_report,
+                     wait_for_port_file)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOKEN = "soak-token-5f0c"
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", ": runtime error:")
 
 PLANS = {"light": P_LIGHT, "core": P_CORE, "business": P_BUSINESS, "elite": P_ELITE, "domain": P_DOMAIN}
 PLAN_OF = {v: k for k, v in PLANS.items()}
@@ -83,10 +83,7 @@ class Service:
         self.dir = tempfile.mkdtemp(prefix="wixr-soak-")
         with open(os.path.join(self.dir, "wixr.yaml"), "w") as f:
             f.write(config)
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith("WIX_") and k not in ("WIXR_CONFIG", "WIXR_TOKEN")}
-        self.env.update(env)
-        self.env["WIXR_TOKEN"] = TOKEN
+        self.env = clean_env(dict(env, WIXR_TOKEN=TOKEN))
         self.proc = None
         self.port = None          # None while the service is down
         self.starts = 0
@@ -142,11 +139,9 @@ class Service:
     def problems(self):
         text = self.log_text()
         out = []
-        for mark in SANITIZER_MARKS:
-            if mark in text:
-                at = text.index(mark)
-                out.append("sanitizer report: %s" % text[max(0, at - 200):at + 2000])
-                break
+        report = sanitizer_report(text, 200, 2000)
+        if report:
+            out.append("sanitizer report: %s" % report)
         if self.crashed():
             out.append("wixr serve (start %d) exited with %s on its own; log tail: %s"
                        % (self.starts, self.proc.returncode, text[-1500:]))
@@ -843,7 +838,7 @@ def soak():
         eq(svc.stop(), 0, "exit status of wixr serve after SIGTERM")
         check(not svc.problems(), "; ".join(svc.problems()))
         eq(emu.stop(), 0, "exit status of wixr sandbox serve after SIGTERM")
-        check(not any(m in emu.log_text() for m in SANITIZER_MARKS), "emulator log: %s" % emu.log_text()[-2000:])
+        check(not sanitizer_report(emu.log_text()), "emulator log: %s" % emu.log_text()[-2000:])
         figures = [("seed", seed), ("events", total), ("subscriptions", len(subs)), ("packages", len(pkgs)),
                    ("live_instances", live), ("sent_again", intake.resends), ("intake_duplicates", intake.dup_answers),
                    ("runs", runs), ("retried_runs", reruns), ("interrupted_runs", recovered), ("most_runs", most),

@@ -1,7 +1,8 @@
 """Shared pieces of the integration tests: the seed data of config/catalog.yaml,
 a `wixr sandbox serve` process on a free port, waiting for a port file, a
-keep-alive HTTP client, the result of a `wixr` command (Run), the assertions
-and the runner that prints "N passed, N failed".
+keep-alive HTTP client, the result of a `wixr` command (Run), a temporary
+folder to run wixr in (Folder), sanitizer checks, the assertions and the
+runner that prints "N passed, N failed".
 Python 3 standard library only."""
 import atexit
 import http.client
@@ -426,6 +427,88 @@ class Run:
     def __str__(self):
         return "rc=%s%s stdout=%r stderr=%r" % (self.rc, " (timed out)" if self.timed_out else "",
                                                self.out[-500:], self.err[-700:])
+
+
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", ": runtime error:")
+
+
+def sanitizer_report(text, before=200, after=1500):
+    """The first sanitizer report in text (with some context), or None."""
+    for mark in SANITIZER_MARKS:
+        if mark in text:
+            at = text.index(mark)
+            return text[max(0, at - before):at + after]
+    return None
+
+
+def no_sanitizer_report(text, what):
+    report = sanitizer_report(text)
+    if report:
+        raise TestFailure("sanitizer report from %s: %s" % (what, report))
+
+
+def clean_env(extra=None):
+    """This environment without what would steer wixr (WIX_*, WIXR_CONFIG, WIXR_TOKEN), plus extra."""
+    e = {k: v for k, v in os.environ.items()
+         if not k.startswith("WIX_") and k not in ("WIXR_CONFIG", "WIXR_TOKEN")}
+    e.update(extra or {})
+    return e
+
+
+WORK_FOLDERS = []
+
+
+def work_folder(prefix="wixr-"):
+    """A temporary folder, removed at exit."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    WORK_FOLDERS.append(d)
+    return d
+
+
+def remove_work_folders():
+    for d in WORK_FOLDERS:
+        shutil.rmtree(d, ignore_errors=True)
+    WORK_FOLDERS.clear()
+
+
+atexit.register(remove_work_folders)
+
+
+class Folder:
+    """A temporary folder with a wixr.yaml and other files; runs wixr there, in a
+    clean environment, and fails on any sanitizer report."""
+    prefix = "wixr-"
+    timeout_hint = None
+
+    def __init__(self, config=None, files=None):
+        self.dir = work_folder(self.prefix)
+        if config is not None:
+            self.write("wixr.yaml", config)
+        for name, text in (files or {}).items():
+            self.write(name, text)
+
+    def write(self, name, text):
+        path = os.path.join(self.dir, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def run(self, *args, env=None, stdin=None, timeout=20):
+        t0 = time.time()
+        try:
+            p = subprocess.run([ARGS.wixr] + list(args), cwd=self.dir, env=clean_env(env), input=stdin,
+                               capture_output=True, text=True, timeout=timeout, errors="replace")
+            r = Run(args, p.returncode, p.stdout, p.stderr, time.time() - t0, False, self.timeout_hint)
+        except subprocess.TimeoutExpired as te:
+            def text(b):
+                return b.decode("utf-8", "replace") if isinstance(b, bytes) else (b or "")
+            r = Run(args, None, text(te.stdout), text(te.stderr), time.time() - t0, True, self.timeout_hint)
+        no_sanitizer_report(r.err, "wixr " + " ".join(args))
+        return r
 
 
 def run_tests(tests, only=None, before_each=None):
