@@ -574,8 +574,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_size = 0;
         return MHD_YES;
     }
+    /* HEAD is GET without the body (libmicrohttpd leaves the body out). */
+    int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     if (!strcmp(url, "/healthz")) {
-        if (strcmp(method, "GET"))
+        if (!get)
             return reply_error(c, 405, "METHOD_NOT_ALLOWED", "use GET");
         pthread_mutex_lock(&s->lock);
         char *h = strdup(s->health ? s->health : "{}");
@@ -589,7 +591,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (st->too_big)
         return reply_error(c, 413, "PAYLOAD_TOO_LARGE", "the body is larger than %ld bytes", s->max_body);
     if (!strcmp(url, "/metrics")) {
-        if (strcmp(method, "GET"))
+        if (!get)
             return reply_error(c, 405, "METHOD_NOT_ALLOWED", "use GET");
         pthread_mutex_lock(&s->lock);
         char *m = strdup(s->metrics ? s->metrics : "");
@@ -601,7 +603,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!strncmp(url, "/v1/events/", 11) && url[11] && !strchr(url + 11, '/')) {
         if (!strcmp(method, "POST"))
             return post_event(s, c, url + 11, st);
-        if (!strcmp(method, "GET"))
+        if (get)
             return get_event(s, c, url + 11);
         return reply_error(c, 405, "METHOD_NOT_ALLOWED", "POST an event, or GET it by id");
     }

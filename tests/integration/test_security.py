@@ -1194,7 +1194,11 @@ def http_every_route_needs_the_token_but_healthz():
     st, _, payload = svc.call("GET", "/healthz", token=None)
     eq(st, 200, "/healthz without a token")
     check(set(json.loads(payload)) >= {"status", "rules_version", "journal"}, "health document: %r" % payload[:200])
-    eq(svc.call("POST", "/healthz", {}, token=None)[0], 405, "/healthz takes GET only")
+    eq(svc.call("POST", "/healthz", {}, token=None)[0], 405, "/healthz takes GET (and HEAD) only")
+    st, headers, payload = svc.call("HEAD", "/healthz", token=None)
+    eq((st, payload), (200, b""), "HEAD /healthz: 200 without a body (for load balancers)")
+    st, _, payload = svc.call("HEAD", "/metrics")
+    eq((st, payload), (200, b""), "HEAD /metrics with the token")
     # a large body without a token is refused for the token, not buffered and parsed
     st, _, payload = svc.call("POST", "/v1/events/provision", {"pad": "x" * (3 * 1024 * 1024)}, token=None)
     eq(st, 401, "an unauthenticated large body")
