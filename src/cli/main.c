@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../util/buf.h"
+#include "../yaml/ytree.h"
 #include "cli.h"
 
 #ifndef WIXR_VERSION
@@ -29,7 +30,7 @@ static const char usage[] =
     "  events          list, show, retry and purge the events in the serve journal\n"
     "  sandbox serve   run the Resellers API emulator over HTTP\n"
     "  version         print the version\n"
-    "  help            print this help\n"
+    "  help [COMMAND]  print this help, or a command's (as 'wixr COMMAND --help')\n"
     "\n"
     "Run 'wixr COMMAND --help' for a command's options.\n"
     "Exit codes: 0 ok, 1 the work failed, 2 usage error, 3 bad configuration or input.\n";
@@ -68,6 +69,41 @@ char *cli_read_file(const char *path, size_t *len)
     return buf_steal(&b, len);
 }
 
+static const struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+} commands[] = {
+    {"run", cmd_run},     {"fire", cmd_fire},     {"check", cmd_check},     {"serve", cmd_serve},
+    {"reload", cmd_reload}, {"test", cmd_test},   {"events", cmd_events},   {"sandbox", cmd_sandbox},
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static int find_command(const char *name)
+{
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (!strcmp(commands[i].name, name))
+            return (int)i;
+    return -1;
+}
+
+static int unknown_command(const char *name)
+{
+    const char *best = NULL;
+    int bestd = 3;
+    for (size_t i = 0; i < NCOMMANDS; i++) {
+        int d = ytree_distance(commands[i].name, name);
+        if (d < bestd) {
+            bestd = d;
+            best = commands[i].name;
+        }
+    }
+    if (best)
+        fprintf(stderr, "wixr: unknown command '%s' (did you mean '%s'?) (see 'wixr help')\n", name, best);
+    else
+        fprintf(stderr, "wixr: unknown command '%s' (see 'wixr help')\n", name);
+    return EXIT_USAGE;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -76,29 +112,24 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
-        fputs(usage, stdout);
-        return 0;
+        if (argc < 3 || strcmp(cmd, "help")) {
+            fputs(usage, stdout);
+            return 0;
+        }
+        /* wixr help COMMAND [SUBCOMMAND]: that command's --help */
+        int k = find_command(argv[2]);
+        if (k < 0)
+            return unknown_command(argv[2]);
+        static char help_flag[] = "--help";
+        char *args[4] = {argv[2], argc > 3 ? argv[3] : help_flag, help_flag, NULL};
+        return commands[k].fn(argc > 3 ? 3 : 2, args);
     }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("wixr %s\n", WIXR_VERSION);
         return 0;
     }
-    if (!strcmp(cmd, "fire"))
-        return cmd_fire(argc - 1, argv + 1);
-    if (!strcmp(cmd, "serve"))
-        return cmd_serve(argc - 1, argv + 1);
-    if (!strcmp(cmd, "reload"))
-        return cmd_reload(argc - 1, argv + 1);
-    if (!strcmp(cmd, "test"))
-        return cmd_test(argc - 1, argv + 1);
-    if (!strcmp(cmd, "events"))
-        return cmd_events(argc - 1, argv + 1);
-    if (!strcmp(cmd, "check"))
-        return cmd_check(argc - 1, argv + 1);
-    if (!strcmp(cmd, "run"))
-        return cmd_run(argc - 1, argv + 1);
-    if (!strcmp(cmd, "sandbox"))
-        return cmd_sandbox(argc - 1, argv + 1);
-    fprintf(stderr, "wixr: unknown command '%s'\n%s", cmd, usage);
-    return EXIT_USAGE;
+    int k = find_command(cmd);
+    if (k < 0)
+        return unknown_command(cmd);
+    return commands[k].fn(argc - 1, argv + 1);
 }
