@@ -127,6 +127,32 @@ def option_forms():
 
 
 @test
+def check_json_lists_problems_with_their_positions():
+    import json
+    r = wixr("check", "--json")
+    eq(r.rc, 0, "a good configuration (%s)" % r)
+    eq(json.loads(r.out), {"ok": True, "config": "wixr.yaml", "hooks": 1, "enabled": 1, "transport": "sandbox"},
+       "check --json")
+    WORK.write("bad.yaml", "hooks:\n  ev:\n    - script: h.lua\n      allow: [craete]\n  other: {}\n")
+    r = wixr("check", "--json", "--config", "bad.yaml")
+    eq(r.rc, 3, "problems: exit 3 (%s)" % r)
+    d = json.loads(r.out)
+    eq((d["ok"], d["config"]), (False, "bad.yaml"), "check --json with problems")
+    eq(d["problems"], [
+        {"file": "bad.yaml", "line": 4, "col": 15, "message": "allow: unknown operation 'craete' (did you mean 'create'?)"},
+        {"file": "bad.yaml", "line": 5, "col": 10, "message": "hooks.other: expected a list, got a mapping"},
+    ], "every problem with its position")
+    WORK.write("broken.lua", "return function(event, ctx)\n  local x = = 1\nend\n")
+    WORK.write("lua.yaml", "hooks:\n  ev:\n    - script: broken.lua\n")
+    r = wixr("check", "--json", "--config", "lua.yaml")
+    eq(r.rc, 3, "a script that does not compile (%s)" % r)
+    p = json.loads(r.out)["problems"]
+    eq(len(p), 1, "one problem: %r" % p)
+    check(p[0].get("line") == 2 and "broken.lua" in p[0].get("file", "") and "unexpected symbol" in p[0]["message"],
+          "the script's line: %r" % p)
+
+
+@test
 def top_level_commands():
     r = wixr("version")
     eq(r.rc, 0, "wixr version")
