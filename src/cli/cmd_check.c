@@ -26,31 +26,40 @@ static const char usage[] =
     "  -h, --help      this help\n"
     "Exit codes: 0 all good, 2 usage, 3 problems found.\n";
 
-/* Reads "FILE:LINE:COL: message" (or FILE:LINE: message, or a bare message)
- * into a JSON object of the problem list. */
+/* Splits "FILE:LINE:COL: message" (or FILE:LINE: message) in place: *file and
+ * *msg point into text (file NULL for a bare message). */
+static void split_problem(char *text, const char **file, const char **msg, long *ln, long *col)
+{
+    *file = NULL;
+    *msg = text;
+    *ln = *col = 0;
+    for (char *p = text; (p = strchr(p, ':')) != NULL; p++) {
+        char *q = p + 1, *end;
+        if (!isdigit((unsigned char)*q))
+            continue;
+        *ln = strtol(q, &end, 10);
+        if (*end == ':' && isdigit((unsigned char)end[1]))
+            *col = strtol(end + 1, &end, 10);
+        if (end[0] != ':' || end[1] != ' ') {
+            *ln = *col = 0;
+            continue;
+        }
+        *p = '\0';
+        *file = text;
+        *msg = end + 2;
+        return;
+    }
+}
+
+/* One line of the problem list as a JSON object. */
 static void problem_json(json_writer *w, const char *line, size_t n)
 {
     char *text = strndup(line, n);
     if (!text)
         return;
-    const char *file = NULL, *msg = text;
-    long ln = 0, col = 0;
-    for (char *p = text; (p = strchr(p, ':')) != NULL; p++) {
-        char *q = p + 1, *end;
-        if (!isdigit((unsigned char)*q))
-            continue;
-        ln = strtol(q, &end, 10);
-        if (*end == ':' && isdigit((unsigned char)end[1]))
-            col = strtol(end + 1, &end, 10);
-        if (end[0] != ':' || end[1] != ' ') {
-            ln = col = 0;
-            continue;
-        }
-        *p = '\0';
-        file = text;
-        msg = end + 2;
-        break;
-    }
+    const char *file, *msg;
+    long ln, col;
+    split_problem(text, &file, &msg, &ln, &col);
     jw_obj(w);
     if (file) {
         jw_kstr(w, "file", file);
@@ -77,11 +86,18 @@ static int problems_json(const char *config, const char *list)
     jw_obj(&w);
     jw_key(&w, "ok");
     jw_bool(&w, 0);
+    /* Without --config the file searched for is the one the problems name. */
+    char *first = config ? NULL : strndup(list, strcspn(list, "\n"));
+    const char *file = config, *msg;
+    long ln, col;
+    if (first)
+        split_problem(first, &file, &msg, &ln, &col);
     jw_key(&w, "config");
-    if (config)
-        jw_str(&w, config);
+    if (file)
+        jw_str(&w, file);
     else
         jw_null(&w);
+    free(first);
     jw_key(&w, "problems");
     jw_arr(&w);
     for (const char *p = list; *p;) {

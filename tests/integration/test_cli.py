@@ -142,6 +142,8 @@ def check_json_lists_problems_with_their_positions():
         {"file": "bad.yaml", "line": 4, "col": 15, "message": "allow: unknown operation 'craete' (did you mean 'create'?)"},
         {"file": "bad.yaml", "line": 5, "col": 10, "message": "hooks.other: expected a list, got a mapping"},
     ], "every problem with its position")
+    r = WORK.run("check", "--json", env={"WIXR_CONFIG": "bad.yaml"})
+    eq((r.rc, json.loads(r.out)["config"]), (3, "bad.yaml"), "the file found through WIXR_CONFIG is named")
     WORK.write("broken.lua", "return function(event, ctx)\n  local x = = 1\nend\n")
     WORK.write("lua.yaml", "hooks:\n  ev:\n    - script: broken.lua\n")
     r = wixr("check", "--json", "--config", "lua.yaml")
