@@ -76,16 +76,29 @@ static void problem_json(json_writer *w, const char *line, size_t n)
     free(text);
 }
 
+/* The --json document: opened with its verdict, then printed on one line. */
+static void verdict_open(buf_t *b, json_writer *w, int ok)
+{
+    buf_init(b, 0);
+    jw_init(w, b);
+    jw_obj(w);
+    jw_key(w, "ok");
+    jw_bool(w, ok);
+}
+
+static void verdict_print(buf_t *b, json_writer *w)
+{
+    jw_obj_end(w);
+    printf("%s\n", buf_cstr(b));
+    buf_free(b);
+}
+
 /* The --json answer for problems: one per line of list. */
 static int problems_json(const char *config, const char *list)
 {
     buf_t b;
-    buf_init(&b, 0);
     json_writer w;
-    jw_init(&w, &b);
-    jw_obj(&w);
-    jw_key(&w, "ok");
-    jw_bool(&w, 0);
+    verdict_open(&b, &w, 0);
     /* Without --config the file searched for is the one the problems name. */
     char *first = config ? NULL : strndup(list, strcspn(list, "\n"));
     const char *file = config, *msg;
@@ -107,9 +120,7 @@ static int problems_json(const char *config, const char *list)
         p += n + (p[n] == '\n');
     }
     jw_arr_end(&w);
-    jw_obj_end(&w);
-    printf("%s\n", buf_cstr(&b));
-    buf_free(&b);
+    verdict_print(&b, &w);
     return EXIT_BAD_INPUT;
 }
 
@@ -165,21 +176,15 @@ int cmd_check(int argc, char **argv)
         const char *transport = config_transport_name(wix_client_transport(h->client));
         if (json) {
             buf_t b;
-            buf_init(&b, 0);
             json_writer w;
-            jw_init(&w, &b);
-            jw_obj(&w);
-            jw_key(&w, "ok");
-            jw_bool(&w, 1);
+            verdict_open(&b, &w, 1);
             jw_kstr(&w, "config", cfg.path);
             jw_key(&w, "hooks");
             jw_int(&w, cfg.nhooks);
             jw_key(&w, "enabled");
             jw_int(&w, enabled);
             jw_kstr(&w, "transport", transport);
-            jw_obj_end(&w);
-            printf("%s\n", buf_cstr(&b));
-            buf_free(&b);
+            verdict_print(&b, &w);
         } else {
             printf("%s: ok (%d hook%s, %d enabled, transport %s)\n", cfg.path, cfg.nhooks,
                    cfg.nhooks == 1 ? "" : "s", enabled, transport);
