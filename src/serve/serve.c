@@ -308,7 +308,8 @@ typedef struct conn {
     int unauthorized; /* its body is read and dropped, not kept */
 } conn;
 
-static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, buf_t *b)
+/* A JSON answer; allow is the Allow header of a 405 (else NULL). */
+static enum MHD_Result reply_allow(struct MHD_Connection *c, unsigned status, buf_t *b, const char *allow)
 {
     struct MHD_Response *r = MHD_create_response_from_buffer(b->len, b->data ? b->data : (void *)"",
                                                              MHD_RESPMEM_MUST_COPY);
@@ -316,9 +317,16 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, buf_t *b
     if (!r)
         return MHD_NO;
     MHD_add_response_header(r, "Content-Type", "application/json");
+    if (allow)
+        MHD_add_response_header(r, "Allow", allow);
     enum MHD_Result ok = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     return ok;
+}
+
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, buf_t *b)
+{
+    return reply_allow(c, status, b, NULL);
 }
 
 static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, const char *text, const char *type)
@@ -334,17 +342,44 @@ static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, con
 
 /* Errors answer in the Wix shape (resellers-api.md §4.0), like the API wixr fronts:
  * an applicationError with a code, or for bad input a validationError naming the field. */
+static enum MHD_Result reply_error_v(struct MHD_Connection *c, unsigned status, const char *allow, const char *code,
+                                     const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
+static enum MHD_Result reply_error_v(struct MHD_Connection *c, unsigned status, const char *allow, const char *code,
+                                     const char *fmt, va_list ap)
+{
+    buf_t b;
+    buf_init(&b, 0);
+    wix_error_body(&b, code, fmt, ap);
+    return reply_allow(c, status, &b, allow);
+}
+
+static enum MHD_Result reply_error_allow(struct MHD_Connection *c, unsigned status, const char *allow,
+                                         const char *code, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static enum MHD_Result reply_error_allow(struct MHD_Connection *c, unsigned status, const char *allow,
+                                         const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    enum MHD_Result r = reply_error_v(c, status, allow, code, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
 static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, const char *code, const char *fmt, ...)
 {
-    buf_t b;
-    buf_init(&b, 0);
     va_list ap;
     va_start(ap, fmt);
-    wix_error_body(&b, code, fmt, ap);
+    enum MHD_Result r = reply_error_v(c, status, NULL, code, fmt, ap);
     va_end(ap);
-    return reply(c, status, &b);
+    return r;
+}
+
+/* 405, with the methods the route takes in Allow (RFC 9110 15.5.6). */
+static enum MHD_Result reply_405(struct MHD_Connection *c, const char *allow)
+{
+    return reply_error_allow(c, 405, allow, "METHOD_NOT_ALLOWED", "this route takes %s", allow);
 }
 
 static enum MHD_Result reply_invalid(struct MHD_Connection *c, const char *field, const char *rule, const char *fmt,
@@ -578,7 +613,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     if (!strcmp(url, "/healthz")) {
         if (!get)
-            return reply_error(c, 405, "METHOD_NOT_ALLOWED", "use GET");
+            return reply_405(c, "GET, HEAD");
         pthread_mutex_lock(&s->lock);
         char *h = strdup(s->health ? s->health : "{}");
         pthread_mutex_unlock(&s->lock);
@@ -592,7 +627,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return reply_error(c, 413, "PAYLOAD_TOO_LARGE", "the body is larger than %ld bytes", s->max_body);
     if (!strcmp(url, "/metrics")) {
         if (!get)
-            return reply_error(c, 405, "METHOD_NOT_ALLOWED", "use GET");
+            return reply_405(c, "GET, HEAD");
         pthread_mutex_lock(&s->lock);
         char *m = strdup(s->metrics ? s->metrics : "");
         pthread_mutex_unlock(&s->lock);
@@ -605,7 +640,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return post_event(s, c, url + 11, st);
         if (get)
             return get_event(s, c, url + 11);
-        return reply_error(c, 405, "METHOD_NOT_ALLOWED", "POST an event, or GET it by id");
+        return reply_405(c, "GET, HEAD, POST");
     }
     return reply_error(c, 404, "NOT_FOUND", "no route %s %.200s (POST /v1/events/NAME, GET /v1/events/ID, "
                                             "/healthz, /metrics)", method, url);

@@ -648,6 +648,9 @@ def intake_hostile_input():
     error(svc.call("PUT", "/v1/events/provision", {"a": 1}), 405, "METHOD_NOT_ALLOWED", "PUT an event")
     error(svc.call("POST", "/healthz", {}), 405, "METHOD_NOT_ALLOWED", "POST /healthz")
     error(svc.call("POST", "/metrics", {}), 405, "METHOD_NOT_ALLOWED", "POST /metrics")
+    for method, path, allow in (("DELETE", "/v1/events/x", "GET, HEAD, POST"), ("POST", "/healthz", "GET, HEAD"),
+                                ("PUT", "/metrics", "GET, HEAD")):
+        eq(svc.call(method, path, {}).headers.get("allow"), allow, "Allow of a 405 for %s %s" % (method, path))
     # the service is fine after all that, and only the one good event was stored
     svc.wait_event("exactly-8192")
     eq(svc.health()["status"], "ok", "status after hostile input")
