@@ -8,6 +8,7 @@
  * {"p": reseller, "f": filter, "s": sort, "o": offset}: it carries the query,
  * which is why a cursor sent with filter or sort is refused.
  */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -356,6 +357,71 @@ int emu_filter_match(const json_value *filter, const json_value *pkg)
     return 1;
 }
 
+/* ---- a prefilter on the stored columns ----
+ *
+ * The filter's top level is an AND: from it, bounds on createdDate and
+ * updatedDate and an externalId to equal are read; a package outside them
+ * cannot match and is skipped before it is rendered (the cost of a filtered
+ * query). Whatever passes is still evaluated in full by emu_filter_match. */
+
+typedef struct prefilter {
+    long long lo[2], hi[2];       /* [0] createdDate, [1] updatedDate, in ms */
+    const char *ext;              /* externalId to equal, or NULL */
+    size_t extlen;
+} prefilter;
+
+static void bound(prefilter *pf, int which, const char *op, size_t oplen, const json_value *arg)
+{
+    long long ms;
+    const json_value *d = date_operand(arg);
+    if (d->type != JSON_STRING || emu_parse_date(d->u.str.s, &ms) < 0)
+        return;
+    int eq = oplen == 3 && !memcmp(op, "$eq", 3);
+    if (eq || (oplen == 4 && !memcmp(op, "$gte", 4)))
+        pf->lo[which] = ms > pf->lo[which] ? ms : pf->lo[which];
+    if (oplen == 3 && !memcmp(op, "$gt", 3) && ms + 1 > pf->lo[which])
+        pf->lo[which] = ms + 1;
+    if (eq || (oplen == 4 && !memcmp(op, "$lte", 4)))
+        pf->hi[which] = ms < pf->hi[which] ? ms : pf->hi[which];
+    if (oplen == 3 && !memcmp(op, "$lt", 3) && ms - 1 < pf->hi[which])
+        pf->hi[which] = ms - 1;
+}
+
+static void prefilter_read(prefilter *pf, const json_value *filter)
+{
+    pf->lo[0] = pf->lo[1] = LLONG_MIN;
+    pf->hi[0] = pf->hi[1] = LLONG_MAX;
+    pf->ext = NULL;
+    pf->extlen = 0;
+    for (const json_value *k = filter ? filter->u.kids.head : NULL; k; k = k->next) {
+        int which = k->keylen == 11 && !memcmp(k->key, "createdDate", 11)   ? 0
+                    : k->keylen == 11 && !memcmp(k->key, "updatedDate", 11) ? 1
+                    : k->keylen == 10 && !memcmp(k->key, "externalId", 10)  ? 2
+                                                                              : -1;
+        if (which < 0)
+            continue;
+        int is_ops = k->type == JSON_OBJECT && k->u.kids.n > 0 && k->u.kids.head->keylen &&
+                     k->u.kids.head->key[0] == '$' && date_operand(k) == k;
+        for (const json_value *o = is_ops ? k->u.kids.head : k; o; o = is_ops ? o->next : NULL) {
+            const char *op = is_ops ? o->key : "$eq";
+            size_t oplen = is_ops ? o->keylen : 3;
+            if (which < 2)
+                bound(pf, which, op, oplen, o);
+            else if (oplen == 3 && !memcmp(op, "$eq", 3) && o->type == JSON_STRING) {
+                pf->ext = o->u.str.s;
+                pf->extlen = o->u.str.len;
+            }
+        }
+    }
+}
+
+static int prefilter_pass(const prefilter *pf, long long created, long long updated, const char *ext, size_t extlen)
+{
+    if (created < pf->lo[0] || created > pf->hi[0] || updated < pf->lo[1] || updated > pf->hi[1])
+        return 0;
+    return !pf->ext || (ext && extlen == pf->extlen && !memcmp(ext, pf->ext, extlen));
+}
+
 /* ---- base64url for cursors ---- */
 
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -591,10 +657,15 @@ void emu_api_query(emu_ctx *c)
 
     /* Scan the reseller's packages. */
     size_t n = 0, cap = 0;
+    prefilter pf;
+    prefilter_read(&pf, filter);
     sqlite3_stmt *s = emu_stmt(c->e, ST_PKG_SCOPE);
     sqlite3_bind_text(s, 1, c->parent, -1, SQLITE_STATIC);
     while (sqlite3_step(s) == SQLITE_ROW) {
         hit h = {sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1), sqlite3_column_int64(s, 2)};
+        if (filter && !prefilter_pass(&pf, h.created, h.updated, (const char *)sqlite3_column_text(s, 3),
+                                      (size_t)sqlite3_column_bytes(s, 3)))
+            continue;
         if (filter) {
             /* Rendering uses other statements; ST_PKG_SCOPE stays where it is. */
             json_writer w;
