@@ -29,19 +29,29 @@ static const cli_opt *find(const cli_command *c, const char *name, size_t len)
     return NULL;
 }
 
-static int unknown(const cli_command *c, const char *a)
+const char *cli_nearest(const char *word, const void *table, size_t n, size_t stride)
 {
     const char *best = NULL;
     int bestd = 3;
-    char name[65];
-    snprintf(name, sizeof name, "%.*s", (int)strcspn(a, "="), a); /* --limt=3: compare --limt */
-    for (const cli_opt *o = c->opts; o && o->name; o++) {
-        int d = ytree_distance(o->name, name);
+    for (size_t i = 0; i < n; i++) {
+        const char *name = *(const char *const *)((const char *)table + i * stride);
+        int d = ytree_distance(name, word);
         if (d < bestd) {
             bestd = d;
-            best = o->name;
+            best = name;
         }
     }
+    return best;
+}
+
+static int unknown(const cli_command *c, const char *a)
+{
+    char name[65];
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(a, "="), a); /* --limt=3: compare --limt */
+    size_t n = 0;
+    while (c->opts && c->opts[n].name)
+        n++;
+    const char *best = cli_nearest(name, c->opts, n, sizeof *c->opts);
     if (best)
         return cli_usage_error(c, "unknown option '%s' (did you mean '%s'?)", name, best);
     return cli_usage_error(c, "unknown option '%s'", name);
