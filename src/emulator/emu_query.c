@@ -90,6 +90,14 @@ static const json_value *date_operand(const json_value *v)
     return v;
 }
 
+/* A field's value that is a map of operators ({"$gt": ...}), not a value to equal
+ * (a {"$date": ...} operand is a value). */
+static int operators_of(const json_value *k)
+{
+    return k->type == JSON_OBJECT && k->u.kids.n > 0 && k->u.kids.head->keylen && k->u.kids.head->key[0] == '$' &&
+           date_operand(k) == k;
+}
+
 static int valid_operand(const struct field_rule *f, int op, const json_value *v, char *msg, size_t msglen)
 {
     if (op == OP_EXISTS) {
@@ -154,8 +162,7 @@ static int validate(const json_value *filter, int depth, char *field, size_t fie
             return snprintf(msg, msglen, "this field cannot be filtered on (see the supported filters)"), -1;
         char allowed[128];
         ops_allowed(f->ops, allowed, sizeof allowed);
-        int is_ops = k->type == JSON_OBJECT && k->u.kids.n > 0 && k->u.kids.head->keylen &&
-                     k->u.kids.head->key[0] == '$' && date_operand(k) == k;
+        int is_ops = operators_of(k);
         if (!is_ops) {
             if (!(f->ops & OP_EQ))
                 return snprintf(msg, msglen, "an implicit $eq is not supported here (supported: %s)", allowed), -1;
@@ -343,8 +350,7 @@ int emu_filter_match(const json_value *filter, const json_value *pkg)
         const struct field_rule *f = find_field(k->key, k->keylen);
         if (!f)
             return 0;
-        int is_ops = k->type == JSON_OBJECT && k->u.kids.n > 0 && k->u.kids.head->keylen &&
-                     k->u.kids.head->key[0] == '$' && date_operand(k) == k;
+        int is_ops = operators_of(k);
         if (!is_ops) {
             if (!match_op(f, pkg, "$eq", 3, k))
                 return 0;
@@ -400,8 +406,7 @@ static void prefilter_read(prefilter *pf, const json_value *filter)
                                                                               : -1;
         if (which < 0)
             continue;
-        int is_ops = k->type == JSON_OBJECT && k->u.kids.n > 0 && k->u.kids.head->keylen &&
-                     k->u.kids.head->key[0] == '$' && date_operand(k) == k;
+        int is_ops = operators_of(k);
         for (const json_value *o = is_ops ? k->u.kids.head : k; o; o = is_ops ? o->next : NULL) {
             const char *op = is_ops ? o->key : "$eq";
             size_t oplen = is_ops ? o->keylen : 3;
