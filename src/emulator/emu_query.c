@@ -366,14 +366,18 @@ int emu_filter_match(const json_value *filter, const json_value *pkg)
 /* ---- a prefilter on the stored columns ----
  *
  * The filter's top level is an AND: from it, bounds on createdDate and
- * updatedDate and an externalId to equal are read; a package outside them
- * cannot match and is skipped before it is rendered (the cost of a filtered
- * query). Whatever passes is still evaluated in full by emu_filter_match. */
+ * updatedDate and values to equal for id, accountId and externalId are read;
+ * a package outside them cannot match and is skipped before it is rendered
+ * (the cost of a filtered query). Whatever passes is still evaluated in full
+ * by emu_filter_match. */
+
+#define PRE_TEXTS 3               /* id, accountId, externalId: columns 3, 4, 5 of ST_PKG_SCOPE */
+static const char *const pre_text_fields[PRE_TEXTS] = {"id", "accountId", "externalId"};
 
 typedef struct prefilter {
     long long lo[2], hi[2];       /* [0] createdDate, [1] updatedDate, in ms */
-    const char *ext;              /* externalId to equal, or NULL */
-    size_t extlen;
+    const char *eq[PRE_TEXTS];    /* a value to equal, or NULL */
+    size_t eqlen[PRE_TEXTS];
 } prefilter;
 
 static void bound(prefilter *pf, int which, const char *op, size_t oplen, const json_value *arg)
@@ -393,38 +397,50 @@ static void bound(prefilter *pf, int which, const char *op, size_t oplen, const 
         pf->hi[which] = ms - 1;
 }
 
+static int field_is(const json_value *k, const char *name)
+{
+    return k->keylen == strlen(name) && !memcmp(k->key, name, k->keylen);
+}
+
 static void prefilter_read(prefilter *pf, const json_value *filter)
 {
+    memset(pf, 0, sizeof *pf);
     pf->lo[0] = pf->lo[1] = LLONG_MIN;
     pf->hi[0] = pf->hi[1] = LLONG_MAX;
-    pf->ext = NULL;
-    pf->extlen = 0;
     for (const json_value *k = filter ? filter->u.kids.head : NULL; k; k = k->next) {
-        int which = k->keylen == 11 && !memcmp(k->key, "createdDate", 11)   ? 0
-                    : k->keylen == 11 && !memcmp(k->key, "updatedDate", 11) ? 1
-                    : k->keylen == 10 && !memcmp(k->key, "externalId", 10)  ? 2
-                                                                              : -1;
+        int which = field_is(k, "createdDate") ? 0 : field_is(k, "updatedDate") ? 1 : -1;
+        for (int t = 0; t < PRE_TEXTS && which < 0; t++)
+            if (field_is(k, pre_text_fields[t]))
+                which = 2 + t;
         if (which < 0)
             continue;
         int is_ops = operators_of(k);
         for (const json_value *o = is_ops ? k->u.kids.head : k; o; o = is_ops ? o->next : NULL) {
             const char *op = is_ops ? o->key : "$eq";
             size_t oplen = is_ops ? o->keylen : 3;
-            if (which < 2)
+            if (which < 2) {
                 bound(pf, which, op, oplen, o);
-            else if (oplen == 3 && !memcmp(op, "$eq", 3) && o->type == JSON_STRING) {
-                pf->ext = o->u.str.s;
-                pf->extlen = o->u.str.len;
+            } else if (oplen == 3 && !memcmp(op, "$eq", 3) && o->type == JSON_STRING) {
+                pf->eq[which - 2] = o->u.str.s;
+                pf->eqlen[which - 2] = o->u.str.len;
             }
         }
     }
 }
 
-static int prefilter_pass(const prefilter *pf, long long created, long long updated, const char *ext, size_t extlen)
+/* The row of ST_PKG_SCOPE: seq, created, updated, id, account_id, external_id. */
+static int prefilter_pass(const prefilter *pf, sqlite3_stmt *row, long long created, long long updated)
 {
     if (created < pf->lo[0] || created > pf->hi[0] || updated < pf->lo[1] || updated > pf->hi[1])
         return 0;
-    return !pf->ext || (ext && extlen == pf->extlen && !memcmp(ext, pf->ext, extlen));
+    for (int t = 0; t < PRE_TEXTS; t++) {
+        if (!pf->eq[t])
+            continue;
+        const char *v = (const char *)sqlite3_column_text(row, 3 + t);
+        if (!v || (size_t)sqlite3_column_bytes(row, 3 + t) != pf->eqlen[t] || memcmp(v, pf->eq[t], pf->eqlen[t]))
+            return 0;
+    }
+    return 1;
 }
 
 /* ---- base64url for cursors ---- */
@@ -668,8 +684,7 @@ void emu_api_query(emu_ctx *c)
     sqlite3_bind_text(s, 1, c->parent, -1, SQLITE_STATIC);
     while (sqlite3_step(s) == SQLITE_ROW) {
         hit h = {sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1), sqlite3_column_int64(s, 2)};
-        if (filter && !prefilter_pass(&pf, h.created, h.updated, (const char *)sqlite3_column_text(s, 3),
-                                      (size_t)sqlite3_column_bytes(s, 3)))
+        if (filter && !prefilter_pass(&pf, s, h.created, h.updated))
             continue;
         if (filter) {
             /* Rendering uses other statements; ST_PKG_SCOPE stays where it is. */

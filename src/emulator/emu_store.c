@@ -80,7 +80,8 @@ static const char *const sql[ST__COUNT] = {
     [ST_BEGIN_READ] = "BEGIN",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
-    [ST_PKG_SCOPE] = "SELECT seq, created, updated, external_id FROM packages WHERE parent_account_id = ?1",
+    [ST_PKG_SCOPE] = "SELECT seq, created, updated, id, account_id, external_id FROM packages"
+                     " WHERE parent_account_id = ?1",
     [ST_PKG_COUNT] = "SELECT count(*) FROM packages",
     [ST_NEXT_DUE] = "SELECT min(deliver_at) FROM instances WHERE status = 'PENDING' AND deliver_at IS NOT NULL",
     [ST_INST_COUNT_STATUS] = "SELECT status, count(*) FROM instances GROUP BY status ORDER BY status",
