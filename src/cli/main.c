@@ -7,8 +7,8 @@
 #include <string.h>
 
 #include "../util/buf.h"
+#include "../yaml/ytree.h"
 #include "cli.h"
-#include "opts.h"
 
 #ifndef WIXR_VERSION
 #define WIXR_VERSION "0.1.0"
@@ -88,7 +88,7 @@ static int find_command(const char *name)
 
 static int unknown_command(const char *name)
 {
-    const char *best = cli_nearest(name, commands, NCOMMANDS, sizeof commands[0]);
+    const char *best = ytree_nearest(name, commands, NCOMMANDS, sizeof commands[0]);
     if (best)
         fprintf(stderr, "wixr: unknown command '%s' (did you mean '%s'?) (see 'wixr help')\n", name, best);
     else

@@ -29,21 +29,6 @@ static const cli_opt *find(const cli_command *c, const char *name, size_t len)
     return NULL;
 }
 
-const char *cli_nearest(const char *word, const void *table, size_t n, size_t stride)
-{
-    const char *best = NULL;
-    int bestd = 3;
-    for (size_t i = 0; i < n; i++) {
-        const char *name = *(const char *const *)((const char *)table + i * stride);
-        int d = ytree_distance(name, word);
-        if (d < bestd) {
-            bestd = d;
-            best = name;
-        }
-    }
-    return best;
-}
-
 static int unknown(const cli_command *c, const char *a)
 {
     char name[65];
@@ -51,7 +36,7 @@ static int unknown(const cli_command *c, const char *a)
     size_t n = 0;
     while (c->opts && c->opts[n].name)
         n++;
-    const char *best = cli_nearest(name, c->opts, n, sizeof *c->opts);
+    const char *best = ytree_nearest(name, c->opts, n, sizeof *c->opts);
     if (best)
         return cli_usage_error(c, "unknown option '%s' (did you mean '%s'?)", name, best);
     return cli_usage_error(c, "unknown option '%s'", name);

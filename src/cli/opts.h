@@ -16,8 +16,6 @@
 #ifndef WIXR_CLI_OPTS_H
 #define WIXR_CLI_OPTS_H
 
-#include <stddef.h>
-
 typedef enum { OPT_FLAG, OPT_VALUE, OPT_OPTIONAL, OPT_NUMBER } cli_opt_kind;
 
 typedef struct cli_opt {
@@ -44,10 +42,6 @@ typedef struct cli_command {
  * after printing the usage for -h/--help, or EXIT_USAGE after printing one
  * line on stderr. */
 int cli_parse(const cli_command *c, int argc, char **argv, int *npos);
-
-/* The name nearest to word (an edit distance under 3) among n table entries
- * whose first member is their name, stride bytes apart; NULL when none is. */
-const char *cli_nearest(const char *word, const void *table, size_t n, size_t stride);
 
 /* A usage error of the command: one line on stderr; returns EXIT_USAGE. */
 int cli_usage_error(const cli_command *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

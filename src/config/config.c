@@ -319,6 +319,7 @@ static const struct {
     {"set_external_id", WIX_OP_SET_EXTERNAL_ID}, {"assign", WIX_OP_ASSIGN}, {"unassign", WIX_OP_UNASSIGN},
     {"adjust", WIX_OP_ADJUST}, {"cancel_instance", WIX_OP_CANCEL_INSTANCE},
 };
+#define NOP_NAMES (sizeof op_names / sizeof op_names[0])
 
 void config_ops_names(unsigned ops, char *out, size_t n)
 {
@@ -328,7 +329,7 @@ void config_ops_names(unsigned ops, char *out, size_t n)
         snprintf(out, n, "all");
         return;
     }
-    for (size_t i = 3; i < sizeof op_names / sizeof op_names[0] && k < n; i++)
+    for (size_t i = 3; i < NOP_NAMES && k < n; i++)
         if (ops & op_names[i].ops)
             k += (size_t)snprintf(out + k, n - k, "%s%s", k ? ", " : "", op_names[i].name);
     if (!k)
@@ -503,18 +504,11 @@ static int load_hook(const ydoc *d, const ynode *n, const char *event, int index
                 continue;
             }
             unsigned ops = 0;
-            const char *best = NULL;
-            int bestd = 3;
-            for (size_t i = 0; i < sizeof op_names / sizeof op_names[0]; i++) {
+            for (size_t i = 0; i < NOP_NAMES; i++)
                 if (!strcmp(v, op_names[i].name))
                     ops = op_names[i].ops;
-                int dist = ytree_distance(v, op_names[i].name);
-                if (dist < bestd) {
-                    bestd = dist;
-                    best = op_names[i].name;
-                }
-            }
             if (!ops) {
+                const char *best = ytree_nearest(v, op_names, NOP_NAMES, sizeof op_names[0]);
                 if (best)
                     yerr(d, k, err, errlen, "allow: unknown operation '%s' (did you mean '%s'?)", v, best);
                 else

@@ -373,27 +373,35 @@ int ytree_distance(const char *a, const char *b)
     return row[lb];
 }
 
+const char *ytree_nearest(const char *word, const void *table, size_t n, size_t stride)
+{
+    const char *best = NULL;
+    int bestd = 3;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = *(const char *const *)((const char *)table + i * stride);
+        int d = ytree_distance(name, word);
+        if (d < bestd) {
+            bestd = d;
+            best = name;
+        }
+    }
+    return best;
+}
+
 int ymap_check_keys(const ydoc *d, const ynode *map, const char *const *allowed, const char *where, char *err,
                     size_t errlen)
 {
+    size_t nallowed = 0;
+    while (allowed[nallowed])
+        nallowed++;
     for (ynode *v = map->head; v; v = v->next) {
         const char *k = v->key->str;
-        const char *best = NULL;
-        int bestd = 3;
         int ok = 0;
-        for (const char *const *a = allowed; *a; a++) {
-            if (!strcmp(*a, k)) {
-                ok = 1;
-                break;
-            }
-            int dist = ytree_distance(*a, k);
-            if (dist < bestd) {
-                bestd = dist;
-                best = *a;
-            }
-        }
+        for (size_t i = 0; i < nallowed && !ok; i++)
+            ok = !strcmp(allowed[i], k);
         if (ok)
             continue;
+        const char *best = ytree_nearest(k, allowed, nallowed, sizeof *allowed);
         if (best)
             return yerr(d, v->key, err, errlen, "unknown key '%s' in %s (did you mean '%s'?)", k, where, best);
         return yerr(d, v->key, err, errlen, "unknown key '%s' in %s", k, where);
