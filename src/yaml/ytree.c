@@ -11,6 +11,11 @@
 #include <yaml.h>
 
 #define YTREE_MAX_DEPTH 64
+/* What aliases may add to a document in all: past either cap a file is refused at the
+ * alias that crosses it, so a few lines of nested aliases (an "alias bomb") cannot
+ * make the loader build millions of nodes. */
+#define YTREE_MAX_ALIAS_NODES 100000
+#define YTREE_MAX_ALIAS_BYTES (16u << 20)
 
 static void node_free(ynode *n)
 {
@@ -34,12 +39,24 @@ void ytree_free(ydoc *d)
     free(d);
 }
 
+/* An anchor seen so far: node is NULL while the anchored collection is still being
+ * read (an alias to it from inside is refused), then the finished node. */
+typedef struct yanchor {
+    char *name;
+    const ynode *node;
+    int height;            /* levels of collections under and including node */
+} yanchor;
+
 typedef struct loader {
     yaml_parser_t parser;
     const char *name;
     char *err;
     size_t errlen;
     int depth;
+    yanchor *anchors;
+    size_t nanchors, capanchors;
+    size_t alias_nodes, alias_bytes;   /* added by aliases so far */
+    ynode *spare;          /* merge-key values, kept (anchors may name them) until the end */
 } loader;
 
 static int lerr(loader *l, yaml_mark_t m, const char *msg, const char *detail)
@@ -60,6 +77,12 @@ static ynode *new_node(ytype t, yaml_mark_t m)
     return n;
 }
 
+static int mark_err(loader *l, const ynode *n, const char *msg, const char *detail)
+{
+    yaml_mark_t m = {0, (size_t)n->line - 1, (size_t)n->col - 1};
+    return lerr(l, m, msg, detail);
+}
+
 static int next_event(loader *l, yaml_event_t *ev)
 {
     if (!yaml_parser_parse(&l->parser, ev)) {
@@ -74,6 +97,179 @@ static int next_event(loader *l, yaml_event_t *ev)
 
 static ynode *load_node(loader *l, yaml_event_t *ev);
 
+/* Levels of collections in n (0 for a scalar). Bounded by YTREE_MAX_DEPTH. */
+static int node_height(const ynode *n)
+{
+    int h = 0;
+    for (const ynode *c = n->type == Y_SCALAR ? NULL : n->head; c; c = c->next) {
+        int ch = node_height(c);
+        if (ch > h)
+            h = ch;
+    }
+    return n->type == Y_SCALAR ? 0 : h + 1;
+}
+
+/* Nodes (keys included) and scalar bytes of n, counting stops once past limit. */
+static void node_size(const ynode *n, size_t *nodes, size_t *bytes, size_t limit)
+{
+    for (; n && *nodes <= limit; n = n->next) {
+        *nodes += 1 + (n->key != NULL);
+        *bytes += n->len + (n->key ? n->key->len : 0);
+        node_size(n->head, nodes, bytes, limit);
+    }
+}
+
+/* A deep copy of n alone (not its siblings, not its key); NULL when out of memory. */
+static ynode *node_copy(const ynode *n)
+{
+    ynode *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->type = n->type;
+    c->line = n->line;
+    c->col = n->col;
+    c->len = n->len;
+    c->plain = n->plain;
+    c->n = n->n;
+    if (n->str && !(c->str = malloc(n->len + 1)))
+        goto fail;
+    if (n->str)
+        memcpy(c->str, n->str, n->len + 1);
+    ynode **tail = &c->head;
+    for (const ynode *k = n->head; k; k = k->next) {
+        ynode *kc = node_copy(k);
+        if (!kc)
+            goto fail;
+        *tail = kc;
+        tail = &kc->next;
+        if (k->key && !(kc->key = node_copy(k->key)))
+            goto fail;
+    }
+    return c;
+fail:
+    node_free(c);
+    return NULL;
+}
+
+/* Charges a copy of n, made at the position of at, to the caps on what aliases add
+ * (what, e.g. "alias *x", names it in the message); 0 or -1 with the error set. */
+static int charge_copy(loader *l, const ynode *n, int height, const ynode *at, const char *what)
+{
+    size_t nodes = 0, bytes = 0;
+    node_size(n, &nodes, &bytes, YTREE_MAX_ALIAS_NODES);
+    char msg[200];
+    if (l->alias_nodes + nodes > YTREE_MAX_ALIAS_NODES || l->alias_bytes + bytes > YTREE_MAX_ALIAS_BYTES) {
+        snprintf(msg, sizeof msg,
+                 "%.60s: aliases would expand the document past %d nodes or %u MiB (refused: an alias bomb?)",
+                 what, YTREE_MAX_ALIAS_NODES, YTREE_MAX_ALIAS_BYTES >> 20);
+        return mark_err(l, at, msg, NULL);
+    }
+    if (l->depth + height > YTREE_MAX_DEPTH) {
+        snprintf(msg, sizeof msg, "%.60s: nesting too deep once expanded", what);
+        return mark_err(l, at, msg, NULL);
+    }
+    l->alias_nodes += nodes;
+    l->alias_bytes += bytes;
+    return 0;
+}
+
+/* Records an anchor (node NULL: its collection is being read). Returns its index or -1. */
+static long add_anchor(loader *l, const char *name, yaml_mark_t m)
+{
+    if (l->nanchors == l->capanchors) {
+        size_t cap = l->capanchors ? l->capanchors * 2 : 16;
+        yanchor *p = realloc(l->anchors, cap * sizeof *p);
+        if (!p)
+            return lerr(l, m, "out of memory", NULL);
+        l->anchors = p;
+        l->capanchors = cap;
+    }
+    yanchor *a = &l->anchors[l->nanchors];
+    if (!(a->name = strdup(name)))
+        return lerr(l, m, "out of memory", NULL);
+    a->node = NULL;
+    a->height = 0;
+    return (long)l->nanchors++;
+}
+
+static void anchor_done(loader *l, long i, const ynode *n)
+{
+    l->anchors[i].node = n;
+    l->anchors[i].height = node_height(n);
+}
+
+/* An alias: a copy of the node its anchor names (the latest anchor of that name),
+ * keeping the anchor's positions, so a problem inside it points at the anchor's text. */
+static ynode *load_alias(loader *l, yaml_event_t *ev)
+{
+    const char *name = (const char *)ev->data.alias.anchor;
+    ynode at = {.line = (int)ev->start_mark.line + 1, .col = (int)ev->start_mark.column + 1};
+    for (size_t i = l->nanchors; i-- > 0;) {
+        const yanchor *a = &l->anchors[i];
+        if (strcmp(a->name, name))
+            continue;
+        if (!a->node)
+            return mark_err(l, &at, "alias refers to the node it is inside of", name), NULL;
+        char what[100];
+        snprintf(what, sizeof what, "alias *%.60s", name);
+        if (charge_copy(l, a->node, a->height, &at, what) < 0)
+            return NULL;
+        ynode *c = node_copy(a->node);
+        if (!c)
+            return mark_err(l, &at, "out of memory", NULL), NULL;
+        return c;
+    }
+    return mark_err(l, &at, "alias to an unknown anchor", name), NULL;
+}
+
+/* The value of a merge key ("<<") is a mapping or a list of mappings. */
+static int check_merge(loader *l, const ynode *src)
+{
+    if (src->type == Y_MAP)
+        return 0;
+    if (src->type == Y_SEQ) {
+        for (const ynode *k = src->head; k; k = k->next)
+            if (k->type != Y_MAP)
+                return mark_err(l, k, "merge key '<<': each item must be a mapping", NULL);
+        return 0;
+    }
+    return mark_err(l, src, "merge key '<<' takes a mapping or a list of mappings", NULL);
+}
+
+/* Adds to map each entry of the merged mapping(s) whose key map does not have yet:
+ * the map's own keys win, and of a list the earlier mappings win over later ones. */
+static int merge_one(loader *l, ynode *map, ynode ***tail, const ynode *from, const ynode *at)
+{
+    for (const ynode *e = from->head; e; e = e->next) {
+        if (ymap_get(map, e->key->str))
+            continue;
+        if (charge_copy(l, e, node_height(e), at, "merge key '<<'") < 0)
+            return -1;
+        ynode *c = node_copy(e);
+        if (!c || !(c->key = node_copy(e->key))) {
+            node_free(c);
+            return mark_err(l, at, "out of memory", NULL);
+        }
+        **tail = c;
+        *tail = &c->next;
+        map->n++;
+    }
+    return 0;
+}
+
+static int apply_merge(loader *l, ynode *map, const ynode *src)
+{
+    ynode **tail = &map->head;
+    while (*tail)
+        tail = &(*tail)->next;
+    if (src->type == Y_MAP)
+        return merge_one(l, map, &tail, src, src->key);
+    for (const ynode *m = src->head; m; m = m->next)
+        if (merge_one(l, map, &tail, m, src->key) < 0)
+            return -1;
+    return 0;
+}
+
 /* Consumes events until the matching end event; ev is the start event. */
 static ynode *load_collection(loader *l, yaml_event_t *start, ytype t)
 {
@@ -87,6 +283,7 @@ static ynode *load_collection(loader *l, yaml_event_t *start, ytype t)
         return NULL;
     }
     ynode **tail = &coll->head;
+    ynode *merge = NULL; /* the value of its "<<" key */
     yaml_event_type_t end = t == Y_MAP ? YAML_MAPPING_END_EVENT : YAML_SEQUENCE_END_EVENT;
     for (;;) {
         yaml_event_t ev;
@@ -103,22 +300,33 @@ static ynode *load_collection(loader *l, yaml_event_t *start, ytype t)
             if (!key)
                 goto fail;
             if (key->type != Y_SCALAR) {
-                yaml_mark_t m = {0, (size_t)key->line - 1, (size_t)key->col - 1};
-                lerr(l, m, "mapping keys must be plain scalars", NULL);
+                mark_err(l, key, "mapping keys must be plain scalars", NULL);
                 node_free(key);
                 goto fail;
             }
-            for (ynode *k = coll->head; k; k = k->next) {
-                if (strcmp(k->key->str, key->str) == 0) {
-                    yaml_mark_t m = {0, (size_t)key->line - 1, (size_t)key->col - 1};
-                    lerr(l, m, "duplicate key", key->str);
-                    node_free(key);
-                    goto fail;
-                }
+            int is_merge = key->plain && !strcmp(key->str, "<<");
+            if (is_merge ? merge != NULL : ymap_get(coll, key->str) != NULL) {
+                mark_err(l, key, "duplicate key", key->str);
+                node_free(key);
+                goto fail;
             }
             if (next_event(l, &ev) < 0) {
                 node_free(key);
                 goto fail;
+            }
+            if (is_merge) {
+                ynode *src = load_node(l, &ev);
+                yaml_event_delete(&ev);
+                if (!src || check_merge(l, src) < 0) {
+                    node_free(src);
+                    node_free(key);
+                    goto fail;
+                }
+                src->key = key; /* kept until the end: an anchor may name it */
+                src->next = l->spare;
+                l->spare = src;
+                merge = src;
+                continue;
             }
         }
         ynode *val = load_node(l, &ev);
@@ -132,6 +340,8 @@ static ynode *load_collection(loader *l, yaml_event_t *start, ytype t)
         tail = &val->next;
         coll->n++;
     }
+    if (merge && apply_merge(l, coll, merge) < 0)
+        goto fail;
     l->depth--;
     return coll;
 fail:
@@ -141,10 +351,9 @@ fail:
 
 static ynode *load_node(loader *l, yaml_event_t *ev)
 {
+    const unsigned char *anchor = NULL;
     switch (ev->type) {
     case YAML_SCALAR_EVENT: {
-        if (ev->data.scalar.anchor)
-            return lerr(l, ev->start_mark, "anchors are not supported", NULL), NULL;
         ynode *n = new_node(Y_SCALAR, ev->start_mark);
         if (!n)
             return lerr(l, ev->start_mark, "out of memory", NULL), NULL;
@@ -157,18 +366,30 @@ static ynode *load_node(loader *l, yaml_event_t *ev)
         memcpy(n->str, ev->data.scalar.value, n->len);
         n->str[n->len] = '\0';
         n->plain = ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+        if (ev->data.scalar.anchor) {
+            long a = add_anchor(l, (const char *)ev->data.scalar.anchor, ev->start_mark);
+            if (a < 0) {
+                node_free(n);
+                return NULL;
+            }
+            anchor_done(l, a, n);
+        }
         return n;
     }
     case YAML_SEQUENCE_START_EVENT:
-        if (ev->data.sequence_start.anchor)
-            return lerr(l, ev->start_mark, "anchors are not supported", NULL), NULL;
-        return load_collection(l, ev, Y_SEQ);
-    case YAML_MAPPING_START_EVENT:
-        if (ev->data.mapping_start.anchor)
-            return lerr(l, ev->start_mark, "anchors are not supported", NULL), NULL;
-        return load_collection(l, ev, Y_MAP);
+    case YAML_MAPPING_START_EVENT: {
+        int map = ev->type == YAML_MAPPING_START_EVENT;
+        anchor = map ? ev->data.mapping_start.anchor : ev->data.sequence_start.anchor;
+        long a = anchor ? add_anchor(l, (const char *)anchor, ev->start_mark) : -1;
+        if (anchor && a < 0)
+            return NULL;
+        ynode *n = load_collection(l, ev, map ? Y_MAP : Y_SEQ);
+        if (n && a >= 0)
+            anchor_done(l, a, n);
+        return n;
+    }
     case YAML_ALIAS_EVENT:
-        return lerr(l, ev->start_mark, "aliases are not supported", NULL), NULL;
+        return load_alias(l, ev);
     default:
         return lerr(l, ev->start_mark, "unexpected YAML event", NULL), NULL;
     }
@@ -217,6 +438,10 @@ ydoc *ytree_load_string(const char *name, const char *text, size_t len, char *er
         yaml_event_delete(&ev);
     }
     yaml_parser_delete(&l.parser);
+    for (size_t i = 0; i < l.nanchors; i++)
+        free(l.anchors[i].name);
+    free(l.anchors);
+    node_free(l.spare);
     if (!ok) {
         ytree_free(d);
         return NULL;
@@ -388,23 +613,48 @@ const char *ytree_nearest(const char *word, const void *table, size_t n, size_t 
     return best;
 }
 
+/* The message for one key of map that is not in allowed; 0 when it is allowed. */
+static int check_key(const ydoc *d, const ynode *v, const char *const *allowed, size_t nallowed, const char *where,
+                     char *err, size_t errlen)
+{
+    const char *k = v->key->str;
+    for (size_t i = 0; i < nallowed; i++)
+        if (!strcmp(allowed[i], k))
+            return 0;
+    const char *best = ytree_nearest(k, allowed, nallowed, sizeof *allowed);
+    if (best)
+        return yerr(d, v->key, err, errlen, "unknown key '%s' in %s (did you mean '%s'?)", k, where, best);
+    return yerr(d, v->key, err, errlen, "unknown key '%s' in %s", k, where);
+}
+
+static size_t count_allowed(const char *const *allowed)
+{
+    size_t n = 0;
+    while (allowed[n])
+        n++;
+    return n;
+}
+
 int ymap_check_keys(const ydoc *d, const ynode *map, const char *const *allowed, const char *where, char *err,
                     size_t errlen)
 {
-    size_t nallowed = 0;
-    while (allowed[nallowed])
-        nallowed++;
-    for (ynode *v = map->head; v; v = v->next) {
-        const char *k = v->key->str;
-        int ok = 0;
-        for (size_t i = 0; i < nallowed && !ok; i++)
-            ok = !strcmp(allowed[i], k);
-        if (ok)
-            continue;
-        const char *best = ytree_nearest(k, allowed, nallowed, sizeof *allowed);
-        if (best)
-            return yerr(d, v->key, err, errlen, "unknown key '%s' in %s (did you mean '%s'?)", k, where, best);
-        return yerr(d, v->key, err, errlen, "unknown key '%s' in %s", k, where);
-    }
+    size_t nallowed = count_allowed(allowed);
+    for (ynode *v = map->head; v; v = v->next)
+        if (check_key(d, v, allowed, nallowed, where, err, errlen) < 0)
+            return -1;
     return 0;
+}
+
+int ymap_check_keys_each(const ydoc *d, const ynode *map, const char *const *allowed, const char *where,
+                         void (*report)(void *ctx, const char *msg), void *ctx)
+{
+    size_t nallowed = count_allowed(allowed);
+    int bad = 0;
+    char err[1024];
+    for (ynode *v = map->type == Y_MAP ? map->head : NULL; v; v = v->next)
+        if (check_key(d, v, allowed, nallowed, where, err, sizeof err) < 0) {
+            report(ctx, err);
+            bad++;
+        }
+    return bad;
 }

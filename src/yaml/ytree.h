@@ -3,7 +3,12 @@
  * position, so configuration errors can say file:line:col.
  *
  * A mapping's children are its values, each carrying its key node in ->key.
- * Anchors, aliases and tags other than the core ones are refused.
+ * Anchors and aliases are expanded as the file is read: an alias becomes a copy of
+ * its anchor's node that keeps the anchor's positions (a problem found in it points
+ * at the anchor's text), and a merge key (`<<: *base`, `<<: [*a, *b]`) adds the
+ * entries of the mapping(s) it names that the mapping does not set itself. What
+ * aliases may add is capped (nodes, bytes and nesting), so an alias bomb is refused
+ * at the alias that crosses the cap.
  */
 #ifndef WIXR_YTREE_H
 #define WIXR_YTREE_H
@@ -48,6 +53,10 @@ int ynode_expect(const ydoc *d, const ynode *n, ytype t, const char *field, char
 /* Every key of map must be one of allowed (NULL-terminated); otherwise an
  * error naming the key, with "did you mean" for a near miss. */
 int ymap_check_keys(const ydoc *d, const ynode *map, const char *const *allowed, const char *where, char *err, size_t errlen);
+/* The same for every unknown key: report(ctx, message) is called once for each
+ * (message "file:line:col: unknown key ..."); returns how many there were. */
+int ymap_check_keys_each(const ydoc *d, const ynode *map, const char *const *allowed, const char *where,
+                         void (*report)(void *ctx, const char *msg), void *ctx);
 /* Writes "file:line:col: " + message. Always returns -1. */
 int yerr(const ydoc *d, const ynode *n, char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 

@@ -40,8 +40,6 @@ static void test_errors(void)
     CHECK(strncmp(err, "t.yaml:", 7) == 0 && strstr(err, ":0:0") == NULL);
     CHECK(load("a: 1\na: 2\n", err, sizeof err) == NULL);
     CHECK_STR(err, "t.yaml:2:1: duplicate key: a");
-    CHECK(load("a: &x 1\nb: *x\n", err, sizeof err) == NULL);
-    CHECK_STR(err, "t.yaml:1:4: anchors are not supported");
 
     ydoc *d = load("limits:\n  memroy: 10\n  count: ten\n", err, sizeof err);
     CHECK(d != NULL);
@@ -60,6 +58,147 @@ static void test_errors(void)
     CHECK(ynode_int(d, ymap_get(d->root, "count"), "count", 0, 100, &v, err, sizeof err) < 0);
     CHECK_STR(err, "t.yaml:1:8: count: expected a whole number, got '1\\n2\\t\\x01'");
     ytree_free(d);
+}
+
+
+/* Anchors and aliases: an alias is a copy of its anchor's node, positions and all. */
+static void test_anchors(void)
+{
+    char err[512];
+    ydoc *d = load("plans: &plans\n  light: p1\n  core: p2\nx: *plans\ny: [*plans, &one 1, *one]\nname: &n abc\n"
+                   "again: *n\n",
+                   err, sizeof err);
+    CHECK(d != NULL);
+    if (!d) {
+        fprintf(stderr, "%s\n", err);
+        return;
+    }
+    ynode *x = ymap_get(d->root, "x");
+    CHECK(x && x->type == Y_MAP && x->n == 2);
+    ynode *light = ymap_get(x, "light");
+    CHECK_STR(light->str, "p1");
+    /* the copy keeps the anchor's text positions */
+    CHECK_INT(light->line, 2);
+    CHECK_INT(light->col, 10);
+    CHECK_INT(light->key->line, 2);
+    CHECK_INT(light->key->col, 3);
+    CHECK(light != ymap_get(ymap_get(d->root, "plans"), "light"));
+    ynode *y = ymap_get(d->root, "y");
+    CHECK(y && y->type == Y_SEQ && y->n == 3);
+    CHECK(y->head->type == Y_MAP && ymap_get(y->head, "core"));
+    CHECK_STR(y->head->next->next->str, "1");
+    CHECK_INT(y->head->next->next->line, 5);
+    CHECK_INT(y->head->next->next->col, 13); /* an anchored scalar starts at its anchor */
+    CHECK_STR(ymap_get(d->root, "again")->str, "abc");
+    /* an error inside an aliased node names the anchor's text */
+    long long v;
+    CHECK(ynode_int(d, ymap_get(x, "core"), "core", 0, 9, &v, err, sizeof err) < 0);
+    CHECK_STR(err, "t.yaml:3:9: core: expected a whole number, got 'p2'");
+    ytree_free(d);
+
+    /* a name anchored again: later aliases take the latest */
+    d = load("a: &v 1\nb: &v 2\nc: *v\n", err, sizeof err);
+    CHECK(d && !strcmp(ymap_get(d->root, "c")->str, "2"));
+    ytree_free(d);
+
+    CHECK(load("a: *nope\n", err, sizeof err) == NULL);
+    CHECK_STR(err, "t.yaml:1:4: alias to an unknown anchor: nope");
+    CHECK(load("a: &x [1, *x]\n", err, sizeof err) == NULL);
+    CHECK_STR(err, "t.yaml:1:11: alias refers to the node it is inside of: x");
+    CHECK(load("a: &x {b: *x}\n", err, sizeof err) == NULL);
+    CHECK_STR(err, "t.yaml:1:11: alias refers to the node it is inside of: x");
+    /* an alias as a key is fine when it names a scalar, refused otherwise */
+    d = load("k: &k name\n*k : 1\n", err, sizeof err);
+    CHECK(d && ymap_get(d->root, "name") && !strcmp(ymap_get(d->root, "name")->str, "1"));
+    ytree_free(d);
+    CHECK(load("k: &k [1]\n? *k\n: 1\n", err, sizeof err) == NULL);
+    CHECK_STR(err, "t.yaml:1:4: mapping keys must be plain scalars"); /* the anchored list */
+}
+
+/* Merge keys: the mapping's own keys win; of a list, earlier mappings win. */
+static void test_merge_keys(void)
+{
+    char err[512];
+    ydoc *d = load("base: &base {a: 1, b: 2, c: {deep: 1}}\n"
+                   "more: &more {b: 20, d: 40}\n"
+                   "one:\n  <<: *base\n  b: 3\n"
+                   "two:\n  c: own\n  <<: [*more, *base]\n"
+                   "three: {<<: {z: 26}, y: 25}\n",
+                   err, sizeof err);
+    CHECK(d != NULL);
+    if (!d) {
+        fprintf(stderr, "%s\n", err);
+        return;
+    }
+    ynode *one = ymap_get(d->root, "one");
+    CHECK(one && one->n == 3);
+    CHECK(ymap_get(one, "<<") == NULL);
+    CHECK_STR(ymap_get(one, "a")->str, "1");
+    CHECK_STR(ymap_get(one, "b")->str, "3");
+    CHECK(ymap_get(one, "c") && ymap_get(one, "c")->type == Y_MAP);
+    /* merged entries point at the anchor's text */
+    CHECK_INT(ymap_get(one, "a")->key->line, 1);
+    CHECK_INT(ymap_get(one, "a")->key->col, 14);
+    ynode *two = ymap_get(d->root, "two");
+    CHECK(two && two->n == 4);
+    CHECK_STR(ymap_get(two, "c")->str, "own");
+    CHECK_STR(ymap_get(two, "b")->str, "20");
+    CHECK_STR(ymap_get(two, "d")->str, "40");
+    CHECK_STR(ymap_get(two, "a")->str, "1");
+    ynode *three = ymap_get(d->root, "three");
+    CHECK(three && three->n == 2 && !strcmp(ymap_get(three, "z")->str, "26"));
+    ytree_free(d);
+
+    /* a key given twice is still a duplicate, a merged one is not */
+    CHECK(load("b: &b {x: 1}\nm:\n  <<: *b\n  y: 1\n  y: 2\n", err, sizeof err) == NULL);
+    CHECK_STR(err, "t.yaml:5:3: duplicate key: y");
+    CHECK(load("b: &b {x: 1}\nm:\n  <<: *b\n  <<: *b\n", err, sizeof err) == NULL);
+    CHECK_STR(err, "t.yaml:4:3: duplicate key: <<");
+    CHECK(load("m:\n  <<: 1\n", err, sizeof err) == NULL);
+    CHECK_STR(err, "t.yaml:2:7: merge key '<<' takes a mapping or a list of mappings");
+    CHECK(load("b: &b {x: 1}\nm:\n  <<: [*b, 2]\n", err, sizeof err) == NULL);
+    CHECK_STR(err, "t.yaml:3:12: merge key '<<': each item must be a mapping");
+    /* a quoted "<<" is an ordinary key */
+    d = load("m: {'<<': 1}\n", err, sizeof err);
+    CHECK(d && ymap_get(ymap_get(d->root, "m"), "<<"));
+    ytree_free(d);
+}
+
+/* Billion laughs: each level aliases the one before ten times. */
+static void test_alias_bomb(void)
+{
+    char text[4096] = "a: &a [x, x, x, x, x, x, x, x, x, x]\n";
+    for (char c = 'b'; c <= 'j'; c++) {
+        char line[128];
+        snprintf(line, sizeof line, "%c: &%c [*%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c]\n", c, c, c - 1,
+                 c - 1, c - 1, c - 1, c - 1, c - 1, c - 1, c - 1, c - 1, c - 1);
+        strcat(text, line);
+    }
+    char err[512];
+    CHECK(load(text, err, sizeof err) == NULL);
+    /* refused at the alias that crosses the cap: in line 5 (e), 10^4-node copies */
+    CHECK(strncmp(err, "t.yaml:5:", 9) == 0);
+    CHECK(strstr(err, ": alias *d: aliases would expand the document past 100000 nodes") != NULL);
+
+    /* a big scalar copied many times hits the byte cap */
+    size_t big = 4u << 20;
+    char *t = malloc(big + 200);
+    strcpy(t, "s: &s \"");
+    memset(t + 7, 'x', big);
+    strcpy(t + 7 + big, "\"\nl: [*s, *s, *s, *s, *s]\n");
+    CHECK(load(t, err, sizeof err) == NULL);
+    CHECK(strncmp(err, "t.yaml:2:", 9) == 0 && strstr(err, "alias *s: aliases would expand the document past"));
+    free(t);
+
+    /* aliases cannot nest past the depth cap either */
+    char deep[1024] = "a: &a ";
+    for (int i = 0; i < 40; i++)
+        strcat(deep, "[");
+    for (int i = 0; i < 40; i++)
+        strcat(deep, "]");
+    strcat(deep, "\nb: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[*a]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n");
+    CHECK(load(deep, err, sizeof err) == NULL);
+    CHECK(strstr(err, "alias *a: nesting too deep once expanded") != NULL);
 }
 
 static void test_distance(void)
@@ -128,6 +267,9 @@ int main(void)
 {
     test_positions();
     test_errors();
+    test_anchors();
+    test_merge_keys();
+    test_alias_bomb();
     test_distance();
     test_config_options();
     return check_report();
