@@ -14,6 +14,7 @@
 
 #include "../config/config.h"
 #include "../journal/journal.h"
+#include "../journal/journal_json.h"
 #include "../json/json.h"
 #include "../util/isotime.h"
 #include "cli.h"
@@ -141,66 +142,6 @@ static void print_padded(const char *s, int w, const char *after)
     fputs(after, stdout);
 }
 
-/* Writes stored JSON text as a value: parsed and re-encoded when it is
- * JSON, as a string when it is not (never breaks the output). */
-static void jw_stored(json_writer *w, const char *text)
-{
-    if (!text) {
-        jw_null(w);
-        return;
-    }
-    json_doc *doc;
-    json_value *v = json_parse(text, strlen(text), 0, &doc, NULL);
-    if (v)
-        jw_value(w, v);
-    else
-        jw_str(w, text);
-    json_doc_free(doc);
-}
-
-static void jw_kstr_or_null(json_writer *w, const char *k, const char *s)
-{
-    jw_key(w, k);
-    if (s)
-        jw_str(w, s);
-    else
-        jw_null(w);
-}
-
-static void event_json(buf_t *b, const journal_event *e)
-{
-    char t[64];
-    json_writer w;
-    jw_init(&w, b);
-    jw_obj(&w);
-    jw_key(&w, "seq");
-    jw_int(&w, e->seq);
-    jw_kstr(&w, "id", e->id);
-    jw_kstr(&w, "name", e->name);
-    jw_kstr(&w, "state", journal_state_name(e->state));
-    jw_key(&w, "attempts");
-    jw_int(&w, e->attempts);
-    jw_kstr_or_null(&w, "order_key", e->order_key);
-    format_time(e->created_ms, t);
-    jw_kstr(&w, "created", t);
-    jw_key(&w, "created_ms");
-    jw_int(&w, e->created_ms);
-    format_time(e->updated_ms, t);
-    jw_kstr(&w, "updated", t);
-    jw_key(&w, "updated_ms");
-    jw_int(&w, e->updated_ms);
-    format_time(e->next_attempt_ms, t);
-    jw_kstr_or_null(&w, "next_attempt", e->next_attempt_ms ? t : NULL);
-    jw_key(&w, "next_attempt_ms");
-    jw_int(&w, e->next_attempt_ms);
-    jw_kstr_or_null(&w, "last_error", e->last_error);
-    jw_key(&w, "data");
-    jw_stored(&w, e->data_json);
-    jw_key(&w, "results");
-    jw_stored(&w, e->results_json);
-    jw_obj_end(&w);
-}
-
 /* Loads the configuration and opens its journal. Returns 0, or the exit
  * code after printing why not. */
 static int open_journal(const char *config, journal **out, char *path, size_t pathlen)
@@ -301,7 +242,7 @@ static int events_list(int argc, char **argv)
         buf_init(&b, 0);
         for (int i = 0; i < n; i++) {
             buf_reset(&b);
-            event_json(&b, &list[i]);
+            journal_event_json(&b, &list[i]);
             printf("%s\n", buf_cstr(&b));
         }
         buf_free(&b);
@@ -467,7 +408,7 @@ static int events_show(int argc, char **argv)
     if (json) {
         buf_t b;
         buf_init(&b, 0);
-        event_json(&b, &e);
+        journal_event_json(&b, &e);
         printf("%s\n", buf_cstr(&b));
         buf_free(&b);
         journal_event_free(&e);

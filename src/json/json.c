@@ -235,6 +235,18 @@ static size_t utf8_len(const unsigned char *q, const unsigned char *end)
     return n;
 }
 
+int json_utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *q = (const unsigned char *)s, *end = q + n;
+    while (q < end) {
+        size_t l = utf8_len(q, end);
+        if (!l)
+            return 0;
+        q += l;
+    }
+    return 1;
+}
+
 /* Parses a string at ps->p (which is at the opening quote). */
 static int parse_string(parser *ps, const char **out, size_t *outlen)
 {

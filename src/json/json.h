@@ -86,6 +86,10 @@ void jw_kstr(json_writer *w, const char *k, const char *s);
 /* Writes v indented by two spaces per level (for people to read). */
 void json_pretty(buf_t *b, const json_value *v, int level);
 
+/* 1 when s[0..n) is well-formed UTF-8 (no overlong forms, surrogates or
+ * code points past U+10FFFF). */
+int json_utf8_valid(const char *s, size_t n);
+
 /* Appends s as a quoted JSON string to b. JSON text is UTF-8: a byte of s that
  * does not belong to a valid UTF-8 sequence is written as U+FFFD. */
 void json_quote(buf_t *b, const char *s, size_t n);

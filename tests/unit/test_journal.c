@@ -21,6 +21,7 @@
 
 #include "check.h"
 #include "journal/journal.h"
+#include "journal/journal_json.h"
 
 static char dir[] = "/tmp/wixr-journal-XXXXXX";
 static int db_counter;
@@ -777,6 +778,82 @@ static void test_crash(void)
     CHECK(reported_total >= 24);
 }
 
+/* journal_event_json: one JSON object with the same keys in the same order
+ * for every event, whatever its strings hold (quotes, backslashes, control
+ * characters, bytes that are not UTF-8, 10 KB), and stored texts that are
+ * not JSON written as strings. */
+static void test_render(void)
+{
+    static const char *const keys[] = {"seq", "id", "name", "state", "attempts", "order_key", "created",
+                                       "created_ms", "updated", "updated_ms", "next_attempt", "next_attempt_ms",
+                                       "last_error", "data", "result"};
+    const size_t nkeys = sizeof keys / sizeof keys[0];
+    char path[256];
+    new_path(path, sizeof path);
+    journal *j = open_j(path);
+    CHECK(j != NULL);
+    if (!j)
+        return;
+    char *big = malloc(10 * 1024 + 1);
+    for (int i = 0; i < 10 * 1024; i++)
+        big[i] = "\"\\\x01\xff"[i % 4];
+    big[10 * 1024] = 0;
+    const char *ids[] = {"x\",\"forged\":\"1", "back\\slash", "ctl\x01\x1f\x7f\n", "bad\xff\xc3(", big, "plain"};
+    const int nids = (int)(sizeof ids / sizeof ids[0]);
+    char err[256];
+    for (int i = 0; i < nids; i++) {
+        const char *name = i == 4 ? big : ids[(i + 1) % nids];
+        CHECK_INT(journal_accept(j, ids[i], name, i == 3 ? "{not json" : "{\"a\":\"\\u0000\\\"\"}",
+                                 i == 2 ? ids[i] : NULL, NULL, err, sizeof err), 0);
+    }
+    CHECK_INT(journal_mark_running(j, ids[0]), 0);
+    CHECK_INT(journal_mark_dead(j, ids[0], big, "[\"\\u0001\"]"), 0);
+    CHECK_INT(journal_mark_running(j, ids[1]), 0);
+    CHECK_INT(journal_mark_retry(j, ids[1], journal_now_ms() + 60000, "x\"\n\xff", "{\"ok\":false} trailing"), 0);
+    CHECK_INT(journal_mark_running(j, ids[5]), 0);
+    CHECK_INT(journal_mark_done(j, ids[5], "{\"ok\":true}"), 0);
+    for (int i = 0; i < nids; i++) {
+        journal_event e;
+        CHECK_INT(journal_get(j, ids[i], &e), 0);
+        buf_t b;
+        buf_init(&b, 0);
+        journal_event_json(&b, &e);
+        CHECK(b.len > 0 && !strchr(buf_cstr(&b), '\n'));
+        json_doc *d;
+        json_error je;
+        json_value *v = json_parse(b.data, b.len, 0, &d, &je);
+        CHECK(v && v->type == JSON_OBJECT);
+        if (v) {
+            CHECK_INT(v->u.kids.n, nkeys);
+            size_t k = 0;
+            for (json_value *m = v->u.kids.head; m && k < nkeys; m = m->next, k++)
+                CHECK_STR(m->key, keys[k]);
+            json_value *id = json_get(v, "id");
+            CHECK(id && id->type == JSON_STRING);
+            if (i == 0 || i == 1 || i == 5)
+                CHECK(id && id->u.str.len == strlen(ids[i]) && !memcmp(id->u.str.s, ids[i], strlen(ids[i])));
+            if (i == 3) /* not UTF-8: each bad byte is U+FFFD */
+                CHECK_STR(id ? id->u.str.s : NULL, "bad\xef\xbf\xbd\xef\xbf\xbd(");
+            json_value *data = json_get(v, "data"), *res = json_get(v, "result");
+            CHECK(data && data->type == (i == 3 ? JSON_STRING : JSON_OBJECT));
+            CHECK(res && res->type == (i == 0 ? JSON_ARRAY : i == 1 ? JSON_STRING : i == 5 ? JSON_OBJECT : JSON_NULL));
+            json_value *na = json_get(v, "next_attempt_ms");
+            CHECK(na && na->type == (i == 1 ? JSON_NUMBER : JSON_NULL));
+            json_value *le = json_get(v, "last_error");
+            CHECK(le && le->type == (i == 0 || i == 1 ? JSON_STRING : JSON_NULL));
+            if (i == 0)
+                CHECK_INT(le->u.str.len, 10 * 1024 / 4 * 6); /* each 0xff became 3 bytes */
+            json_value *ok = json_get(v, "order_key");
+            CHECK(ok && ok->type == (i == 2 ? JSON_STRING : JSON_NULL));
+        }
+        json_doc_free(d);
+        buf_free(&b);
+        journal_event_free(&e);
+    }
+    free(big);
+    journal_close(j);
+}
+
 int main(void)
 {
     if (!mkdtemp(dir)) {
@@ -793,6 +870,7 @@ int main(void)
     test_upgrade_from_format_1();
     test_two_handles();
     test_crash();
+    test_render();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0)

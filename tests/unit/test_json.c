@@ -352,6 +352,63 @@ static void test_buf_limit(void)
     buf_free(&b);
 }
 
+/* json_utf8_valid: what wixr serve refuses in an event id. */
+static void test_utf8_valid(void)
+{
+    CHECK(json_utf8_valid("", 0));
+    CHECK(json_utf8_valid("plain ascii", 11));
+    CHECK(json_utf8_valid("x\xc3\xa9\xf0\x9f\x98\x80", 8));
+    CHECK(json_utf8_valid("\xef\xbf\xbd", 3));
+    CHECK(!json_utf8_valid("\xff", 1));                  /* never a UTF-8 byte */
+    CHECK(!json_utf8_valid("a\xc3", 2));                 /* cut short */
+    CHECK(!json_utf8_valid("\xc3\x28", 2));              /* bad continuation */
+    CHECK(!json_utf8_valid("\xc0\xaf", 2));              /* overlong '/' */
+    CHECK(!json_utf8_valid("\xed\xa0\x80", 3));          /* a surrogate */
+    CHECK(!json_utf8_valid("\xf4\x90\x80\x80", 4));      /* past U+10FFFF */
+    CHECK(!json_utf8_valid("\x80", 1));                  /* a lone continuation */
+    CHECK(json_utf8_valid("a\0b", 3));                   /* NUL is UTF-8; callers refuse it themselves */
+}
+
+/* Whatever bytes a string holds, the writer's output is one JSON text that
+ * parses back: quotes, backslashes and control characters escaped, bytes
+ * that are not UTF-8 replaced by U+FFFD (short and long strings alike). */
+static void test_writer_hostile_strings(void)
+{
+    static const char *const hostile[] = {
+        "x\",\"forged\":\"1", "back\\slash\\", "ctl\x01\x02\x1f\x7f", "nl\nline\r\t", "bad\xff\xfe utf8\xc3",
+        "\xed\xa0\x80 surrogate", "\xc0\xaf overlong", "nul\0after",
+    };
+    for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++) {
+        for (int rep = 1; rep <= 2000; rep *= 2000) { /* once, and 2000 times (over the long-string path) */
+            buf_t s, b;
+            buf_init(&s, 0);
+            buf_init(&b, 0);
+            size_t n = strlen(hostile[i]) + (i == 7 ? 6 : 0);
+            for (int r = 0; r < rep; r++)
+                buf_add(&s, hostile[i], n);
+            json_writer w;
+            jw_init(&w, &b);
+            jw_obj(&w);
+            jw_key(&w, "k\"ey");
+            jw_strn(&w, s.data, s.len);
+            jw_obj_end(&w);
+            CHECK(!strchr(buf_cstr(&b), '\n'));
+            CHECK(json_utf8_valid(b.data, b.len));
+            json_doc *d;
+            json_error e;
+            json_value *v = json_parse(b.data, b.len, 0, &d, &e);
+            CHECK(v && v->type == JSON_OBJECT && v->u.kids.n == 1);
+            json_value *k = v ? json_get(v, "k\"ey") : NULL;
+            CHECK(k && k->type == JSON_STRING && json_utf8_valid(k->u.str.s, k->u.str.len));
+            if (i == 0 && rep == 1)
+                CHECK(k && k->u.str.len == n && !memcmp(k->u.str.s, hostile[0], n));
+            json_doc_free(d);
+            buf_free(&s);
+            buf_free(&b);
+        }
+    }
+}
+
 int main(void)
 {
     test_values();
@@ -365,5 +422,7 @@ int main(void)
     test_luajson_list_key_object();
     test_luajson_decode_out_of_memory();
     test_buf_limit();
+    test_utf8_valid();
+    test_writer_hostile_strings();
     return check_report();
 }
