@@ -23,11 +23,14 @@ static const char usage[] =
     "Options:\n"
     "  --listen HOST:PORT     address to listen on (default 127.0.0.1:8470; port 0 picks a free one)\n"
     "  --db FILE|:memory:     SQLite state file (default .wixr/sandbox.db in this folder)\n"
-    "  --catalog FILE         product catalog and seed accounts (default config/catalog.yaml)\n"
+    "  --catalog FILE         product catalog and seed accounts (default: the built-in one,\n"
+    "                         config/catalog.yaml as it was when wixr was built)\n"
     "  --keys K1,K2           accept only these API keys (default: any non-empty key)\n"
     "  --delivery-delay MS    PENDING instances are delivered after MS milliseconds\n"
     "                         (default 0 = on the next request; -1 = never, use the admin API)\n"
     "  --seed N               seed for injected faults' dice (default: random)\n"
+    "  --strict               answer 400 to request fields an endpoint does not have (default:\n"
+    "                         ignore them, as Wix does, and name them in x-wixr-warning)\n"
     "  --port-file FILE       write the port actually bound to FILE once listening\n"
     "  -h, --help             this help\n"
     "\n"
@@ -52,21 +55,21 @@ static int parse_listen(const char *s, char *host, size_t hostlen, int *port)
 
 static int serve(int argc, char **argv)
 {
-    char host[64] = "127.0.0.1", catalog[4096], err[1024];
+    char host[64] = "127.0.0.1", err[1024];
     int port = 8470;
     const char *db = NULL, *port_file = NULL;
     emu_options o = {0};
-    cli_home_path(catalog, sizeof catalog, "config/catalog.yaml");
-    const char *listen = NULL, *catalog_arg = NULL, *seed = NULL;
+    const char *listen = NULL, *seed = NULL;
     long long delay = 0;
     const cli_opt opts[] = {
         {"--listen", OPT_VALUE, &listen, 0, 0, NULL},
         {"--db", OPT_VALUE, &db, 0, 0, NULL},
-        {"--catalog", OPT_VALUE, &catalog_arg, 0, 0, NULL},
+        {"--catalog", OPT_VALUE, &o.catalog_path, 0, 0, NULL},
         {"--keys", OPT_VALUE, &o.api_keys, 0, 0, NULL},
         {"--delivery-delay", OPT_NUMBER, &delay, -1, LLONG_MAX, NULL},
         {"--seed", OPT_VALUE, &seed, 0, 0, NULL},
         {"--port-file", OPT_VALUE, &port_file, 0, 0, NULL},
+        {"--strict", OPT_FLAG, &o.strict, 1, 0, NULL},
         {NULL, OPT_FLAG, NULL, 0, 0, NULL},
     };
     const cli_command cmd = {"wixr sandbox serve", usage, opts, NULL, 0, NULL};
@@ -75,8 +78,6 @@ static int serve(int argc, char **argv)
         return prc;
     if (listen && parse_listen(listen, host, sizeof host, &port) < 0)
         return cli_usage_error(&cmd, "--listen: expected HOST:PORT, got '%s'", listen);
-    if (catalog_arg)
-        snprintf(catalog, sizeof catalog, "%s", catalog_arg);
     o.enable_delay_ms = delay;
     if (seed) {
         char *end;
@@ -93,7 +94,6 @@ static int serve(int argc, char **argv)
         db = ".wixr/sandbox.db";
     }
     o.db_path = db;
-    o.catalog_path = catalog;
 
     /* Block the stop signals before any thread starts, then wait for one. */
     sigset_t stop;
@@ -115,6 +115,9 @@ static int serve(int argc, char **argv)
         return EXIT_WORK_FAILED;
     }
     port = emu_http_port(srv);
+    char url[96];
+    snprintf(url, sizeof url, "http://%s:%d", host, port);
+    emu_note_url(e, url);
     if (port_file) {
         FILE *f = fopen(port_file, "w");
         if (!f || fprintf(f, "%d\n", port) < 0 || fclose(f) != 0) {
@@ -124,7 +127,8 @@ static int serve(int argc, char **argv)
             return EXIT_WORK_FAILED;
         }
     }
-    fprintf(stderr, "wixr sandbox: Resellers API emulator on http://%s:%d (state: %s)\n", host, port, db);
+    fprintf(stderr, "wixr sandbox: Resellers API emulator on %s (state: %s%s)%s\n", url, db,
+            o.catalog_path ? "" : ", built-in catalog", o.strict ? ", strict" : "");
     int sig = 0;
     sigwait(&stop, &sig);
     fprintf(stderr, "wixr sandbox: stopping (%s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM");

@@ -15,10 +15,11 @@ typedef struct emu emu_t;
 
 typedef struct emu_options {
     const char *db_path;          /* SQLite file, or ":memory:" */
-    const char *catalog_path;     /* YAML catalog (products + seed accounts) */
+    const char *catalog_path;     /* YAML catalog (products + seed accounts); NULL = the built-in one */
     const char *api_keys;         /* comma-separated accepted keys; NULL = any non-empty key */
     long long enable_delay_ms;    /* PENDING -> delivered after this long; -1 = never */
     unsigned long long seed;      /* fault-injection PRNG seed; 0 = from the clock */
+    int strict;                   /* answer 400 to request fields the endpoint does not have */
 } emu_options;
 
 typedef struct emu_request {
@@ -39,6 +40,8 @@ typedef struct emu_response {
     int drop;                     /* close the connection without an answer */
     int latency_ms;               /* wait this long before answering */
     char request_id[40];          /* sent as x-wix-request-id */
+    char allow[32];               /* with a 405: the methods the path takes (the Allow header) */
+    char warning[528];            /* "" or what was ignored (x-wixr-warning), e.g. unknown fields */
 } emu_response;
 
 /* Hard caps the HTTP front enforces before the core sees a request. */
@@ -48,6 +51,9 @@ typedef struct emu_response {
 emu_t *emu_open(const emu_options *o, char *err, size_t errlen);
 void emu_close(emu_t *e);
 void emu_handle(emu_t *e, const emu_request *req, emu_response *resp);
+/* Records in the state file's lock file where this emulator answers over
+ * HTTP, so a process refused the file can be told to use that instead. */
+void emu_note_url(emu_t *e, const char *url);
 void emu_response_free(emu_response *resp);
 /* Answers a request whose body was over EMU_MAX_BODY (413), logged like any other. */
 void emu_reject_too_large(emu_t *e, const emu_request *req, emu_response *resp);

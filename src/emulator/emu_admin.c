@@ -8,12 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../yaml/ytree.h"
 #include "emu_internal.h"
 
 /* ---- request log ---- */
 
 void emu_log_add(emu_t *e, const emu_request *req, const char *account, const char *idem, int status,
-                 const char *fault)
+                 const char *fault, const char *warning)
 {
     emu_log_entry *l = &e->log[e->log_seq % EMU_LOG_SIZE];
     memset(l, 0, sizeof *l);
@@ -24,6 +25,7 @@ void emu_log_add(emu_t *e, const emu_request *req, const char *account, const ch
     snprintf(l->account, sizeof l->account, "%s", account ? account : "");
     snprintf(l->idem, sizeof l->idem, "%s", idem ? idem : "");
     snprintf(l->fault, sizeof l->fault, "%s", fault ? fault : "");
+    snprintf(l->warning, sizeof l->warning, "%s", warning ? warning : "");
     l->status = status;
 }
 
@@ -132,6 +134,55 @@ static void bad(emu_ctx *c, const char *field, const char *msg)
     emu_finish_violations(c);
 }
 
+/* Refuses a member of obj that is none of the NULL-terminated allowed keys,
+ * as strictly as the YAML is read: a 400 naming it (at.key), with the
+ * nearest allowed key when one is near. obj may be NULL. 0, or -1 with a 400. */
+static int check_keys(emu_ctx *c, const json_value *obj, const char *const *allowed, const char *at)
+{
+    if (!obj || obj->type != JSON_OBJECT)
+        return 0;
+    size_t n = 0;
+    while (allowed[n])
+        n++;
+    for (const json_value *m = obj->u.kids.head; m; m = m->next) {
+        int known = 0;
+        for (size_t i = 0; i < n && !known; i++)
+            known = strlen(allowed[i]) == m->keylen && !memcmp(allowed[i], m->key, m->keylen);
+        if (known)
+            continue;
+        char key[64], field[96];
+        snprintf(key, sizeof key, "%.*s", (int)(m->keylen < 60 ? m->keylen : 60), m->key);
+        snprintf(field, sizeof field, "%s%s%s", at, *at ? "." : "", key);
+        const char *near = ytree_nearest(key, allowed, n, sizeof *allowed);
+        if (near)
+            emu_violation(c, field, "UNKNOWN_FIELD", "unknown key %s (did you mean %s?)", field, near);
+        else if (n)
+            emu_violation(c, field, "UNKNOWN_FIELD", "unknown key %s", field);
+        else
+            emu_violation(c, field, "UNKNOWN_FIELD", "unknown key %s: this endpoint takes no body", field);
+        emu_finish_violations(c);
+        return -1;
+    }
+    return 0;
+}
+
+/* A string member: *out is NULL when absent (or null). 0, or -1 with a 400 when it is another type. */
+static int str_field(emu_ctx *c, const json_value *o, const char *k, const char *field, const char **out)
+{
+    json_value *v = o ? json_get(o, k) : NULL;
+    *out = NULL;
+    if (!v || v->type == JSON_NULL)
+        return 0;
+    if (v->type != JSON_STRING) {
+        char msg[64];
+        snprintf(msg, sizeof msg, "must be a string, not %s", json_type_name(v->type));
+        bad(c, field, msg);
+        return -1;
+    }
+    *out = v->u.str.s;
+    return 0;
+}
+
 static int num_field(emu_ctx *c, const json_value *o, const char *k, double lo, double hi, double def, double *out)
 {
     json_value *v = json_get(o, k);
@@ -150,10 +201,14 @@ static int num_field(emu_ctx *c, const json_value *o, const char *k, double lo, 
 
 static void admin_add_account(emu_ctx *c)
 {
+    static const char *const keys[] = {"id", "parentAccountId", "type", "name", NULL};
     const json_value *b = c->body;
-    const char *id = json_get_str(b, "id"), *parent = json_get_str(b, "parentAccountId");
-    const char *type = json_get_str(b, "type"), *name = json_get_str(b, "name");
+    const char *id, *parent, *type, *name;
     char gen[EMU_ID_LEN + 1];
+    if (check_keys(c, b, keys, "") < 0 || str_field(c, b, "id", "id", &id) < 0 ||
+        str_field(c, b, "parentAccountId", "parentAccountId", &parent) < 0 ||
+        str_field(c, b, "type", "type", &type) < 0 || str_field(c, b, "name", "name", &name) < 0)
+        return;
     if (id && !emu_is_guid(id))
         return bad(c, "id", "must be a lowercase GUID");
     if (parent && !emu_is_guid(parent))
@@ -203,9 +258,13 @@ static void admin_add_account(emu_ctx *c)
 
 static void admin_add_site(emu_ctx *c)
 {
+    static const char *const keys[] = {"id", "accountId", "name", NULL};
     const json_value *b = c->body;
-    const char *id = json_get_str(b, "id"), *account = json_get_str(b, "accountId"), *name = json_get_str(b, "name");
+    const char *id, *account, *name;
     char gen[EMU_ID_LEN + 1];
+    if (check_keys(c, b, keys, "") < 0 || str_field(c, b, "id", "id", &id) < 0 ||
+        str_field(c, b, "accountId", "accountId", &account) < 0 || str_field(c, b, "name", "name", &name) < 0)
+        return;
     if (id && !emu_is_guid(id))
         return bad(c, "id", "must be a lowercase GUID");
     if (!account || !emu_is_guid(account))
@@ -292,7 +351,11 @@ static void admin_set_status(emu_ctx *c, const char *instance)
 {
     static const char *const statuses[] = {"PENDING", "ENABLED", "CANCELED", "FAILED", "AWAITING_ACTION", NULL};
     static const char *const failures[] = {"UNKNOWN", "DELIVERY_TIMEOUT", "EXTERNAL_FAILURE", NULL};
-    const char *status = json_get_str(c->body, "status");
+    static const char *const keys[] = {"status", "failure", NULL};
+    static const char *const failure_keys[] = {"code", "message", NULL};
+    const char *status;
+    if (check_keys(c, c->body, keys, "") < 0 || str_field(c, c->body, "status", "status", &status) < 0)
+        return;
     int ok = 0;
     for (const char *const *s = statuses; status && *s; s++)
         ok |= !strcmp(*s, status);
@@ -300,9 +363,14 @@ static void admin_set_status(emu_ctx *c, const char *instance)
         return bad(c, "status", "must be PENDING, ENABLED, CANCELED, FAILED or AWAITING_ACTION");
     const json_value *fail = json_get(c->body, "failure");
     const char *code = NULL, *msg = NULL;
+    if (fail && fail->type != JSON_NULL && fail->type != JSON_OBJECT)
+        return bad(c, "failure", "must be an object {code, message}");
+    if (check_keys(c, fail, failure_keys, "failure") < 0)
+        return;
     if (!strcmp(status, "FAILED")) {
-        code = fail ? json_get_str(fail, "code") : NULL;
-        msg = fail ? json_get_str(fail, "message") : NULL;
+        if (str_field(c, fail, "code", "failure.code", &code) < 0 ||
+            str_field(c, fail, "message", "failure.message", &msg) < 0)
+            return;
         if (!code)
             code = "EXTERNAL_FAILURE";
         ok = 0;
@@ -384,8 +452,13 @@ static void admin_add_fault(emu_ctx *c)
         return bad(c, "body", "a fault rule object is required");
     if (c->e->nfaults >= EMU_MAX_FAULTS)
         return bad(c, "body", "too many fault rules; DELETE /__admin/faults first");
+    static const char *const keys[] = {"method", "pathPrefix", "latencyMs", "jitterMs", "errorRate", "errorStatus",
+                                       "throttleRate", "retryAfter", "dropRate", "after", "count", NULL};
     emu_fault f = {0};
-    const char *m = json_get_str(b, "method"), *p = json_get_str(b, "pathPrefix");
+    const char *m, *p;
+    if (check_keys(c, b, keys, "") < 0 || str_field(c, b, "method", "method", &m) < 0 ||
+        str_field(c, b, "pathPrefix", "pathPrefix", &p) < 0)
+        return;
     if (m && strlen(m) >= sizeof f.method)
         return bad(c, "method", "not an HTTP method");
     if (p && strlen(p) >= sizeof f.path_prefix)
@@ -415,6 +488,8 @@ static void admin_add_fault(emu_ctx *c)
         return;
     f.remaining = (long long)v;
     json_value *after = json_get(b, "after");
+    if (after && after->type != JSON_BOOL && after->type != JSON_NULL)
+        return bad(c, "after", "must be true or false");
     f.after = after && after->type == JSON_BOOL && after->u.boolean;
     f.id = c->e->next_fault_id++;
     c->e->faults[c->e->nfaults++] = f;
@@ -447,14 +522,20 @@ static void admin_list_faults(emu_ctx *c)
 
 static void admin_settings(emu_ctx *c)
 {
+    static const char *const keys[] = {"rateLimit", "requestsPerMinute", "deliveryDelayMs", "seed", "strict", NULL};
     const json_value *b = c->body;
     if (b) {
+        if (check_keys(c, b, keys, "") < 0)
+            return;
         json_value *rl = json_get(b, "rateLimit");
         if (rl && rl->type != JSON_BOOL)
             return bad(c, "rateLimit", "must be true or false");
+        json_value *strict = json_get(b, "strict");
+        if (strict && strict->type != JSON_BOOL)
+            return bad(c, "strict", "must be true or false");
         json_value *seed = json_get(b, "seed");
-        if (seed && seed->type == JSON_NUMBER &&
-            (!seed->is_int || seed->u.number < 0 || seed->u.number > 9007199254740992.0)) /* before the cast */
+        if (seed && (seed->type != JSON_NUMBER || !seed->is_int || seed->u.number < 0 ||
+                     seed->u.number > 9007199254740992.0)) /* before the cast */
             return bad(c, "seed", "must be a whole number from 0 to 2^53");
         double per, delay;
         if (num_field(c, b, "requestsPerMinute", 1, 100000, c->e->rl_per_minute, &per) < 0 ||
@@ -464,6 +545,8 @@ static void admin_settings(emu_ctx *c)
             ratelimit_clear(c->e);
         if (rl)
             c->e->rl_enabled = rl->u.boolean;
+        if (strict)
+            c->e->strict = strict->u.boolean;
         c->e->rl_per_minute = (int)per;
         c->e->enable_delay_ms = (long long)delay;
         if (seed && seed->type == JSON_NUMBER)
@@ -480,6 +563,8 @@ static void admin_settings(emu_ctx *c)
     jw_int(&w, c->e->rl_per_minute);
     jw_key(&w, "deliveryDelayMs");
     jw_int(&w, c->e->enable_delay_ms);
+    jw_key(&w, "strict");
+    jw_bool(&w, c->e->strict);
     jw_obj_end(&w);
     reply(c, &out);
 }
@@ -538,6 +623,8 @@ static void admin_requests(emu_ctx *c)
         jw_int(&w, l->status);
         if (l->fault[0])
             jw_kstr(&w, "fault", l->fault);
+        if (l->warning[0])
+            jw_kstr(&w, "warning", l->warning);
         jw_obj_end(&w);
     }
     jw_arr_end(&w);
@@ -581,6 +668,7 @@ static void ok_reply(emu_ctx *c)
 
 void emu_admin_dispatch(emu_ctx *c)
 {
+    static const char *const no_keys[] = {NULL};
     const char *m = c->req->method;
     const char *what = c->nseg > 1 ? c->seg[1] : "";
     int n = c->nseg;
@@ -602,6 +690,8 @@ void emu_admin_dispatch(emu_ctx *c)
         if (!strcmp(m, "GET"))
             return admin_list_faults(c);
         if (!strcmp(m, "DELETE")) {
+            if (check_keys(c, c->body, no_keys, "") < 0)
+                return;
             c->e->nfaults = 0;
             return ok_reply(c);
         }
@@ -613,8 +703,11 @@ void emu_admin_dispatch(emu_ctx *c)
     if (!strcmp(what, "stats") && n == 2 && !strcmp(m, "GET"))
         return admin_stats(c);
     if (!strcmp(what, "reset") && n == 2 && !strcmp(m, "POST")) {
+        if (check_keys(c, c->body, no_keys, "") < 0)
+            return;
         c->e->nfaults = 0;
         c->e->rl_enabled = 0;
+        c->e->strict = c->e->strict_option;
         ratelimit_clear(c->e);
         c->e->log_seq = 0;
         if (emu_store_reset(c->e) < 0)

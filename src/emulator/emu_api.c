@@ -221,9 +221,11 @@ static int check_site(emu_ctx *c, const char *site, const char *owner)
         return -1;
     }
     const char *actual = (const char *)sqlite3_column_text(s, 0);
-    if (strcmp(actual, owner) != 0) {
-        emu_error_response(c->resp, 404, "SITE_NOT_FOUND", "Site %s is not owned by %s, but by %s", site, owner,
-                           actual);
+    int mine = !strcmp(actual, owner);
+    sqlite3_reset(s);
+    if (!mine) {
+        /* Wix's message goes on ", but by <owner>": another reseller's account id is not ours to show. */
+        emu_error_response(c->resp, 404, "SITE_NOT_FOUND", "Site %s is not owned by %s.", site, owner);
         return -1;
     }
     return 0;

@@ -163,8 +163,10 @@ emu_t *emu_open(const emu_options *o, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    e->owner_fd = -1;
     pthread_mutex_init(&e->lock, NULL);
     e->enable_delay_ms = o->enable_delay_ms;
+    e->strict = e->strict_option = o->strict ? 1 : 0;
     e->rl_per_minute = 200;
     e->next_fault_id = 1;
     if (o->seed) {
@@ -176,7 +178,11 @@ emu_t *emu_open(const emu_options *o, char *err, size_t errlen)
         goto oom;
     if (!(e->log = calloc(EMU_LOG_SIZE, sizeof *e->log)))
         goto oom;
-    if (emu_catalog_load(&e->cat, o->catalog_path, err, errlen) < 0)
+    if ((o->catalog_path ? emu_catalog_load(&e->cat, o->catalog_path, err, errlen)
+                         : emu_catalog_load_string(&e->cat, EMU_BUILTIN_CATALOG_NAME, emu_builtin_catalog,
+                                                   emu_builtin_catalog_len, err, errlen)) < 0)
+        goto fail;
+    if (emu_owner_claim(e, o->db_path, err, errlen) < 0)
         goto fail;
     if (emu_store_open(e, o->db_path, err, errlen) < 0 || emu_store_seed(e, err, errlen) < 0)
         goto fail;
@@ -193,6 +199,7 @@ void emu_close(emu_t *e)
     if (!e)
         return;
     emu_store_close(e);
+    emu_owner_release(e);
     emu_catalog_free(&e->cat);
     for (int i = 0; i < e->nrl; i++)
         free(e->rl[i].stamps);
@@ -246,32 +253,38 @@ static int split_path(emu_ctx *c, const char *path)
     return c->nseg;
 }
 
-static int route_of(emu_ctx *c)
+/* The route of a request, or R_BAD_METHOD with *allow naming the methods
+ * the path takes (R_NONE: no such path). */
+static int route_of(emu_ctx *c, const char **allow)
 {
     const char *m = c->req->method;
     char **s = c->seg;
     int n = c->nseg;
     if (n < 3 || strcmp(s[0], "resellers") || strcmp(s[2], "packages"))
         return R_NONE;
+    *allow = "POST";
     if (!strcmp(s[1], "v2"))
         return n == 3 ? (!strcmp(m, "POST") ? R_CREATE_V2 : R_BAD_METHOD) : R_NONE;
     if (strcmp(s[1], "v1"))
         return R_NONE;
     if (n == 3)
         return !strcmp(m, "POST") ? R_CREATE_V1 : R_BAD_METHOD;
-    if (n == 4 && !strcmp(s[3], "query") && !strcmp(m, "POST"))
-        return R_QUERY;
+    if (n == 4 && !strcmp(s[3], "query")) /* not a package id: ids are GUIDs */
+        return !strcmp(m, "POST") ? R_QUERY : R_BAD_METHOD;
     if (n == 4) {
+        *allow = "GET, DELETE";
         if (!strcmp(m, "GET"))
             return R_GET;
         if (!strcmp(m, "DELETE"))
             return R_CANCEL_PKG;
         return R_BAD_METHOD;
     }
+    *allow = "PATCH";
     if (!strcmp(s[3], "update"))
         return n == 6 ? (!strcmp(m, "PATCH") ? R_SET_EXT : R_BAD_METHOD) : R_NONE;
     if (!strcmp(s[3], "product-instances")) {
         if (n == 5) {
+            *allow = "PATCH, DELETE";
             if (!strcmp(m, "PATCH"))
                 return R_ADJUST;
             if (!strcmp(m, "DELETE"))
@@ -412,7 +425,7 @@ void emu_reject_too_large(emu_t *e, const emu_request *req, emu_response *resp)
     new_request_id(e, resp);
     emu_error_response(resp, 413, "PAYLOAD_TOO_LARGE", "The request body is larger than %d bytes", EMU_MAX_BODY);
     if (strncmp(req->path, "/__admin", 8) != 0)
-        emu_log_add(e, req, req->account_id, NULL, 413, "");
+        emu_log_add(e, req, req->account_id, NULL, 413, "", "");
     pthread_mutex_unlock(&e->lock);
 }
 
@@ -434,13 +447,16 @@ void emu_handle(emu_t *e, const emu_request *req, emu_response *resp)
             emu_admin_dispatch(&c);
         goto out;
     }
-    int route = split_path(&c, req->path) < 0 ? R_NONE : route_of(&c);
+    const char *allow = "";
+    int route = split_path(&c, req->path) < 0 ? R_NONE : route_of(&c, &allow);
     if (route == R_NONE) {
         emu_error_response(resp, 404, "NOT_FOUND", "No Resellers API endpoint at %.200s", req->path);
         goto out;
     }
     if (route == R_BAD_METHOD) {
-        emu_error_response(resp, 405, "METHOD_NOT_ALLOWED", "%s is not allowed on %.200s", req->method, req->path);
+        emu_error_response(resp, 405, "METHOD_NOT_ALLOWED", "%.16s is not allowed on %.200s (it takes %s)",
+                           req->method, req->path, allow);
+        snprintf(resp->allow, sizeof resp->allow, "%s", allow);
         goto out;
     }
 
@@ -471,7 +487,7 @@ void emu_handle(emu_t *e, const emu_request *req, emu_response *resp)
             goto out;
         }
     }
-    if (resolve_account(&c) < 0 || parse_body(&c) < 0)
+    if (resolve_account(&c) < 0 || parse_body(&c) < 0 || emu_fields_normalize(&c, route) < 0)
         goto out;
 
     if (is_mutating(route) && c.body) {
@@ -525,7 +541,7 @@ out:
         resp->body_len = 0;
     }
     if (strncmp(req->path, "/__admin", 8) != 0)
-        emu_log_add(e, req, req->account_id, c.idem_key, resp->drop ? 0 : resp->status, fault);
+        emu_log_add(e, req, req->account_id, c.idem_key, resp->drop ? 0 : resp->status, fault, resp->warning);
     pthread_mutex_unlock(&e->lock);
     for (int i = 0; i < c.nseg; i++)
         free(c.seg[i]);

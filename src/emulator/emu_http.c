@@ -72,6 +72,10 @@ static enum MHD_Result send_json(struct MHD_Connection *conn, emu_response *r)
     }
     if (r->request_id[0])
         MHD_add_response_header(resp, "x-wix-request-id", r->request_id);
+    if (r->allow[0])
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
+    if (r->warning[0])
+        MHD_add_response_header(resp, "x-wixr-warning", r->warning);
     enum MHD_Result ok = MHD_queue_response(conn, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     return ok;

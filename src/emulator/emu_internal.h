@@ -79,6 +79,7 @@ typedef struct emu_log_entry {
     char idem[101];
     int status;
     char fault[16];
+    char warning[200];            /* unknown fields ignored, "" when none */
 } emu_log_entry;
 
 typedef struct emu_ratelimit_bucket {
@@ -90,9 +91,12 @@ typedef struct emu_ratelimit_bucket {
 struct emu {
     pthread_mutex_t lock;
     sqlite3 *db;
+    int owner_fd;                 /* the state file's lock file (emu_owner.c), -1 when none */
     emu_catalog cat;
     char *api_keys;               /* comma-separated, or NULL */
     long long enable_delay_ms;
+    int strict;                   /* unknown request fields are a 400 (else a warning) */
+    int strict_option;            /* what emu_open was given (an admin reset goes back to it) */
     long long next_due;           /* earliest pending delivery (LLONG_MAX: none) */
     uint64_t rng;
 
@@ -204,11 +208,27 @@ void emu_api_dispatch(emu_ctx *c, int route);
 void emu_api_query(emu_ctx *c);
 int emu_filter_validate(const json_value *filter, char *field, size_t fieldlen, char *msg, size_t msglen);
 int emu_filter_match(const json_value *filter, const json_value *pkg);
+/* emu_owner.c */
+/* Takes path's lock file, or fails at once naming the process that holds it
+ * and what to do. Nothing to take for ":memory:". 0, or -1 with err. */
+int emu_owner_claim(emu_t *e, const char *path, char *err, size_t errlen);
+void emu_owner_release(emu_t *e);
+
+/* The catalog compiled into the binary (config/catalog.yaml at build time), NUL-terminated. */
+extern const char emu_builtin_catalog[];
+extern const size_t emu_builtin_catalog_len;
+#define EMU_BUILTIN_CATALOG_NAME "<built-in catalog.yaml>"
+
+/* emu_fields.c */
+/* Renames proto-named request fields (site_id) to their lowerCamelCase names
+ * (siteId) in c->body, per the route's schema; notes unknown fields in the
+ * response's warning (or, strict, as violations). 0, or -1 with a 400. */
+int emu_fields_normalize(emu_ctx *c, int route);
 /* emu_admin.c */
 void emu_admin_dispatch(emu_ctx *c);
 int emu_fault_pick(emu_t *e, const char *method, const char *path, emu_response *resp, int *after);
 int emu_ratelimit_check(emu_t *e, const char *account, long long now, int *retry_after);
 void emu_log_add(emu_t *e, const emu_request *req, const char *account, const char *idem, int status,
-                 const char *fault);
+                 const char *fault, const char *warning);
 
 #endif

@@ -205,8 +205,12 @@ static int sandbox_open(wix_client *c, char *err, size_t errlen)
             }
         }
     }
-    emu_options o = {.db_path = db, .catalog_path = c->s->sandbox_catalog,
-                     .enable_delay_ms = c->s->sandbox_delivery_delay_ms};
+    /* The catalog named by default (the source tree's) is the one compiled in: a binary
+     * copied elsewhere needs no source tree. A configured wix.sandbox.catalog is read. */
+    const char *catalog = c->s->sandbox_catalog;
+    if (catalog && !strcmp(catalog, WIXR_HOME "/config/catalog.yaml"))
+        catalog = NULL;
+    emu_options o = {.db_path = db, .catalog_path = catalog, .enable_delay_ms = c->s->sandbox_delivery_delay_ms};
     char e[512];
     c->emu = emu_open(&o, e, sizeof e);
     if (!c->emu) {

@@ -1568,6 +1568,10 @@ def g6_other_resellers_site_is_site_not_found():
     app_error(c.assign(instance(p)["instanceId"], SITE_OTHER, account=RESELLER), 404, "SITE_NOT_FOUND",
               "reseller assigns to other's site")
     check("siteId" not in instance(ok(c.get(p["id"]))["package"]), "still floating")
+    # The error names the caller's account, never the reseller that owns the site.
+    for r in (c.create([plan(SITE_OTHER)]), c.assign(instance(p)["instanceId"], SITE_OTHER)):
+        check(OTHER not in r.body.decode(), "SITE_NOT_FOUND reveals the owner's account id: %s" % r.short())
+        check(JANE in r.json["message"], "SITE_NOT_FOUND names the caller: %s" % r.short())
 
 
 # ===========================================================================
@@ -1630,8 +1634,14 @@ def g7_one_process_per_state_file():
         srv.start()
         cmd = [ARGS.wixr, "sandbox", "serve", "--db", db, "--listen", "127.0.0.1:0",
                "--port-file", os.path.join(tmp, "port2"), "--catalog", ARGS.catalog]
+        t0 = time.time()
         second = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
         check(second.returncode != 0, "a second server on the same state file must fail, got exit 0")
+        check(time.time() - t0 < 2, "the second server took %.1f s to give up" % (time.time() - t0))
+        err = second.stderr.decode()
+        want = "%s is in use by process %d (wixr sandbox serve)" % (db, srv.proc.pid)
+        check(want in err and "WIX_BASE_URL=http://127.0.0.1:%d" % srv.port in err,
+              "the refusal names the holder and its URL: %r" % err)
         eq(ok(Client(srv).admin("GET", "health"), "first server still serves"), {"ok": True}, "health")
     finally:
         srv.cleanup()
@@ -2036,6 +2046,152 @@ def g9_health_still_ok_and_sigterm_exit_zero():
         eq(srv.stop(), 0, "exit status after SIGTERM")
     finally:
         srv.cleanup()
+
+
+# ===========================================================================
+# Group 10: request fields the protobuf way, unknown fields, methods, admin keys
+# ===========================================================================
+
+def snake_plan(site=None, pid=P_CORE, unit="YEAR", count=1):
+    p = {"catalog_product_id": pid, "country_code": "DE",
+         "billing_info": {"type": "RECURRING", "cycle_duration": {"unit": unit, "count": count}}}
+    if site is not None:
+        p["site_id"] = site
+    return p
+
+
+@test
+def g10_proto_field_names_are_accepted():
+    c = client()
+    r = c.call("POST", V2, {"external_id": "snake-1", "idempotency_key": "snake-key",
+                            "products": [snake_plan(SITE_JANE1)]})
+    body = ok(r, "create with proto names")
+    eq(body.get("idempotencyKey"), "snake-key", "idempotency_key is the idempotency key")
+    p = body["package"]
+    eq(p.get("externalId"), "snake-1", "external_id")
+    inst = instance(p)
+    eq(inst.get("siteId"), SITE_JANE1, "site_id assigns the site (not a floating instance)")
+    eq(inst["catalogProductId"], P_CORE, "catalog_product_id")
+    eq(inst["countryCode"], "DE", "country_code")
+    eq(inst["billingInfo"], recurring("YEAR", 1), "billing_info.cycle_duration")
+    check("x-wixr-warning" not in r.headers, "no warning for proto names: %r" % r.headers.get("x-wixr-warning"))
+    eq(c.call("POST", V2, {"idempotency_key": "snake-key", "products": [snake_plan(SITE_JANE1)]}).body, r.body,
+       "a repeat with the same idempotency_key replays")
+    v1 = ok(c.call("POST", V1, {"products": [{"catalog_product_id": P_SERVICE, "site_id": SITE_JANE2,
+                                               "billing_info": {"type": "ONE_TIME"}}]}), "V1 create")
+    eq(instance(v1["package"]).get("siteId"), SITE_JANE2, "V1 site_id")
+    a = ok(c.adjust(inst["instanceId"], {"catalog_product_id": P_BUSINESS,
+                                         "billing_info": {"type": "RECURRING",
+                                                          "cycle_duration": {"unit": "MONTH", "count": 1}}}),
+           "adjust with proto names")["package"]
+    eq(instance(a)["catalogProductId"], P_BUSINESS, "adjust catalog_product_id")
+    eq(instance(a)["billingInfo"], recurring("MONTH", 1), "adjust billing_info")
+    q = ok(c.query({"cursor_paging": {"limit": 1}, "sort": [{"field_name": "createdDate", "order": "DESC"}]}),
+           "query with proto names")
+    eq(len(q["packages"]), 1, "cursor_paging.limit")
+    eq(q["packages"][0]["id"], v1["package"]["id"], "sort field_name createdDate DESC")
+
+
+@test
+def g10_both_spellings_of_a_field_are_400():
+    c = client()
+    r = c.create([dict(plan(SITE_JANE1), site_id=SITE_JANE2)])
+    violation(r, "products[0].siteId", "siteId and site_id")
+    check("site_id" in r.violations[0]["description"], "names both spellings: %r" % r.violations)
+    violation(c.call("POST", V2, {"products": [plan(None)], "externalId": "a", "external_id": "b"}), "externalId",
+              "externalId and external_id")
+    eq(ok(c.admin("GET", "stats"))["packages"], 0, "nothing created")
+
+
+@test
+def g10_unknown_fields_are_ignored_and_named():
+    c = client()
+    since = ok(c.admin("GET", "requests"))["last"]
+    p = dict(plan(SITE_JANE1), colour="red")
+    r = c.call("POST", V2, {"products": [p], "sku": 1, "filter": {"x": 1}})
+    ok(r, "unknown fields are answered normally")
+    w = r.headers.get("x-wixr-warning", "")
+    for f in ("products[0].colour", "sku", "filter"):
+        check(f in w, "x-wixr-warning names %s: %r" % (f, w))
+    q = c.query({"filter": {"externalId": "nope"}, "limt": 3})
+    ok(q, "query")
+    w2 = q.headers.get("x-wixr-warning", "")
+    check("query.limt" in w2 and "externalId" not in w2,
+          "a query's unknown member is named, its filter's keys are data: %r" % w2)
+    log = ok(c.admin("GET", "requests?since=%d" % since))["requests"]
+    eq([x.get("warning") for x in log], [w, w2], "the request log carries the warnings")
+    plain = c.create([plan(SITE_JANE2)])
+    check("x-wixr-warning" not in ok(plain) and "x-wixr-warning" not in plain.headers, "no warning when all known")
+
+
+@test
+def g10_strict_answers_unknown_fields_400():
+    srv = Server("--strict").start()
+    try:
+        c = client(server=srv)
+        r = c.create([dict(plan(SITE_JANE1), sitId=SITE_JANE2)])
+        violation(r, "products[0].sitId", "strict: unknown product field")
+        d = r.violations[0]["description"]
+        check("did you mean siteId" in d, "a did-you-mean: %r" % d)
+        eq(r.violations[0]["violatedRule"], "UNKNOWN_FIELD", "rule")
+        violation(c.query({"cursorPagin": {}}), "query.cursorPagin", "strict: unknown query field")
+        eq(ok(c.admin("GET", "stats"))["packages"], 0, "nothing created")
+        ok(c.create([snake_plan(SITE_JANE1)]), "strict still takes proto names")
+        eq(ok(c.admin("GET", "settings"))["strict"], True, "settings show strict")
+        c.close()
+    finally:
+        srv.cleanup()
+    # the admin API switches it on a running emulator; a reset goes back to how it started
+    c = client()
+    eq(ok(c.admin("POST", "settings", {"strict": True}))["strict"], True, "strict on")
+    violation(c.create([plan(SITE_JANE1)], extra={"sku": 1}), "sku", "strict via settings")
+    ok(c.admin("POST", "reset"))
+    eq(ok(c.admin("GET", "settings"))["strict"], False, "reset restores")
+    ok(c.create([plan(SITE_JANE1)], extra={"sku": 1}), "lenient again")
+
+
+@test
+def g10_wrong_method_is_405_with_allow():
+    c = client()
+    pid = created(c.create([plan(None)]))["id"]
+    iid = instance(ok(c.get(pid))["package"])["instanceId"]
+    for method, path, allow in (("GET", QUERY, "POST"), ("DELETE", QUERY, "POST"), ("GET", V2, "POST"),
+                                ("PUT", "%s/%s" % (V1, pid), "GET, DELETE"),
+                                ("GET", "%s/%s" % (INST, iid), "PATCH, DELETE"),
+                                ("GET", "%s/%s/unassign" % (INST, iid), "PATCH"),
+                                ("POST", "%s/update/%s/x" % (V1, pid), "PATCH")):
+        r = c.call(method, path)
+        app_error(r, 405, "METHOD_NOT_ALLOWED", "%s %s" % (method, path))
+        eq(r.headers.get("allow"), allow, "Allow of %s %s" % (method, path))
+        check(method in r.json["message"] and allow in r.json["message"], "message: %r" % r.json["message"])
+    ok(c.query({}), "POST query still works")
+
+
+@test
+def g10_admin_refuses_unknown_keys():
+    c = client()
+    cases = (
+        ("accounts", {"parentAcountId": RESELLER}, "parentAcountId", "parentAccountId"),
+        ("sites", {"acountId": JANE}, "acountId", "accountId"),
+        ("faults", {"errorrate": 1}, "errorrate", "errorRate"),
+        ("settings", {"ratelimit": True}, "ratelimit", "rateLimit"),
+        ("reset", {"all": True}, "all", None),
+    )
+    for what, body, field, near in cases:
+        r = c.admin("POST", what, body)
+        violation(r, field, "admin %s %r" % (what, body))
+        d = r.violations[0]["description"]
+        check((near is None or "did you mean %s?" % near in d), "admin %s: did-you-mean %s: %r" % (what, near, d))
+    p = created(c.create([plan(None)]))
+    iid = instance(p)["instanceId"]
+    violation(c.admin("POST", "instances/%s/status" % iid, {"status": "FAILED", "failure": {"cod": "UNKNOWN"}}),
+              "failure.cod", "status failure key")
+    violation(c.admin("POST", "accounts", {"name": 5}), "name", "a name that is not a string")
+    violation(c.admin("POST", "faults", {"after": "yes"}), "after", "after that is not a boolean")
+    violation(c.admin("POST", "settings", {"seed": "7"}), "seed", "seed that is not a number")
+    eq(ok(c.admin("GET", "faults"))["faults"], [], "no fault added")
+    eq(ok(c.admin("GET", "settings"))["rateLimit"], False, "settings unchanged")
+    eq(instance(ok(c.get(p["id"]))["package"])["status"], "ENABLED", "status unchanged")
 
 
 # ===========================================================================
