@@ -941,3 +941,74 @@ int journal_purge(journal *j, long long older_than_ms)
     unlock(j);
     return total;
 }
+
+/* ---- events run outside the service ---- */
+
+int journal_record_runs(journal *j, journal_run *runs, int n, int only_new, char *err, size_t errlen)
+{
+    static const char upsert[] =
+        "INSERT INTO events(id, name, data, order_key, state, attempts, next_attempt_ms, created_ms, updated_ms,"
+        " last_error, results) VALUES(?1, ?2, ?3, NULL, ?4, 1, 0, ?5, ?5, ?6, ?7)"
+        " ON CONFLICT(id) DO UPDATE SET name = excluded.name, data = excluded.data, state = excluded.state,"
+        " attempts = events.attempts + 1, next_attempt_ms = 0, updated_ms = excluded.updated_ms,"
+        " last_error = excluded.last_error, results = excluded.results"
+        " WHERE events.state = 'done' OR events.state = 'dead'";
+    static const char insert_new[] =
+        "INSERT INTO events(id, name, data, order_key, state, attempts, next_attempt_ms, created_ms, updated_ms,"
+        " last_error, results) VALUES(?1, ?2, ?3, NULL, ?4, 1, 0, ?5, ?5, ?6, ?7) ON CONFLICT(id) DO NOTHING";
+    if (err && errlen)
+        err[0] = '\0';
+    for (int i = 0; i < n; i++)
+        runs[i].result = 1;
+    if (n <= 0)
+        return 0;
+    lock(j);
+    int ret = -1, own = sqlite3_get_autocommit(j->db);
+    sqlite3_stmt *s = NULL;
+    if (sqlite3_prepare_v2(j->db, only_new ? insert_new : upsert, -1, &s, NULL) != SQLITE_OK) {
+        set_err(j, "recording runs");
+        goto done;
+    }
+    if (own && exec_simple(j, ST_BEGIN) < 0) {
+        set_err(j, "starting a transaction");
+        goto done;
+    }
+    long long now = now_ms(j);
+    for (int i = 0; i < n; i++) {
+        journal_run *r = &runs[i];
+        if (!valid_new(r->id, r->name, r->data_json)) {
+            snprintf(j->err, sizeof j->err, "journal: run %d: an event needs a non-empty id and name, and data", i);
+            goto done;
+        }
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        sqlite3_bind_text(s, 1, r->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, r->name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, r->data_json, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 4, r->ok ? "done" : "dead", -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 5, now);
+        bind_text(s, 6, r->ok ? NULL : r->error);
+        bind_text(s, 7, r->results_json);
+        int changed = run_write(j, s, "recording a run");
+        if (changed < 0)
+            goto done;
+        r->result = changed > 0 ? 0 : 1;
+    }
+    if (own && exec_simple(j, ST_COMMIT) < 0) {
+        set_err(j, "committing runs");
+        goto done;
+    }
+    ret = 0;
+done:
+    sqlite3_finalize(s);
+    if (ret < 0) {
+        if (own)
+            rollback(j);
+        for (int i = 0; i < n; i++)
+            runs[i].result = 1;
+        if (err && errlen)
+            snprintf(err, errlen, "%s", j->err);
+    }
+    unlock(j);
+    return ret;
+}

@@ -144,4 +144,24 @@ int journal_counts(journal *j, long long counts[5]);
 /* Newest first (by seq), state -1 = any, at most limit (<= 0: all). 0 or -1. */
 int journal_list(journal *j, int state, int limit, journal_event **out, int *n);
 
+/* ---- events run outside the service (wixr fire) ---- */
+
+/* One finished run of an event, to record. */
+typedef struct journal_run {
+    const char *id, *name, *data_json;           /* in */
+    int ok;                                      /* in: 1 done, 0 dead */
+    const char *error;                           /* in: the last error (NULL: none) */
+    const char *results_json;                    /* in: the run's report (NULL: none) */
+    int result;                                  /* out: 0 recorded, 1 left alone (see below) */
+} journal_run;
+/* Records n finished runs in one transaction (or in the caller's, after
+ * journal_begin). A new id is inserted as done or dead with attempts 1; an id
+ * that is done or dead is updated (state, error, results, data; attempts + 1);
+ * an id that is pending (accepted, running, retrying: the service holds it) is
+ * left alone (result 1). A pending state is never written, so a service
+ * running on the same file never picks these events up. With only_new, every
+ * existing id is left alone (an import of ids recorded elsewhere). 0 (every
+ * item's result set), or -1 with nothing written and err set. */
+int journal_record_runs(journal *j, journal_run *runs, int n, int only_new, char *err, size_t errlen);
+
 #endif
