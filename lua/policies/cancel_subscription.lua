@@ -1,3 +1,5 @@
+---@option plans table<string, string>  plan name -> Wix catalog product id
+---@option cancel_addons boolean  cancelling a plan cancels the voucher add-ons that came with it
 -- cancel_subscription.lua -- event "subscription.canceled": cancels one service of a
 -- subscription, or the whole subscription (every package created with its order id as
 -- external id, found with wix.packages.find_by_external_id).

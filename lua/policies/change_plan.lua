@@ -1,3 +1,5 @@
+---@option plans table<string, string>  plan name -> Wix catalog product id
+---@option allow_downgrade boolean  allow moving to a cheaper plan
 -- change_plan.lua -- event "subscription.changed": upgrades, downgrades or changes the
 -- billing cycle of one service with wix.instances.adjust (the instance keeps its id).
 --

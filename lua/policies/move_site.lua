@@ -1,3 +1,4 @@
+---@option plans table<string, string>  plan name -> Wix catalog product id
 -- move_site.lua -- event "site.moved": reassigns services to another site with
 -- wix.instances.assign (resellers-api.md §5 B; assign moves an assigned instance directly,
 -- and assigns a floating one).

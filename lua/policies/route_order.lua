@@ -1,3 +1,6 @@
+---@option plans table<string, string>  plan name -> Wix catalog product id
+---@option team_account_id string  the account DIFM packages are created in
+---@option country_code string  when an order gives none
 -- route_order.lua -- event "order.created": provisions a new order.
 --
 -- Where the package goes (resellers-api.md §5):

@@ -1,3 +1,5 @@
+---@option plans table<string, string>  plan name -> Wix catalog product id
+---@option country_code string  when the plan's instance carries none
 -- voucher_addon.lua -- event "order.voucher": redeems a voucher, an add-on that Wix does not
 -- charge for because it comes with a plan the customer bought (resellers-api.md §5 E): a
 -- second package holding the add-on, whose reference_product_instance_id is the plan's

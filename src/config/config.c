@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
 #include <sys/stat.h>
 
 #include "../json/json.h"
@@ -19,7 +20,7 @@
 #define WIXR_HOME "."
 #endif
 
-static const char *const top_keys[] = {"wix", "runtime", "hooks", "serve", "poller", NULL};
+static const char *const top_keys[] = {"wix", "runtime", "defaults", "hooks", "serve", "poller", NULL};
 static const char *const wix_keys[] = {"transport", "base_url", "api_key_file", "account_id", "timeout_ms",
                                        "connect_timeout_ms", "retry", "rate_limit", "concurrency", "sandbox",
                                        "audit", NULL};
@@ -48,61 +49,55 @@ static int file_exists(const char *p)
     return stat(p, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-/* Expands ${NAME} in a scalar; an unset variable is an error. */
+/* Expands ${NAME} and ${NAME:-default} in a scalar: NAME from the environment; with
+ * ":-", default stands in when NAME is unset or empty (it is literal text and ends at
+ * the first '}'). An unset NAME without a default is an error at the scalar. */
 static int expand(const ydoc *d, const ynode *n, char **out, char *err, size_t errlen)
 {
-    size_t cap = n->len + 64, k = 0;
-    char *o = malloc(cap);
-    if (!o)
-        return yerr(d, n, err, errlen, "out of memory");
+    buf_t o;
+    buf_init(&o, 0);
     for (const char *p = n->str; *p;) {
-        if (p[0] == '$' && p[1] == '{') {
-            const char *end = strchr(p + 2, '}');
-            if (!end) {
-                free(o);
-                return yerr(d, n, err, errlen, "unterminated ${...} reference");
-            }
-            char name[128];
-            size_t nl = (size_t)(end - p - 2);
-            if (nl == 0 || nl >= sizeof name) {
-                free(o);
-                return yerr(d, n, err, errlen, "bad ${...} reference");
-            }
-            memcpy(name, p + 2, nl);
-            name[nl] = '\0';
-            const char *v = getenv(name);
-            if (!v) {
-                free(o);
-                return yerr(d, n, err, errlen, "${%s} is not set in the environment", name);
-            }
-            size_t vl = strlen(v);
-            if (k + vl + 1 > cap) {
-                cap = (k + vl + 1) * 2;
-                char *q = realloc(o, cap);
-                if (!q) {
-                    free(o);
-                    return yerr(d, n, err, errlen, "out of memory");
-                }
-                o = q;
-            }
-            memcpy(o + k, v, vl);
-            k += vl;
-            p = end + 1;
-        } else {
-            if (k + 2 > cap) {
-                cap *= 2;
-                char *q = realloc(o, cap);
-                if (!q) {
-                    free(o);
-                    return yerr(d, n, err, errlen, "out of memory");
-                }
-                o = q;
-            }
-            o[k++] = *p++;
+        if (p[0] != '$' || p[1] != '{') {
+            size_t run = strcspn(p + 1, "$") + 1;
+            buf_add(&o, p, run);
+            p += run;
+            continue;
         }
+        const char *end = strchr(p + 2, '}');
+        if (!end) {
+            buf_free(&o);
+            return yerr(d, n, err, errlen, "unterminated ${...} reference");
+        }
+        const char *dflt = NULL;
+        size_t nl = (size_t)(end - p - 2);
+        const char *sep = memchr(p + 2, ':', nl);
+        if (sep && sep[1] == '-') {
+            dflt = sep + 2;
+            nl = (size_t)(sep - p - 2);
+        }
+        char name[128];
+        if (nl == 0 || nl >= sizeof name) {
+            buf_free(&o);
+            return yerr(d, n, err, errlen, "bad ${...} reference: %.*s", (int)(end - p + 1), p);
+        }
+        memcpy(name, p + 2, nl);
+        name[nl] = '\0';
+        const char *v = getenv(name);
+        if (dflt && (!v || !*v))
+            buf_add(&o, dflt, (size_t)(end - dflt));
+        else if (v)
+            buf_adds(&o, v);
+        else {
+            buf_free(&o);
+            return yerr(d, n, err, errlen, "${%s} is not set in the environment", name);
+        }
+        p = end + 1;
     }
-    o[k] = '\0';
-    *out = o;
+    char *text = o.failed ? NULL : buf_steal(&o, NULL);
+    buf_free(&o);
+    if (!text)
+        return yerr(d, n, err, errlen, "out of memory");
+    *out = text;
     return 0;
 }
 
@@ -128,14 +123,43 @@ static int get_long(const ydoc *d, const ynode *n, const char *field, long long 
     return 0;
 }
 
+/* Adds one problem line; the same line twice (a defaults value that every hook
+ * inherits) is listed once. */
 static void add_error(buf_t *errs, int *nerr, const char *e)
 {
+    size_t el = strlen(e);
+    const char *all = errs->len ? buf_cstr(errs) : "";
+    for (const char *p = all; *p;) {
+        size_t n = strcspn(p, "\n");
+        if (n == el && !memcmp(p, e, el))
+            return;
+        p += n + (p[n] == '\n');
+    }
     if ((*nerr)++)
         buf_addc(errs, '\n');
     buf_adds(errs, e);
 }
 
 #define NOTE_ERR() add_error(errs, nerr, err)
+
+typedef struct sink {
+    buf_t *errs;
+    int *nerr;
+} sink;
+
+static void sink_report(void *ctx, const char *msg)
+{
+    sink *k = ctx;
+    add_error(k->errs, k->nerr, msg);
+}
+
+/* Every key of map not in allowed is a problem (all of them, not the first). */
+static void check_keys(const ydoc *d, const ynode *map, const char *const *allowed, const char *where, buf_t *errs,
+                       int *nerr)
+{
+    sink k = {errs, nerr};
+    ymap_check_keys_each(d, map, allowed, where, sink_report, &k);
+}
 
 /* Copies the n problems (one a line) into err; those that do not fit whole are
  * counted on a last line instead of being cut in the middle (the first one is
@@ -183,8 +207,7 @@ static int load_wix(const ydoc *d, const ynode *w, wixr_config *c, buf_t *errs, 
     wix_settings *s = &c->wix;
     if (ynode_expect(d, w, Y_MAP, "wix", err, errlen) < 0)
         return NOTE_ERR(), -1;
-    if (ymap_check_keys(d, w, wix_keys, "wix", err, errlen) < 0)
-        NOTE_ERR();
+    check_keys(d, w, wix_keys, "wix", errs, nerr);
     ynode *n;
     if ((n = ymap_get(w, "transport"))) {
         const char *t;
@@ -236,9 +259,9 @@ static int load_wix(const ydoc *d, const ynode *w, wixr_config *c, buf_t *errs, 
     if ((n = ymap_get(w, "audit")) && get_string(d, n, "wix.audit", &s->audit, err, errlen) < 0)
         NOTE_ERR();
     if ((n = ymap_get(w, "retry"))) {
-        if (ynode_expect(d, n, Y_MAP, "wix.retry", err, errlen) < 0 ||
-            ymap_check_keys(d, n, retry_keys, "wix.retry", err, errlen) < 0)
+        if (ynode_expect(d, n, Y_MAP, "wix.retry", err, errlen) < 0)
             NOTE_ERR();
+        check_keys(d, n, retry_keys, "wix.retry", errs, nerr);
         ynode *m;
         long v;
         if ((m = ymap_get(n, "attempts"))) {
@@ -256,9 +279,9 @@ static int load_wix(const ydoc *d, const ynode *w, wixr_config *c, buf_t *errs, 
             NOTE_ERR();
     }
     if ((n = ymap_get(w, "rate_limit"))) {
-        if (ynode_expect(d, n, Y_MAP, "wix.rate_limit", err, errlen) < 0 ||
-            ymap_check_keys(d, n, rate_keys, "wix.rate_limit", err, errlen) < 0)
+        if (ynode_expect(d, n, Y_MAP, "wix.rate_limit", err, errlen) < 0)
             NOTE_ERR();
+        check_keys(d, n, rate_keys, "wix.rate_limit", errs, nerr);
         ynode *m;
         long v;
         if ((m = ymap_get(n, "requests"))) {
@@ -275,9 +298,9 @@ static int load_wix(const ydoc *d, const ynode *w, wixr_config *c, buf_t *errs, 
         }
     }
     if ((n = ymap_get(w, "sandbox"))) {
-        if (ynode_expect(d, n, Y_MAP, "wix.sandbox", err, errlen) < 0 ||
-            ymap_check_keys(d, n, sandbox_keys, "wix.sandbox", err, errlen) < 0)
+        if (ynode_expect(d, n, Y_MAP, "wix.sandbox", err, errlen) < 0)
             NOTE_ERR();
+        check_keys(d, n, sandbox_keys, "wix.sandbox", errs, nerr);
         ynode *m;
         if ((m = ymap_get(n, "db")) && get_string(d, m, "wix.sandbox.db", &s->sandbox_db, err, errlen) < 0)
             NOTE_ERR();
@@ -309,6 +332,8 @@ static const char *const runtime_keys[] = {"lua_paths", "limits", "max_chain_dep
 static const char *const limit_keys[] = {"instructions", "memory_mb", "wall_ms", NULL};
 static const char *const hook_keys[] = {"script", "options", "limits", "on_error", "enabled", "allow",
                                         "max_mutations", NULL};
+/* defaults: what every hook starts from (its own keys win). */
+static const char *const defaults_keys[] = {"options", "limits", "on_error", "allow", "max_mutations", NULL};
 
 static const struct {
     const char *name;
@@ -345,34 +370,41 @@ int config_hooks_for(const wixr_config *c, const char *event, int *idx, int max)
     return n;
 }
 
-static int load_limits(const ydoc *d, const ynode *n, const char *where, hook_limits *l, char *err, size_t errlen)
+static void load_limits(const ydoc *d, const ynode *n, const char *where, hook_limits *l, buf_t *errs, int *nerr)
 {
+    char err[1024];
+    const size_t errlen = sizeof err;
     char f[128];
     snprintf(f, sizeof f, "%s", where);
-    if (ynode_expect(d, n, Y_MAP, f, err, errlen) < 0 || ymap_check_keys(d, n, limit_keys, f, err, errlen) < 0)
-        return -1;
+    if (ynode_expect(d, n, Y_MAP, f, err, errlen) < 0) {
+        NOTE_ERR();
+        return;
+    }
+    check_keys(d, n, limit_keys, f, errs, nerr);
     ynode *m;
     long v;
     if ((m = ymap_get(n, "instructions"))) {
         long long iv;
         snprintf(f, sizeof f, "%s.instructions", where);
         if (ynode_int(d, m, f, 1000, 100000000000LL, &iv, err, errlen) < 0)
-            return -1;
-        l->instructions = iv;
+            NOTE_ERR();
+        else
+            l->instructions = iv;
     }
     if ((m = ymap_get(n, "memory_mb"))) {
         snprintf(f, sizeof f, "%s.memory_mb", where);
         if (get_long(d, m, f, 1, 65536, &v, err, errlen) < 0)
-            return -1;
-        l->memory_mb = v;
+            NOTE_ERR();
+        else
+            l->memory_mb = v;
     }
     if ((m = ymap_get(n, "wall_ms"))) {
         snprintf(f, sizeof f, "%s.wall_ms", where);
         if (get_long(d, m, f, 1, 86400000, &v, err, errlen) < 0)
-            return -1;
-        l->wall_ms = v;
+            NOTE_ERR();
+        else
+            l->wall_ms = v;
     }
-    return 0;
 }
 
 /* YAML value -> JSON (plain scalars that look like numbers, booleans or null
@@ -433,54 +465,317 @@ static int resolve_path(const wixr_config *c, const char *p, char **out)
     return *out ? 0 : -1;
 }
 
-static int load_hook(const ydoc *d, const ynode *n, const char *event, int index, wixr_config *c, hook_def *h,
-                     buf_t *errs, int *nerr)
+/* YAML options over defaults -> JSON: where both are mappings they are merged key by
+ * key (deeply; own keys win), otherwise own replaces base. Either may be NULL. */
+static int merged_json(const ydoc *d, const ynode *own, const ynode *base, buf_t *b, char *err, size_t errlen)
+{
+    if (!base || (own && (own->type != Y_MAP || base->type != Y_MAP)))
+        return to_json(d, own, b, err, errlen);
+    if (!own)
+        return to_json(d, base, b, err, errlen);
+    buf_addc(b, '{');
+    int first = 1;
+    for (const ynode *k = base->head; k; k = k->next) {
+        if (!first)
+            buf_addc(b, ',');
+        first = 0;
+        json_quote(b, k->key->str, k->key->len);
+        buf_addc(b, ':');
+        if (merged_json(d, ymap_get(own, k->key->str), k, b, err, errlen) < 0)
+            return -1;
+    }
+    for (const ynode *k = own->head; k; k = k->next) {
+        if (ymap_get(base, k->key->str))
+            continue;
+        if (!first)
+            buf_addc(b, ',');
+        first = 0;
+        json_quote(b, k->key->str, k->key->len);
+        buf_addc(b, ':');
+        if (to_json(d, k, b, err, errlen) < 0)
+            return -1;
+    }
+    buf_addc(b, '}');
+    return 0;
+}
+
+/* ---- Option declarations: "---@option NAME TYPE [description]" lines in the
+ * comment block a script opens with. ---- */
+
+#define OPT_TYPE_ANY 0x3f
+enum { OT_STRING = 1, OT_NUMBER = 2, OT_INTEGER = 4, OT_BOOLEAN = 8, OT_TABLE = 16, OT_NIL = 32 };
+
+typedef struct opt_decl {
+    char *name;            /* first member: ytree_nearest reads the table by it */
+    char *type_text;
+    unsigned types;        /* OT_* */
+} opt_decl;
+
+typedef struct opt_schema {
+    int declared;          /* the script declares its options (else nothing is checked) */
+    opt_decl *v;
+    int n;
+} opt_schema;
+
+/* A declared type: names joined by '|', each maybe ending in '?' (nil allowed);
+ * table<K, V>, T[] and {...} are tables. 0 for a name that is not a type. */
+static unsigned parse_type(const char *t, size_t len)
+{
+    static const struct {
+        const char *name;
+        unsigned bits;
+    } names[] = {{"any", OPT_TYPE_ANY}, {"string", OT_STRING}, {"number", OT_NUMBER | OT_INTEGER},
+                 {"integer", OT_INTEGER}, {"boolean", OT_BOOLEAN}, {"table", OT_TABLE}, {"nil", OT_NIL}};
+    unsigned bits = 0;
+    const char *end = t + len;
+    while (t < end) {
+        const char *bar = t;
+        int angle = 0, brace = 0;
+        for (; bar < end && (*bar != '|' || angle || brace); bar++) {
+            angle += *bar == '<' ? 1 : *bar == '>' ? -1 : 0;
+            brace += *bar == '{' ? 1 : *bar == '}' ? -1 : 0;
+        }
+        size_t n = (size_t)(bar - t);
+        if (n && t[n - 1] == '?') {
+            bits |= OT_NIL;
+            n--;
+        }
+        unsigned one = 0;
+        if (n > 2 && !memcmp(t + n - 2, "[]", 2))
+            one = OT_TABLE;
+        else if ((n > 6 && !memcmp(t, "table<", 6)) || (n > 1 && t[0] == '{'))
+            one = OT_TABLE;
+        for (size_t i = 0; !one && i < sizeof names / sizeof names[0]; i++)
+            if (strlen(names[i].name) == n && !memcmp(names[i].name, t, n))
+                one = names[i].bits;
+        if (!one)
+            return 0;
+        bits |= one;
+        t = bar + (bar < end);
+    }
+    return bits;
+}
+
+/* Reads the declarations of script (shown as shown in messages). A malformed line is
+ * a problem at script:line:col. */
+static void read_schema(const char *script, const char *shown, opt_schema *sc, buf_t *errs, int *nerr)
+{
+    memset(sc, 0, sizeof *sc);
+    FILE *f = fopen(script, "r");
+    if (!f)
+        return; /* a missing script is reported on its own */
+    char line[1024], err[1400];
+    int ln = 0;
+    while (fgets(line, sizeof line, f)) {
+        ln++;
+        size_t len = strcspn(line, "\r\n");
+        line[len] = '\0';
+        const char *p = line + strspn(line, " \t");
+        if (!*p)
+            continue;
+        if (strncmp(p, "--", 2))
+            break; /* the leading comment block ends at the first line of code */
+        if (strncmp(p, "---@option", 10) || (p[10] && p[10] != ' ' && p[10] != '\t'))
+            continue;
+        int col = (int)(p - line) + 1;
+        const char *q = p + 10;
+        q += strspn(q, " \t");
+        size_t nl = strcspn(q, " \t");
+        const char *name = q;
+        q += nl;
+        q += strspn(q, " \t");
+        const char *type = q;
+        size_t tl = strcspn(q, " \t");
+        sc->declared = 1;
+        if (!nl || !tl) {
+            snprintf(err, sizeof err, "%s:%d:%d: ---@option: expected '---@option NAME TYPE [description]'", shown, ln,
+                     col);
+            add_error(errs, nerr, err);
+            continue;
+        }
+        unsigned bits = parse_type(type, tl);
+        if (!bits || nl > 64 || tl > 64) {
+            snprintf(err, sizeof err,
+                     "%s:%d:%d: ---@option %.*s: unknown type '%.*s' (any, string, number, integer, boolean, table, "
+                     "nil; a|b, T?, T[], table<K, V>)",
+                     shown, ln, (int)(type - line) + 1, (int)(nl > 64 ? 64 : nl), name, (int)(tl > 64 ? 64 : tl), type);
+            add_error(errs, nerr, err);
+            continue;
+        }
+        int dup = 0;
+        for (int i = 0; i < sc->n && !dup; i++)
+            dup = strlen(sc->v[i].name) == nl && !memcmp(sc->v[i].name, name, nl);
+        if (dup) {
+            snprintf(err, sizeof err, "%s:%d:%d: ---@option %.*s is declared twice", shown, ln, (int)(name - line) + 1,
+                     (int)nl, name);
+            add_error(errs, nerr, err);
+            continue;
+        }
+        opt_decl *v = realloc(sc->v, (size_t)(sc->n + 1) * sizeof *v);
+        if (!v)
+            break;
+        sc->v = v;
+        opt_decl *o = &sc->v[sc->n];
+        o->name = strndup(name, nl);
+        o->type_text = strndup(type, tl);
+        o->types = bits;
+        if (!o->name || !o->type_text) {
+            free(o->name);
+            free(o->type_text);
+            break;
+        }
+        sc->n++;
+    }
+    fclose(f);
+}
+
+static void schema_free(opt_schema *sc)
+{
+    for (int i = 0; i < sc->n; i++) {
+        free(sc->v[i].name);
+        free(sc->v[i].type_text);
+    }
+    free(sc->v);
+}
+
+static const opt_decl *schema_find(const opt_schema *sc, const char *name)
+{
+    for (int i = 0; i < sc->n; i++)
+        if (!strcmp(sc->v[i].name, name))
+            return &sc->v[i];
+    return NULL;
+}
+
+static unsigned json_kind(const json_value *v)
+{
+    switch (v->type) {
+    case JSON_NULL:
+        return OT_NIL;
+    case JSON_BOOL:
+        return OT_BOOLEAN;
+    case JSON_NUMBER:
+        return v->u.number == floor(v->u.number) ? OT_INTEGER | OT_NUMBER : OT_NUMBER;
+    case JSON_STRING:
+        return OT_STRING;
+    default:
+        return OT_TABLE;
+    }
+}
+
+static const char *kind_word(const json_value *v)
+{
+    switch (v->type) {
+    case JSON_NULL:
+        return "null";
+    case JSON_BOOL:
+        return "a boolean";
+    case JSON_NUMBER:
+        return "a number";
+    case JSON_STRING:
+        return "a string";
+    case JSON_ARRAY:
+        return "a list";
+    default:
+        return "a mapping";
+    }
+}
+
+/* The script's file name, for messages. */
+static const char *base_name(const char *path)
+{
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+/* Checks a hook's options (own: the hook's options node, base: defaults.options,
+ * json: the merged result) against its script's declarations: a key of its own that
+ * the script does not declare, or a value of the wrong type, is a problem. A key
+ * that only comes from defaults is left to check_default_options. */
+static void check_options(const ydoc *d, const hook_def *h, const opt_schema *sc, const ynode *own, const ynode *base,
+                          buf_t *errs, int *nerr)
+{
+    if (!sc->declared || !h->options_json)
+        return;
+    char err[1024];
+    const size_t errlen = sizeof err;
+    json_doc *doc = NULL;
+    json_value *root = json_parse(h->options_json, strlen(h->options_json), 0, &doc, NULL);
+    for (const json_value *v = root && root->type == JSON_OBJECT ? root->u.kids.head : NULL; v; v = v->next) {
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)v->keylen, v->key);
+        const ynode *mine = ymap_get(own, key);
+        const ynode *at = mine ? mine : ymap_get(base, key);
+        if (!at)
+            continue;
+        const opt_decl *o = schema_find(sc, key);
+        if (!o) {
+            if (!mine)
+                continue;
+            const char *best = ytree_nearest(key, sc->v, (size_t)sc->n, sizeof sc->v[0]);
+            if (best)
+                yerr(d, mine->key, err, errlen, "options: '%s' is not an option %s declares (did you mean '%s'?)", key,
+                     base_name(h->script), best);
+            else {
+                char names[512];
+                size_t k = 0;
+                names[0] = '\0';
+                for (int i = 0; i < sc->n && k < sizeof names - 1; i++)
+                    k += (size_t)snprintf(names + k, sizeof names - k, "%s%s", i ? ", " : "", sc->v[i].name);
+                yerr(d, mine->key, err, errlen, "options: '%s' is not an option %s declares (%s)", key,
+                     base_name(h->script), sc->n ? names : "none");
+            }
+            NOTE_ERR();
+            continue;
+        }
+        if (!(json_kind(v) & o->types))
+            yerr(d, at, err, errlen, "options.%s: %s declares it %s, got %s", key, base_name(h->script), o->type_text,
+                 kind_word(v)),
+                NOTE_ERR();
+    }
+    json_doc_free(doc);
+}
+
+/* A defaults.options key that no hook's script declares, when every hook's script
+ * declares its options, is a typo: nothing reads it. */
+static void check_default_options(const ydoc *d, const ynode *base, const opt_schema *schemas, int n, buf_t *errs,
+                                  int *nerr)
+{
+    if (!base || base->type != Y_MAP || n == 0)
+        return;
+    for (int i = 0; i < n; i++)
+        if (!schemas[i].declared)
+            return;
+    char err[1024];
+    for (const ynode *k = base->head; k; k = k->next) {
+        const char *best = NULL;
+        int found = 0;
+        for (int i = 0; i < n && !found; i++) {
+            found = schema_find(&schemas[i], k->key->str) != NULL;
+            const char *near = ytree_nearest(k->key->str, schemas[i].v, (size_t)schemas[i].n, sizeof schemas[i].v[0]);
+            if (near && !best)
+                best = near;
+        }
+        if (found)
+            continue;
+        if (best)
+            yerr(d, k->key, err, sizeof err, "defaults.options: no hook's script declares '%s' (did you mean '%s'?)",
+                 k->key->str, best);
+        else
+            yerr(d, k->key, err, sizeof err, "defaults.options: no hook's script declares '%s'", k->key->str);
+        NOTE_ERR();
+    }
+}
+
+/* limits, on_error, allow and max_mutations of a hook (or of defaults) over h. */
+static void load_hook_fields(const ydoc *d, const ynode *n, const char *where, hook_def *h, buf_t *errs, int *nerr)
 {
     char err[1024];
     const size_t errlen = sizeof err;
-    int before = *nerr;
-    char where[160];
-    snprintf(where, sizeof where, "hooks.%s[%d]", event, index);
-    h->event = strdup(event);
-    h->enabled = 1;
-    h->allow = WIX_OP_ALL;
-    h->max_mutations = -1;
-    h->limits = c->limits;
-    char pos[512];
-    snprintf(pos, sizeof pos, "%s:%d:%d", d->file, n->line, n->col);
-    h->where = strdup(pos);
-    if (ynode_expect(d, n, Y_MAP, where, err, errlen) < 0)
-        return NOTE_ERR(), -1;
-    if (ymap_check_keys(d, n, hook_keys, where, err, errlen) < 0)
-        NOTE_ERR();
-    ynode *m = ymap_get(n, "script");
-    char *script = NULL;
-    if (!m) {
-        yerr(d, n, err, errlen, "%s: 'script' is required", where), NOTE_ERR();
-    } else if (get_string(d, m, "script", &script, err, errlen) < 0) {
-        NOTE_ERR();
-    } else {
-        int rc = resolve_path(c, script, &h->script);
-        free(script);
-        if (rc < 0)
-            return yerr(d, m, err, errlen, "out of memory"), NOTE_ERR(), -1;
-        if (!file_exists(h->script))
-            yerr(d, m, err, errlen, "script: %s does not exist", h->script), NOTE_ERR();
-    }
-    if ((m = ymap_get(n, "options"))) {
-        buf_t b;
-        buf_init(&b, 1024 * 1024);
-        if (ynode_expect(d, m, Y_MAP, "options", err, errlen) < 0 || to_json(d, m, &b, err, errlen) < 0)
-            NOTE_ERR();
-        else
-            h->options_json = buf_steal(&b, NULL);
-        buf_free(&b);
-    }
+    ynode *m;
     if ((m = ymap_get(n, "limits"))) {
         char f[200];
         snprintf(f, sizeof f, "%s.limits", where);
-        if (load_limits(d, m, f, &h->limits, err, errlen) < 0)
-            NOTE_ERR();
+        load_limits(d, m, f, &h->limits, errs, nerr);
     }
     if ((m = ymap_get(n, "on_error"))) {
         const char *v;
@@ -491,8 +786,6 @@ static int load_hook(const ydoc *d, const ynode *n, const char *event, int index
         else
             h->on_error_continue = !strcmp(v, "continue");
     }
-    if ((m = ymap_get(n, "enabled")) && ynode_bool(d, m, "enabled", &h->enabled, err, errlen) < 0)
-        NOTE_ERR();
     if ((m = ymap_get(n, "allow"))) {
         if (ynode_expect(d, m, Y_SEQ, "allow", err, errlen) < 0)
             NOTE_ERR();
@@ -528,6 +821,66 @@ static int load_hook(const ydoc *d, const ynode *n, const char *event, int index
         else
             h->max_mutations = (int)v;
     }
+}
+
+/* One hook: base holds what defaults: gives (limits, on_error, allow, max_mutations),
+ * dopts defaults.options (or NULL); sc gets the script's option declarations. */
+static int load_hook(const ydoc *d, const ynode *n, const char *event, int index, wixr_config *c, const hook_def *base,
+                     const ynode *dopts, hook_def *h, opt_schema *sc, buf_t *errs, int *nerr)
+{
+    char err[1024];
+    const size_t errlen = sizeof err;
+    int before = *nerr;
+    char where[160];
+    snprintf(where, sizeof where, "hooks.%s[%d]", event, index);
+    h->event = strdup(event);
+    h->enabled = 1;
+    h->allow = base->allow;
+    h->max_mutations = base->max_mutations;
+    h->on_error_continue = base->on_error_continue;
+    h->limits = base->limits;
+    char pos[512];
+    snprintf(pos, sizeof pos, "%s:%d:%d", d->file, n->line, n->col);
+    h->where = strdup(pos);
+    if (ynode_expect(d, n, Y_MAP, where, err, errlen) < 0)
+        return NOTE_ERR(), -1;
+    check_keys(d, n, hook_keys, where, errs, nerr);
+    ynode *m = ymap_get(n, "script");
+    char *script = NULL;
+    if (!m) {
+        yerr(d, n, err, errlen, "%s: 'script' is required", where), NOTE_ERR();
+    } else if (get_string(d, m, "script", &script, err, errlen) < 0) {
+        NOTE_ERR();
+    } else {
+        int rc = resolve_path(c, script, &h->script);
+        if (rc < 0) {
+            free(script);
+            return yerr(d, m, err, errlen, "out of memory"), NOTE_ERR(), -1;
+        }
+        if (!file_exists(h->script))
+            yerr(d, m, err, errlen, "script: %s does not exist", h->script), NOTE_ERR();
+        else
+            read_schema(h->script, h->script, sc, errs, nerr);
+        free(script);
+    }
+    ynode *own = ymap_get(n, "options");
+    if (own && ynode_expect(d, own, Y_MAP, "options", err, errlen) < 0) {
+        NOTE_ERR();
+    } else if (own || dopts) {
+        buf_t b;
+        buf_init(&b, 1024 * 1024);
+        if (merged_json(d, own, dopts, &b, err, errlen) < 0)
+            NOTE_ERR();
+        else if (b.failed)
+            yerr(d, own ? own : dopts, err, errlen, "options: larger than 1 MiB as JSON"), NOTE_ERR();
+        else
+            h->options_json = buf_steal(&b, NULL);
+        buf_free(&b);
+        check_options(d, h, sc, own, dopts, errs, nerr);
+    }
+    load_hook_fields(d, n, where, h, errs, nerr);
+    if ((m = ymap_get(n, "enabled")) && ynode_bool(d, m, "enabled", &h->enabled, err, errlen) < 0)
+        NOTE_ERR();
     return *nerr > before ? -1 : 0;
 }
 
@@ -538,115 +891,165 @@ static const char *const serve_keys[] = {"listen", "journal", "concurrency", "or
 static const char *const serve_retry_keys[] = {"attempts", "base_ms", "max_ms", NULL};
 static const char *const poller_keys[] = {"enabled", "interval_ms", "account_id", NULL};
 
-static int load_serve(const ydoc *d, const ynode *n, wixr_config *c, char *err, size_t errlen)
+/* serve.listen: HOST:PORT, HOST an IPv4 address or localhost, PORT 0 to 65535 (what
+ * wixr serve takes). Whether it can be bound is for `wixr check` to try. */
+static int check_listen(const ydoc *d, const ynode *n, const char *v, char *err, size_t errlen)
 {
+    const char *colon = strrchr(v, ':');
+    if (!colon || colon == v || !colon[1])
+        return yerr(d, n, err, errlen, "serve.listen: expected HOST:PORT, got '%s'", v);
+    char host[64];
+    size_t hl = (size_t)(colon - v);
+    if (hl >= sizeof host)
+        return yerr(d, n, err, errlen, "serve.listen: '%.*s' is not an IPv4 address", (int)hl, v);
+    memcpy(host, v, hl);
+    host[hl] = '\0';
+    unsigned char a[4];
+    if (strcmp(host, "localhost") && inet_pton(AF_INET, host, a) != 1)
+        return yerr(d, n, err, errlen, "serve.listen: '%s' is not an IPv4 address (or localhost)", host);
+    char *end;
+    errno = 0;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || errno || port < 0 || port > 65535 || colon[1] == '-' || colon[1] == '+' || colon[1] == ' ')
+        return yerr(d, n, err, errlen, "serve.listen: bad port '%s' (0 to 65535)", colon + 1);
+    return 0;
+}
+
+static void load_serve(const ydoc *d, const ynode *n, wixr_config *c, buf_t *errs, int *nerr)
+{
+    char err[1024];
+    const size_t errlen = sizeof err;
     serve_settings *s = &c->serve;
-    if (ynode_expect(d, n, Y_MAP, "serve", err, errlen) < 0 ||
-        ymap_check_keys(d, n, serve_keys, "serve", err, errlen) < 0)
-        return -1;
+    if (ynode_expect(d, n, Y_MAP, "serve", err, errlen) < 0) {
+        NOTE_ERR();
+        return;
+    }
+    check_keys(d, n, serve_keys, "serve", errs, nerr);
     ynode *m;
     long v;
-    if ((m = ymap_get(n, "listen")) && get_string(d, m, "serve.listen", &s->listen, err, errlen) < 0)
-        return -1;
+    if ((m = ymap_get(n, "listen"))) {
+        char *l = NULL;
+        if (get_string(d, m, "serve.listen", &l, err, errlen) < 0 || check_listen(d, m, l, err, errlen) < 0) {
+            NOTE_ERR();
+            free(l);
+        } else {
+            free(s->listen);
+            s->listen = l;
+            char pos[512];
+            snprintf(pos, sizeof pos, "%s:%d:%d", d->file, m->line, m->col);
+            free(s->listen_where);
+            s->listen_where = strdup(pos);
+        }
+    }
     if ((m = ymap_get(n, "journal"))) {
         char *p = NULL;
-        if (get_string(d, m, "serve.journal", &p, err, errlen) < 0)
-            return -1;
-        free(s->journal);
-        resolve_path(c, p, &s->journal);
-        free(p);
+        if (get_string(d, m, "serve.journal", &p, err, errlen) < 0) {
+            NOTE_ERR();
+        } else {
+            free(s->journal);
+            resolve_path(c, p, &s->journal);
+            free(p);
+        }
     }
     if ((m = ymap_get(n, "concurrency"))) {
         if (get_long(d, m, "serve.concurrency", 1, 100000, &v, err, errlen) < 0)
-            return -1;
-        s->concurrency = (int)v;
+            NOTE_ERR();
+        else
+            s->concurrency = (int)v;
     }
     if ((m = ymap_get(n, "order_key"))) {
-        if (ynode_expect(d, m, Y_SEQ, "serve.order_key", err, errlen) < 0)
-            return -1;
-        for (int i = 0; i < s->norder_key; i++)
-            free(s->order_key[i]);
-        free(s->order_key);
-        s->norder_key = 0;
-        s->order_key = calloc(m->n ? m->n : 1, sizeof *s->order_key);
-        for (ynode *k = m->head; k && s->order_key; k = k->next) {
-            char *f = NULL;
-            if (get_string(d, k, "serve.order_key[]", &f, err, errlen) < 0)
-                return -1;
-            s->order_key[s->norder_key++] = f;
+        if (ynode_expect(d, m, Y_SEQ, "serve.order_key", err, errlen) < 0) {
+            NOTE_ERR();
+        } else {
+            for (int i = 0; i < s->norder_key; i++)
+                free(s->order_key[i]);
+            free(s->order_key);
+            s->norder_key = 0;
+            s->order_key = calloc(m->n ? m->n : 1, sizeof *s->order_key);
+            for (ynode *k = m->head; k && s->order_key; k = k->next) {
+                char *f = NULL;
+                if (get_string(d, k, "serve.order_key[]", &f, err, errlen) < 0)
+                    NOTE_ERR();
+                else
+                    s->order_key[s->norder_key++] = f;
+            }
         }
     }
     if ((m = ymap_get(n, "retry"))) {
-        if (ynode_expect(d, m, Y_MAP, "serve.retry", err, errlen) < 0 ||
-            ymap_check_keys(d, m, serve_retry_keys, "serve.retry", err, errlen) < 0)
-            return -1;
+        if (ynode_expect(d, m, Y_MAP, "serve.retry", err, errlen) < 0)
+            NOTE_ERR();
+        check_keys(d, m, serve_retry_keys, "serve.retry", errs, nerr);
         ynode *r;
         if ((r = ymap_get(m, "attempts"))) {
             if (get_long(d, r, "serve.retry.attempts", 1, 1000, &v, err, errlen) < 0)
-                return -1;
-            s->retry_attempts = (int)v;
+                NOTE_ERR();
+            else
+                s->retry_attempts = (int)v;
         }
         if ((r = ymap_get(m, "base_ms")) && get_long(d, r, "serve.retry.base_ms", 0, 86400000, &s->retry_base_ms, err, errlen) < 0)
-            return -1;
+            NOTE_ERR();
         if ((r = ymap_get(m, "max_ms")) && get_long(d, r, "serve.retry.max_ms", 0, 86400000, &s->retry_max_ms, err, errlen) < 0)
-            return -1;
+            NOTE_ERR();
     }
     if ((m = ymap_get(n, "accept_unknown_events")) &&
         ynode_bool(d, m, "serve.accept_unknown_events", &s->accept_unknown_events, err, errlen) < 0)
-        return -1;
+        NOTE_ERR();
     if ((m = ymap_get(n, "max_body_kb")) && get_long(d, m, "serve.max_body_kb", 1, 65536, &s->max_body_kb, err, errlen) < 0)
-        return -1;
+        NOTE_ERR();
     if ((m = ymap_get(n, "drain_ms")) && get_long(d, m, "serve.drain_ms", 0, 3600000, &s->drain_ms, err, errlen) < 0)
-        return -1;
+        NOTE_ERR();
     if ((m = ymap_get(n, "request_timeout_ms")) &&
         get_long(d, m, "serve.request_timeout_ms", 1000, 3600000, &s->request_timeout_ms, err, errlen) < 0)
-        return -1;
+        NOTE_ERR();
     if ((m = ymap_get(n, "idle_timeout_ms")) &&
         get_long(d, m, "serve.idle_timeout_ms", 1000, 3600000, &s->idle_timeout_ms, err, errlen) < 0)
-        return -1;
+        NOTE_ERR();
     if ((m = ymap_get(n, "max_connections"))) {
         if (get_long(d, m, "serve.max_connections", 1, 16384, &v, err, errlen) < 0)
-            return -1;
-        s->max_connections = (int)v;
+            NOTE_ERR();
+        else
+            s->max_connections = (int)v;
     }
     if ((m = ymap_get(n, "max_connections_per_ip"))) {
         if (get_long(d, m, "serve.max_connections_per_ip", 0, 16384, &v, err, errlen) < 0)
-            return -1;
-        s->max_connections_per_ip = (int)v;
+            NOTE_ERR();
+        else
+            s->max_connections_per_ip = (int)v;
     }
-    return 0;
 }
 
-static int load_poller(const ydoc *d, const ynode *n, wixr_config *c, char *err, size_t errlen)
+static void load_poller(const ydoc *d, const ynode *n, wixr_config *c, buf_t *errs, int *nerr)
 {
+    char err[1024];
+    const size_t errlen = sizeof err;
     serve_settings *s = &c->serve;
-    if (ynode_expect(d, n, Y_MAP, "poller", err, errlen) < 0 ||
-        ymap_check_keys(d, n, poller_keys, "poller", err, errlen) < 0)
-        return -1;
+    if (ynode_expect(d, n, Y_MAP, "poller", err, errlen) < 0) {
+        NOTE_ERR();
+        return;
+    }
+    check_keys(d, n, poller_keys, "poller", errs, nerr);
     ynode *m;
     if ((m = ymap_get(n, "enabled")) && ynode_bool(d, m, "poller.enabled", &s->poller_enabled, err, errlen) < 0)
-        return -1;
+        NOTE_ERR();
     if ((m = ymap_get(n, "interval_ms")) &&
         get_long(d, m, "poller.interval_ms", 100, 86400000, &s->poller_interval_ms, err, errlen) < 0)
-        return -1;
+        NOTE_ERR();
     if ((m = ymap_get(n, "account_id")) && get_string(d, m, "poller.account_id", &s->poller_account_id, err, errlen) < 0)
-        return -1;
-    return 0;
+        NOTE_ERR();
 }
-
 
 static void load_runtime_and_hooks(const ydoc *d, wixr_config *c, buf_t *errs, int *nerr)
 {
     char err[1024];
     ynode *rt = ymap_get(d->root, "runtime");
     if (rt) {
-        if (ynode_expect(d, rt, Y_MAP, "runtime", err, sizeof err) < 0 ||
-            ymap_check_keys(d, rt, runtime_keys, "runtime", err, sizeof err) < 0) {
+        if (ynode_expect(d, rt, Y_MAP, "runtime", err, sizeof err) < 0) {
             add_error(errs, nerr, err);
         } else {
+            check_keys(d, rt, runtime_keys, "runtime", errs, nerr);
             ynode *m;
-            if ((m = ymap_get(rt, "limits")) && load_limits(d, m, "runtime.limits", &c->limits, err, sizeof err) < 0)
-                add_error(errs, nerr, err);
+            if ((m = ymap_get(rt, "limits")))
+                load_limits(d, m, "runtime.limits", &c->limits, errs, nerr);
             if ((m = ymap_get(rt, "max_chain_depth"))) {
                 long v;
                 if (get_long(d, m, "runtime.max_chain_depth", 0, 64, &v, err, sizeof err) < 0)
@@ -682,6 +1085,21 @@ static void load_runtime_and_hooks(const ydoc *d, wixr_config *c, buf_t *errs, i
             }
         }
     }
+    /* defaults: the base every hook starts from */
+    hook_def base = {.allow = WIX_OP_ALL, .max_mutations = -1, .limits = c->limits};
+    const ynode *dopts = NULL;
+    ynode *dn = ymap_get(d->root, "defaults");
+    if (dn && ynode_expect(d, dn, Y_MAP, "defaults", err, sizeof err) < 0) {
+        add_error(errs, nerr, err);
+    } else if (dn) {
+        check_keys(d, dn, defaults_keys, "defaults", errs, nerr);
+        load_hook_fields(d, dn, "defaults", &base, errs, nerr);
+        dopts = ymap_get(dn, "options");
+        if (dopts && ynode_expect(d, dopts, Y_MAP, "defaults.options", err, sizeof err) < 0) {
+            add_error(errs, nerr, err);
+            dopts = NULL;
+        }
+    }
     ynode *hooks = ymap_get(d->root, "hooks");
     if (!hooks || (hooks->type == Y_SCALAR && hooks->plain && (!hooks->len || !strcmp(hooks->str, "~") ||
                                                                !strcmp(hooks->str, "null"))))
@@ -694,7 +1112,9 @@ static void load_runtime_and_hooks(const ydoc *d, wixr_config *c, buf_t *errs, i
     for (ynode *ev = hooks->head; ev; ev = ev->next)
         total += ev->type == Y_SEQ ? ev->n : 0;
     c->hooks = calloc(total ? total : 1, sizeof *c->hooks);
-    if (!c->hooks) {
+    opt_schema *schemas = calloc(total ? total : 1, sizeof *schemas);
+    if (!c->hooks || !schemas) {
+        free(schemas);
         add_error(errs, nerr, "out of memory");
         return;
     }
@@ -707,10 +1127,14 @@ static void load_runtime_and_hooks(const ydoc *d, wixr_config *c, buf_t *errs, i
         }
         int i = 0;
         for (ynode *hn = ev->head; hn; hn = hn->next, i++) {
-            hook_def *h = &c->hooks[c->nhooks++];
-            load_hook(d, hn, ev->key->str, i, c, h, errs, nerr);
+            int k = c->nhooks++;
+            load_hook(d, hn, ev->key->str, i, c, &base, dopts, &c->hooks[k], &schemas[k], errs, nerr);
         }
     }
+    check_default_options(d, dopts, schemas, c->nhooks, errs, nerr);
+    for (int i = 0; i < c->nhooks; i++)
+        schema_free(&schemas[i]);
+    free(schemas);
 }
 
 static int read_key_file(const char *path, char **out, char *err, size_t errlen)
@@ -806,18 +1230,17 @@ static int load(wixr_config *c, const char *path, const char *text, size_t len, 
         if (d->root && ynode_expect(d, d->root, Y_MAP, "configuration", one, sizeof one) < 0) {
             add_error(&errs, &nerr, one);
         } else if (d->root) {
-            if (ymap_check_keys(d, d->root, top_keys, "the configuration", one, sizeof one) < 0)
-                add_error(&errs, &nerr, one);
+            check_keys(d, d->root, top_keys, "the configuration", &errs, &nerr);
             ynode *w = ymap_get(d->root, "wix");
             if (w)
                 load_wix(d, w, c, &errs, &nerr);
             load_runtime_and_hooks(d, c, &errs, &nerr);
             ynode *sv = ymap_get(d->root, "serve");
-            if (sv && load_serve(d, sv, c, one, sizeof one) < 0)
-                add_error(&errs, &nerr, one);
+            if (sv)
+                load_serve(d, sv, c, &errs, &nerr);
             ynode *pl = ymap_get(d->root, "poller");
-            if (pl && load_poller(d, pl, c, one, sizeof one) < 0)
-                add_error(&errs, &nerr, one);
+            if (pl)
+                load_poller(d, pl, c, &errs, &nerr);
         }
         ytree_free(d);
         if (nerr) {
@@ -885,6 +1308,7 @@ void config_free(wixr_config *c)
         free(c->lua_paths[i]);
     free(c->lua_paths);
     free(c->serve.listen);
+    free(c->serve.listen_where);
     free(c->serve.journal);
     for (int i = 0; i < c->serve.norder_key; i++)
         free(c->serve.order_key[i]);

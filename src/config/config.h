@@ -70,6 +70,7 @@ typedef struct hook_def {
 
 typedef struct serve_settings {
     char *listen;                 /* HOST:PORT */
+    char *listen_where;           /* "file:line:col" of serve.listen; NULL when the file sets none */
     char *journal;                /* SQLite file; default <state_dir>/journal.db */
     int concurrency;              /* events in flight */
     char **order_key;             /* data fields whose value orders events; first present wins */

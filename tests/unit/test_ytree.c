@@ -212,9 +212,10 @@ static void test_distance(void)
  * only when JSON has the same number, so the text always parses. */
 static void test_config_options(void)
 {
+    /* a script that declares no options (route_order.lua does): any keys are taken */
     const char *text = "hooks:\n"
                        "  order.created:\n"
-                       "    - script: ../lua/policies/route_order.lua\n"
+                       "    - script: ../lua/policies/route_order_test.lua\n"
                        "      options: {i: 12, f: -1.5e3, z: 0, t: true, n: ~, e: '', s: \"7\",\n"
                        "                dot: 5., lead: .5, oct: 012, hex: 0x1F, inf: -inf, nan: .nan, plus: +1}\n";
     wixr_config c;
@@ -226,7 +227,7 @@ static void test_config_options(void)
         return;
     }
     CHECK_INT(c.nhooks, 1);
-    CHECK_STR(c.hooks[0].script, WIXR_SOURCE_DIR "/config/../lua/policies/route_order.lua");
+    CHECK_STR(c.hooks[0].script, WIXR_SOURCE_DIR "/config/../lua/policies/route_order_test.lua");
     CHECK_STR(c.hooks[0].options_json,
               "{\"i\":12,\"f\":-1.5e3,\"z\":0,\"t\":true,\"n\":null,\"e\":\"\",\"s\":\"7\",\"dot\":\"5.\",\"lead\":\".5\","
               "\"oct\":\"012\",\"hex\":\"0x1F\",\"inf\":\"-inf\",\"nan\":\".nan\",\"plus\":\"+1\"}");
@@ -263,6 +264,136 @@ static void test_config_options(void)
     CHECK_STR(small, "m.yaml:3:7: hooks.e[0]:\nm.yaml: 199 more problems not shown");
 }
 
+
+/* defaults: options merged deeply under each hook's own (its keys win); allow, limits,
+ * on_error and max_mutations as defaults a hook may override. */
+static void test_config_defaults(void)
+{
+    const char *text = "defaults:\n"
+                       "  options: {plans: {a: 1, b: 2}, mode: x}\n"
+                       "  allow: [read]\n"
+                       "  limits: {wall_ms: 500}\n"
+                       "  on_error: continue\n"
+                       "  max_mutations: 3\n"
+                       "hooks:\n"
+                       "  e:\n"
+                       "    - script: ../lua/policies/route_order_test.lua\n"
+                       "      options: {plans: {b: 20, c: 30}, own: true}\n"
+                       "      allow: [create]\n"
+                       "      limits: {memory_mb: 8}\n"
+                       "    - script: ../lua/policies/route_order_test.lua\n"
+                       "      on_error: stop\n"
+                       "      max_mutations: 0\n";
+    wixr_config c;
+    char err[2048] = "";
+    int rc = config_load_string(&c, WIXR_SOURCE_DIR "/config/d.yaml", text, strlen(text), err, sizeof err);
+    CHECK(rc == 0);
+    if (rc < 0) {
+        fprintf(stderr, "%s\n", err);
+        return;
+    }
+    CHECK_INT(c.nhooks, 2);
+    CHECK_STR(c.hooks[0].options_json, "{\"plans\":{\"a\":1,\"b\":20,\"c\":30},\"mode\":\"x\",\"own\":true}");
+    CHECK_INT(c.hooks[0].allow, WIX_OP_CREATE);
+    CHECK_INT(c.hooks[0].limits.wall_ms, 500);
+    CHECK_INT(c.hooks[0].limits.memory_mb, 8);
+    CHECK_INT(c.hooks[0].on_error_continue, 1);
+    CHECK_INT(c.hooks[0].max_mutations, 3);
+    CHECK_STR(c.hooks[1].options_json, "{\"plans\":{\"a\":1,\"b\":2},\"mode\":\"x\"}");
+    CHECK_INT(c.hooks[1].allow, WIX_OP_READ);
+    CHECK_INT(c.hooks[1].limits.memory_mb, 64);
+    CHECK_INT(c.hooks[1].on_error_continue, 0);
+    CHECK_INT(c.hooks[1].max_mutations, 0);
+    config_free(&c);
+}
+
+/* ${NAME:-default}: the default for an unset or empty NAME; ${NAME} alone unset is an error. */
+static void test_config_env_defaults(void)
+{
+    setenv("WIXR_T_SET", "set", 1);
+    setenv("WIXR_T_EMPTY", "", 1);
+    unsetenv("WIXR_T_UNSET");
+    const char *text = "wix:\n  base_url: \"http://${WIXR_T_UNSET:-localhost:9}/${WIXR_T_SET:-no}${WIXR_T_EMPTY:-e}$x\"\n"
+                       "  account_id: ${WIXR_T_UNSET:-}\n";
+    wixr_config c;
+    char err[1024] = "";
+    unsetenv("WIX_BASE_URL");
+    unsetenv("WIX_ACCOUNT_ID");
+    int rc = config_load_string(&c, "env.yaml", text, strlen(text), err, sizeof err);
+    CHECK(rc == 0);
+    if (rc == 0) {
+        CHECK_STR(c.wix.base_url, "http://localhost:9/sete$x");
+        CHECK_STR(c.wix.account_id, "");
+        config_free(&c);
+    }
+    const char *bad = "wix:\n  base_url: ${WIXR_T_UNSET}\n  account_id: \"${:-x}\"\n";
+    CHECK(config_load_string(&c, "env.yaml", bad, strlen(bad), err, sizeof err) < 0);
+    CHECK_STR(err, "env.yaml:2:13: ${WIXR_T_UNSET} is not set in the environment\n"
+                   "env.yaml:3:15: bad ${...} reference: ${:-x}");
+}
+
+/* Every problem of the file, from every mapping, each at its position. */
+static void test_config_every_problem(void)
+{
+    const char *text = "wixx: 1\n"
+                       "runtime:\n  limits: {wall_ms: 0, memroy_mb: 1}\n  max_chain_depth: 99\n"
+                       "serve:\n  listen: 127.0.0.1:99999\n  concurency: 3\n  retry: {attempts: 0}\n"
+                       "poller:\n  enabled: maybe\n  interval_ms: 1\n"
+                       "defaults:\n  allow: [raed]\n";
+    wixr_config c;
+    char err[4096] = "";
+    CHECK(config_load_string(&c, "p.yaml", text, strlen(text), err, sizeof err) < 0);
+    CHECK_STR(err, "p.yaml:1:1: unknown key 'wixx' in the configuration (did you mean 'wix'?)\n"
+                   "p.yaml:3:24: unknown key 'memroy_mb' in runtime.limits (did you mean 'memory_mb'?)\n"
+                   "p.yaml:3:21: runtime.limits.wall_ms: 0 is out of range (1 to 86400000)\n"
+                   "p.yaml:4:20: runtime.max_chain_depth: 99 is out of range (0 to 64)\n"
+                   "p.yaml:13:11: allow: unknown operation 'raed' (did you mean 'read'?)\n"
+                   "p.yaml:7:3: unknown key 'concurency' in serve (did you mean 'concurrency'?)\n"
+                   "p.yaml:6:11: serve.listen: bad port '99999' (0 to 65535)\n"
+                   "p.yaml:8:21: serve.retry.attempts: 0 is out of range (1 to 1000)\n"
+                   "p.yaml:10:12: poller.enabled: expected true or false, got 'maybe'\n"
+                   "p.yaml:11:16: poller.interval_ms: 1 is out of range (100 to 86400000)");
+    const char *listen = "serve:\n  listen: nowhere:80\n";
+    CHECK(config_load_string(&c, "l.yaml", listen, strlen(listen), err, sizeof err) < 0);
+    CHECK_STR(err, "l.yaml:2:11: serve.listen: 'nowhere' is not an IPv4 address (or localhost)");
+    listen = "serve:\n  listen: 8080\n";
+    CHECK(config_load_string(&c, "l.yaml", listen, strlen(listen), err, sizeof err) < 0);
+    CHECK_STR(err, "l.yaml:2:11: serve.listen: expected HOST:PORT, got '8080'");
+    listen = "serve:\n  listen: localhost:0\n";
+    CHECK(config_load_string(&c, "l.yaml", listen, strlen(listen), err, sizeof err) == 0);
+    CHECK_STR(c.serve.listen_where, "l.yaml:2:11");
+    config_free(&c);
+}
+
+/* Option declarations (---@option lines of the script) against a hook's options. */
+static void test_config_option_schema(void)
+{
+    const char *text = "defaults:\n"
+                       "  options: {plans: {a: x}, coutnry_code: DE}\n"
+                       "hooks:\n"
+                       "  e:\n"
+                       "    - script: ../lua/policies/change_plan.lua\n"
+                       "      options: {alow_downgrade: true, plans: [1]}\n"
+                       "    - script: ../lua/policies/change_plan.lua\n"
+                       "      options: {allow_downgrade: 'yes', zzz: 1}\n"
+                       "    - script: ../lua/policies/route_order.lua\n"
+                       "      options: {team_account_id: t, country_code: 7}\n";
+    wixr_config c;
+    char err[4096] = "";
+    CHECK(config_load_string(&c, WIXR_SOURCE_DIR "/config/o.yaml", text, strlen(text), err, sizeof err) < 0);
+    CHECK_STR(err, WIXR_SOURCE_DIR "/config/o.yaml:6:17: options: 'alow_downgrade' is not an option change_plan.lua "
+                                   "declares (did you mean 'allow_downgrade'?)\n"
+                   WIXR_SOURCE_DIR "/config/o.yaml:8:34: options.allow_downgrade: change_plan.lua declares it boolean, "
+                                   "got a string\n"
+                   WIXR_SOURCE_DIR "/config/o.yaml:8:41: options: 'zzz' is not an option change_plan.lua declares "
+                                   "(plans, allow_downgrade)\n"
+                   WIXR_SOURCE_DIR "/config/o.yaml:10:51: options.country_code: route_order.lua declares it string, "
+                                   "got a number\n"
+                   WIXR_SOURCE_DIR "/config/o.yaml:2:28: defaults.options: no hook's script declares 'coutnry_code' "
+                                   "(did you mean 'country_code'?)");
+    /* plans: [1] is a list, and a table: the declared type table<string, string> is not looked into */
+}
+
 int main(void)
 {
     test_positions();
@@ -272,5 +403,9 @@ int main(void)
     test_alias_bomb();
     test_distance();
     test_config_options();
+    test_config_defaults();
+    test_config_env_defaults();
+    test_config_every_problem();
+    test_config_option_schema();
     return check_report();
 }
