@@ -45,6 +45,9 @@ describe("moving", function()
   test("one service by plan name", function()
     local wix = fake_wix()
     local _, domain_id = subscription(wix)
+    -- a Premium plan of another order on SITE2: Wix puts a domain only where one is
+    wix.packages.create { account_id = JANE, external_id = "ord-1002", products = {
+      { catalog_product_id = PLANS.light, site_id = SITE2, country_code = "DE", billing = { unit = "YEAR", count = 1 } } } }
     local result = move({ subscription_id = "ord-1001", plan = "domain", to_site_id = SITE2 }, { wix = wix })
     eq(#wix.calls_to("instances.assign"), 1)
     eq(result.moved[1].instance_id, domain_id)

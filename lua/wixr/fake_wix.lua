@@ -1,12 +1,24 @@
--- wixr.fake_wix: a stand-in for the wix module in policy tests.
+-- wixr.fake_wix: a recorder of wix calls for policy tests, over the real module.
 --
---   local wix = fake_wix()                  -- an in-memory fake
---   local wix = fake_wix{ emulator = true } -- the real module on a fresh in-process emulator
+--   local wix = fake_wix()
+--   route(event, { wix = wix })          -- the policy's calls are recorded here
+--   wix.calls_to("packages.create")[1].args[1]
 --
--- Either way every call is recorded (wix.calls, wix.calls_to(op)), the next call
--- of an operation can be made to fail with a given Wix error (wix.fail(op, fields))
--- and an operation's result can be replaced (wix.returns(op, value_or_function)).
--- Operation names are "packages.create", "packages.get", "instances.adjust", ...
+-- fake_wix() is not a second implementation of the API: it resets the in-process
+-- emulator (`wixr test` always runs on a fresh in-memory one) and records every
+-- call of wix.packages.* and wix.instances.* made through it -- by the test
+-- itself (wix.packages.create{...} to set up a subscription) or by a policy run
+-- given it as opts.wix (the calls made in the policy's own sandboxed state).
+-- Calls go on to the real wix module, so arguments are checked as in production
+-- (GUIDs, required fields, allow and max_mutations of the hook) and answers
+-- follow the emulator's rules. Two things replace a call instead:
+--   wix.fail(op, fields)      the next call of op raises a wix.Error built from
+--                             fields ({status, code, message}); nothing is sent
+--   wix.returns(op, v)        every call of op answers v (a copy), or what the
+--                             function v(args...) returns; nothing is sent
+-- A replaced call is recorded but neither checked nor sent. Operation names
+-- are "packages.create", "packages.get", "instances.adjust", ...
+-- fake_wix{ emulator = true } is the same as fake_wix() (every fake is on the emulator).
 -- Compiled into the wixr binary.
 
 local real = require "wix"
@@ -21,194 +33,80 @@ local function copy(v)
   return setmetatable(out, getmetatable(v))
 end
 
-local function now() return os.date("!%Y-%m-%dT%H:%M:%S.000Z") end
-
--- The in-memory store behind the plain fake: just enough of the API's behaviour
--- for policies to be tested without an emulator.
-local function memory_backend()
-  local packages, order = {}, {}
-  local function not_found_pkg(id)
-    real.raise { status = 404, code = "PACKAGE_NOT_FOUND", message = "Package with id " .. tostring(id) .. " was not found.",
-                 retryable = false }
-  end
-  local function holder(instance_id)
-    for _, id in ipairs(order) do
-      local p = packages[id]
-      for _, inst in ipairs(p.product_instances) do
-        if inst.instance_id == instance_id then return p, inst end
-      end
-    end
-    real.raise { status = 428, code = "PRODUCT_INSTANCE_NOT_FOUND",
-                 message = "Product instance with id " .. tostring(instance_id) .. " was not found.", retryable = false }
-  end
-  local function touch(p, inst)
-    p.updated_date = now()
-    if inst then inst.updated_date = p.updated_date end
-  end
-  local function matches(p, filter)
-    for k, v in pairs(filter or {}) do
-      if type(v) ~= "table" and p[k] ~= v then return false end
-    end
-    return true
-  end
-  local b = { packages = {}, instances = {} }
-  function b.packages.create(spec)
-    local account = spec.account_id or real.settings.account_id or "11111111-2222-4333-8444-555555555555"
-    local p = { id = core.uuid(), account_id = account, external_id = spec.external_id, product_instances = {},
-                created_date = now(), updated_date = now() }
-    for i, prod in ipairs(spec.products or {}) do
-      local billing = prod.billing_info or prod.billing
-      if type(billing) == "table" and billing.unit then
-        billing = { type = "RECURRING", cycle_duration = { unit = billing.unit, count = billing.count or 1 } }
-      elseif billing == "ONE_TIME" then
-        billing = { type = "ONE_TIME" }
-      end
-      p.product_instances[i] = {
-        instance_id = core.uuid(), catalog_product_id = prod.catalog_product_id, site_id = prod.site_id,
-        status = "PENDING", billing_info = billing, country_code = prod.country_code and prod.country_code:upper(),
-        reference_product_instance_id = prod.reference_product_instance_id, discount_code = prod.discount_code,
-        created_date = p.created_date, updated_date = p.created_date,
-      }
-    end
-    packages[p.id] = p
-    order[#order + 1] = p.id
-    return copy(p)
-  end
-  function b.packages.get(id)
-    local p = packages[id]
-    if not p then not_found_pkg(id) end
-    return copy(p)
-  end
-  function b.packages.query(q)
-    local list = {}
-    for _, id in ipairs(order) do
-      if matches(packages[id], q and q.filter) then list[#list + 1] = copy(packages[id]) end
-    end
-    return { packages = list, metadata = { count = #list, cursors = {} } }
-  end
-  function b.packages.all(q) return b.packages.query(q).packages end
-  function b.packages.each(q)
-    local list, i = b.packages.all(q), 0
-    return function() i = i + 1; return list[i] end
-  end
-  function b.packages.find_by_external_id(ext) return b.packages.all { filter = { external_id = ext } } end
-  function b.packages.find_by_instance(instance_id)
-    for _, id in ipairs(order) do
-      for _, inst in ipairs(packages[id].product_instances) do
-        if inst.instance_id == instance_id then return copy(packages[id]) end
-      end
-    end
-    return nil
-  end
-  function b.packages.cancel(id)
-    local p = packages[id]
-    if not p then not_found_pkg(id) end
-    for _, inst in ipairs(p.product_instances) do inst.status = "CANCELED" end
-    touch(p)
-    return copy(p)
-  end
-  function b.packages.set_external_id(id, ext)
-    local p = packages[id]
-    if not p then not_found_pkg(id) end
-    p.external_id = ext
-    touch(p)
-    return copy(p)
-  end
-  local function changeable(inst)
-    if inst.status == "CANCELED" or inst.status == "FAILED" then
-      real.raise { status = 428, code = "INCOMPATIBLE_PRODUCT_INSTANCE_STATUS", retryable = false,
-                   message = "Product instance with id " .. inst.instance_id .. " is with incompatible status " .. inst.status .. "." }
-    end
-  end
-  function b.instances.adjust(instance_id, change)
-    local p, inst = holder(instance_id)
-    changeable(inst)
-    inst.catalog_product_id = change.catalog_product_id or inst.catalog_product_id
-    local billing = change.billing_info or change.billing
-    if type(billing) == "table" and billing.unit then
-      billing = { type = "RECURRING", cycle_duration = { unit = billing.unit, count = billing.count or 1 } }
-    end
-    inst.billing_info = billing or inst.billing_info
-    touch(p, inst)
-    return copy(p)
-  end
-  function b.instances.assign(instance_id, site_id)
-    local p, inst = holder(instance_id)
-    changeable(inst)
-    inst.site_id = site_id
-    touch(p, inst)
-    return copy(p)
-  end
-  function b.instances.unassign(instance_id)
-    local p, inst = holder(instance_id)
-    changeable(inst)
-    inst.site_id = nil
-    touch(p, inst)
-    return copy(p)
-  end
-  function b.instances.cancel(instance_id)
-    local p, inst = holder(instance_id)
-    inst.status = "CANCELED"
-    touch(p, inst)
-    return copy(p)
-  end
-  -- Test helpers: reach into the store.
-  b.store = packages
-  return b
-end
-
 local OPS = {
   packages = { "create", "get", "query", "each", "all", "cancel", "set_external_id", "find_by_instance",
                "find_by_external_id" },
   instances = { "adjust", "assign", "unassign", "cancel" },
 }
+local KNOWN = {}
+for group, names in pairs(OPS) do
+  for _, name in ipairs(names) do KNOWN[group .. "." .. name] = true end
+end
+
+local function check_op(op, level)
+  if not KNOWN[op] then
+    local list = {}
+    for k in pairs(KNOWN) do list[#list + 1] = k end
+    table.sort(list)
+    error("fake_wix: unknown operation '" .. tostring(op) .. "' (" .. table.concat(list, ", ") .. ")", level + 1)
+  end
+end
 
 function M.new(opts)
-  opts = opts or {}
-  local backend
-  if opts.emulator then
-    local st = core.sandbox_admin("POST", "/__admin/reset")
-    if st ~= 200 then
-      error("fake_wix{ emulator = true } needs the in-process emulator (run tests without a Wix API key)", 2)
+  if opts ~= nil and type(opts) ~= "table" then error("fake_wix: options must be a table", 2) end
+  for k in pairs(opts or {}) do
+    if k ~= "emulator" then
+      error("fake_wix: unknown option '" .. tostring(k) .. "' (the only one is emulator = true, "
+            .. "and every fake runs on the emulator)", 2)
     end
-    backend = real
-  else
-    backend = memory_backend()
+  end
+  local st = core.sandbox_admin("POST", "/__admin/reset")
+  if st ~= 200 then
+    error("fake_wix: the in-process emulator could not be reset (status " .. tostring(st) .. ")", 2)
   end
 
   local fake = { calls = {}, packages = {}, instances = {} }
   local failures, overrides = {}, {}
 
+  -- Records a call; says what to do with it: "fail", fields | "value", v | "pass".
+  -- Called for the test's own calls and, through wixr test, for a policy run's.
+  function fake._intercept(op, args)
+    local recorded = copy(args)
+    recorded.n = nil
+    fake.calls[#fake.calls + 1] = { op = op, args = recorded }
+    local f = failures[op] and table.remove(failures[op], 1)
+    if f then
+      local e = copy(f)
+      e.status = e.status or 428
+      e.code = e.code or "FAILED_PRECONDITION"
+      e.message = e.message or ("injected failure of " .. op)
+      if e.retryable == nil then e.retryable = e.status == 429 or e.status >= 500 end
+      e.fake = true
+      return "fail", e
+    end
+    local o = overrides[op]
+    if o ~= nil then
+      if type(o) == "function" then return "value", o(table.unpack(args, 1, args.n)) end
+      return "value", copy(o)
+    end
+    return "pass"
+  end
+
   for group, names in pairs(OPS) do
     for _, name in ipairs(names) do
       local op = group .. "." .. name
       fake[group][name] = function(...)
-        local args = table.pack(...)
-        local recorded = copy(args)
-        recorded.n = nil
-        fake.calls[#fake.calls + 1] = { op = op, args = recorded }
-        local f = failures[op] and table.remove(failures[op], 1)
-        if f then
-          local e = copy(f)
-          e.status = e.status or 428
-          e.code = e.code or "FAILED_PRECONDITION"
-          e.message = e.message or ("injected failure of " .. op)
-          if e.retryable == nil then e.retryable = e.status == 429 or e.status >= 500 end
-          e.fake = true
-          real.raise(e)
-        end
-        local o = overrides[op]
-        if o ~= nil then
-          if type(o) == "function" then return o(table.unpack(args, 1, args.n)) end
-          return copy(o)
-        end
-        return backend[group][name](table.unpack(args, 1, args.n))
+        local kind, v = fake._intercept(op, table.pack(...))
+        if kind == "fail" then real.raise(v) end
+        if kind == "value" then return v end
+        return real[group][name](...)
       end
     end
   end
 
   --- The recorded calls of one operation.
   function fake.calls_to(op)
+    check_op(op, 2)
     local out = {}
     for _, c in ipairs(fake.calls) do
       if c.op == op then out[#out + 1] = c end
@@ -218,12 +116,14 @@ function M.new(opts)
 
   --- The next call of op raises a wix.Error built from fields ({status, code, message}).
   function fake.fail(op, fields)
+    check_op(op, 2)
     failures[op] = failures[op] or {}
     table.insert(failures[op], fields or {})
   end
 
   --- op returns value (a copy each time), or what function(args...) returns.
   function fake.returns(op, value)
+    check_op(op, 2)
     overrides[op] = value
   end
 
@@ -232,7 +132,6 @@ function M.new(opts)
   fake.all, fake.spawn, fake.sleep, fake.uuid, fake.array = real.all, real.spawn, real.sleep, real.uuid, real.array
   fake.null, fake.STATUS, fake.settings, fake.VERSION = real.null, real.STATUS, real.settings, real.VERSION
   fake.stats = real.stats
-  fake.backend = backend
   return fake
 end
 

@@ -17,15 +17,24 @@
 --   neq(actual, other, what?), truthy(v, what?), falsy(v, what?), has(list_or_string, item, what?)
 --   raises(fn, code_or_pattern?)  fn must fail; returns the error (a wix.Error's .code, or a
 --                                 Lua pattern on the message, must match)
---   policy(path, defaults?)       loads a hook script (path relative to the test file) and
---                                 returns run(event, opts) -> result, ctx
---   fake_wix(opts?)               a recording fake of the wix module (see wixr.fake_wix)
+--   policy(path, spec?)           loads a hook script (path relative to the test file) the way
+--                                 `wixr fire` does: its own sandboxed state, limits, allow and
+--                                 max_mutations; spec = {event, options, allow, max_mutations,
+--                                 limits}. Returns run(event, opts) -> result, ctx; opts =
+--                                 {wix = fake, options = {...} (merged over spec's), event = {id, name}}.
+--                                 A failed run raises what `wixr fire` reports (a wix.Error stays one).
+--   hook(event, n?, {config = FILE}?)  the n-th hook (default 1) of event exactly as a configuration
+--                                 file has it (default: the one `wixr fire` would find); the same run()
+--   fake_wix()                    a recorder of the calls a policy makes, over the real wix module
+--                                 on a fresh in-process emulator (see wixr.fake_wix)
 --   wix                           the real module (on the in-process emulator in tests)
+-- Each case, and each file's top level, has a time limit (wixr test --timeout, default 5 s).
 -- Plain assert works too. Compiled into the wixr binary.
 
 local core = require "wix.core"
 local fake_wix = require "wixr.fake_wix"
 local real_wix = require "wix"
+local rt = require "wixr.testrt"
 
 local M = {}
 
@@ -111,12 +120,9 @@ function assertions.raises(fn, expected)
 end
 
 ---------------------------------------------------------------------------
--- Loading a policy the way a hook does
+-- Loading a policy the way a hook does: through the same loader, sandbox,
+-- limits, permissions and result checks as `wixr fire` (see cmd_test.c)
 ---------------------------------------------------------------------------
-
-local SAFE = { "assert", "error", "ipairs", "next", "pairs", "pcall", "select", "tonumber", "tostring", "type",
-               "xpcall", "rawequal", "rawget", "rawset", "rawlen", "setmetatable", "getmetatable", "_VERSION", "print" }
-local LIBS = { string = true, table = true, math = true, utf8 = true, coroutine = true }
 
 local function copy(v)
   if type(v) ~= "table" then return v end
@@ -125,54 +131,101 @@ local function copy(v)
   return out
 end
 
-local function policy_env(wixmod)
-  local env = {}
-  for _, n in ipairs(SAFE) do env[n] = _G[n] end
-  for lib in pairs(LIBS) do env[lib] = copy(_G[lib]) end
-  env.string.dump = nil
-  env.os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }
-  env.require = function(name)
-    if name == "wix" then return wixmod end
-    return require(name)
-  end
-  env._G = env
-  return env
-end
-
 local function merge(base, over)
   local out = copy(base or {})
   for k, v in pairs(over or {}) do out[k] = copy(v) end
   return out
 end
 
-local function make_policy(dir)
-  return function(path, defaults)
-    defaults = defaults or {}
-    local full = path:sub(1, 1) == "/" and path or (dir .. "/" .. path)
-    local f = io.open(full, "r")
-    if not f then error("policy: cannot open " .. full, 2) end
-    f:close()
-    return function(event, opts)
-      opts = opts or {}
-      local wixmod = opts.wix or fake_wix.new()
-      local chunk, err = loadfile(full, "t", policy_env(wixmod))
-      if not chunk then error(err, 0) end
-      local handler = chunk()
-      if type(handler) ~= "function" then error(full .. ": the script must return its handler function", 0) end
-      local logs, emitted = {}, {}
-      local ctx = {
-        options = merge(defaults.options, opts.options),
-        dry_run = opts.dry_run or false,
-        event = opts.event or { id = "test-event", name = defaults.event or "test", depth = 0 },
-        hook = "test",
-        logs = logs,
-        emitted = emitted,
-      }
-      ctx.log = function(level, msg, fields) logs[#logs + 1] = { level = level, msg = msg, fields = fields } end
-      ctx.emit = function(name, data) emitted[#emitted + 1] = { name = name, data = data } end
-      local result = handler(copy(event or {}), ctx)
-      return result, ctx
+local function check_keys(t, allowed, what, level)
+  if t == nil then return end
+  if type(t) ~= "table" then error(what .. ": expected a table, got " .. type(t), level + 1) end
+  for k in pairs(t) do
+    if not allowed[k] then
+      local names = {}
+      for n in pairs(allowed) do names[#names + 1] = n end
+      table.sort(names)
+      error(what .. ": unknown key '" .. tostring(k) .. "' (" .. table.concat(names, ", ") .. ")", level + 1)
     end
+  end
+end
+
+-- The text of a YAML reader's error without its position in the generated text.
+local function bare(msg)
+  return (tostring(msg):gsub("^[^\n]-:%d+:%d+: ", ""))
+end
+
+local SPEC_KEYS = { event = true, options = true, allow = true, max_mutations = true, limits = true }
+local CALL_KEYS = { wix = true, options = true, event = true }
+local calls = 0
+
+-- A loaded hook as a function: run(event, opts) -> result, ctx. Each call is a
+-- run of the hook (hook_start), as `wixr fire` makes one.
+local function callable(handle)
+  local info = rt.info(handle)
+  local base = info.options and core.decode(info.options) or {}
+  return function(event, opts)
+    check_keys(opts, CALL_KEYS, "policy call options", 2)
+    opts = opts or {}
+    local options, options_json = base, nil
+    if opts.options ~= nil then
+      options = merge(base, opts.options)
+      options_json = core.encode(options)
+    end
+    calls = calls + 1
+    local ev = opts.event or {}
+    local name, id = ev.name or info.event, ev.id or ("test-event-" .. calls)
+    local out = rt.run(handle, core.encode(event or {}), name, id, options_json, opts.wix)
+    local emitted = {}
+    for i, e in ipairs(core.decode(out.emitted)) do emitted[i] = { name = e.event, data = e.data } end
+    local ctx = { options = copy(options), dry_run = false, event = { id = id, name = name, depth = 0 },
+                  hook = info.hook, logs = core.decode(out.logs), emitted = emitted }
+    if not out.ok then
+      if out.wix_error then
+        local e = setmetatable(core.decode(out.wix_error), real_wix.Error)
+        e.run_error = out.error
+        error(e, 0)
+      end
+      error(out.error, 0)
+    end
+    local result = nil
+    if out.result and out.result ~= "null" then result = core.decode(out.result) end
+    return result, ctx
+  end
+end
+
+local function make_policy(dir)
+  return function(path, spec)
+    if type(path) ~= "string" then error("policy: the script's path is required", 2) end
+    check_keys(spec, SPEC_KEYS, "policy(" .. path .. ")", 2)
+    spec = spec or {}
+    local event = spec.event or "test"
+    local entry = { script = path, allow = spec.allow, max_mutations = spec.max_mutations, limits = spec.limits }
+    if spec.options ~= nil and next(spec.options) ~= nil then entry.options = spec.options end
+    local ok, text = pcall(core.encode, { hooks = { [event] = { entry } } })
+    if not ok then error("policy(" .. path .. "): " .. tostring(text), 2) end
+    -- the YAML reader checks it as it checks wixr.yaml; paths start at the test file's folder
+    local loaded, handle = pcall(rt.load_text, dir .. "/policy", text, event)
+    if not loaded then error("policy(" .. path .. "): " .. bare(handle), 2) end
+    return callable(handle)
+  end
+end
+
+-- hook(event, n?, {config = FILE}?): the n-th hook of event exactly as the
+-- configuration file (relative to the test file; none: the file `wixr fire`
+-- would find) has it: script, options, allow, max_mutations, limits.
+local function make_hook(dir)
+  return function(event, index, opts)
+    if type(index) == "table" then index, opts = nil, index end
+    if type(event) ~= "string" then error("hook: the event name is required", 2) end
+    if index ~= nil and math.type(index) ~= "integer" then error("hook(" .. event .. "): n must be a whole number", 2) end
+    check_keys(opts, { config = true }, "hook(" .. event .. ")", 2)
+    local config = opts and opts.config
+    if config ~= nil and type(config) ~= "string" then error("hook(" .. event .. "): config must be a path", 2) end
+    if config and config:sub(1, 1) ~= "/" then config = dir .. "/" .. config end
+    local ok, handle = pcall(rt.load_config, config, event, index or 1)
+    if not ok then error("hook(" .. event .. "): " .. tostring(handle), 2) end
+    return callable(handle)
   end
 end
 
@@ -194,6 +247,7 @@ local function run_file(path, opts, totals)
   local env = setmetatable({}, { __index = _G })
   for k, v in pairs(assertions) do env[k] = v end
   env.policy = make_policy(dir)
+  env.hook = make_hook(dir)
   env.fake_wix = fake_wix.new
   env.wix = real_wix
   env.describe = function(name, fn)
@@ -223,23 +277,29 @@ local function run_file(path, opts, totals)
     top.after[#top.after + 1] = fn
   end
 
+  -- The file's top level and each case run as tasks of their own, each with
+  -- the time limit (--timeout): one that never ends fails alone.
   local chunk, err = loadfile(path, "t", env)
   local ok = chunk ~= nil
-  if ok then ok, err = pcall(chunk) end
+  if ok then ok, err = rt.case(chunk, opts.timeout) end
+  if ok and #cases == 0 then
+    ok, err = false, "no tests (declare them with test(name, fn) or it(name, fn))"
+  end
   if not ok then
     totals.failed = totals.failed + 1
     print("FAIL " .. path .. ": " .. describe_error(err))
+    rt.release()
     return
   end
   for _, c in ipairs(cases) do
     if not opts.filter or c.name:find(opts.filter, 1, true) then
       local t0 = os.clock()
-      local passed, e = pcall(function()
+      local passed, e = rt.case(function()
         for _, b in ipairs(c.before) do b() end
         c.fn()
-      end)
+      end, opts.timeout)
       for _, a in ipairs(c.after) do
-        local aok, ae = pcall(a)
+        local aok, ae = rt.case(a, opts.timeout)
         if passed and not aok then passed, e = false, ae end
       end
       if passed then
@@ -253,6 +313,7 @@ local function run_file(path, opts, totals)
       end
     end
   end
+  rt.release()
 end
 
 --- Runs the test files; prints each case and "N passed, N failed"; returns the failed count.

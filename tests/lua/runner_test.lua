@@ -28,7 +28,7 @@ describe("fake_wix", function()
   local w
   before_each(function() w = fake_wix() end)
 
-  test("records calls and keeps a small store", function()
+  test("records calls; the calls go to the emulator", function()
     local p = w.packages.create { account_id = JANE, external_id = "x-1",
                                   products = { { catalog_product_id = SERVICE, country_code = "de" } } }
     eq(p.product_instances[1].status, "PENDING")
@@ -53,7 +53,7 @@ describe("fake_wix", function()
     eq(w.packages.get("abc").id, "abc")
   end)
 
-  test("the emulator switch runs the real rules on a fresh emulator", function()
+  test("each fake starts a fresh emulator; emulator = true is accepted", function()
     local e1 = fake_wix { emulator = true }
     local p = e1.packages.create { account_id = JANE, products = { { catalog_product_id = SERVICE, country_code = "DE" } } }
     eq(e1.packages.get(p.id, { account_id = JANE }).id, p.id)
