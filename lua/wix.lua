@@ -68,6 +68,29 @@ local function raise(fields)
 end
 wix.raise = raise
 
+--- A policy's own refusal: an error value that says trying again cannot
+--- succeed. `error(wix.permanent("no such plan", { code = "UNKNOWN_PLAN" }))`
+--- ends the event at once as dead (wixr serve) with the reason; a plain
+--- `error("...")` stays retryable. fields (optional) become the error's fields;
+--- code defaults to "PERMANENT".
+function wix.permanent(reason, fields)
+  if reason ~= nil and type(reason) ~= "string" then
+    error("wix.permanent: the reason must be a string, got a " .. type(reason), 2)
+  end
+  if fields ~= nil and type(fields) ~= "table" then
+    error("wix.permanent: fields must be a table, got a " .. type(fields), 2)
+  end
+  local e = {}
+  for k, v in pairs(fields or {}) do e[k] = v end
+  e.code = e.code or "PERMANENT"
+  e.message = reason or e.message or "refused by the policy"
+  e.status = e.status or 0
+  e.retryable = false
+  e.permanent = true
+  e.where = e.where or script_position()
+  return setmetatable(e, Error)
+end
+
 local HTTP_CODES = {
   [400] = "INVALID_ARGUMENT", [401] = "UNAUTHENTICATED", [403] = "PERMISSION_DENIED",
   [404] = "NOT_FOUND", [409] = "ALREADY_EXISTS", [428] = "FAILED_PRECONDITION",
@@ -89,7 +112,10 @@ local function api_error(method, path, status, body, request_id, attempts, trans
     e.code = app and app.code or (val and "INVALID_ARGUMENT") or HTTP_CODES[status] or ("HTTP_" .. status)
     e.message = type(body) == "table" and body.message or ("HTTP " .. status)
     e.field_violations = val and val.field_violations or nil
-    e.retryable = status == 429 or status >= 500
+    -- Only what may succeed when sent again is retryable: 408, 429 and 5xx (and
+    -- transport errors above). Every other 4xx is permanent: the same request
+    -- gets the same answer, so wixr serve ends the event as dead at once.
+    e.retryable = status == 408 or status == 429 or status >= 500
     e.details = details
   end
   raise(e)

@@ -226,7 +226,8 @@ local wix = {}
 ---@field message string
 ---@field field? string the bad field (client-side checks)
 ---@field field_violations? wix.FieldViolation[] every bad field (validation errors)
----@field retryable boolean true for TRANSPORT, 429 and 5xx
+---@field retryable boolean true for TRANSPORT, 408, 429 and 5xx; false is permanent (wixr serve does not retry it)
+---@field permanent? true made by `wix.permanent`
 ---@field request_id? string the answer's x-wix-request-id
 ---@field method? string the HTTP method of the call
 ---@field path? string the path of the call
@@ -245,6 +246,14 @@ function wix.is_error(v) end
 ---Raises `fields` as a wix.Error (it gets the metatable, and `where` when missing); never returns.
 ---@param fields table the error's fields (see wix.Error)
 function wix.raise(fields) end
+
+---A policy's own refusal, to raise with `error(...)`: a wix.Error with `retryable = false`,
+---so wixr serve ends the event at once as `dead` with the reason instead of retrying it
+---(a plain `error("...")` is retried). `code` defaults to "PERMANENT".
+---@param reason string why the event cannot succeed
+---@param fields? table more fields of the error (e.g. `{ code = "UNKNOWN_PLAN" }`)
+---@return wix.Error
+function wix.permanent(reason, fields) end
 
 ---------------------------------------------------------------------------
 -- Constants and settings
