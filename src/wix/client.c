@@ -205,10 +205,12 @@ static int sandbox_open(wix_client *c, char *err, size_t errlen)
             }
         }
     }
-    /* The catalog named by default (the source tree's) is the one compiled in: a binary
-     * copied elsewhere needs no source tree. A configured wix.sandbox.catalog is read. */
-    const char *catalog = c->s->sandbox_catalog;
-    if (catalog && !strcmp(catalog, WIXR_HOME "/config/catalog.yaml"))
+    /* The catalog named by default (WIXR_HOME's config/catalog.yaml) is the one compiled in:
+     * a binary copied elsewhere needs no source tree. A configured wix.sandbox.catalog is read. */
+    const char *catalog = c->s->sandbox_catalog, *home = getenv("WIXR_HOME");
+    char home_catalog[4200];
+    snprintf(home_catalog, sizeof home_catalog, "%s/config/catalog.yaml", home && *home ? home : WIXR_HOME);
+    if (catalog && !strcmp(catalog, home_catalog))
         catalog = NULL;
     emu_options o = {.db_path = db, .catalog_path = catalog, .enable_delay_ms = c->s->sandbox_delivery_delay_ms};
     char e[512];

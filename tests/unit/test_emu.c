@@ -176,6 +176,81 @@ static void test_create_get_persist(void)
     unlink(side);
     snprintf(side, sizeof side, "%s-shm", db);
     unlink(side);
+    snprintf(side, sizeof side, "%s.lock", db);
+    unlink(side);
+}
+
+/* The built-in catalog, one owner per state file (a second opener is told
+ * who), and request fields under their proto names, in-process. */
+static void test_owner_builtin_fields(void)
+{
+    char err[512];
+    emu_options o = {.db_path = ":memory:", .catalog_path = NULL, .enable_delay_ms = 0, .seed = 1};
+    emu_t *e = emu_open(&o, err, sizeof err);
+    CHECK(e != NULL);
+    if (!e)
+        return;
+    CHECK(emu_product_find(&e->cat, CORE) != NULL);
+    CHECK(e->cat.naccounts >= 4);
+
+    /* proto names are the same fields; an unknown one is answered and named */
+    const char *snake = "{\"external_id\":\"s-1\",\"products\":[{\"catalog_product_id\":\"" CORE "\","
+                        "\"site_id\":\"" JANE_SITE "\",\"country_code\":\"DE\",\"billing_info\":{"
+                        "\"type\":\"RECURRING\",\"cycle_duration\":{\"unit\":\"YEAR\",\"count\":1}},"
+                        "\"colour\":\"red\"}]}";
+    emu_request rq = {.method = "POST", .path = "/resellers/v2/packages", .authorization = "k", .account_id = JANE,
+                      .body = snake, .body_len = strlen(snake)};
+    emu_response rs;
+    emu_handle(e, &rq, &rs);
+    CHECK_INT(rs.status, 200);
+    CHECK_STR(rs.warning, "unknown fields ignored: products[0].colour");
+    CHECK(strstr(rs.body, "\"siteId\":\"" JANE_SITE "\"") != NULL);
+    CHECK(strstr(rs.body, "\"externalId\":\"s-1\"") != NULL);
+    emu_response_free(&rs);
+    /* GET on the POST-only query route */
+    emu_request get = {.method = "GET", .path = "/resellers/v1/packages/query", .authorization = "k",
+                       .account_id = JANE};
+    emu_handle(e, &get, &rs);
+    CHECK_INT(rs.status, 405);
+    CHECK_STR(rs.allow, "POST");
+    emu_response_free(&rs);
+    emu_close(e);
+
+    /* strict: the unknown field is a 400 */
+    o.strict = 1;
+    e = emu_open(&o, err, sizeof err);
+    CHECK(e != NULL);
+    if (!e)
+        return;
+    emu_handle(e, &rq, &rs);
+    CHECK_INT(rs.status, 400);
+    CHECK(strstr(rs.body, "products[0].colour") != NULL);
+    emu_response_free(&rs);
+    emu_close(e);
+
+    char db[] = "/tmp/wixr-emu-XXXXXX";
+    int fd = mkstemp(db);
+    close(fd);
+    emu_options f = {.db_path = db, .enable_delay_ms = 0, .seed = 1};
+    emu_t *first = emu_open(&f, err, sizeof err);
+    CHECK(first != NULL);
+    char want[256];
+    snprintf(want, sizeof want, "%s is in use by process %ld (test_emu); stop it", db, (long)getpid());
+    CHECK(emu_open(&f, err, sizeof err) == NULL);
+    CHECK(strstr(err, want) != NULL);
+    emu_note_url(first, "http://127.0.0.1:1");
+    CHECK(emu_open(&f, err, sizeof err) == NULL);
+    CHECK(strstr(err, want) != NULL && strstr(err, "WIX_BASE_URL=http://127.0.0.1:1") != NULL);
+    emu_close(first);
+    emu_t *second = emu_open(&f, err, sizeof err); /* the owner is gone: the file is free again */
+    CHECK(second != NULL);
+    emu_close(second);
+    char side[160];
+    const char *const suffixes[] = {"", "-wal", "-shm", ".lock"};
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(side, sizeof side, "%s%s", db, suffixes[i]);
+        unlink(side);
+    }
 }
 
 static void test_rules_rollback(void)
@@ -318,6 +393,7 @@ int main(void)
 {
     test_catalog_errors();
     test_create_get_persist();
+    test_owner_builtin_fields();
     test_rules_rollback();
     test_filter();
     test_dates();
