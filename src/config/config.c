@@ -331,9 +331,10 @@ static int load_wix(const ydoc *d, const ynode *w, wixr_config *c, buf_t *errs, 
 static const char *const runtime_keys[] = {"lua_paths", "limits", "max_chain_depth", "state_dir", NULL};
 static const char *const limit_keys[] = {"instructions", "memory_mb", "wall_ms", NULL};
 static const char *const hook_keys[] = {"script", "options", "limits", "on_error", "enabled", "allow",
-                                        "max_mutations", NULL};
+                                        "max_mutations", "retry", NULL};
 /* defaults: what every hook starts from (its own keys win). */
-static const char *const defaults_keys[] = {"options", "limits", "on_error", "allow", "max_mutations", NULL};
+static const char *const defaults_keys[] = {"options", "limits", "on_error", "allow", "max_mutations", "retry",
+                                            NULL};
 
 static const struct {
     const char *name;
@@ -766,7 +767,7 @@ static void check_default_options(const ydoc *d, const ynode *base, const opt_sc
     }
 }
 
-/* limits, on_error, allow and max_mutations of a hook (or of defaults) over h. */
+/* limits, on_error, allow, max_mutations and retry of a hook (or of defaults) over h. */
 static void load_hook_fields(const ydoc *d, const ynode *n, const char *where, hook_def *h, buf_t *errs, int *nerr)
 {
     char err[1024];
@@ -821,6 +822,17 @@ static void load_hook_fields(const ydoc *d, const ynode *n, const char *where, h
         else
             h->max_mutations = (int)v;
     }
+    if ((m = ymap_get(n, "retry"))) {
+        const char *v;
+        if (ynode_str(d, m, "retry", &v, err, errlen) < 0)
+            NOTE_ERR();
+        else if (strcmp(v, "transient") && strcmp(v, "always") && strcmp(v, "never"))
+            yerr(d, m, err, errlen, "retry: '%s' is not transient, always or never", v), NOTE_ERR();
+        else
+            h->retry = !strcmp(v, "always") ? HOOK_RETRY_ALWAYS
+                       : !strcmp(v, "never") ? HOOK_RETRY_NEVER
+                                             : HOOK_RETRY_TRANSIENT;
+    }
 }
 
 /* One hook: base holds what defaults: gives (limits, on_error, allow, max_mutations),
@@ -838,6 +850,7 @@ static int load_hook(const ydoc *d, const ynode *n, const char *event, int index
     h->allow = base->allow;
     h->max_mutations = base->max_mutations;
     h->on_error_continue = base->on_error_continue;
+    h->retry = base->retry;
     h->limits = base->limits;
     char pos[512];
     snprintf(pos, sizeof pos, "%s:%d:%d", d->file, n->line, n->col);

@@ -66,7 +66,13 @@ typedef struct hook_def {
     int enabled;
     unsigned allow;               /* WIX_OP_* */
     int max_mutations;            /* per run; -1 = no cap */
+    int retry;                    /* HOOK_RETRY_*: which failures of this hook wixr serve runs again */
 } hook_def;
+
+/* A hook's retry: transient (the default: a permanent failure -- a wix.Error with
+ * retryable = false, wix.permanent -- ends the event as dead at once, others are
+ * retried), always (every failure is retried), never (every failure is final). */
+enum { HOOK_RETRY_TRANSIENT, HOOK_RETRY_ALWAYS, HOOK_RETRY_NEVER };
 
 typedef struct serve_settings {
     char *listen;                 /* HOST:PORT */
