@@ -9,6 +9,7 @@
 #include "../util/buf.h"
 #include "../yaml/ytree.h"
 #include "cli.h"
+#include "wixr_version.h" /* WIXR_COMMIT, WIXR_BUILD_DATE: written at build time by cmake/version.cmake */
 
 #ifndef WIXR_VERSION
 #define WIXR_VERSION "0.1.0"
@@ -29,7 +30,7 @@ static const char usage[] =
     "  test [PATH...]  run *_test.lua files (policy tests) on the in-process emulator\n"
     "  events          list, show, retry and purge the events in the serve journal\n"
     "  sandbox serve   run the Resellers API emulator over HTTP\n"
-    "  version         print the version\n"
+    "  version         print the version, the commit and the build date\n"
     "  help [COMMAND]  print this help, or a command's (as 'wixr COMMAND --help')\n"
     "\n"
     "Run 'wixr COMMAND --help' for a command's options.\n"
@@ -117,7 +118,7 @@ int main(int argc, char **argv)
         return commands[k].fn(argc > 3 ? 3 : 2, args);
     }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-        printf("wixr %s\n", WIXR_VERSION);
+        printf("wixr %s (commit %s, built %s)\n", WIXR_VERSION, WIXR_COMMIT, WIXR_BUILD_DATE);
         return 0;
     }
     int k = find_command(cmd);
