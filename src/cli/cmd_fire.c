@@ -8,12 +8,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "../journal/journal.h"
 #include "../json/json.h"
 #include "../runtime/hooks.h"
+#include "../serve/serve.h"
 #include "cli.h"
 #include "opts.h"
 
@@ -23,67 +26,266 @@ static const char usage[] =
     "\n"
     "Runs the hooks configured for event NAME, in order, on one event and prints each\n"
     "hook's outcome and what it returned. With --batch, reads one event per line,\n"
-    "{\"event\": NAME, \"id\": ID, \"data\": {...}}, and runs them concurrently; an id seen\n"
-    "before (recorded in <state_dir>/events.db) is not run again.\n"
+    "{\"event\": NAME, \"id\": ID, \"data\": {...}}, and runs them concurrently.\n"
+    "\n"
+    "Every real run is recorded in the journal wixr serve uses (serve.journal, else\n"
+    "<state_dir>/journal.db), so 'wixr events list|show' sees it; an event without an id\n"
+    "gets a new one. An id whose event is done there is not run again; one that failed\n"
+    "runs again. A dry run records nothing.\n"
     "\n"
     "Options:\n"
     "  --config FILE       configuration (default: $WIXR_CONFIG, ./wixr.yaml or ./config/wixr.yaml)\n"
     "  --data FILE.json    the event's data ('-' reads standard input; default {})\n"
-    "  --id ID             the event's id (then it runs only once, as in a batch)\n"
+    "  --id ID             the event's id (an id that is done is not run again)\n"
     "  --batch [FILE]      NDJSON events from FILE or standard input ('-', the default)\n"
     "  --concurrency N     events in flight at once in a batch (default 64)\n"
-    "  --no-dedupe         run events even when their id was seen before\n"
-    "  --dry-run           mutating calls are planned, not sent (reads go through)\n"
-    "  --json              one JSON report on standard output\n"
+    "  --no-dedupe         run events even when their id is done (or queued for wixr serve)\n"
+    "  --dry-run           mutating calls are planned, not sent (reads go through); nothing recorded\n"
+    "  --json              JSON on standard output: the event's report; with --batch one line\n"
+    "                      per event, then a summary line\n"
+    "  --verbose           with --batch: one line per event (per hook) on standard output\n"
     "  --quiet             no progress bar\n"
     "  -h, --help          this help\n"
     "\n"
-    "Exit codes: 0 every hook succeeded, 1 a hook failed or a line was malformed,\n"
-    "2 usage, 3 bad configuration, script or event data.\n";
+    "Exit codes: 0 every hook succeeded, 1 a hook failed, a line was malformed or the\n"
+    "journal could not be written, 2 usage, 3 bad configuration, script or event data.\n";
 
-/* ---- the dedupe store ---- */
+/* ---- results in a stable order ----
+ *
+ * A Lua table has no order: what a hook returns is written with its keys
+ * sorted (bytewise), recursively, so reports, the journal and golden files
+ * do not change from run to run. */
 
-typedef struct seen_db {
-    sqlite3 *db;
-    sqlite3_stmt *get, *finish;
-    const char **set;             /* ids claimed by this run (open addressing; owned by the caller) */
+static int kid_cmp(const void *a, const void *b)
+{
+    const json_value *x = *(const json_value *const *)a, *y = *(const json_value *const *)b;
+    int c = memcmp(x->key, y->key, x->keylen < y->keylen ? x->keylen : y->keylen);
+    return c ? c : (x->keylen > y->keylen) - (x->keylen < y->keylen);
+}
+
+/* 1 when v can be written again sorted without losing anything: keys
+ * without NUL bytes, and whole numbers a double holds exactly. */
+static int resortable(const json_value *v)
+{
+    if (v->type == JSON_NUMBER)
+        return !v->is_int || (v->u.number < 9007199254740992.0 && v->u.number > -9007199254740992.0);
+    if (v->type != JSON_ARRAY && v->type != JSON_OBJECT)
+        return 1;
+    for (const json_value *k = v->u.kids.head; k; k = k->next)
+        if ((v->type == JSON_OBJECT && strlen(k->key) != k->keylen) || !resortable(k))
+            return 0;
+    return 1;
+}
+
+static int jw_sorted(json_writer *w, const json_value *v)
+{
+    if (v->type == JSON_ARRAY) {
+        jw_arr(w);
+        for (const json_value *k = v->u.kids.head; k; k = k->next)
+            if (jw_sorted(w, k) < 0)
+                return -1;
+        jw_arr_end(w);
+        return 0;
+    }
+    if (v->type != JSON_OBJECT) {
+        jw_value(w, v);
+        return 0;
+    }
+    const json_value **kids = malloc((v->u.kids.n + 1) * sizeof *kids);
+    if (!kids)
+        return -1;
+    size_t n = 0;
+    for (const json_value *k = v->u.kids.head; k; k = k->next)
+        kids[n++] = k;
+    qsort(kids, n, sizeof *kids, kid_cmp);
+    jw_obj(w);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        jw_key(w, kids[i]->key);
+        rc = jw_sorted(w, kids[i]);
+    }
+    jw_obj_end(w);
+    free(kids);
+    return rc;
+}
+
+/* The JSON text with every object's keys sorted; NULL to keep it as it is. */
+static char *sorted_json(const char *text)
+{
+    json_doc *doc;
+    json_value *v = json_parse(text, strlen(text), 0, &doc, NULL);
+    char *out = NULL;
+    if (v && resortable(v)) {
+        buf_t b;
+        buf_init(&b, 0);
+        json_writer w;
+        jw_init(&w, &b);
+        if (jw_sorted(&w, v) == 0 && !b.failed)
+            out = buf_steal(&b, NULL);
+        buf_free(&b);
+    }
+    json_doc_free(doc);
+    return out;
+}
+
+static void sort_results(event_job *j)
+{
+    for (int i = 0; i < j->nidx; i++) {
+        hook_result *r = &j->results[i];
+        char *s;
+        if (r->result_json && (s = sorted_json(r->result_json))) {
+            free(r->result_json);
+            r->result_json = s;
+        }
+        if (r->plan_json && (s = sorted_json(r->plan_json))) {
+            free(r->plan_json);
+            r->plan_json = s;
+        }
+    }
+    for (int i = 0; i < j->nchildren; i++)
+        sort_results(j->children[i]);
+}
+
+/* The first error of the event or its chained events ("" when none). */
+static void first_error(const event_job *j, char *out, size_t n)
+{
+    out[0] = '\0';
+    for (int i = 0; i < j->nidx && !out[0]; i++)
+        if (j->results[i].error)
+            snprintf(out, n, "%s", j->results[i].error);
+    for (int i = 0; i < j->nchildren && !out[0]; i++)
+        first_error(j->children[i], out, n);
+}
+
+/* ---- the event store: the journal wixr serve uses ----
+ *
+ * Before an event runs, its id is looked up: done -> skipped; accepted,
+ * running or retrying -> skipped (the service holds it: running it here too
+ * would run it twice); dead or unknown -> it runs. A real run is recorded
+ * when it ends, in one statement, as done or dead (journal_record_runs):
+ * never in a pending state, which a service on the same file would pick up
+ * and run a second time. Finished runs are written in groups (at most
+ * RECORD_GROUP events or RECORD_MS apart, each group one short transaction),
+ * so a batch never holds the journal's write lock while hooks run. An event
+ * cut short by a stop of the process is not recorded and runs again, with
+ * the same derived idempotency keys. */
+
+#define RECORD_GROUP 256
+#define RECORD_MS 200
+
+enum { CLAIM_RUN, CLAIM_DONE, CLAIM_QUEUED, CLAIM_REPEAT };
+
+typedef struct pending_run {
+    journal_run r;
+    char *id, *name, *data, *error, *results;
+} pending_run;
+
+typedef struct store {
+    journal *j;                   /* NULL: a dry run with no journal yet */
+    int record, dedupe;
+    char path[4096];
+    const char **set;             /* ids claimed by this run (open addressing; the strings are the caller's) */
     size_t setcap, setn;
-    int pending;
-    int was_empty;                /* nothing recorded before this run: no look-ups needed */
-} seen_db;
+    pending_run *pend;
+    int npend;
+    double last_flush;
+    long unrecorded;              /* runs the journal refused */
+    char queued_state[16];        /* the state of the last CLAIM_QUEUED */
+} store;
 
-static int seen_open(seen_db *s, const char *dir, char *err, size_t errlen)
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Ids recorded by earlier versions in <state_dir>/events.db: the finished
+ * ones are imported once (as done, without their data, which that file did
+ * not keep) and the file renamed to events.db.imported. Failed ones are
+ * not imported: they run again, as failed events do now. */
+static void import_events_db(store *s, const char *state_dir)
+{
+    char old[4096], moved[4200];
+    snprintf(old, sizeof old, "%s/events.db", state_dir);
+    if (access(old, F_OK) != 0)
+        return;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    long imported = 0;
+    int ok = sqlite3_open_v2(old, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK &&
+             sqlite3_busy_timeout(db, 5000) == SQLITE_OK &&
+             sqlite3_prepare_v2(db, "SELECT id, name FROM events WHERE state = 'done'", -1, &q, NULL) == SQLITE_OK;
+    char err[512] = "";
+    if (!ok)
+        snprintf(err, sizeof err, "%s", db ? sqlite3_errmsg(db) : "out of memory");
+    enum { GROUP = 1000 };
+    journal_run *runs = ok ? calloc(GROUP, sizeof *runs) : NULL;
+    if (ok && !runs) {
+        ok = 0;
+        snprintf(err, sizeof err, "out of memory");
+    }
+    int n = 0, rc = SQLITE_ROW;
+    while (ok && rc == SQLITE_ROW) {
+        rc = sqlite3_step(q);
+        if (rc == SQLITE_ROW) {
+            const char *id = (const char *)sqlite3_column_text(q, 0), *name = (const char *)sqlite3_column_text(q, 1);
+            if (id && *id && name && *name) {
+                runs[n] = (journal_run){.id = strdup(id), .name = strdup(name), .data_json = "{}", .ok = 1};
+                n++;
+            }
+        } else if (rc != SQLITE_DONE) {
+            ok = 0;
+            snprintf(err, sizeof err, "%s", sqlite3_errmsg(db));
+        }
+        if (n == GROUP || (rc != SQLITE_ROW && n)) {
+            for (int i = 0; i < n; i++)
+                if (!runs[i].id || !runs[i].name)
+                    ok = 0;
+            if (!ok && !err[0])
+                snprintf(err, sizeof err, "out of memory");
+            if (ok && journal_record_runs(s->j, runs, n, 1, err, sizeof err) < 0)
+                ok = 0;
+            for (int i = 0; i < n; i++) {
+                imported += ok && runs[i].result == 0;
+                free((char *)runs[i].id);
+                free((char *)runs[i].name);
+            }
+            n = 0;
+        }
+    }
+    free(runs);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    snprintf(moved, sizeof moved, "%s.imported", old);
+    if (ok && rename(old, moved) < 0) {
+        ok = 0;
+        snprintf(err, sizeof err, "renaming it: %s", strerror(errno));
+    }
+    if (ok)
+        fprintf(stderr, "wixr fire: %ld finished event ids imported from %s into %s (the old file is now %s)\n",
+                imported, old, s->path, moved);
+    else
+        fprintf(stderr, "wixr fire: %s: not imported (%s); its ids are not deduplicated\n", old, err);
+}
+
+static int store_open(store *s, const wixr_config *cfg, int dry, int dedupe, char *err, size_t errlen)
 {
     memset(s, 0, sizeof *s);
-    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
-        snprintf(err, errlen, "%s: cannot create: %s", dir, strerror(errno));
+    s->record = !dry;
+    s->dedupe = dedupe;
+    s->last_flush = now_s();
+    serve_journal_path(cfg, s->path, sizeof s->path);
+    if (dry && access(s->path, F_OK) != 0)
+        return 0; /* nothing recorded yet, and a dry run creates nothing */
+    if (!dry && !cfg->serve.journal && mkdir(cfg->state_dir, 0700) < 0 && errno != EEXIST) {
+        snprintf(err, errlen, "%s: cannot create: %s", cfg->state_dir, strerror(errno));
         return -1;
     }
-    char path[4096];
-    snprintf(path, sizeof path, "%s/events.db", dir);
-    if (sqlite3_open(path, &s->db) != SQLITE_OK ||
-        sqlite3_exec(s->db,
-                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;"
-                     "PRAGMA cache_size=-16384;" /* 16 MB: a million ids' b-tree stays in memory */
-                     /* WITHOUT ROWID: the ids' b-tree is the table (one b-tree written per event, not two) */
-                     "CREATE TABLE IF NOT EXISTS events(id TEXT PRIMARY KEY, name TEXT NOT NULL,"
-                     " state TEXT NOT NULL, token TEXT NOT NULL, finished INTEGER) WITHOUT ROWID;",
-                     NULL, NULL, NULL) != SQLITE_OK ||
-        /* (an OR chain, not IN (...): SQLite builds a temporary b-tree for each IN list) */
-        sqlite3_prepare_v2(s->db, "SELECT 1 FROM events WHERE id = ?1 AND (state = 'done' OR state = 'failed')", -1,
-                           &s->get, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->db,
-                           "INSERT OR REPLACE INTO events(id, name, state, token, finished) VALUES(?1, ?2, ?3, '', ?4)",
-                           -1, &s->finish, NULL) != SQLITE_OK) {
-        snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(s->db));
+    if (!(s->j = journal_open(s->path, err, errlen)))
         return -1;
-    }
-    sqlite3_stmt *any;
-    if (sqlite3_prepare_v2(s->db, "SELECT NOT EXISTS(SELECT 1 FROM events)", -1, &any, NULL) == SQLITE_OK) {
-        s->was_empty = sqlite3_step(any) == SQLITE_ROW && sqlite3_column_int(any, 0);
-        sqlite3_finalize(any);
-    }
-    sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
+    if (!dry)
+        import_events_db(s, cfg->state_dir);
     return 0;
 }
 
@@ -96,7 +298,7 @@ static size_t str_hash(const char *p)
 }
 
 /* Adds id to the set of this run's ids; 0 when it was there already. */
-static int set_add(seen_db *s, const char *id)
+static int set_add(store *s, const char *id)
 {
     if (2 * (s->setn + 1) > s->setcap) {
         size_t cap = s->setcap ? s->setcap * 2 : 1024;
@@ -126,50 +328,203 @@ static int set_add(seen_db *s, const char *id)
     return 1;
 }
 
-/* 1 when this run may run the event; 0 when it finished before (in an earlier
- * run) or comes twice in this one. An event that was cut short (the process
- * stopped) has no record and runs again, with the same derived idempotency
- * keys. The id must stay valid while the store is open. */
-static int seen_claim(seen_db *s, const char *id, const char *name)
+/* May this run run the event? CLAIM_* (the id must stay valid while the
+ * store is open). */
+static int store_claim(store *s, const char *id)
 {
-    (void)name;
-    int done_before = 0;
-    if (!s->was_empty) { /* (a store empty at open holds only this run's ids: the set has them) */
-        sqlite3_reset(s->get);
-        sqlite3_bind_text(s->get, 1, id, -1, SQLITE_STATIC);
-        done_before = sqlite3_step(s->get) == SQLITE_ROW;
-        sqlite3_reset(s->get);
+    if (!s->dedupe || !id)
+        return CLAIM_RUN;
+    if (!set_add(s, id))
+        return CLAIM_REPEAT;
+    if (!s->j)
+        return CLAIM_RUN;
+    journal_event e;
+    int rc = journal_get(s->j, id, &e), claim = CLAIM_RUN;
+    if (rc == 0 && e.state == EV_DONE) {
+        claim = CLAIM_DONE;
+    } else if (rc == 0 && e.state != EV_DEAD) {
+        claim = CLAIM_QUEUED;
+        snprintf(s->queued_state, sizeof s->queued_state, "%s", journal_state_name(e.state));
     }
-    return !done_before && set_add(s, id);
+    journal_event_free(&e);
+    return claim;
 }
 
-static void seen_finish(seen_db *s, const char *id, const char *name, int ok)
+static void store_flush(store *s)
 {
-    sqlite3_reset(s->finish);
-    sqlite3_bind_text(s->finish, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s->finish, 2, name, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s->finish, 3, ok ? "done" : "failed", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s->finish, 4, (long long)time(NULL));
-    sqlite3_step(s->finish);
-    if (++s->pending >= 5000) {
-        sqlite3_exec(s->db, "COMMIT; BEGIN", NULL, NULL, NULL);
-        s->pending = 0;
-    }
-}
-
-static void seen_close(seen_db *s)
-{
-    if (!s->db)
+    if (!s->npend)
         return;
-    sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
-    sqlite3_finalize(s->get);
-    sqlite3_finalize(s->finish);
-    sqlite3_close(s->db);
-    free(s->set);
-    s->db = NULL;
+    char err[1024];
+    journal_run *runs = malloc((size_t)s->npend * sizeof *runs);
+    int bad = !runs;
+    if (runs) {
+        for (int i = 0; i < s->npend; i++)
+            runs[i] = s->pend[i].r;
+        bad = journal_record_runs(s->j, runs, s->npend, 0, err, sizeof err) < 0;
+    } else {
+        snprintf(err, sizeof err, "out of memory");
+    }
+    if (bad) {
+        fprintf(stderr, "wixr fire: %s: %d finished event%s not recorded: %s\n", s->path, s->npend,
+                s->npend == 1 ? "" : "s", err);
+        s->unrecorded += s->npend;
+    }
+    for (int i = 0; !bad && i < s->npend; i++)
+        if (runs[i].result) /* (--no-dedupe ran an event the service holds: its record is the service's) */
+            fprintf(stderr, "wixr fire: event %s is queued for wixr serve in %s: this run was not recorded\n",
+                    runs[i].id, s->path);
+    free(runs);
+    for (int i = 0; i < s->npend; i++) {
+        pending_run *p = &s->pend[i];
+        free(p->id);
+        free(p->name);
+        free(p->data);
+        free(p->error);
+        free(p->results);
+    }
+    s->npend = 0;
+    s->last_flush = now_s();
 }
 
-/* ---- printing ---- */
+/* Records a finished real run (in the next group). */
+static void store_finish(store *s, const event_job *j)
+{
+    if (!s->record || !s->j || !j->id)
+        return;
+    if (!s->pend && !(s->pend = calloc(RECORD_GROUP, sizeof *s->pend))) {
+        s->unrecorded++;
+        return;
+    }
+    pending_run *p = &s->pend[s->npend];
+    char err[2048];
+    first_error(j, err, sizeof err);
+    buf_t res;
+    buf_init(&res, 0);
+    event_job_json(j, &res);
+    *p = (pending_run){.id = strdup(j->id), .name = strdup(j->name), .data = strdup(j->data_json),
+                       .error = j->failed ? strdup(err) : NULL, .results = buf_steal(&res, NULL)};
+    buf_free(&res);
+    if (!p->id || !p->name || !p->data || !p->results || (j->failed && !p->error)) {
+        free(p->id);
+        free(p->name);
+        free(p->data);
+        free(p->error);
+        free(p->results);
+        s->unrecorded++;
+        return;
+    }
+    p->r = (journal_run){.id = p->id, .name = p->name, .data_json = p->data, .ok = !j->failed,
+                         .error = p->error, .results_json = p->results};
+    s->npend++;
+    if (s->npend >= RECORD_GROUP || (now_s() - s->last_flush) * 1000 >= RECORD_MS)
+        store_flush(s);
+}
+
+static void store_close(store *s)
+{
+    if (s->j)
+        store_flush(s);
+    free(s->pend);
+    free(s->set);
+    journal_close(s->j);
+    s->j = NULL;
+}
+
+/* The ids wixr serve takes (they are part of its URLs), so that one journal
+ * holds one kind of id. */
+#define EVENT_ID_RULE "must be 1 to 200 characters, without '/', '%', '?', '#', '\\' or spaces"
+
+static int valid_event_id(const char *id, size_t n)
+{
+    return n >= 1 && n <= 200 && strlen(id) == n && !strpbrk(id, "/%?#\\ \t\r\n");
+}
+
+/* A new event id (a UUID, as wixr serve gives an event posted without one). */
+static char *new_event_id(void)
+{
+    unsigned char r[16];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+        return NULL;
+    r[6] = (unsigned char)((r[6] & 0x0F) | 0x40);
+    r[8] = (unsigned char)((r[8] & 0x3F) | 0x80);
+    char *id = NULL;
+    if (asprintf(&id, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3],
+                 r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]) < 0)
+        return NULL;
+    return id;
+}
+
+/* ---- reports ---- */
+
+static const char *const status_names[] = {"ok", "failed", "skipped"};
+
+/* The event's report: {"event","id","ok","dry_run"?,"hooks":[{"hook","status",
+ * "result"?,"error"?,"planned"?,"ms"}],"chained"?:[...]} */
+static void write_job(json_writer *w, const event_job *j, int dry)
+{
+    jw_obj(w);
+    jw_kstr(w, "event", j->name);
+    jw_kstr(w, "id", j->id);
+    jw_key(w, "ok");
+    jw_bool(w, !j->failed);
+    if (dry) {
+        jw_key(w, "dry_run");
+        jw_bool(w, 1);
+    }
+    jw_key(w, "hooks");
+    jw_arr(w);
+    for (int i = 0; i < j->nidx; i++) {
+        const hook_result *r = &j->results[i];
+        jw_obj(w);
+        jw_kstr(w, "hook", r->hook);
+        jw_kstr(w, "status", status_names[r->status]);
+        if (r->result_json) {
+            jw_key(w, "result");
+            jw_raw(w, r->result_json, strlen(r->result_json));
+        }
+        jw_kstr(w, "error", r->error);
+        if (r->plan_json) {
+            jw_key(w, "planned");
+            jw_raw(w, r->plan_json, strlen(r->plan_json));
+        }
+        jw_key(w, "ms");
+        jw_int(w, r->ms);
+        jw_obj_end(w);
+    }
+    jw_arr_end(w);
+    if (j->nchildren) {
+        jw_key(w, "chained");
+        jw_arr(w);
+        for (int i = 0; i < j->nchildren; i++)
+            write_job(w, j->children[i], 0);
+        jw_arr_end(w);
+    }
+    jw_obj_end(w);
+}
+
+/* An event that did not run: {"event","id","ok":true,"dry_run"?,"skipped":why} */
+static void write_skipped(json_writer *w, const char *name, const char *id, const char *why, int dry)
+{
+    jw_obj(w);
+    jw_kstr(w, "event", name);
+    jw_kstr(w, "id", id);
+    jw_key(w, "ok");
+    jw_bool(w, 1);
+    if (dry) {
+        jw_key(w, "dry_run");
+        jw_bool(w, 1);
+    }
+    jw_kstr(w, "skipped", why);
+    jw_obj_end(w);
+}
+
+/* Writes what the writer built as one line of standard output. */
+static void put_line(buf_t *b)
+{
+    buf_addc(b, '\n');
+    fwrite(b->data, 1, b->len, stdout);
+    buf_free(b);
+}
 
 static void print_job_human(const event_job *j, int indent)
 {
@@ -208,123 +563,268 @@ static void print_job_human(const event_job *j, int indent)
         print_job_human(j->children[i], indent + 4);
 }
 
-/* ---- one event ---- */
-
-typedef struct single {
-    int finished;
-} single;
-
-static void single_done(event_job *j, void *arg)
+/* The hook's script for a --verbose line: "order (ev.lua)" of event order -> "ev.lua". */
+static void hook_label(const char *hook, const char *event, char *out, size_t n)
 {
-    (void)j;
-    ((single *)arg)->finished = 1;
+    size_t el = strlen(event), hl = strlen(hook);
+    if (hl > el + 3 && !strncmp(hook, event, el) && hook[el] == ' ' && hook[el + 1] == '(' && hook[hl - 1] == ')')
+        snprintf(out, n, "%.*s", (int)(hl - el - 3), hook + el + 2);
+    else
+        snprintf(out, n, "%s", hook);
 }
 
-/* ---- batch ---- */
+/* --verbose: one line per hook run (an event with one hook: one line). */
+static void print_job_line(const event_job *j)
+{
+    for (int i = 0; i < j->nidx; i++) {
+        const hook_result *r = &j->results[i];
+        char label[256];
+        hook_label(r->hook, j->name, label, sizeof label);
+        printf("  %-9s %-22s %-24s ", j->id ? j->id : "-", j->name, label);
+        if (r->status == HOOK_OK)
+            fputs(r->result_json ? r->result_json : "null", stdout);
+        else
+            printf("%s: %s", r->status == HOOK_FAILED ? "FAILED" : "SKIPPED",
+                   r->error ? r->error : "an earlier hook failed");
+        if (r->plan_json) {
+            json_doc *doc;
+            json_value *v = json_parse(r->plan_json, strlen(r->plan_json), 0, &doc, NULL);
+            const char *sep = "  (dry run, planned: ";
+            for (json_value *k = v ? v->u.kids.head : NULL; k; k = k->next, sep = ", ")
+                printf("%s%s %s", sep, json_get_str(k, "method"), json_get_str(k, "path"));
+            if (v && v->u.kids.head)
+                putchar(')');
+            json_doc_free(doc);
+        }
+        putchar('\n');
+    }
+    for (int i = 0; i < j->nchildren; i++)
+        print_job_line(j->children[i]);
+}
 
-typedef struct batch_event {
+/* ---- the progress bar ----
+ *
+ * On a terminal, standard error is swapped for a stream that erases the bar
+ * before anything else is written (ctx.log lines, messages), so the bar never
+ * shares a line with them; it is drawn again at the next tick. */
+
+typedef struct bar {
+    int on, shown, at_line_start;
+    FILE *orig, *stream;
+    double last_draw;
+} bar;
+
+static void write_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+static ssize_t bar_stream_write(void *cookie, const char *p, size_t n)
+{
+    bar *b = cookie;
+    if (b->shown) {
+        write_all(2, "\r\033[K", 4);
+        b->shown = 0;
+    }
+    write_all(2, p, n);
+    if (n)
+        b->at_line_start = p[n - 1] == '\n';
+    return (ssize_t)n;
+}
+
+static void bar_start(bar *b)
+{
+    b->at_line_start = 1;
+    fflush(stderr);
+    cookie_io_functions_t io = {.write = bar_stream_write};
+    FILE *f = fopencookie(b, "w", io);
+    if (!f) {
+        b->on = 0;
+        return;
+    }
+    setvbuf(f, NULL, _IOFBF, 1 << 16);
+    b->orig = stderr;
+    b->stream = f;
+    stderr = f;
+}
+
+static void bar_stop(bar *b)
+{
+    if (!b->stream)
+        return;
+    fflush(b->stream);
+    stderr = b->orig;
+    fclose(b->stream);
+    b->stream = NULL;
+}
+
+/* ---- running events ---- */
+
+typedef struct fire_event {
     long line;
     char *name, *id, *data;
-} batch_event;
+} fire_event;
 
-typedef struct batch {
+typedef struct run {
     hook_table *t;
-    seen_db seen;
-    int dedupe;
-    batch_event *ev;
+    store st;
+    int batch, dry, json, verbose;
+    fire_event *ev;
     long nev, next, inflight, concurrency;
-    long ok, failed, skipped, duplicates, malformed;
-    buf_t failures;               /* JSON items */
+    long ok, failed, skipped, duplicates, queued, malformed;
+    buf_t failures;               /* text: "  event id: error" lines; JSON: the reports, comma-separated */
     int nfailures;
     double t0;
-    int progress;
-    double last_draw;
+    bar bar;
     const char *src;
-} batch;
+    event_job *single;            /* one event: its job, kept for the report */
+    const char *single_skip;      /* one event: why it did not run */
+} run;
 
-static double now_s(void)
+static void draw(run *r, int final)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void draw(batch *b, int final)
-{
-    if (!b->progress)
+    bar *b = &r->bar;
+    if (!b->on)
         return;
     double t = now_s();
     if (!final && t - b->last_draw < 0.1)
         return;
     b->last_draw = t;
-    long done = b->ok + b->failed + b->skipped;
-    long total = b->nev + b->malformed;
-    int width = 30, fill = total ? (int)(width * (done + b->malformed) / total) : width;
-    char bar[64];
+    fflush(stderr); /* what waits goes first (it erases the bar) */
+    if (!b->at_line_start && !final)
+        return;
+    long done = r->ok + r->failed + r->skipped;
+    long total = r->nev + r->malformed;
+    int width = 30, fill = total ? (int)(width * (done + r->malformed) / total) : width;
+    char line[256], barc[64];
     for (int i = 0; i < width; i++)
-        bar[i] = i < fill ? '#' : '.';
-    bar[width] = '\0';
-    fprintf(stderr, "\r[%s] %ld/%ld  ok %ld  failed %ld  skipped %ld  %.1fs%s", bar, done + b->malformed, total, b->ok,
-            b->failed, b->skipped + b->malformed, t - b->t0, final ? "\n" : "");
-    fflush(stderr);
+        barc[i] = i < fill ? '#' : '.';
+    barc[width] = '\0';
+    int n = snprintf(line, sizeof line, "%s\r\033[K[%s] %ld/%ld  ok %ld  failed %ld  skipped %ld  %.1fs%s",
+                     b->at_line_start ? "" : "\n", barc, done + r->malformed, total, r->ok, r->failed,
+                     r->skipped + r->malformed, t - r->t0, final ? "\n" : "");
+    write_all(2, line, (size_t)n);
+    b->shown = !final;
+    b->at_line_start = final;
 }
 
-static void start_more(batch *b);
-
-static void batch_done(event_job *j, void *arg)
+static void skip_event(run *r, const fire_event *e, const char *why)
 {
-    batch *b = arg;
-    b->inflight--;
-    if (j->nidx == 0) {
-        b->skipped++;
-    } else if (j->failed) {
-        b->failed++;
-        if (b->nfailures < 1000) {
-            json_writer w;
-            jw_init(&w, &b->failures);
-            if (b->nfailures++)
-                buf_addc(&b->failures, ',');
-            event_job_json(j, &b->failures);
-            (void)w;
-        }
-    } else {
-        b->ok++;
+    r->skipped++;
+    if (!r->batch) {
+        r->single_skip = why;
+        return;
     }
-    if (b->dedupe && j->id && j->nidx)
-        seen_finish(&b->seen, j->id, j->name, !j->failed);
-    event_job_free(j);
-    draw(b, 0);
-    start_more(b);
+    if (r->json) {
+        buf_t b;
+        buf_init(&b, 0);
+        json_writer w;
+        jw_init(&w, &b);
+        write_skipped(&w, e->name, e->id, why, r->dry);
+        put_line(&b);
+    } else if (r->verbose) {
+        printf("  %-9s %-22s %-24s skipped: %s\n", e->id ? e->id : "-", e->name, "-", why);
+    }
 }
 
-static void start_more(batch *b)
+static void start_more(run *r);
+
+static void note_failures(run *r, const event_job *j)
 {
-    while (b->inflight < b->concurrency && b->next < b->nev) {
-        batch_event *e = &b->ev[b->next++];
-        if (!hooks_count_for(b->t, e->name)) {
-            b->skipped++; /* no hook listens: nothing to run, nothing to remember */
+    for (int i = 0; i < j->nidx && r->nfailures < 20; i++)
+        if (j->results[i].error) {
+            buf_printf(&r->failures, "  %s %s: %s\n", j->name, j->id ? j->id : "", j->results[i].error);
+            r->nfailures++;
+        }
+    for (int i = 0; i < j->nchildren; i++)
+        note_failures(r, j->children[i]);
+}
+
+static void event_done(event_job *j, void *arg)
+{
+    run *r = arg;
+    r->inflight--;
+    sort_results(j);
+    store_finish(&r->st, j);
+    if (j->failed)
+        r->failed++;
+    else
+        r->ok++;
+    if (!r->batch) {
+        r->single = j;
+        return;
+    }
+    if (r->json) {
+        buf_t b;
+        buf_init(&b, 0);
+        json_writer w;
+        jw_init(&w, &b);
+        write_job(&w, j, r->dry);
+        if (j->failed && r->nfailures < 1000) { /* (the summary lists the first ones again) */
+            if (r->nfailures++)
+                buf_addc(&r->failures, ',');
+            buf_add(&r->failures, b.data, b.len);
+        }
+        put_line(&b);
+    } else {
+        if (r->verbose)
+            print_job_line(j);
+        if (j->failed)
+            note_failures(r, j);
+    }
+    event_job_free(j);
+    draw(r, 0);
+    start_more(r);
+}
+
+static void start_more(run *r)
+{
+    while (r->inflight < r->concurrency && r->next < r->nev) {
+        fire_event *e = &r->ev[r->next++];
+        if (!hooks_count_for(r->t, e->name)) {
+            skip_event(r, e, "no hook"); /* nothing to run, nothing to remember */
             continue;
         }
-        if (b->dedupe && e->id && !seen_claim(&b->seen, e->id, e->name)) {
-            b->skipped++;
-            b->duplicates++;
+        int claim = store_claim(&r->st, e->id);
+        if (claim == CLAIM_DONE || claim == CLAIM_REPEAT) {
+            r->duplicates++;
+            skip_event(r, e, claim == CLAIM_DONE ? "done before" : "repeated in this batch");
             continue;
         }
-        b->inflight++;
-        if (!event_fire(b->t, e->name, e->id, e->data, batch_done, b)) {
-            b->inflight--;
-            b->failed++;
+        if (claim == CLAIM_QUEUED) {
+            r->queued++;
+            skip_event(r, e, !strcmp(r->st.queued_state, "running") ? "running in wixr serve"
+                                                                      : "queued for wixr serve");
+            continue;
+        }
+        if (!e->id && r->st.record && !(e->id = new_event_id())) {
+            r->failed++;
+            fprintf(stderr, "wixr fire: no randomness for an event id\n");
+            continue;
+        }
+        r->inflight++;
+        if (!event_fire(r->t, e->name, e->id, e->data, event_done, r)) {
+            r->inflight--;
+            r->failed++;
         }
     }
 }
 
 /* Splits NDJSON into events; malformed lines are reported and counted. */
-static void parse_batch(batch *b, char *text, size_t len)
+static void parse_batch(run *r, char *text, size_t len)
 {
     long cap = 1024, line = 0;
-    b->ev = malloc((size_t)cap * sizeof *b->ev);
+    r->ev = malloc((size_t)cap * sizeof *r->ev);
     char *p = text, *end = text + len;
-    while (p < end && b->ev) {
+    while (p < end && r->ev) {
         char *nl = memchr(p, '\n', (size_t)(end - p));
         char *le = nl ? nl : end;
         line++;
@@ -350,23 +850,25 @@ static void parse_batch(batch *b, char *text, size_t len)
                 why = "\"event\" (a non-empty string) is required";
             } else if (id && id->type != JSON_STRING && id->type != JSON_NUMBER && id->type != JSON_NULL) {
                 why = "\"id\" must be a string or a number";
+            } else if (id && id->type == JSON_STRING && !valid_event_id(id->u.str.s, id->u.str.len)) {
+                why = "\"id\" " EVENT_ID_RULE;
             } else if (data && data->type != JSON_OBJECT && data->type != JSON_NULL) {
                 why = "\"data\" must be an object";
             }
             if (why) {
-                fprintf(stderr, "%s%s:%ld: %s (line skipped)\n", b->progress ? "\r\033[K" : "", b->src, line, why);
-                b->malformed++;
+                fprintf(stderr, "%s:%ld: %s (line skipped)\n", r->src, line, why);
+                r->malformed++;
             } else {
-                if (b->nev == cap) {
+                if (r->nev == cap) {
                     cap *= 2;
-                    batch_event *ne = realloc(b->ev, (size_t)cap * sizeof *ne);
+                    fire_event *ne = realloc(r->ev, (size_t)cap * sizeof *ne);
                     if (!ne) {
                         json_doc_free(doc);
                         break;
                     }
-                    b->ev = ne;
+                    r->ev = ne;
                 }
-                batch_event *ev = &b->ev[b->nev++];
+                fire_event *ev = &r->ev[r->nev++];
                 ev->line = line;
                 ev->name = strndup(name->u.str.s, name->u.str.len);
                 ev->id = NULL;
@@ -390,12 +892,71 @@ static void parse_batch(batch *b, char *text, size_t len)
     }
 }
 
-static int run_batch(wixr_host *h, hook_table *t, const char *src, int dedupe, long concurrency, int json,
-                     int quiet)
+static void run_free(run *r)
 {
-    batch b = {.t = t, .dedupe = dedupe, .concurrency = concurrency, .src = strcmp(src, "-") ? src : "<stdin>"};
-    b.progress = !quiet && !json && isatty(2);
-    buf_init(&b.failures, 0);
+    for (long i = 0; i < r->nev; i++) {
+        free(r->ev[i].name);
+        free(r->ev[i].id);
+        free(r->ev[i].data);
+    }
+    free(r->ev);
+    buf_free(&r->failures);
+    store_close(&r->st);
+}
+
+static void print_summary(run *r, double secs)
+{
+    long total = r->ok + r->failed + r->skipped;
+    if (r->json) {
+        buf_t b;
+        buf_init(&b, 0);
+        json_writer w;
+        jw_init(&w, &b);
+        jw_obj(&w);
+        jw_key(&w, "summary");
+        jw_bool(&w, 1);
+        if (r->dry) {
+            jw_key(&w, "dry_run");
+            jw_bool(&w, 1);
+        }
+        const struct {
+            const char *k;
+            long v;
+        } counts[] = {{"events", total},          {"ok", r->ok},         {"failed", r->failed},
+                      {"skipped", r->skipped},     {"duplicates", r->duplicates}, {"queued", r->queued},
+                      {"malformed", r->malformed}, {"unrecorded", r->st.unrecorded}};
+        for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+            jw_key(&w, counts[i].k);
+            jw_int(&w, counts[i].v);
+        }
+        jw_key(&w, "seconds");
+        jw_num(&w, (double)(long long)(secs * 1000 + 0.5) / 1000);
+        jw_key(&w, "failures");
+        jw_arr(&w);
+        if (r->failures.len)
+            jw_raw(&w, r->failures.data, r->failures.len);
+        jw_arr_end(&w);
+        jw_obj_end(&w);
+        put_line(&b);
+        return;
+    }
+    char queued[64] = "";
+    if (r->queued)
+        snprintf(queued, sizeof queued, ", %ld queued for wixr serve", r->queued);
+    fprintf(stderr, "%s%ld events: %ld ok, %ld failed, %ld skipped (%ld seen before, %ld without hooks%s), "
+                    "%ld malformed lines; %.2f s, %.0f events/s\n",
+            r->dry ? "dry run (nothing sent or recorded): " : "", total, r->ok, r->failed, r->skipped,
+            r->duplicates, r->skipped - r->duplicates - r->queued, queued, r->malformed, secs,
+            secs > 0 ? (double)total / secs : 0.0);
+    fputs(buf_cstr(&r->failures), stderr);
+}
+
+static int run_batch(wixr_host *h, hook_table *t, const wixr_config *cfg, const char *src, int dry, int dedupe,
+                     long concurrency, int json, int verbose, int quiet)
+{
+    run r = {.t = t, .batch = 1, .dry = dry, .json = json, .verbose = verbose, .concurrency = concurrency,
+             .src = strcmp(src, "-") ? src : "<stdin>"};
+    buf_init(&r.failures, 0);
     size_t len;
     char *text = cli_read_file(src, &len);
     if (!text) {
@@ -403,70 +964,110 @@ static int run_batch(wixr_host *h, hook_table *t, const char *src, int dedupe, l
         return EXIT_BAD_INPUT;
     }
     char err[1024];
-    if (dedupe && seen_open(&b.seen, h->cfg->state_dir, err, sizeof err) < 0) {
+    if (store_open(&r.st, cfg, dry, dedupe, err, sizeof err) < 0) {
         fprintf(stderr, "wixr fire: %s\n", err);
         free(text);
         return EXIT_WORK_FAILED;
     }
-    /* Policies log a JSON line per event: buffer stderr for the batch (flushed
-     * with the progress bar and at the end) instead of a write per line. */
+    r.bar.on = !quiet && !json && !verbose && isatty(2);
+    /* Policies log a JSON line per event: standard error is buffered for the
+     * batch (flushed with the progress bar and at the end), not a write per line. */
     static char errbuf[1 << 16];
-    setvbuf(stderr, errbuf, _IOFBF, sizeof errbuf);
-    b.t0 = now_s();
-    parse_batch(&b, text, len);
+    if (r.bar.on)
+        bar_start(&r.bar);
+    else
+        setvbuf(stderr, errbuf, _IOFBF, sizeof errbuf);
+    r.t0 = now_s();
+    parse_batch(&r, text, len);
     free(text);
-    start_more(&b);
+    start_more(&r);
     sched_run(h->sched);
-    draw(&b, 1);
+    store_flush(&r.st);
+    draw(&r, 1);
+    bar_stop(&r.bar);
+    print_summary(&r, now_s() - r.t0);
+    fflush(stdout);
     fflush(stderr);
-    double secs = now_s() - b.t0;
-    long total = b.ok + b.failed + b.skipped;
-    if (json) {
-        printf("{\"events\":%ld,\"ok\":%ld,\"failed\":%ld,\"skipped\":%ld,\"duplicates\":%ld,\"malformed\":%ld,"
-               "\"seconds\":%.3f,\"failures\":[%s]}\n",
-               total, b.ok, b.failed, b.skipped, b.duplicates, b.malformed, secs, buf_cstr(&b.failures));
-    } else {
-        fprintf(stderr, "%ld events: %ld ok, %ld failed, %ld skipped (%ld seen before, %ld without hooks), "
-                        "%ld malformed lines; %.2f s, %.0f events/s\n",
-                total, b.ok, b.failed, b.skipped, b.duplicates, b.skipped - b.duplicates, b.malformed, secs,
-                secs > 0 ? (double)total / secs : 0.0);
-        if (b.failed) {
-            json_doc *doc;
-            buf_t arr;
-            buf_init(&arr, 0);
-            buf_printf(&arr, "[%s]", buf_cstr(&b.failures));
-            json_value *v = json_parse(arr.data, arr.len, 0, &doc, NULL);
-            int shown = 0;
-            for (json_value *k = v ? v->u.kids.head : NULL; k && shown < 20; k = k->next, shown++) {
-                json_value *hooks = json_get(k, "hooks");
-                for (json_value *hk = hooks ? hooks->u.kids.head : NULL; hk; hk = hk->next)
-                    if (json_get_str(hk, "error"))
-                        fprintf(stderr, "  %s %s: %s\n", json_get_str(k, "event"),
-                                json_get_str(k, "id") ? json_get_str(k, "id") : "", json_get_str(hk, "error"));
-            }
-            json_doc_free(doc);
-            buf_free(&arr);
+    int rc = r.failed || r.malformed || r.st.unrecorded ? EXIT_WORK_FAILED : 0;
+    run_free(&r);
+    return rc;
+}
+
+/* One event: its report (text or JSON). */
+static int run_single(wixr_host *h, hook_table *t, const wixr_config *cfg, const char *name, const char *id,
+                      char *data, int dry, int dedupe, int json)
+{
+    run r = {.t = t, .dry = dry, .json = json, .concurrency = 1};
+    buf_init(&r.failures, 0);
+    fire_event e = {.name = strdup(name), .id = id ? strdup(id) : NULL, .data = data};
+    r.ev = malloc(sizeof *r.ev);
+    if (!e.name || (id && !e.id) || !r.ev) {
+        free(e.name);
+        free(e.id);
+        free(e.data);
+        free(r.ev);
+        fprintf(stderr, "wixr fire: out of memory\n");
+        return EXIT_WORK_FAILED;
+    }
+    r.ev[0] = e;
+    r.nev = 1;
+    char err[1024];
+    if (store_open(&r.st, cfg, dry, dedupe, err, sizeof err) < 0) {
+        fprintf(stderr, "wixr fire: %s\n", err);
+        run_free(&r);
+        return EXIT_WORK_FAILED;
+    }
+    start_more(&r);
+    if (r.inflight)
+        sched_run(h->sched);
+    store_flush(&r.st);
+    int rc;
+    if (r.single_skip) {
+        int queued = r.queued > 0;
+        fprintf(stderr, "wixr fire: event %s %s; not run%s\n", r.ev[0].id,
+                queued ? (strcmp(r.single_skip, "running in wixr serve") ? "is queued in the journal for wixr serve"
+                                                                         : "is running in wixr serve")
+                       : "is done (recorded in the journal)",
+                dedupe ? " (--no-dedupe runs it anyway)" : "");
+        if (json) {
+            buf_t b;
+            buf_init(&b, 0);
+            json_writer w;
+            jw_init(&w, &b);
+            write_skipped(&w, r.ev[0].name, r.ev[0].id, r.single_skip, dry);
+            put_line(&b);
         }
+        rc = queued ? EXIT_WORK_FAILED : 0;
+    } else if (!r.single) {
+        fprintf(stderr, "wixr fire: the event did not finish\n");
+        rc = EXIT_WORK_FAILED;
+    } else {
+        if (json) {
+            buf_t b;
+            buf_init(&b, 0);
+            json_writer w;
+            jw_init(&w, &b);
+            write_job(&w, r.single, dry);
+            put_line(&b);
+        } else {
+            print_job_human(r.single, 0);
+        }
+        rc = r.single->failed || r.st.unrecorded ? EXIT_WORK_FAILED : 0;
+        event_job_free(r.single);
     }
-    for (long i = 0; i < b.nev; i++) {
-        free(b.ev[i].name);
-        free(b.ev[i].id);
-        free(b.ev[i].data);
-    }
-    free(b.ev);
-    buf_free(&b.failures);
-    seen_close(&b.seen);
-    return b.failed || b.malformed ? EXIT_WORK_FAILED : 0;
+    run_free(&r);
+    return rc;
 }
 
 int cmd_fire(int argc, char **argv)
 {
     const char *name = NULL, *data = NULL, *id = NULL, *config = NULL, *batch_src = NULL;
-    int dry = 0, json = 0, quiet = 0, dedupe = 1;
+    int dry = 0, json = 0, quiet = 0, dedupe = 1, verbose = 0;
     long long concurrency = 64;
     const cli_opt opts[] = {
         {"--dry-run", OPT_FLAG, &dry, 1, 0, NULL},
         {"--json", OPT_FLAG, &json, 1, 0, NULL},
+        {"--verbose", OPT_FLAG, &verbose, 1, 0, NULL},
         {"--quiet", OPT_FLAG, &quiet, 1, 0, NULL},
         {"--no-dedupe", OPT_FLAG, &dedupe, 0, 0, NULL},
         {"--batch", OPT_OPTIONAL, &batch_src, 0, 0, "-"},
@@ -482,6 +1083,12 @@ int cmd_fire(int argc, char **argv)
         return rc;
     if (!name == !batch_src)
         return cli_usage_error(&cmd, "give an event NAME or --batch%s", name ? ", not both" : "");
+    if (verbose && !batch_src)
+        return cli_usage_error(&cmd, "--verbose is for --batch (one event prints its report anyway)");
+    if (verbose && json)
+        return cli_usage_error(&cmd, "--verbose and --json do not go together (--json has every event already)");
+    if (id && !valid_event_id(id, strlen(id)))
+        return cli_usage_error(&cmd, "--id: %s", EVENT_ID_RULE);
     char err[8192];
     wixr_config cfg;
     if (config_load(&cfg, config, err, sizeof err) < 0) {
@@ -511,7 +1118,7 @@ int cmd_fire(int argc, char **argv)
     }
     buf_free(&errors);
     if (batch_src) {
-        rc = run_batch(h, t, batch_src, dedupe, (long)concurrency, json, quiet);
+        rc = run_batch(h, t, &cfg, batch_src, dry, dedupe, (long)concurrency, json, verbose, quiet);
         goto done;
     }
     char *event_data = NULL;
@@ -538,6 +1145,8 @@ int cmd_fire(int argc, char **argv)
             rc = EXIT_BAD_INPUT;
             goto done;
         }
+    } else if (!(event_data = strdup("{}"))) {
+        goto done;
     }
     if (!hooks_count_for(t, name)) {
         fprintf(stderr, "wixr fire: no enabled hook is configured for event '%s' in %s\n", name, cfg.path);
@@ -545,48 +1154,7 @@ int cmd_fire(int argc, char **argv)
         rc = EXIT_BAD_INPUT;
         goto done;
     }
-    seen_db seen = {0};
-    if (id) {
-        if (seen_open(&seen, cfg.state_dir, err, sizeof err) < 0) {
-            fprintf(stderr, "wixr fire: %s\n", err);
-            free(event_data);
-            goto done;
-        }
-        if (!seen_claim(&seen, id, name)) {
-            fprintf(stderr, "wixr fire: event %s was seen before; not run again\n", id);
-            if (json)
-                printf("{\"event\":\"%s\",\"id\":\"%s\",\"ok\":true,\"skipped\":\"seen before\"}\n", name, id);
-            seen_close(&seen);
-            free(event_data);
-            rc = 0;
-            goto done;
-        }
-    }
-    single s = {0};
-    event_job *j = event_fire(t, name, id, event_data ? event_data : "{}", single_done, &s);
-    free(event_data);
-    if (j)
-        sched_run(h->sched);
-    if (!j || !s.finished) {
-        fprintf(stderr, "wixr fire: the event did not finish\n");
-        event_job_free(j);
-        seen_close(&seen);
-        goto done;
-    }
-    if (id)
-        seen_finish(&seen, id, name, !j->failed);
-    seen_close(&seen);
-    if (json) {
-        buf_t out;
-        buf_init(&out, 0);
-        event_job_json(j, &out);
-        printf("%s\n", buf_cstr(&out));
-        buf_free(&out);
-    } else {
-        print_job_human(j, 0);
-    }
-    rc = j->failed ? EXIT_WORK_FAILED : 0;
-    event_job_free(j);
+    rc = run_single(h, t, &cfg, name, id, event_data, dry, dedupe, json);
 done:
     hooks_free(t);
     host_free(h);

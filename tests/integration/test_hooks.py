@@ -63,6 +63,26 @@ def hook_of(report, i=0):
     return report["hooks"][i]
 
 
+def batch_report(r):
+    """A `fire --batch --json` run's standard output: (the event lines, the summary line). Every line
+    must be one JSON object and the last one the summary."""
+    if r.timed_out or (r.rc is not None and r.rc < 0):
+        return r.json  # raises with the reason
+    docs = []
+    for x in r.out.splitlines():
+        try:
+            docs.append(json.loads(x))
+        except ValueError:
+            raise TestFailure("a line of stdout is not JSON: %r (rc %s, stdout %r, stderr %r)"
+                              % (x[:200], r.rc, r.out[:300], r.err[-300:]))
+    check(docs and docs[-1].get("summary") is True, "the last line is the summary: %r" % r.out[-300:])
+    return docs[:-1], docs[-1]
+
+
+def summary(r):
+    return batch_report(r)[1]
+
+
 HANDLER_OPTIONS = "return function(event, ctx)\n  return ctx.options\nend\n"
 GOOD = "return function(event, ctx)\n  return { ok = true, name = ctx.event.name }\nend\n"
 CREATE = """local wix = require "wix"
@@ -448,7 +468,7 @@ def sandbox_globals_options_and_the_string_library():
     w = Work(cfg, {"g1.lua": STRING_GLOBALS_1, "g2.lua": STRING_GLOBALS_2}, wix=True)
     r = w.batch([{"event": "g", "id": "1"}, {"event": "g", "id": "2"}], "--json", "--concurrency", "1")
     eq(r.rc, 0, "exit status (%s)" % r)
-    eq(r.json["ok"], 2, "both events ok: %r" % r.json)
+    eq(summary(r)["ok"], 2, "both events ok: %r" % r.out)
     logs = [x["fields"] for x in r.log_lines() if x.get("msg") == "probe"]
     g1 = [x for x in logs if x["hook"] == "g (g1.lua)"]
     g2 = [x for x in logs if x["hook"] == "g (g2.lua)"]
@@ -513,7 +533,7 @@ def limit_case(script, limits="instructions: 1000000, wall_ms: 3000", hook_extra
     w = Work(LIMITS % (limits, hook_extra), {"bad.lua": script, "good.lua": GOOD}, wix=wix)
     r = w.batch([{"event": "bad", "id": "b1"}, {"event": "good", "id": "g1"}], "--json", "--concurrency", "1",
                 timeout=timeout)
-    rep = r.json
+    rep = summary(r)
     eq(r.rc, 1, "exit status (%s)" % r)
     eq((rep["events"], rep["ok"], rep["failed"]), (2, 1, 1),
        "the bad event failed, the good one after it succeeded: %r" % rep)
@@ -657,7 +677,7 @@ def limits_apply_to_a_coroutine_kept_from_an_earlier_run():
     w = Work(LIMITS % ("instructions: 1000000, wall_ms: 3000", ""), {"bad.lua": script, "good.lua": GOOD})
     r = w.batch([{"event": "bad", "id": "1"}, {"event": "bad", "id": "2"}, {"event": "good", "id": "3"}],
                 "--json", "--concurrency", "1", timeout=4)
-    rep = r.json
+    rep = summary(r)
     eq((rep["events"], rep["ok"], rep["failed"]), (3, 2, 1), "the second run failed, the others ok: %r" % rep)
     eq(rep["failures"][0]["id"], "2", "the failed run")
     instruction_error(rep["failures"][0]["hooks"][0]["error"], 3)
@@ -852,10 +872,12 @@ def batch_json_report_and_dedupe_across_runs():
     w = batch_work()
     r = w.fire("--batch", "events.ndjson", "--json")
     eq(r.rc, 1, "exit status (%s)" % r)
-    rep = r.json
-    eq(set(rep), {"events", "ok", "failed", "skipped", "duplicates", "malformed", "seconds", "failures"}, "fields")
+    lines, rep = batch_report(r)
+    eq(set(rep), {"summary", "events", "ok", "failed", "skipped", "duplicates", "queued", "malformed", "unrecorded",
+                  "seconds", "failures"}, "fields")
     eq({k: rep[k] for k in ("events", "ok", "failed", "skipped", "duplicates", "malformed")},
        {"events": 7, "ok": 3, "failed": 2, "skipped": 2, "duplicates": 1, "malformed": 6}, "counts")
+    eq(len(lines), 7, "one line per event: %r" % r.out)
     check(isinstance(rep["seconds"], (int, float)) and 0 <= rep["seconds"] < 10, "seconds: %r" % rep["seconds"])
     fails = sorted(rep["failures"], key=lambda f: f["id"])
     eq([(f["event"], f["id"], f["ok"]) for f in fails], [("cont", "c1", False), ("order", "o2", False)], "failures")
@@ -868,30 +890,260 @@ def batch_json_report_and_dedupe_across_runs():
        "on_error: continue runs the second hook")
     eq(c1[1]["result"], {"second": True}, "the second hook's result")
     check(all(isinstance(h["ms"], int) for f in fails for h in f["hooks"]), "ms on every hook")
-    # The same batch again: every id seen before is skipped.
+    # The same batch again: the done ids are skipped, the failed ones (o2, c1) run again.
     r = w.fire("--batch", "events.ndjson", "--json")
-    eq(r.rc, 1, "exit status (malformed lines) (%s)" % r)
-    eq({k: r.json[k] for k in ("events", "ok", "failed", "skipped", "duplicates", "malformed")},
-       {"events": 7, "ok": 1, "failed": 0, "skipped": 6, "duplicates": 5, "malformed": 6},
-       "second run: o1, o2, c1, 7 and the repeated o1 are duplicates; only the event without an id runs")
-    eq(r.json["failures"], [], "no failure")
+    eq(r.rc, 1, "exit status (%s)" % r)
+    rep = summary(r)
+    eq({k: rep[k] for k in ("events", "ok", "failed", "skipped", "duplicates", "malformed")},
+       {"events": 7, "ok": 1, "failed": 2, "skipped": 4, "duplicates": 3, "malformed": 6},
+       "second run: o1, 7 and the repeated o1 are duplicates; o2, c1 and the event without an id run")
+    eq(sorted(f["id"] for f in rep["failures"]), ["c1", "o2"], "the failed events ran again")
     r = w.fire("--batch", "events.ndjson", "--json", "--no-dedupe")
-    eq({k: r.json[k] for k in ("events", "ok", "failed", "skipped", "duplicates", "malformed")},
+    eq({k: summary(r)[k] for k in ("events", "ok", "failed", "skipped", "duplicates", "malformed")},
        {"events": 7, "ok": 4, "failed": 2, "skipped": 1, "duplicates": 0, "malformed": 6}, "--no-dedupe runs all")
-    check(os.path.exists(os.path.join(w.dir, ".wixr", "events.db")), "dedupe state in .wixr/events.db")
+    check(os.path.exists(os.path.join(w.dir, ".wixr", "journal.db")), "the events are in .wixr/journal.db")
+    check(not os.path.exists(os.path.join(w.dir, ".wixr", "events.db")), "no second store")
+
+
+FIXABLE = ('return function(event, ctx)\n  if event.fail and not ctx.options.fixed then error("boom " .. event.n) end\n'
+           '  return { n = event.n }\nend\n')
+
+
+@test
+def batch_rerun_after_a_fix_runs_the_failed_events_only():
+    cfg = "hooks:\n  order:\n    - script: fx.lua\n%s"
+    w = Work(cfg % "", {"fx.lua": FIXABLE})
+    events = [{"event": "order", "id": "a", "data": {"n": 1}}, {"event": "order", "id": "b", "data": {"n": 2, "fail": True}},
+              {"event": "order", "id": "c", "data": {"n": 3}}]
+    r = w.batch(events, "--json")
+    eq(r.rc, 1, "b failed (%s)" % r)
+    lines, _ = batch_report(r)
+    eq(sorted((x["id"], x["ok"]) for x in lines), [("a", True), ("b", False), ("c", True)], "first run")
+    w.write("wixr.yaml", cfg % "      options: {fixed: true}\n")
+    r = w.batch(events, "--json")
+    eq(r.rc, 0, "the re-run after the fix succeeds (%s)" % r)
+    lines, rep = batch_report(r)
+    eq(sorted((x["id"], x.get("skipped"), x["ok"]) for x in lines),
+       [("a", "done before", True), ("b", None, True), ("c", "done before", True)], "only b ran: %r" % lines)
+    eq(hook_of([x for x in lines if x["id"] == "b"][0])["result"], {"n": 2}, "b's result")
+    eq((rep["ok"], rep["failed"], rep["skipped"], rep["duplicates"]), (1, 0, 2, 2), "summary: %r" % rep)
+    r = w.batch(events, "--json")
+    eq((r.rc, summary(r)["ok"], summary(r)["skipped"]), (0, 0, 3), "a third run runs nothing (%s)" % r)
+
+
+@test
+def dry_run_uses_up_no_event_id():
+    w = Work("hooks:\n  cr:\n    - script: cr.lua\n  count:\n    - script: count.lua\n",
+             {"cr.lua": CREATE, "count.lua": COUNT}, wix=True)
+    r = w.fire("cr", "--id", "x-1", "--dry-run", "--json")
+    eq(r.rc, 0, "dry run (%s)" % r)
+    eq((r.json["dry_run"], hook_of(r.json)["result"], len(hook_of(r.json)["planned"])), (True, {"n": 1, "dry": True}, 1),
+       "planned, not sent: %r" % r.json)
+    check(not os.path.exists(os.path.join(w.dir, ".wixr", "journal.db")), "a dry run records nothing")
+    r = w.fire("cr", "--id", "x-1", "--dry-run", "--json")
+    check("skipped" not in r.json, "a second dry run runs too: %r" % r.json)
+    r = w.fire("cr", "--id", "x-1", "--json")
+    eq((r.rc, hook_of(r.json)["result"]), (0, {"n": 1, "dry": False}), "then the real run runs (%s)" % r)
+    check("dry_run" not in r.json, "a real run's report has no dry_run: %r" % r.json)
+    r = w.fire("cr", "--id", "x-1", "--json")
+    eq((r.rc, r.json), (0, {"event": "cr", "id": "x-1", "ok": True, "skipped": "done before"}), "then it is done")
+    check("wixr fire: event x-1 is done (recorded in the journal); not run (--no-dedupe runs it anyway)" in r.err,
+          r.err)
+    r = w.fire("cr", "--id", "x-1", "--dry-run", "--json")
+    eq((r.rc, r.json.get("skipped"), r.json.get("dry_run")), (0, "done before", True),
+       "a dry run of a done event says what a real run would do: %r" % r.json)
+    eq(hook_of(w.fire("count", "--json").json)["result"]["n"], 1, "one package: the real run's")
+    # A batch: the dry run records nothing either.
+    ev = [{"event": "cr", "id": "y-1"}, {"event": "cr", "id": "y-2"}]
+    lines, rep = batch_report(w.batch(ev, "--json", "--dry-run"))
+    eq([x["dry_run"] for x in lines] + [rep["dry_run"]], [True] * 3, "every line of a dry run says so")
+    lines, rep = batch_report(w.batch(ev, "--json"))
+    eq((rep["ok"], rep["skipped"]), (2, 0), "the real batch runs both: %r" % rep)
+    check(all("dry_run" not in x for x in lines + [rep]), "no dry_run in a real run's lines")
+
+
+@test
+def events_list_and_show_see_fire_events():
+    w = Work(ORDER_CFG, {"ev.lua": EV, "second.lua": SECOND})
+    eq(w.fire("order", "--id", "e-ok", "--data", "-", stdin='{"n": 1}').rc, 0, "e-ok")
+    w.batch([{"event": "order", "id": "e-bad", "data": {"n": 2, "fail": True}}], "--quiet")
+    r = w.run("events", "list", "--json")
+    eq(r.rc, 0, "events list (%s)" % r)
+    got = {x["id"]: x for x in (json.loads(line) for line in r.out.splitlines())}
+    eq(sorted(got), ["e-bad", "e-ok"], "both events are listed: %r" % r.out)
+    eq((got["e-ok"]["name"], got["e-ok"]["state"], got["e-ok"]["attempts"]), ("order", "done", 1), "e-ok")
+    eq((got["e-bad"]["state"], got["e-bad"]["attempts"]), ("dead", 1), "e-bad")
+    check(re.search(r"boom 2", got["e-bad"]["last_error"] or ""), "last error: %r" % got["e-bad"])
+    r = w.run("events", "show", "e-bad")
+    eq(r.rc, 0, "events show (%s)" % r)
+    check("dead" in r.out and "boom 2" in r.out and "order (second.lua)" in r.out,
+          "state, error and per-hook results shown: %r" % r.out)
+    # A re-run that fails again counts a second attempt; one without an id gets a new id.
+    w.batch([{"event": "order", "id": "e-bad", "data": {"n": 2, "fail": True}}, {"event": "order"}], "--quiet")
+    r = w.run("events", "list", "--json")
+    got = [json.loads(line) for line in r.out.splitlines()]
+    eq([x["attempts"] for x in got if x["id"] == "e-bad"], [2], "second attempt")
+    new = [x for x in got if x["id"] not in ("e-ok", "e-bad")]
+    eq(len(new), 1, "the event without an id is recorded: %r" % got)
+    check(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", new[0]["id"]),
+          "under a new UUID: %r" % new[0]["id"])
+
+
+@test
+def batch_json_lines_carry_each_event():
+    cfg = ("hooks:\n  order:\n    - script: ev.lua\n    - script: second.lua\n  cr:\n    - script: cr.lua\n")
+    w = Work(cfg, {"ev.lua": EV, "second.lua": SECOND, "cr.lua": CREATE}, wix=True)
+    events = [{"event": "order", "id": "j1", "data": {"n": 1}}, {"event": "order", "id": "j2", "data": {"n": 2, "fail": True}},
+              {"event": "none", "id": "j3"}, {"event": "cr", "id": "j4"}, {"event": "order", "id": "j1"}]
+    lines, rep = batch_report(w.batch(events, "--json", "--dry-run", "--concurrency", "1"))
+    eq([x["id"] for x in lines], ["j1", "j2", "j3", "j4", "j1"], "one line per event, in order (concurrency 1)")
+    by = {(x["id"], x.get("skipped")): x for x in lines}
+    eq(set(by[("j1", None)]), {"event", "id", "ok", "dry_run", "hooks"}, "an event's keys")
+    eq([(h["hook"], h["status"], h.get("result")) for h in by[("j1", None)]["hooks"]],
+       [("order (ev.lua)", "ok", {"id": "j1", "n": 1}), ("order (second.lua)", "ok", {"second": True})], "j1's hooks")
+    eq([(h["status"], "error" in h) for h in by[("j2", None)]["hooks"]], [("failed", True), ("skipped", False)],
+       "j2's hooks")
+    eq(by[("j2", None)]["ok"], False, "j2 failed")
+    eq(by[("j3", "no hook")]["ok"], True, "an event without hooks is reported as skipped")
+    eq(by[("j1", "repeated in this batch")]["ok"], True, "a repeated id is reported as skipped")
+    planned = hook_of(by[("j4", None)])["planned"]
+    eq([(p["method"], p["path"]) for p in planned], [("POST", "/resellers/v2/packages")], "j4's planned call")
+    check(all(set(h) <= {"hook", "status", "result", "error", "planned", "ms"} for x in lines for h in x.get("hooks", [])),
+          "hook keys")
+    eq((rep["events"], rep["ok"], rep["failed"], rep["skipped"]), (5, 2, 1, 2), "summary")
+
+
+@test
+def batch_verbose_prints_one_line_per_event():
+    w = Work("hooks:\n  order:\n    - script: ev.lua\n", {"ev.lua": EV})
+    events = [{"event": "order", "id": "v1", "data": {"n": 1}}, {"event": "order", "id": "v2", "data": {"n": 2, "fail": True}},
+              {"event": "none", "id": "v3"}]
+    r = w.batch(events, "--verbose", "--concurrency", "1")
+    eq(r.rc, 1, "v2 failed (%s)" % r)
+    out = r.out.splitlines()
+    eq(len(out), 3, "one line per event: %r" % r.out)
+    eq(re.sub(r" +", " ", out[0]), ' v1 order ev.lua {"id":"v1","n":1}', "v1")
+    check(re.fullmatch(r" +v2 +order +ev\.lua +FAILED: order \(ev\.lua\): (\./)?ev\.lua:2: boom 2", out[1]), out[1])
+    eq(re.sub(r" +", " ", out[2]), " v3 none - skipped: no hook", "v3")
+    check(any(re.match(r"3 events: 1 ok, 1 failed, 1 skipped", x) for x in r.lines()), "the summary: %r" % r.err)
+    r = w.batch(events, "--verbose", "--concurrency", "1")
+    eq(re.sub(r" +", " ", r.out.splitlines()[0]), " v1 order - skipped: done before", "a re-run: %r" % r.out)
+    r = w.fire("order", "--verbose")
+    eq(r.rc, 2, "--verbose is for batches (%s)" % r)
+
+
+KEYS = r"""
+return function(event, ctx)
+  local t, inner = {}, {}
+  for i = 30, 1, -1 do t[string.format("k%02d", i)] = i; inner[string.char(96 + i % 26 + 1) .. i] = i end
+  t.inner = inner
+  t.list = { { zeta = 1, alpha = 2, mid = { y = 1, b = 2 } } }
+  ctx.log("info", "keys", { zz = 1, aa = 2 })
+  return t
+end
+"""
+
+
+@test
+def results_keep_a_stable_key_order():
+    w = Work("hooks:\n  k:\n    - script: k.lua\n", {"k.lua": KEYS})
+    outs = []
+    for i in range(2):
+        r = w.fire("k", "--id", "run-%d" % i, "--json")
+        eq(r.rc, 0, "run %d (%s)" % (i, r))
+        outs.append(r.out)
+        res = hook_of(r.json)["result"]
+        keys = list(res)
+        eq(keys, sorted(keys), "top-level keys sorted")
+        eq(list(res["inner"]), sorted(res["inner"]), "nested keys sorted")
+        eq(list(res["list"][0]), ["alpha", "mid", "zeta"], "keys inside a list sorted")
+        eq(list(res["list"][0]["mid"]), ["b", "y"], "and deeper")
+    eq(re.sub(r'"ms":\d+', "", outs[0]).replace("run-0", "run-X"),
+       re.sub(r'"ms":\d+', "", outs[1]).replace("run-1", "run-X"), "the same report, byte for byte, from two runs")
+    lines, _ = batch_report(w.batch([{"event": "k", "id": "b1"}], "--json"))
+    res = hook_of(lines[0])["result"]
+    eq(list(res), sorted(res), "a batch line's result keys sorted")
+    r = w.run("events", "show", "run-0", "--json")
+    stored = json.loads(r.out)
+    text = json.dumps(stored, separators=(",", ":"))
+    check('"result":{"inner":{' in text, "the journal keeps the sorted result: %r" % text[:300])
+
+
+SLOW_LOG = r"""
+local wix = require "wix"
+return function(event, ctx)
+  wix.sleep(40)
+  ctx.log("info", "halfway", { n = event.n })
+  wix.sleep(40)
+  return { n = event.n }
+end
+"""
+
+
+@test
+def progress_bar_never_shares_a_line_with_log_lines():
+    import pty
+    import subprocess
+    from testlib import clean_env, no_sanitizer_report
+    w = Work("hooks:\n  slow:\n    - script: slow.lua\n", {"slow.lua": SLOW_LOG})
+    w.write("ev.ndjson", "".join(json.dumps({"event": "slow", "id": "s%d" % i, "data": {"n": i}}) + "\n"
+                                 for i in range(8)))
+    master, slave = pty.openpty()
+    p = subprocess.Popen([ARGS.wixr, "fire", "--batch", "ev.ndjson", "--concurrency", "1"], cwd=w.dir,
+                         env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the other end is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    p.stdout.read()
+    p.stdout.close()
+    eq(p.wait(timeout=20), 0, "exit status")
+    text = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+    no_sanitizer_report(text, "wixr fire --batch on a terminal")
+    check("[" in text and "#" in text and "ok 8" in text, "a progress bar was drawn: %r" % text[-400:])
+    logs = 0
+    for line in text.split("\n"):
+        if '{"ts"' not in line:
+            continue
+        logs += 1
+        visible = line[line.rfind("\r") + 1:] if "\r" in line else line
+        visible = visible[3:] if visible.startswith("\x1b[K") else visible
+        check(visible.startswith('{"ts"') and "#" not in visible and "ok " not in visible,
+              "a log line shares its line with the bar: %r" % line)
+        check(line.startswith('{"ts"') or line.startswith("\r\x1b[K") or "\r\x1b[K{" in line,
+              "the bar is erased before a log line: %r" % line)
+    eq(logs, 8, "every log line is there: %r" % text[-600:])
+    check(re.search(r"\n8 events: 8 ok, 0 failed", text), "the summary on its own line: %r" % text[-300:])
+
+
+@test
+def version_names_the_commit_and_the_build_date():
+    r = Work().run("version")
+    eq(r.rc, 0, "exit status (%s)" % r)
+    check(re.fullmatch(r"wixr \d+\.\d+\.\d+ \(commit ([0-9a-f]{7,40}(-dirty)?|unknown), built \d{4}-\d\d-\d\d\)\n",
+                       r.out), "version line: %r" % r.out)
+    eq(Work().run("--version").out, r.out, "--version says the same")
 
 
 @test
 def batch_exit_codes():
     w = Work(ORDER_CFG, {"ev.lua": EV, "second.lua": SECOND})
     r = w.batch([{"event": "order", "data": {"n": 1}}, {"event": "unknown"}], "--json")
-    eq((r.rc, r.json["ok"], r.json["skipped"]), (0, 1, 1), "all good (an event without hooks is fine) (%s)" % r)
+    eq((r.rc, summary(r)["ok"], summary(r)["skipped"]), (0, 1, 1),
+       "all good (an event without hooks is fine) (%s)" % r)
     r = w.batch([{"event": "order", "data": {"n": 1, "fail": True}}], "--json")
-    eq((r.rc, r.json["failed"]), (1, 1), "a failure (%s)" % r)
+    eq((r.rc, summary(r)["failed"]), (1, 1), "a failure (%s)" % r)
     r = w.batch([{"event": "order"}, "{oops"], "--json")
-    eq((r.rc, r.json["ok"], r.json["malformed"]), (1, 1, 1), "a malformed line (%s)" % r)
+    eq((r.rc, summary(r)["ok"], summary(r)["malformed"]), (1, 1, 1), "a malformed line (%s)" % r)
     r = w.batch([], "--json")
-    eq((r.rc, r.json["events"]), (0, 0), "an empty batch")
+    eq((r.rc, summary(r)["events"]), (0, 0), "an empty batch")
     r = w.run("fire", "--batch", "missing.ndjson")
     eq(r.rc, 3, "a missing batch file (%s)" % r)
 
@@ -904,13 +1156,15 @@ def fire_single_event_outcomes():
     eq(r.rc, 0, "ok (%s)" % r)
     eq(r.json["event"], "order", "event")
     eq(r.json["ok"], True, "ok")
+    new_id = r.json["id"]
+    check(re.fullmatch(r"[0-9a-f-]{36}", new_id), "an event without an id gets one: %r" % new_id)
     eq([(h["hook"], h["status"], h.get("result")) for h in r.json["hooks"]],
-       [("order (ev.lua)", "ok", {}), ("order (second.lua)", "ok", {"second": True})], "hooks")
+       [("order (ev.lua)", "ok", {"id": new_id}), ("order (second.lua)", "ok", {"second": True})], "hooks")
     check("chained" not in r.json, "no chained key without emits")
     w.write("fail.json", '{"n": 9, "fail": true}')
     r = w.fire("order", "--data", "fail.json")
     eq(r.rc, 1, "a failed hook (%s)" % r)
-    check(re.search(r"^event order\n  FAILED  order \(ev\.lua\)  \d+ ms\n          order \(ev\.lua\): (\./)?ev\.lua:2: "
+    check(re.search(r"^event order \(id [0-9a-f-]{36}\)\n  FAILED  order \(ev\.lua\)  \d+ ms\n          order \(ev\.lua\): (\./)?ev\.lua:2: "
                     r"boom 9\n  skipped order \(second\.lua\)  \d+ ms\n$", r.out), "human output: %r" % r.out)
     r = w.fire("cont", "--data", "-", stdin='{"n": 9, "fail": true}')
     eq(r.rc, 1, "continue still fails the event")
@@ -931,8 +1185,16 @@ def fire_single_event_outcomes():
     r = w.fire("order", "--id", "e-1", "--json")
     eq((r.rc, r.json["id"], r.json["ok"]), (0, "e-1", True), "first with an id")
     r = w.fire("order", "--id", "e-1", "--json")
-    eq((r.rc, r.json), (0, {"event": "order", "id": "e-1", "ok": True, "skipped": "seen before"}), "seen before")
-    check("wixr fire: event e-1 was seen before; not run again" in r.err, r.err)
+    eq((r.rc, r.json), (0, {"event": "order", "id": "e-1", "ok": True, "skipped": "done before"}), "done before")
+    check("wixr fire: event e-1 is done (recorded in the journal); not run" in r.err, r.err)
+    for bad in ("", "a/b", "a b", "x" * 201):
+        r = w.fire("order", "--id", bad)
+        eq(r.rc, 2, "id %r (%s)" % (bad, r))
+        check("wixr fire: --id: must be 1 to 200 characters, without '/', '%', '?', '#', '\\' or spaces" in r.err,
+              r.err)
+    r = w.batch([{"event": "order", "id": "a/b"}, {"event": "order", "id": "ok-1"}], "--json")
+    eq((r.rc, summary(r)["ok"], summary(r)["malformed"]), (1, 1, 1), "an id serve would refuse (%s)" % r)
+    check('<stdin>:1: "id" must be 1 to 200 characters' in r.err, r.err)
 
 
 # ---------------------------------------------------------------------------
@@ -967,7 +1229,8 @@ def chain_emit_runs_the_chained_event():
     eq(hook_of(c)["result"], {"name": "c", "depth": 2, "id": "ev1/1/1", "v": 2, "from": "b"}, "depth 2")
     check("chained" not in c, "the chain ends")
     r = w.fire("a")
-    check(re.search(r"^event a\n  ok .*\n    event b\n      ok .*\n        event c\n          ok ", r.out),
+    check(re.search(r"^event a \(id (\S+)\)\n  ok .*\n    event b \(id \1/1\)\n      ok .*\n        event c \(id \1/1/1\)\n"
+                    r"          ok ", r.out),
           "human output nests chained events: %r" % r.out)
 
 
@@ -1019,7 +1282,7 @@ def returns_must_be_plain_data():
     w = Work(cfg, files)
     events = [{"event": k, "id": k} for k in list(cases) + ["nil", "many"]]
     r = w.batch(events, "--json")
-    rep = r.json
+    rep = summary(r)
     eq((r.rc, rep["ok"], rep["failed"]), (1, 2, len(cases)), "counts: %r" % rep)
     for f in rep["failures"]:
         k = f["event"]
