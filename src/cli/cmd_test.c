@@ -147,7 +147,7 @@ struct pcall_st {
     hook_run *r;
     unsigned long task_id;        /* the waiting task */
     int in_start, finished, abandoned, in_case;
-    int clamped;                  /* the run's deadline is the case's */
+    int fake_ref;                 /* the run's fake_wix, released by the continuation */
     char *name, *id;              /* the event, alive as long as the run */
     /* the outcome, as C data (the continuation turns it into Lua values) */
     int ok;
@@ -541,10 +541,9 @@ static void run_over(hook_run *r, void *arg)
     pc->r = NULL;
     if (p->run == pc)
         p->run = NULL;
-    if (p->fake_ref != LUA_NOREF) {
-        luaL_unref(tc->h->L, LUA_REGISTRYINDEX, p->fake_ref);
-        p->fake_ref = LUA_NOREF;
-    }
+    /* (the reference itself is dropped by the continuation: no Lua here) */
+    pc->fake_ref = p->fake_ref;
+    p->fake_ref = LUA_NOREF;
     pc->ok = r->ok;
     pc->result_json = r->result_json;
     r->result_json = NULL;
@@ -590,6 +589,8 @@ static int run_finish(lua_State *L, int status, lua_KContext ctx)
     pcall_st *pc = sched_payload(tc->h->sched);
     if (!pc)
         return luaL_error(L, "the outcome of a policy run was lost");
+    luaL_unref(L, LUA_REGISTRYINDEX, pc->fake_ref);
+    pc->fake_ref = LUA_NOREF;
     push_outcome(L, pc);
     sched_drop_payload(tc->h->sched);
     return 1;
@@ -614,6 +615,7 @@ static int rt_run(lua_State *L)
         return luaL_error(L, "out of memory");
     pc->p = p;
     pc->tc = tc;
+    pc->fake_ref = LUA_NOREF;
     pc->name = strdup(name);
     pc->id = strdup(id);
     buf_init(&pc->logs, 16 * 1024 * 1024);
@@ -649,6 +651,7 @@ static int rt_run(lua_State *L)
         return luaL_error(L, "out of memory starting the policy");
     }
     if (pc->finished) { /* refused before it started */
+        luaL_unref(L, LUA_REGISTRYINDEX, pc->fake_ref);
         push_outcome(L, pc);
         pc_free(pc);
         return 1;
@@ -661,10 +664,8 @@ static int rt_run(lua_State *L)
         c->inflight = pc;
         /* the case's time limit is a wall limit of the run too: a policy
          * whose own limits are larger still ends with the case */
-        if (r->deadline_ms > c->deadline) {
+        if (r->deadline_ms > c->deadline)
             r->deadline_ms = c->deadline;
-            pc->clamped = 1;
-        }
     }
     return lua_yieldk(L, 0, (lua_KContext)tc, run_finish);
 }
@@ -725,7 +726,6 @@ static void case_done(sched_task *t, lua_State *co, const task_outcome *o, void 
  * instruction raises, so a pcall in the test cannot swallow it. */
 static void case_hook(lua_State *L, lua_Debug *ar)
 {
-    (void)ar;
     lua_rawgetp(L, LUA_REGISTRYINDEX, &key_tc);
     test_ctx *tc = lua_touserdata(L, -1);
     lua_pop(L, 1);
@@ -733,7 +733,12 @@ static void case_hook(lua_State *L, lua_Debug *ar)
         return;
     tc->cur.timed_out = 1;
     lua_sethook(L, case_hook, LUA_MASKCOUNT, 1);
-    luaL_error(L, "timed out after %d ms", (int)tc->cur.timeout_ms);
+    /* where the test code was when its time ran out */
+    if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+        lua_pushfstring(L, "%s:%d: timed out after %d ms", ar->short_src, ar->currentline, (int)tc->cur.timeout_ms);
+    else
+        lua_pushfstring(L, "timed out after %d ms", (int)tc->cur.timeout_ms);
+    lua_error(L);
 }
 
 /* The case is waiting (on a policy run, wix.sleep, an API call) past its deadline. */
