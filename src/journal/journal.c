@@ -1012,3 +1012,45 @@ done:
     unlock(j);
     return ret;
 }
+
+int journal_states(journal *j, const char *const *ids, int n, int *states, char *err, size_t errlen)
+{
+    for (int i = 0; i < n; i++)
+        states[i] = -1;
+    if (n <= 0)
+        return 0;
+    lock(j);
+    int ret = -1, own = sqlite3_get_autocommit(j->db);
+    sqlite3_stmt *s = NULL;
+    if (sqlite3_prepare_v2(j->db, "SELECT state FROM events WHERE id = ?1", -1, &s, NULL) != SQLITE_OK) {
+        set_err(j, "reading states");
+        goto done;
+    }
+    if (own && sqlite3_exec(j->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+        set_err(j, "starting a read");
+        goto done;
+    }
+    int rc = SQLITE_DONE;
+    for (int i = 0; i < n && (rc == SQLITE_DONE || rc == SQLITE_ROW); i++) {
+        if (!ids[i])
+            continue;
+        sqlite3_reset(s);
+        sqlite3_bind_text(s, 1, ids[i], -1, SQLITE_STATIC);
+        rc = sqlite3_step(s);
+        ev_state st;
+        if (rc == SQLITE_ROW && journal_state_parse((const char *)sqlite3_column_text(s, 0), &st) == 0)
+            states[i] = (int)st;
+    }
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        set_err(j, "reading states");
+    else
+        ret = 0;
+    if (own)
+        sqlite3_exec(j->db, "COMMIT", NULL, NULL, NULL); /* (a read: nothing to keep or lose) */
+done:
+    sqlite3_finalize(s);
+    if (ret < 0 && err && errlen)
+        snprintf(err, errlen, "%s", j->err);
+    unlock(j);
+    return ret;
+}

@@ -164,4 +164,10 @@ typedef struct journal_run {
  * item's result set), or -1 with nothing written and err set. */
 int journal_record_runs(journal *j, journal_run *runs, int n, int only_new, char *err, size_t errlen);
 
+/* The state of each of n ids, in one read transaction (in WAL mode a reader
+ * never blocks a writer): states[i] is an ev_state, or -1 when ids[i] is NULL
+ * or not in the journal. For deduplicating a batch without a transaction per
+ * look-up. 0, or -1 (err set). */
+int journal_states(journal *j, const char *const *ids, int n, int *states, char *err, size_t errlen);
+
 #endif
