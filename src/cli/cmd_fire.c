@@ -166,11 +166,13 @@ static void first_error(const event_job *j, char *out, size_t n)
  * never in a pending state, which a service on the same file would pick up
  * and run a second time. Finished runs are written in groups (at most
  * RECORD_GROUP events or RECORD_MS apart, each group one short transaction),
- * so a batch never holds the journal's write lock while hooks run. An event
- * cut short by a stop of the process is not recorded and runs again, with
+ * so a batch never holds the journal's write lock while hooks run. Like the
+ * service's run state changes, they are committed without waiting for the
+ * disk (journal_set_durable 0): a record lost to a power cut, like an event
+ * cut short by a stop of the process, only means the event runs again, with
  * the same derived idempotency keys. */
 
-#define RECORD_GROUP 256
+#define RECORD_GROUP 1024
 #define RECORD_MS 200
 
 enum { CLAIM_RUN, CLAIM_DONE, CLAIM_QUEUED, CLAIM_REPEAT };
@@ -284,6 +286,7 @@ static int store_open(store *s, const wixr_config *cfg, int dry, int dedupe, cha
     }
     if (!(s->j = journal_open(s->path, err, errlen)))
         return -1;
+    journal_set_durable(s->j, 0);
     if (!dry)
         import_events_db(s, cfg->state_dir);
     return 0;
@@ -328,26 +331,22 @@ static int set_add(store *s, const char *id)
     return 1;
 }
 
-/* May this run run the event? CLAIM_* (the id must stay valid while the
- * store is open). */
-static int store_claim(store *s, const char *id)
+/* May this run run the event? CLAIM_*. state is the id's state in the
+ * journal (-1: not there; see store_states). The id must stay valid while
+ * the store is open. */
+static int store_claim(store *s, const char *id, int state)
 {
     if (!s->dedupe || !id)
         return CLAIM_RUN;
     if (!set_add(s, id))
         return CLAIM_REPEAT;
-    if (!s->j)
-        return CLAIM_RUN;
-    journal_event e;
-    int rc = journal_get(s->j, id, &e), claim = CLAIM_RUN;
-    if (rc == 0 && e.state == EV_DONE) {
-        claim = CLAIM_DONE;
-    } else if (rc == 0 && e.state != EV_DEAD) {
-        claim = CLAIM_QUEUED;
-        snprintf(s->queued_state, sizeof s->queued_state, "%s", journal_state_name(e.state));
+    if (state == EV_DONE)
+        return CLAIM_DONE;
+    if (state >= 0 && state != EV_DEAD) {
+        snprintf(s->queued_state, sizeof s->queued_state, "%s", journal_state_name((ev_state)state));
+        return CLAIM_QUEUED;
     }
-    journal_event_free(&e);
-    return claim;
+    return CLAIM_RUN;
 }
 
 static void store_flush(store *s)
@@ -430,13 +429,23 @@ static void store_close(store *s)
     s->j = NULL;
 }
 
-/* The ids wixr serve takes (they are part of its URLs), so that one journal
- * holds one kind of id. */
-#define EVENT_ID_RULE "must be 1 to 200 characters, without '/', '%', '?', '#', '\\' or spaces"
+/* The ids wixr serve takes (they are part of its URLs; the same rule as its
+ * intake), so that one journal holds one kind of id. */
+#define EVENT_ID_RULE                                                                                          \
+    "must be 1 to 200 characters of UTF-8, without control characters, spaces, '/', '%', '?', '#' or '\\'"
 
 static int valid_event_id(const char *id, size_t n)
 {
-    return n >= 1 && n <= 200 && strlen(id) == n && !strpbrk(id, "/%?#\\ \t\r\n");
+    if (n == 0 || n > 200 || strlen(id) != n || !json_utf8_valid(id, n))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)id[i];
+        if (ch <= 0x20 || ch == 0x7f || strchr("/%?#\\", ch))
+            return 0;
+        if (ch == 0xC2 && (unsigned char)id[i + 1] < 0xA0) /* U+0080..U+009F, the C1 controls */
+            return 0;
+    }
+    return 1;
 }
 
 /* A new event id (a UUID, as wixr serve gives an event posted without one). */
@@ -671,6 +680,7 @@ static void bar_stop(bar *b)
 typedef struct fire_event {
     long line;
     char *name, *id, *data;
+    int state;                    /* the id's state in the journal (-1: not there), once looked up */
 } fire_event;
 
 typedef struct run {
@@ -679,6 +689,7 @@ typedef struct run {
     int batch, dry, json, verbose;
     fire_event *ev;
     long nev, next, inflight, concurrency;
+    long looked_up;               /* events whose state was read from the journal */
     long ok, failed, skipped, duplicates, queued, malformed;
     buf_t failures;               /* text: "  event id: error" lines; JSON: the reports, comma-separated */
     int nfailures;
@@ -785,15 +796,42 @@ static void event_done(event_job *j, void *arg)
     start_more(r);
 }
 
+/* Reads the journal states of the next events' ids: one read transaction
+ * per LOOKUP_GROUP events, not one per event. */
+#define LOOKUP_GROUP 4096
+
+static void look_up(run *r)
+{
+    long n = r->nev - r->looked_up < LOOKUP_GROUP ? r->nev - r->looked_up : LOOKUP_GROUP;
+    const char *ids[LOOKUP_GROUP];
+    int states[LOOKUP_GROUP];
+    for (long i = 0; i < n; i++)
+        ids[i] = r->st.dedupe ? r->ev[r->looked_up + i].id : NULL;
+    char err[1024];
+    if (r->st.j && r->st.dedupe && journal_states(r->st.j, ids, (int)n, states, err, sizeof err) < 0) {
+        fprintf(stderr, "wixr fire: %s: %s (these events run without a look-up)\n", r->st.path, err);
+        for (long i = 0; i < n; i++)
+            states[i] = -1;
+    } else if (!r->st.j || !r->st.dedupe) {
+        for (long i = 0; i < n; i++)
+            states[i] = -1;
+    }
+    for (long i = 0; i < n; i++)
+        r->ev[r->looked_up + i].state = states[i];
+    r->looked_up += n;
+}
+
 static void start_more(run *r)
 {
     while (r->inflight < r->concurrency && r->next < r->nev) {
+        if (r->next >= r->looked_up)
+            look_up(r);
         fire_event *e = &r->ev[r->next++];
         if (!hooks_count_for(r->t, e->name)) {
             skip_event(r, e, "no hook"); /* nothing to run, nothing to remember */
             continue;
         }
-        int claim = store_claim(&r->st, e->id);
+        int claim = store_claim(&r->st, e->id, e->state);
         if (claim == CLAIM_DONE || claim == CLAIM_REPEAT) {
             r->duplicates++;
             skip_event(r, e, claim == CLAIM_DONE ? "done before" : "repeated in this batch");
