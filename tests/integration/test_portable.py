@@ -10,6 +10,8 @@ configured catalog still wins. A second process that wants an emulator state
 file in use is refused at once, with the owner's pid, command and what to do.
 Python 3 standard library only. The last line printed is "N passed, N failed".
 """
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -83,8 +85,6 @@ def stop(proc, sig=signal.SIGTERM):
 
 
 def admin_get(port, what):
-    import http.client
-    import json
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     c.request("GET", "/__admin/" + what)
     r = c.getresponse()
@@ -169,6 +169,47 @@ def a_state_file_in_use_is_refused_at_once():
     # The owner died without cleaning up: what it left behind must not stand in the way.
     r = run(ARGS.wixr, ["run", "create.lua"], work)
     check(r.rc == 0, "after the owner is gone the file is free: %s" % r)
+
+
+@test
+def a_state_file_held_by_serve_is_refused_at_once():
+    """`wixr serve` on the embedded emulator owns .wixr/sandbox.db once it has run an event."""
+    work = work_folder("wixr-serve-")
+    with open(os.path.join(work, "create.lua"), "w") as f:
+        f.write(CREATE)
+    with open(os.path.join(work, "hook.lua"), "w") as f:
+        f.write('local wix = require("wix")\nreturn function(event, ctx)\n  return wix.packages.create{account_id = "%s",'
+                ' products = {{catalog_product_id = "%s", country_code = "DE", billing = {unit = "YEAR", count = 1}}}}'
+                '.id\nend\n' % (JANE, P_CORE))
+    config = os.path.join(work, "wixr.yaml")
+    with open(config, "w") as f:
+        f.write("hooks:\n  order.created:\n    - script: hook.lua\n")
+    event = '{"event_id": "e-1", "order_id": "o-1"}'
+    e = {k: v for k, v in clean_env().items() if k != "WIXR_HOME"}
+    log = open(os.path.join(work, "serve.log"), "ab")
+    proc = subprocess.Popen([ARGS.wixr, "serve", "--config", config, "--listen", "127.0.0.1:0",
+                             "--insecure-no-auth"], cwd=work, env=e, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    try:
+        port = wait_for_port_file(proc, os.path.join(work, ".wixr", "serve.port"), 10,
+                                  lambda: read_log(os.path.join(work, "serve.log")), "serve")
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("POST", "/v1/events/order.created", body=event, headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        eid = json.loads(r.read())["id"]
+        eq(r.status, 202, "event accepted")
+        state, deadline = None, time.time() + 15
+        while state not in ("done", "dead") and time.time() < deadline:
+            time.sleep(0.1)
+            c.request("GET", "/v1/events/" + eid)
+            state = json.loads(c.getresponse().read()).get("state")
+        c.close()
+        eq(state, "done", "the event ran on the embedded emulator")
+        r = run(ARGS.wixr, ["run", "create.lua"], work)
+        check(r.rc != 0 and r.elapsed < 2, "refused at once: %s (%.1f s)" % (r, r.elapsed))
+        check(".wixr/sandbox.db is in use by process %d (wixr serve)" % proc.pid in r.err, "names serve: %s" % r)
+    finally:
+        stop(proc)
 
 
 def main():
