@@ -16,8 +16,10 @@
 --                             fields ({status, code, message}); nothing is sent
 --   wix.returns(op, v)        every call of op answers v (a copy), or what the
 --                             function v(args...) returns; nothing is sent
--- A replaced call is recorded but neither checked nor sent. Operation names
--- are "packages.create", "packages.get", "instances.adjust", ...
+-- A replaced call is recorded and checked, but not sent: it is made under dry-run first,
+-- so bad arguments fail as they would, and so does a call the hook's allow or
+-- max_mutations forbids (it counts as a mutation). Operation names are
+-- "packages.create", "packages.get", "instances.adjust", ...
 -- fake_wix{ emulator = true } is the same as fake_wix() (every fake is on the emulator).
 -- Compiled into the wixr binary.
 
@@ -41,6 +43,22 @@ local OPS = {
 local KNOWN = {}
 for group, names in pairs(OPS) do
   for _, name in ipairs(names) do KNOWN[group .. "." .. name] = true end
+end
+
+-- A replaced call is still made, under dry-run (which sends no write), so that what the
+-- wix module refuses -- bad GUIDs, missing fields -- fails as it would.
+local function checked(fn, ...)
+  local ok_rt, rt = pcall(require, "wixr.testrt")
+  if not ok_rt then return end
+  rt.dry(true)
+  local ok, e = pcall(fn, ...)
+  rt.dry(false)
+  if ok then return end
+  if real.is_error(e) then
+    if e.client_side then error(e, 0) end
+  elseif not tostring(e):find("dry run: a mutating call", 1, true) then
+    error(e, 0)
+  end
 end
 
 local function check_op(op, level)
@@ -97,8 +115,11 @@ function M.new(opts)
       local op = group .. "." .. name
       fake[group][name] = function(...)
         local kind, v = fake._intercept(op, table.pack(...))
-        if kind == "fail" then real.raise(v) end
-        if kind == "value" then return v end
+        if kind ~= "pass" then
+          checked(real[group][name], ...)
+          if kind == "fail" then real.raise(v) end
+          return v
+        end
         return real[group][name](...)
       end
     end

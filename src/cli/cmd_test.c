@@ -18,6 +18,7 @@
  *                                          -> {ok, result (JSON), error, code, emitted, logs, wix_error}
  *   case(fn, timeout_ms)                   -> ok, error text, timed_out
  *   release()                              frees every loaded hook state
+ *   dry(on)                                the host's dry-run switch (fake_wix checks replaced calls)
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -226,12 +227,25 @@ static void xcopy(lua_State *from, int idx, lua_State *to, int depth)
  * module makes inside one of them are not recorded again. The wrapper keeps
  * the run's ctx.log calls and the wix.Error that ends a run. */
 static const char setup_lua[] =
-    "local rec, note = ...\n"
+    "local rec, note, dry = ...\n"
     "local wix = require 'wix'\n"
     "local core = require 'wix.core'\n"
     "local running, pack, unpack, pcall, xpcall, error, type = coroutine.running, table.pack, table.unpack,\n"
     "  pcall, xpcall, error, type\n"
     "local inside = setmetatable({}, { __mode = 'k' })\n"
+    "-- a replaced call is still made under dry-run, which sends no write: what the wix module\n"
+    "-- refuses (arguments) and what the hook may not do (allow, max_mutations) fail as they would\n"
+    "local function checked(fn, ...)\n"
+    "  dry(true)\n"
+    "  local ok, e = pcall(fn, ...)\n"
+    "  dry(false)\n"
+    "  if ok then return end\n"
+    "  if wix.is_error(e) then\n"
+    "    if e.client_side then error(e, 0) end\n"
+    "  elseif not tostring(e):find('dry run: a mutating call', 1, true) then\n"
+    "    error(e, 0)\n"
+    "  end\n"
+    "end\n"
     "for _, group in ipairs { 'packages', 'instances' } do\n"
     "  local t, names = wix[group], {}\n"
     "  for name, fn in pairs(t) do if type(fn) == 'function' then names[#names + 1] = name end end\n"
@@ -241,9 +255,14 @@ static const char setup_lua[] =
     "      local co = running()\n"
     "      if inside[co] then return fn(...) end\n"
     "      local kind, v = rec(op, ...)\n"
-    "      if kind == 'fail' then wix.raise(v) end\n"
-    "      if kind == 'value' then return v end\n"
     "      inside[co] = true\n"
+    "      if kind ~= 'pass' then\n"
+    "        local ok, e = pcall(checked, fn, ...)\n"
+    "        inside[co] = nil\n"
+    "        if not ok then error(e, 0) end\n"
+    "        if kind == 'fail' then wix.raise(v) end\n"
+    "        return v\n"
+    "      end\n"
     "      local r = pack(pcall(fn, ...))\n"
     "      inside[co] = nil\n"
     "      if not r[1] then error(r[2], 0) end\n"
@@ -327,6 +346,14 @@ static int hk_note(lua_State *L)
     return 0;
 }
 
+/* dry(on): the host's dry-run switch, around the check of a replaced call. */
+static int hk_dry(lua_State *L)
+{
+    test_ctx *tc = lua_touserdata(L, lua_upvalueindex(1));
+    tc->h->dry_run = lua_toboolean(L, 1);
+    return 0;
+}
+
 /* Runs setup_lua in k's state and puts the wrapper in place of the handler. */
 static int setup_hook(lua_State *L)
 {
@@ -337,7 +364,9 @@ static int setup_hook(lua_State *L)
     lua_pushcclosure(L, hk_rec, 1);
     lua_pushlightuserdata(L, p);
     lua_pushcclosure(L, hk_note, 1);
-    lua_call(L, 2, 1);
+    lua_pushlightuserdata(L, p->tc);
+    lua_pushcclosure(L, hk_dry, 1);
+    lua_call(L, 3, 1);
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->k->handler_ref);
     lua_call(L, 1, 1);
     lua_rawseti(L, LUA_REGISTRYINDEX, p->k->handler_ref);
@@ -539,6 +568,7 @@ static void run_over(hook_run *r, void *arg)
     pol *p = pc->p;
     pc->finished = 1;
     pc->r = NULL;
+    tc->h->dry_run = 0; /* a limit may strike inside the check of a replaced call */
     if (p->run == pc)
         p->run = NULL;
     /* (the reference itself is dropped by the continuation: no Lua here) */
@@ -706,6 +736,7 @@ static void case_done(sched_task *t, lua_State *co, const task_outcome *o, void 
     if (!c->running)
         return;
     c->running = 0;
+    tc->h->dry_run = 0;
     abandon_runs(c, "the test case has ended");
     case_end *e = calloc(1, sizeof *e);
     sched_task *runner = sched_task_by_id(tc->h->sched, c->runner_id);
@@ -817,6 +848,7 @@ static int open_testrt(lua_State *L, test_ctx *tc)
     static const luaL_Reg fns[] = {{"load_text", rt_load_text}, {"load_config", rt_load_config},
                                    {"info", rt_info},           {"run", rt_run},
                                    {"case", rt_case},           {"release", rt_release},
+                                   {"dry", hk_dry},
                                    {NULL, NULL}};
     luaL_newmetatable(L, "wixr.testrt.hook");
     lua_pop(L, 1);

@@ -42,15 +42,26 @@ describe("fake_wix", function()
 
   test("fails the next call with a given Wix error", function()
     w.fail("packages.create", { status = 428, code = "PRODUCT_TYPE_ALREADY_ASSIGNED", message = "taken" })
-    local e = raises(function() w.packages.create { products = {} } end, "PRODUCT_TYPE_ALREADY_ASSIGNED")
+    local spec = { account_id = JANE, products = { { catalog_product_id = SERVICE, country_code = "DE" } } }
+    local e = raises(function() w.packages.create(spec) end, "PRODUCT_TYPE_ALREADY_ASSIGNED")
     eq(e.status, 428)
     truthy(wix.is_error(e))
+    eq(#w.packages.find_by_external_id("x-1", { account_id = JANE }), 0, "nothing was sent")
     raises(function() w.packages.get("0f0f0f0f-1e1e-4d2d-8c3c-4b4b4b4b4b4b") end, "PACKAGE_NOT_FOUND")
   end)
 
   test("returns overrides a result", function()
     w.returns("packages.get", function(id) return { id = id, product_instances = {} } end)
-    eq(w.packages.get("abc").id, "abc")
+    eq(w.packages.get("0f0f0f0f-1e1e-4d2d-8c3c-4b4b4b4b4b4b").id, "0f0f0f0f-1e1e-4d2d-8c3c-4b4b4b4b4b4b")
+  end)
+
+  test("a replaced call still has its arguments checked by the wix module", function()
+    w.returns("packages.get", { id = "x" })
+    raises(function() w.packages.get("abc") end, "INVALID_ARGUMENT")
+    w.fail("packages.create", { code = "SITE_NOT_FOUND" })
+    local e = raises(function() w.packages.create { account_id = JANE, products = {} } end, "INVALID_ARGUMENT")
+    eq(e.field, "products")
+    eq(#w.calls, 2, "both were recorded")
   end)
 
   test("each fake starts a fresh emulator; emulator = true is accepted", function()
