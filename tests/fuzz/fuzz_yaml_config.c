@@ -54,14 +54,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (config_load_string(&c, NAME, (const char *)data, size, err, sizeof err) < 0) {
         if (!err[0] || !memchr(err, '\0', sizeof err))
             fail("a refused configuration without a message", NULL);
-        /* Each problem is one line that says where: NAME:LINE:COL: message. */
+        /* Each problem is one line that says where: NAME:LINE:COL: message (or, for a
+         * script's ---@option line, SCRIPT.lua:LINE:COL: message). */
         for (const char *line = err; *line;) {
             size_t n = strcspn(line, "\n");
             int ln, col, at = 0;
             int more = !line[n] && strstr(line, " more problem") && strstr(line, " not shown");
-            if (strncmp(line, NAME ":", strlen(NAME ":")) ||
-                (!more && (sscanf(line + strlen(NAME ":"), "%d:%d: %n", &ln, &col, &at) != 2 || !at || ln < 1 ||
-                           col < 1)))
+            size_t skip = strlen(NAME ":");
+            const char *lua = strstr(line, ".lua:");
+            if (lua && lua < line + n && strncmp(line, NAME ":", skip))
+                skip = (size_t)(lua - line) + 5;
+            else if (strncmp(line, NAME ":", skip))
+                fail("a problem without file:line:col", line);
+            if (!more && (sscanf(line + skip, "%d:%d: %n", &ln, &col, &at) != 2 || !at || ln < 1 || col < 1))
                 fail("a problem without file:line:col", line);
             line += n + (line[n] == '\n');
         }
