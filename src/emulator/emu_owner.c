@@ -23,7 +23,8 @@
 
 #include "emu_internal.h"
 
-/* "wixr sandbox serve": the program's base name and the subcommand words after it. */
+/* "wixr sandbox serve": the program's base name and the subcommand words after it
+ * (only words wixr knows as commands: an argument might be something not to store). */
 static void own_command(char *out, size_t n)
 {
     char raw[512];
@@ -41,7 +42,11 @@ static void own_command(char *out, size_t n)
     size_t k = (size_t)snprintf(out, n, "%.64s", base ? base + 1 : arg);
     arg += strlen(arg) + 1;
     for (int words = 0; words < 2 && arg < end && k < n; words++, arg += strlen(arg) + 1) {
-        if (!*arg || strspn(arg, "abcdefghijklmnopqrstuvwxyz-") != strlen(arg) || arg[0] == '-')
+        static const char *const commands[] = {"sandbox", "serve", "run", "fire", "test", "check", "events", NULL};
+        int known = 0;
+        for (const char *const *w = commands; *w && !known; w++)
+            known = !strcmp(arg, *w);
+        if (!known)
             break;
         k += (size_t)snprintf(out + k, n - k, " %.32s", arg);
     }
