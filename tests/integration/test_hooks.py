@@ -990,6 +990,105 @@ def events_list_and_show_see_fire_events():
 
 
 @test
+def ids_of_an_old_events_db_are_imported_once():
+    import sqlite3
+    w = Work("hooks:\n  order:\n    - script: ev.lua\n", {"ev.lua": EV})
+    os.makedirs(w.path(".wixr"))
+    db = sqlite3.connect(w.path(".wixr/events.db"))
+    db.execute("CREATE TABLE events(id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, token TEXT NOT NULL,"
+               " finished INTEGER) WITHOUT ROWID")
+    db.executemany("INSERT INTO events VALUES(?, 'order', ?, '', 0)", [("d1", "done"), ("d2", "done"), ("f1", "failed")])
+    db.commit()
+    db.close()
+    events = [{"event": "order", "id": i, "data": {"n": 1}} for i in ("d1", "f1", "n1")]
+    r = w.batch(events, "--json", "--concurrency", "1")
+    eq(r.rc, 0, "exit status (%s)" % r)
+    lines, _ = batch_report(r)
+    eq([(x["id"], x.get("skipped")) for x in lines], [("d1", "done before"), ("f1", None), ("n1", None)],
+       "a done id of the old file is skipped; a failed one runs again")
+    check(re.search(r"wixr fire: 2 finished event ids imported from \.wixr/events\.db into \.wixr/journal\.db "
+                    r"\(the old file is now \.wixr/events\.db\.imported\)", r.err), r.err)
+    check(not os.path.exists(w.path(".wixr/events.db")) and os.path.exists(w.path(".wixr/events.db.imported")),
+          "the old file is renamed")
+    r = w.batch(events, "--json")
+    eq([x.get("skipped") for x in batch_report(r)[0]], ["done before"] * 3, "all done now (%s)" % r)
+    check("imported" not in r.err, "imported once: %r" % r.err)
+    got = {x["id"]: x["state"] for x in map(json.loads, w.run("events", "list", "--json").out.splitlines())}
+    eq(got, {"d1": "done", "d2": "done", "f1": "done", "n1": "done"}, "the journal")
+
+
+RAN = ('local wix = require "wix"\nreturn function(event, ctx)\n  wix.sleep(2)\n  ctx.log("info", "ran", {})\n'
+       '  return { n = event.n }\nend\n')
+
+
+@test
+def fire_and_serve_share_one_journal_at_once():
+    """fire and serve write the same journal at the same moment (each with its own emulator state); each runs
+    only its own events, and the journal ends with all of them done."""
+    import http.client
+    import signal
+    import subprocess
+    import threading
+    import time
+    from testlib import clean_env, no_sanitizer_report, wait_for_port_file
+    hooks = "hooks:\n  order:\n    - script: ran.lua\n"
+    w = Work(None, {"ran.lua": RAN,
+                    "serve.yaml": "runtime: {state_dir: srv}\nserve: {listen: '127.0.0.1:0', journal: shared.db}\n" + hooks,
+                    "fire.yaml": "runtime: {state_dir: fst}\nserve: {journal: shared.db}\n" + hooks})
+    log = open(w.path("serve.log"), "wb")
+    proc = subprocess.Popen([ARGS.wixr, "serve", "--config", "serve.yaml", "--insecure-no-auth"], cwd=w.dir,
+                            env=clean_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        port = wait_for_port_file(proc, w.path("srv/serve.port"), 15, lambda: open(w.path("serve.log")).read(),
+                                  "wixr serve")
+        posted = []
+
+        def post():
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+            try:
+                for i in range(150):
+                    c.request("POST", "/v1/events/order", body=json.dumps({"n": i}),
+                              headers={"X-Event-Id": "s-%d" % i})
+                    resp = c.getresponse()
+                    resp.read()
+                    posted.append(resp.status)
+            except Exception as e:  # noqa: BLE001 (reported by the check below)
+                posted.append(repr(e))
+            c.close()
+        t = threading.Thread(target=post)
+        t.start()
+        w.write("ev.ndjson", "".join(json.dumps({"event": "order", "id": "f-%d" % i, "data": {"n": i}}) + "\n"
+                                     for i in range(400)))
+        r = w.run("fire", "--batch", "ev.ndjson", "--config", "fire.yaml", "--quiet", "--concurrency", "4")
+        t.join(30)
+        eq(r.rc, 0, "fire (%s)" % r)
+        eq(posted, [202] * 150, "every POST accepted")
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            lst = w.run("events", "list", "--config", "fire.yaml", "--limit", "0", "--json")
+            got = [json.loads(x) for x in lst.out.splitlines()]
+            if len(got) == 550 and all(x["state"] == "done" for x in got):
+                break
+            time.sleep(0.2)
+        eq((len(got), sorted(set(x["state"] for x in got))), (550, ["done"]), "every event done in the journal")
+        eq(sorted(x["attempts"] for x in got), [1] * 550, "each ran once")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    serve_log = open(w.path("serve.log")).read()
+    no_sanitizer_report(serve_log, "wixr serve")
+    served = set(re.findall(r'"event_id":"([sf]-\d+)"', serve_log))
+    fired = set(re.findall(r'"event_id":"([sf]-\d+)"', r.err))
+    eq((len(served), len(fired)), (150, 400), "each process ran its own events")
+    check(all(x.startswith("s-") for x in served) and all(x.startswith("f-") for x in fired),
+          "serve ran none of fire's events, nor fire serve's")
+
+
+@test
 def batch_json_lines_carry_each_event():
     cfg = ("hooks:\n  order:\n    - script: ev.lua\n    - script: second.lua\n  cr:\n    - script: cr.lua\n")
     w = Work(cfg, {"ev.lua": EV, "second.lua": SECOND, "cr.lua": CREATE}, wix=True)
