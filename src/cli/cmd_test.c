@@ -290,6 +290,32 @@ static const char setup_lua[] =
     "  end\n"
     "end\n";
 
+typedef struct rec_call {
+    pol *p;
+    lua_State *hook;              /* the hook thread: op, then the call's n arguments */
+    int n;
+} rec_call;
+
+/* On the test state's thread, protected: fake._intercept(op, {args..., n = n}) -> kind, value. */
+static int rec_in_test(lua_State *T)
+{
+    rec_call *rc = lua_touserdata(T, 1);
+    lua_settop(T, 0);
+    luaL_checkstack(T, 8, "fake_wix");
+    lua_rawgeti(T, LUA_REGISTRYINDEX, rc->p->fake_ref);
+    lua_getfield(T, -1, "_intercept");
+    lua_pushstring(T, lua_tostring(rc->hook, 1));
+    lua_createtable(T, rc->n, 1);
+    for (int i = 1; i <= rc->n; i++) {
+        xcopy(rc->hook, i + 1, T, 0);
+        lua_rawseti(T, -2, i);
+    }
+    lua_pushinteger(T, rc->n);
+    lua_setfield(T, -2, "n");
+    lua_call(T, 2, 2);
+    return 2;
+}
+
 /* rec(op, ...) in a hook state: records the call with the run's fake_wix and
  * returns "pass", "fail", fields or "value", v (what the fake says). */
 static int hk_rec(lua_State *L)
@@ -300,25 +326,17 @@ static int hk_rec(lua_State *L)
         return 1;
     }
     lua_State *T = p->tc->T;
+    rec_call rc = {p, L, lua_gettop(L) - 1};
     lua_settop(T, 0);
-    int n = lua_gettop(L) - 1;
-    luaL_checkstack(T, 8, "fake_wix");
-    lua_rawgeti(T, LUA_REGISTRYINDEX, p->fake_ref);
-    lua_getfield(T, -1, "_intercept");
-    lua_pushstring(T, lua_tostring(L, 1));
-    lua_createtable(T, n, 1);
-    for (int i = 1; i <= n; i++) {
-        xcopy(L, i + 1, T, 0);
-        lua_rawseti(T, -2, i);
-    }
-    lua_pushinteger(T, n);
-    lua_setfield(T, -2, "n");
-    if (lua_pcall(T, 2, 2, 0) != LUA_OK) {
+    lua_pushcfunction(T, rec_in_test);
+    lua_pushlightuserdata(T, &rc);
+    if (lua_pcall(T, 1, 2, 0) != LUA_OK) {
         const char *m = lua_tostring(T, -1);
         lua_pushfstring(L, "fake_wix: %s", m ? m : "an error that is not a string");
         lua_settop(T, 0);
         return lua_error(L);
     }
+    /* into the hook's state: a memory error here ends the run, as any would */
     xcopy(T, -2, L, 0);
     xcopy(T, -1, L, 0);
     lua_settop(T, 0);
@@ -640,9 +658,16 @@ static int rt_run(lua_State *L)
         return luaL_error(L, "a policy runs only inside a test");
     if (p->run)
         return luaL_error(L, "this policy is already running (one call at a time)");
+    int fake_ref = LUA_NOREF;
+    if (!lua_isnoneornil(L, 6)) {
+        lua_pushvalue(L, 6);
+        fake_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     pcall_st *pc = calloc(1, sizeof *pc);
-    if (!pc)
+    if (!pc) {
+        luaL_unref(L, LUA_REGISTRYINDEX, fake_ref);
         return luaL_error(L, "out of memory");
+    }
     pc->p = p;
     pc->tc = tc;
     pc->fake_ref = LUA_NOREF;
@@ -653,6 +678,7 @@ static int rt_run(lua_State *L)
     if (!pc->name || !pc->id || ((options || p->orig_options) && !opt)) {
         free(opt);
         pc_free(pc);
+        luaL_unref(L, LUA_REGISTRYINDEX, fake_ref);
         return luaL_error(L, "out of memory");
     }
     /* ctx.options of this run: the hook's are decoded again from the new text */
@@ -662,10 +688,7 @@ static int rt_run(lua_State *L)
         luaL_unref(p->k->L, LUA_REGISTRYINDEX, p->k->options_ref);
         p->k->options_ref = LUA_NOREF;
     }
-    if (!lua_isnoneornil(L, 6)) {
-        lua_pushvalue(L, 6);
-        p->fake_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    }
+    p->fake_ref = fake_ref;
     p->run = pc;
     pc->task_id = sched_task_id(me);
     pc->in_start = 1;
