@@ -391,6 +391,37 @@ static int setup_hook(lua_State *L)
     return 0;
 }
 
+/* Installs the recorder and the handler's wrapper in p's hook state. */
+static int prepare(pol *p, char *err, size_t errlen)
+{
+    lua_State *K = p->k->L;
+    lua_pushcfunction(K, setup_hook);
+    lua_pushlightuserdata(K, p);
+    if (lua_pcall(K, 1, 0, 0) != LUA_OK) {
+        snprintf(err, errlen, "%s: preparing the hook for tests: %s", p->def->where,
+                 lua_type(K, -1) == LUA_TSTRING ? lua_tostring(K, -1) : "error");
+        lua_pop(K, 1);
+        return -1;
+    }
+    return 0;
+}
+
+/* After a run broke the memory cap, the next run gets a fresh state, as under
+ * `wixr fire`; here it is loaded again, and prepared. */
+static int reload(pol *p, char *err, size_t errlen)
+{
+    hook_free(p->k);
+    p->k = hook_load(p->tc->h, &p->cfg, p->def, err, errlen);
+    if (!p->k)
+        return -1;
+    if (prepare(p, err, errlen) < 0) {
+        hook_free(p->k);
+        p->k = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 static void pol_release(pol *p)
 {
     if (p->k && p->k->runs == 0) {
@@ -430,13 +461,7 @@ static int load_hook(lua_State *L, test_ctx *tc, pol *p, const char *event, lua_
     p->tc = tc;
     p->have_cfg = 1;
     p->fake_ref = LUA_NOREF;
-    lua_State *K = p->k->L;
-    lua_pushcfunction(K, setup_hook);
-    lua_pushlightuserdata(K, p);
-    if (lua_pcall(K, 1, 0, 0) != LUA_OK) {
-        snprintf(err, sizeof err, "%s: preparing the hook for tests: %s", p->def->where,
-                 lua_type(K, -1) == LUA_TSTRING ? lua_tostring(K, -1) : "error");
-        lua_pop(K, 1);
+    if (prepare(p, err, sizeof err) < 0) {
         hook_free(p->k);
         config_free(&p->cfg);
         free(p);
@@ -658,6 +683,11 @@ static int rt_run(lua_State *L)
         return luaL_error(L, "a policy runs only inside a test");
     if (p->run)
         return luaL_error(L, "this policy is already running (one call at a time)");
+    if (p->k->broken && p->k->runs == 0) {
+        char err[1024];
+        if (reload(p, err, sizeof err) < 0)
+            return luaL_error(L, "the hook's state could not be rebuilt after a broken memory limit: %s", err);
+    }
     int fake_ref = LUA_NOREF;
     if (!lua_isnoneornil(L, 6)) {
         lua_pushvalue(L, 6);
