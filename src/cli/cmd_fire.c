@@ -535,10 +535,11 @@ static void put_line(buf_t *b)
     buf_free(b);
 }
 
-static void print_job_human(const event_job *j, int indent)
+static void print_job_human(const event_job *j, int indent, int dry)
 {
     static const char *const st[] = {"ok", "FAILED", "skipped"};
-    printf("%*sevent %s%s%s%s\n", indent, "", j->name, j->id ? " (id " : "", j->id ? j->id : "", j->id ? ")" : "");
+    printf("%*sevent %s%s%s%s%s\n", indent, "", j->name, j->id ? " (id " : "", j->id ? j->id : "", j->id ? ")" : "",
+           dry ? "  [dry run: nothing sent or recorded]" : "");
     if (!j->nidx)
         printf("%*s  no hook is configured for this event\n", indent, "");
     for (int i = 0; i < j->nidx; i++) {
@@ -569,7 +570,7 @@ static void print_job_human(const event_job *j, int indent)
         }
     }
     for (int i = 0; i < j->nchildren; i++)
-        print_job_human(j->children[i], indent + 4);
+        print_job_human(j->children[i], indent + 4, 0);
 }
 
 /* The hook's script for a --verbose line: "order (ev.lua)" of event order -> "ev.lua". */
@@ -1088,7 +1089,7 @@ static int run_single(wixr_host *h, hook_table *t, const wixr_config *cfg, const
             write_job(&w, r.single, dry);
             put_line(&b);
         } else {
-            print_job_human(r.single, 0);
+            print_job_human(r.single, 0, dry);
         }
         rc = r.single->failed || r.st.unrecorded ? EXIT_WORK_FAILED : 0;
         event_job_free(r.single);
