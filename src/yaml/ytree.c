@@ -109,7 +109,8 @@ static int node_height(const ynode *n)
     return n->type == Y_SCALAR ? 0 : h + 1;
 }
 
-/* Nodes (keys included) and scalar bytes of n, counting stops once past limit. */
+/* Nodes (keys included) and scalar bytes of the list that starts at n (n and its
+ * siblings, with their children); counting stops once past limit. */
 static void node_size(const ynode *n, size_t *nodes, size_t *bytes, size_t limit)
 {
     for (; n && *nodes <= limit; n = n->next) {
@@ -151,12 +152,17 @@ fail:
     return NULL;
 }
 
-/* Charges a copy of n, made at the position of at, to the caps on what aliases add
- * (what, e.g. "alias *x", names it in the message); 0 or -1 with the error set. */
-static int charge_copy(loader *l, const ynode *n, int height, const ynode *at, const char *what)
+/* Charges a copy of n alone (its children, not its siblings; its key when with_key),
+ * made at the position of at, to the caps on what aliases add (what, e.g. "alias *x",
+ * names it in the message); 0 or -1 with the error set. */
+static int charge_copy(loader *l, const ynode *n, int with_key, int height, const ynode *at, const char *what)
 {
-    size_t nodes = 0, bytes = 0;
-    node_size(n, &nodes, &bytes, YTREE_MAX_ALIAS_NODES);
+    size_t nodes = 1, bytes = n->len;
+    if (with_key && n->key) {
+        nodes++;
+        bytes += n->key->len;
+    }
+    node_size(n->head, &nodes, &bytes, YTREE_MAX_ALIAS_NODES);
     char msg[200];
     if (l->alias_nodes + nodes > YTREE_MAX_ALIAS_NODES || l->alias_bytes + bytes > YTREE_MAX_ALIAS_BYTES) {
         snprintf(msg, sizeof msg,
@@ -212,7 +218,7 @@ static ynode *load_alias(loader *l, yaml_event_t *ev)
             return mark_err(l, &at, "alias refers to the node it is inside of", name), NULL;
         char what[100];
         snprintf(what, sizeof what, "alias *%.60s", name);
-        if (charge_copy(l, a->node, a->height, &at, what) < 0)
+        if (charge_copy(l, a->node, 0, a->height, &at, what) < 0)
             return NULL;
         ynode *c = node_copy(a->node);
         if (!c)
@@ -243,7 +249,7 @@ static int merge_one(loader *l, ynode *map, ynode ***tail, const ynode *from, co
     for (const ynode *e = from->head; e; e = e->next) {
         if (ymap_get(map, e->key->str))
             continue;
-        if (charge_copy(l, e, node_height(e), at, "merge key '<<'") < 0)
+        if (charge_copy(l, e, 1, node_height(e), at, "merge key '<<'") < 0)
             return -1;
         ynode *c = node_copy(e);
         if (!c || !(c->key = node_copy(e->key))) {

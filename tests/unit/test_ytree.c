@@ -190,6 +190,21 @@ static void test_alias_bomb(void)
     CHECK(strncmp(err, "t.yaml:2:", 9) == 0 && strstr(err, "alias *s: aliases would expand the document past"));
     free(t);
 
+    /* an alias costs what it copies, not what follows its anchor in the file */
+    size_t cap = 64 * 1024;
+    char *many = malloc(cap);
+    size_t k = (size_t)snprintf(many, cap, "a: &x 1\n");
+    for (int i = 0; i < 2000; i++)
+        k += (size_t)snprintf(many + k, cap - k, "k%d: v\n", i);
+    k += (size_t)snprintf(many + k, cap - k, "l: [");
+    for (int i = 0; i < 60; i++)
+        k += (size_t)snprintf(many + k, cap - k, "%s*x", i ? ", " : "");
+    snprintf(many + k, cap - k, "]\n");
+    ydoc *d = load(many, err, sizeof err);
+    CHECK(d != NULL && ymap_get(d->root, "l")->n == 60);
+    ytree_free(d);
+    free(many);
+
     /* aliases cannot nest past the depth cap either */
     char deep[1024] = "a: &a ";
     for (int i = 0; i < 40; i++)
