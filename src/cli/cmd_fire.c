@@ -968,8 +968,10 @@ static void print_summary(run *r, double secs)
             jw_key(&w, counts[i].k);
             jw_int(&w, counts[i].v);
         }
+        char num[32]; /* (three decimals: %.17g would print 0.137 as 0.13700000000000001) */
+        int nl = snprintf(num, sizeof num, "%.3f", secs);
         jw_key(&w, "seconds");
-        jw_num(&w, (double)(long long)(secs * 1000 + 0.5) / 1000);
+        jw_raw(&w, num, (size_t)nl);
         jw_key(&w, "failures");
         jw_arr(&w);
         if (r->failures.len)
