@@ -688,6 +688,41 @@ static const char *base_name(const char *path)
     return s ? s + 1 : path;
 }
 
+/* One key of a hook's merged options (v its value; mine its node in the hook's own
+ * options or NULL, at where it is written): declared, and of a declared type. */
+static void check_option(const ydoc *d, const hook_def *h, const opt_schema *sc, const char *key,
+                         const json_value *v, const ynode *mine, const ynode *at, buf_t *errs, int *nerr)
+{
+    char err[1024];
+    const size_t errlen = sizeof err;
+    if (!at)
+        return;
+    const opt_decl *o = schema_find(sc, key);
+    if (!o) {
+        if (!mine)
+            return;
+        const char *best = ytree_nearest(key, sc->v, (size_t)sc->n, sizeof sc->v[0]);
+        if (best)
+            yerr(d, mine->key, err, errlen, "options: '%s' is not an option %s declares (did you mean '%s'?)", key,
+                 base_name(h->script), best);
+        else {
+            char names[512];
+            size_t k = 0;
+            names[0] = '\0';
+            for (int i = 0; i < sc->n && k < sizeof names - 1; i++)
+                k += (size_t)snprintf(names + k, sizeof names - k, "%s%s", i ? ", " : "", sc->v[i].name);
+            yerr(d, mine->key, err, errlen, "options: '%s' is not an option %s declares (%s)", key,
+                 base_name(h->script), sc->n ? names : "none");
+        }
+        NOTE_ERR();
+        return;
+    }
+    if (!(json_kind(v) & o->types))
+        yerr(d, at, err, errlen, "options.%s: %s declares it %s, got %s", key, base_name(h->script), o->type_text,
+             kind_word(v)),
+            NOTE_ERR();
+}
+
 /* Checks a hook's options (own: the hook's options node, base: defaults.options,
  * json: the merged result) against its script's declarations: a key of its own that
  * the script does not declare, or a value of the wrong type, is a problem. A key
@@ -697,41 +732,16 @@ static void check_options(const ydoc *d, const hook_def *h, const opt_schema *sc
 {
     if (!sc->declared || !h->options_json)
         return;
-    char err[1024];
-    const size_t errlen = sizeof err;
     json_doc *doc = NULL;
     json_value *root = json_parse(h->options_json, strlen(h->options_json), 0, &doc, NULL);
     for (const json_value *v = root && root->type == JSON_OBJECT ? root->u.kids.head : NULL; v; v = v->next) {
-        char key[256];
-        snprintf(key, sizeof key, "%.*s", (int)v->keylen, v->key);
+        char *key = strndup(v->key, v->keylen);
+        if (!key)
+            break;
         const ynode *mine = ymap_get(own, key);
         const ynode *at = mine ? mine : ymap_get(base, key);
-        if (!at)
-            continue;
-        const opt_decl *o = schema_find(sc, key);
-        if (!o) {
-            if (!mine)
-                continue;
-            const char *best = ytree_nearest(key, sc->v, (size_t)sc->n, sizeof sc->v[0]);
-            if (best)
-                yerr(d, mine->key, err, errlen, "options: '%s' is not an option %s declares (did you mean '%s'?)", key,
-                     base_name(h->script), best);
-            else {
-                char names[512];
-                size_t k = 0;
-                names[0] = '\0';
-                for (int i = 0; i < sc->n && k < sizeof names - 1; i++)
-                    k += (size_t)snprintf(names + k, sizeof names - k, "%s%s", i ? ", " : "", sc->v[i].name);
-                yerr(d, mine->key, err, errlen, "options: '%s' is not an option %s declares (%s)", key,
-                     base_name(h->script), sc->n ? names : "none");
-            }
-            NOTE_ERR();
-            continue;
-        }
-        if (!(json_kind(v) & o->types))
-            yerr(d, at, err, errlen, "options.%s: %s declares it %s, got %s", key, base_name(h->script), o->type_text,
-                 kind_word(v)),
-                NOTE_ERR();
+        check_option(d, h, sc, key, v, mine, at, errs, nerr);
+        free(key);
     }
     json_doc_free(doc);
 }

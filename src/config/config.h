@@ -6,6 +6,12 @@
  * WIX_ACCOUNT_ID, WIX_BASE_URL) > config file > built-in defaults.
  * The API key is held here and handed only to the HTTP transport; it is
  * never printed, logged or stored.
+ *
+ * Every problem of the file is listed (one "file:line:col: message" a line), from
+ * every section. `defaults:` gives every hook its base (options merged deeply under
+ * the hook's own; allow, limits, on_error, max_mutations, retry unless the hook sets
+ * them). A script that opens with "---@option NAME TYPE" lines has its hook's options
+ * checked against them (undeclared keys and wrong types are problems).
  */
 #ifndef WIXR_CONFIG_H
 #define WIXR_CONFIG_H
@@ -60,7 +66,7 @@ typedef struct hook_def {
     char *event;
     char *script;                 /* resolved path */
     char *where;                  /* "file:line:col" of the entry, for messages */
-    char *options_json;           /* ctx.options, as JSON */
+    char *options_json;           /* ctx.options, as JSON: the hook's options merged over defaults.options */
     hook_limits limits;
     int on_error_continue;
     int enabled;
