@@ -24,8 +24,9 @@
 static const char usage[] =
     "usage: wixr check [--config FILE] [--json]\n"
     "\n"
-    "Validates the configuration (unknown keys, types, ${ENV} references, script paths)\n"
-    "and, when it is valid, loads and compiles every enabled hook script in its sandbox.\n"
+    "Validates the configuration (unknown keys, types, ${ENV} references, script paths,\n"
+    "options against the ---@option lines of their scripts) and, when it is valid, loads\n"
+    "and compiles every enabled hook script in its sandbox.\n"
     "Then a serve.listen set in the file is bound and released: an address that cannot\n"
     "be bound is a problem, one in use or needing privileges only a warning.\n"
     "Every problem is listed as file:line:col: message.\n"
