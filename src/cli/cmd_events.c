@@ -125,6 +125,17 @@ static char *cell(const char *s, int max)
     return out;
 }
 
+/* An id as messages show it: control characters as '?', at most 200
+ * characters (the returned text lives until the next call). */
+static const char *shown(const char *id)
+{
+    static char out[1024];
+    char *c = cell(id, 200);
+    snprintf(out, sizeof out, "%s", c ? c : "?");
+    free(c);
+    return out;
+}
+
 /* Display width of s (UTF-8 characters). */
 static int width(const char *s)
 {
@@ -402,7 +413,7 @@ static int events_show(int argc, char **argv)
         return journal_failed(j);
     journal_close(j);
     if (rc == 1) {
-        fprintf(stderr, "wixr events: no event '%s' in %s\n", id, path);
+        fprintf(stderr, "wixr events: no event '%s' in %s\n", shown(id), path);
         return EXIT_WORK_FAILED;
     }
     if (json) {
@@ -475,7 +486,7 @@ static int events_retry(int argc, char **argv)
         return journal_failed(j);
     if (rc == 1) {
         journal_close(j);
-        fprintf(stderr, "wixr events: no event '%s' in %s\n", id, path);
+        fprintf(stderr, "wixr events: no event '%s' in %s\n", shown(id), path);
         return EXIT_WORK_FAILED;
     }
     ev_state was = e.state;
@@ -483,7 +494,7 @@ static int events_retry(int argc, char **argv)
     journal_event_free(&e);
     if (was != EV_DEAD && was != EV_RETRYING) {
         journal_close(j);
-        fprintf(stderr, "wixr events: event '%s' is %s; only dead or retrying events can be retried\n", id,
+        fprintf(stderr, "wixr events: event '%s' is %s; only dead or retrying events can be retried\n", shown(id),
                 journal_state_name(was));
         return EXIT_WORK_FAILED;
     }
@@ -492,10 +503,11 @@ static int events_retry(int argc, char **argv)
         return journal_failed(j);
     journal_close(j);
     if (rc == 1) {
-        fprintf(stderr, "wixr events: event '%s' changed state meanwhile (wixr serve took it); not retried\n", id);
+        fprintf(stderr, "wixr events: event '%s' changed state meanwhile (wixr serve took it); not retried\n",
+                shown(id));
         return EXIT_WORK_FAILED;
     }
-    printf("event %s: %s after %d attempt%s -> accepted (attempts reset); wixr serve runs it again\n", id,
+    printf("event %s: %s after %d attempt%s -> accepted (attempts reset); wixr serve runs it again\n", shown(id),
            journal_state_name(was), attempts, attempts == 1 ? "" : "s");
     return 0;
 }
