@@ -465,50 +465,23 @@ static char *new_event_id(void)
 
 /* ---- reports ---- */
 
-static const char *const status_names[] = {"ok", "failed", "skipped"};
-
-/* The event's report: {"event","id","ok","dry_run"?,"hooks":[{"hook","status",
- * "result"?,"error"?,"planned"?,"ms"}],"chained"?:[...]} */
+/* The event's report: event_job_json's (the one wixr serve keeps in the
+ * journal: {"event","id","ok","hooks":[{"hook","status","result"?,"error"?,
+ * "planned"?,"ms"}],"chained"?}), with "dry_run": true first in a dry run. */
 static void write_job(json_writer *w, const event_job *j, int dry)
 {
-    jw_obj(w);
-    jw_kstr(w, "event", j->name);
-    jw_kstr(w, "id", j->id);
-    jw_key(w, "ok");
-    jw_bool(w, !j->failed);
-    if (dry) {
-        jw_key(w, "dry_run");
-        jw_bool(w, 1);
+    buf_t b;
+    buf_init(&b, 0);
+    if (dry)
+        buf_adds(&b, "{\"dry_run\":true,");
+    size_t at = b.len;
+    event_job_json(j, &b);
+    if (dry && b.len > at + 1 && b.data[at] == '{') { /* the report's own '{' goes: the object is open already */
+        memmove(b.data + at, b.data + at + 1, b.len - at - 1);
+        b.data[--b.len] = '\0';
     }
-    jw_key(w, "hooks");
-    jw_arr(w);
-    for (int i = 0; i < j->nidx; i++) {
-        const hook_result *r = &j->results[i];
-        jw_obj(w);
-        jw_kstr(w, "hook", r->hook);
-        jw_kstr(w, "status", status_names[r->status]);
-        if (r->result_json) {
-            jw_key(w, "result");
-            jw_raw(w, r->result_json, strlen(r->result_json));
-        }
-        jw_kstr(w, "error", r->error);
-        if (r->plan_json) {
-            jw_key(w, "planned");
-            jw_raw(w, r->plan_json, strlen(r->plan_json));
-        }
-        jw_key(w, "ms");
-        jw_int(w, r->ms);
-        jw_obj_end(w);
-    }
-    jw_arr_end(w);
-    if (j->nchildren) {
-        jw_key(w, "chained");
-        jw_arr(w);
-        for (int i = 0; i < j->nchildren; i++)
-            write_job(w, j->children[i], 0);
-        jw_arr_end(w);
-    }
-    jw_obj_end(w);
+    jw_raw(w, b.data, b.len);
+    buf_free(&b);
 }
 
 /* An event that did not run: {"event","id","ok":true,"dry_run"?,"skipped":why} */
