@@ -591,7 +591,9 @@ function wix.spawn(fn, ...)
     t.done, t.ok, t.value = true, ok, r
     for _, w in ipairs(t.waiters) do wake(w) end
     if not ok and #t.waiters == 0 then
-      core.log("warn", "a task started with wix.spawn failed (nobody waited for it): " .. tostring(r))
+      -- Nobody waits: the task ends with the error, and the host logs it
+      -- (turning the value to text under protection and a bound).
+      error(r, 0)
     end
   end)
   return t

@@ -42,34 +42,26 @@ typedef struct outcome {
     int want_trace;
 } outcome;
 
-static void root_done(sched_task *t, lua_State *co, int status, void *arg)
+static void root_done(sched_task *t, lua_State *co, const task_outcome *to, void *arg)
 {
     (void)t;
+    (void)co;
     outcome *o = arg;
     o->finished = 1;
-    o->status = status;
-    if (status == LUA_OK) {
-        if (lua_gettop(co) >= 1 && !lua_isnil(co, 1)) {
-            buf_t b;
-            char err[256];
-            buf_init(&b, 64 * 1024 * 1024);
-            if (luajson_encode(co, 1, &b, 0, err, sizeof err) == 0) {
-                o->result_json = buf_steal(&b, NULL);
-            } else {
-                o->status = LUA_ERRRUN;
-                if (asprintf(&o->error, "the script's result cannot be printed as JSON: %s", err) < 0)
-                    o->error = NULL;
-            }
-            buf_free(&b);
+    o->status = to->kind == OUTCOME_OK ? LUA_OK : LUA_ERRRUN;
+    if (to->kind == OUTCOME_OK) {
+        if (to->json && strcmp(to->json, "null") != 0) {
+            o->result_json = strdup(to->json);
+        } else if (!to->json) {
+            o->status = LUA_ERRRUN;
+            if (asprintf(&o->error, "the script's result cannot be printed as JSON: %s", to->text) < 0)
+                o->error = NULL;
         }
         return;
     }
-    const char *msg = host_error_text(co, -1);
-    o->error = strdup(msg);
-    if (o->want_trace) {
-        luaL_traceback(co, co, NULL, 0);
-        o->trace = strdup(lua_tostring(co, -1));
-    }
+    o->error = strdup(to->text);
+    if (to->trace)
+        o->trace = strdup(to->trace);
 }
 
 /* Pushes the event (a table; {} without --event). Returns 0, or -1 after printing why. */
@@ -193,7 +185,7 @@ int cmd_run(int argc, char **argv)
     lua_setfield(L, -2, "name");
     lua_getfield(L, -2, "id");
     lua_setfield(L, -2, "id");
-    if (!sched_spawn(h->sched, L, 3, root_done, &o)) {
+    if (!sched_spawn_in(h->sched, L, 3, 0, SCHED_RESULT_JSON | (trace ? SCHED_TRACEBACK : 0), root_done, &o)) {
         fprintf(stderr, "wixr run: out of memory\n");
         goto done;
     }

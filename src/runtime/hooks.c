@@ -200,6 +200,8 @@ static void hook_finished(hook_run *r, void *arg)
     event_job *j = arg;
     hook_result *res = &j->results[j->pos];
     res->status = r->ok ? HOOK_OK : HOOK_FAILED;
+    res->outcome = r->outcome;
+    snprintf(res->code, sizeof res->code, "%s", r->error_code);
     res->result_json = r->result_json;
     r->result_json = NULL;
     res->error = r->error;

@@ -35,6 +35,8 @@ enum { HOOK_OK, HOOK_FAILED, HOOK_SKIPPED };
 typedef struct hook_result {
     const char *hook;             /* the hook's name */
     int status;                   /* HOOK_* */
+    int outcome;                  /* enum run_outcome (sandbox.h): RUN_OK, RUN_ERROR, RUN_PERMANENT, ... */
+    char code[64];                /* the error value's code (e.g. SITE_NOT_FOUND), or "" */
     char *result_json;
     char *error;
     char *plan_json;              /* dry-run: a JSON array */

@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../json/json.h"
 #include "../util/buf.h"
+#include "../util/isotime.h"
 #include "../wix/luajson.h"
 #include "embedded_lua.h"
 
@@ -133,25 +135,27 @@ int host_load_script(wixr_host *h, const char *path)
     return luaL_loadfilex(h->L, path, "t");
 }
 
-const char *host_error_text(lua_State *L, int idx)
+void host_log(const char *level, const char *msg, const char *const *fields)
 {
-    idx = lua_absindex(L, idx);
-    if (luaL_callmeta(L, idx, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-        return lua_tostring(L, -1);
-    if (lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER) {
-        lua_pushvalue(L, idx);
-        return lua_tostring(L, -1);
-    }
-    if (lua_type(L, idx) == LUA_TTABLE) {
-        buf_t b;
-        char e[128];
-        buf_init(&b, 4096);
-        if (luajson_encode(L, idx, &b, 0, e, sizeof e) == 0) {
-            lua_pushlstring(L, b.data, b.len);
-            buf_free(&b);
-            return lua_tostring(L, -1);
-        }
-        buf_free(&b);
-    }
-    return lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
+    char ts[ISO_TIME_LEN];
+    iso_format_ms(iso_now_ms(), ts);
+    buf_t b;
+    json_writer w;
+    buf_init(&b, 1024 * 1024);
+    jw_init(&w, &b);
+    jw_obj(&w);
+    jw_kstr(&w, "ts", ts);
+    jw_kstr(&w, "level", level);
+    jw_kstr(&w, "msg", msg);
+    jw_key(&w, "fields");
+    jw_obj(&w);
+    for (int i = 0; fields && fields[i]; i += 2)
+        if (fields[i + 1])
+            jw_kstr(&w, fields[i], fields[i + 1]);
+    jw_obj_end(&w);
+    jw_obj_end(&w);
+    buf_addc(&b, '\n');
+    if (!b.failed)
+        fwrite(b.data, 1, b.len, stderr);
+    buf_free(&b);
 }

@@ -55,9 +55,6 @@ wixr_host *host_of(lua_State *L);
 /* Loads a script (text only, never bytecode). Returns LUA_OK and pushes the
  * chunk, or an error status with the message pushed. */
 int host_load_script(wixr_host *h, const char *path);
-/* Pushes a value's one-line description for an error value (honours
- * __tostring; tables without it are JSON-encoded). */
-const char *host_error_text(lua_State *L, int idx);
 
 /* Registers wix.core, cjson and the embedded modules (package.preload). */
 void host_register_modules(lua_State *L);
@@ -68,6 +65,11 @@ int wix_core_log(lua_State *L);
  * slots; extra is NULL or {key, value, ..., NULL}: string pairs added to the
  * fields (the fields table is left as it was). */
 void wix_log_write(lua_State *L, int level_idx, int msg_idx, int fields_idx, const char *const *extra);
+
+/* One JSON log line on stderr from C text alone (never touches Lua):
+ * {"ts","level","msg","fields":{...}} with fields = {key, value, ..., NULL}
+ * (a NULL value leaves its key out). */
+void host_log(const char *level, const char *msg, const char *const *fields);
 
 /* Opens the wix.core C module (what lua/wix.lua is built on). */
 int luaopen_wix_core(lua_State *L);

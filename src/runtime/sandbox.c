@@ -6,6 +6,7 @@
 #include "sandbox.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdio.h>
@@ -33,6 +34,8 @@ static void *hook_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     }
     if (nsize > old && k->mem + (nsize - old) > k->mem_limit)
         return NULL; /* Lua raises "not enough memory" in the running code */
+    if (k->alloc_fail_at && nsize > old && ++k->allocs >= k->alloc_fail_at)
+        return NULL; /* tests: an allocation point refused, as at the cap */
     void *p = pool_realloc(&k->pool, ptr, old, nsize);
     if (!p)
         return NULL;
@@ -784,6 +787,45 @@ static const char wrap_glue[] =
     "  end\n"
     "end\n";
 
+/* What the sandbox leaves out, so that reaching for it says so instead of
+ * "attempt to index a nil value". */
+static const char *const forbidden_globals[] = {"io", "debug", "package", "dofile", "loadfile", "loadstring",
+                                                "module", "setfenv", "getfenv", "newproxy", NULL};
+static const char *const forbidden_os[] = {"execute", "exit", "getenv", "remove", "rename", "tmpname",
+                                           "setlocale", NULL};
+static const char *const forbidden_string[] = {"dump", NULL};
+
+/* __index of the environment and of its os and string tables: (t, key);
+ * upvalue 1 is the prefix ("", "os.", "string."), 2.. the names. */
+static int sbx_forbidden(lua_State *L)
+{
+    const char *key = lua_tostring(L, 2);
+    if (key && lua_type(L, 2) == LUA_TSTRING) {
+        for (int i = 2; lua_type(L, lua_upvalueindex(i)) == LUA_TSTRING; i++) {
+            if (!strcmp(key, lua_tostring(L, lua_upvalueindex(i)))) {
+                luaL_where(L, 1); /* the script code that reached for it */
+                lua_pushfstring(L, "%s%s%s is not available to hooks (see docs/SECURITY.md)", lua_tostring(L, -1),
+                                lua_tostring(L, lua_upvalueindex(1)), key);
+                return lua_error(L);
+            }
+        }
+    }
+    return 0; /* any other missing name is nil, as usual */
+}
+
+static void mark_forbidden(lua_State *L, int idx, const char *prefix, const char *const *names)
+{
+    idx = lua_absindex(L, idx);
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, prefix);
+    int n = 1;
+    for (const char *const *p = names; *p; p++, n++)
+        lua_pushstring(L, *p);
+    lua_pushcclosure(L, sbx_forbidden, n);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, idx); /* a script may replace it (strict globals): its own table, its own business */
+}
+
 /* Builds the script's environment and pushes it. Runs in protected mode. */
 static int build_env(lua_State *L)
 {
@@ -884,6 +926,13 @@ static int build_env(lua_State *L)
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 2);
+    mark_forbidden(L, env, "", forbidden_globals);
+    lua_getfield(L, env, "os");
+    mark_forbidden(L, -1, "os.", forbidden_os);
+    lua_pop(L, 1);
+    lua_getfield(L, env, "string");
+    mark_forbidden(L, -1, "string.", forbidden_string);
+    lua_pop(L, 1);
     return 1;
 }
 
@@ -911,6 +960,104 @@ static int open_state(lua_State *L)
     return 0;
 }
 
+/* The script's top level runs once, under the hook's limits (no yields):
+ * (chunk, hook_rt) -> the handler, or an error naming what went wrong. */
+static int take_handler(lua_State *L)
+{
+    hook_rt *k = lua_touserdata(L, 2);
+    lua_pop(L, 1);
+    lua_call(L, 0, 1);
+    if (!lua_isfunction(L, -1))
+        return luaL_error(L, "%s: the script must return its handler function (got %s)", k->def->script,
+                          luaL_typename(L, -1));
+    k->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+/* Makes k's Lua state from its script's text: libraries, the sandboxed
+ * environment, the handler. 0, or -1 with "where: message" in err. */
+static int state_open(hook_rt *k, char *err, size_t errlen)
+{
+    const hook_def *def = k->def;
+    wixr_host *h = k->ctx.host;
+    k->mem = 0;
+    k->handler_ref = LUA_NOREF;
+    k->options_ref = LUA_NOREF;
+    k->L = lua_newstate(hook_alloc, k);
+    if (!k->L) {
+        snprintf(err, errlen, "%s: cannot create a Lua state", def->where);
+        return -1;
+    }
+    *(wixr_ctx **)lua_getextraspace(k->L) = &k->ctx;
+    lua_State *L = k->L;
+    lua_pushcfunction(L, open_state);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        snprintf(err, errlen, "%s: setting up Lua: %s", def->where,
+                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "not enough memory");
+        return -1;
+    }
+    char chunk[4096];
+    snprintf(chunk, sizeof chunk, "@%s", def->script);
+    /* as luaL_loadfile: a UTF-8 BOM and a first line starting with '#' are
+     * skipped (the line's end is kept, so line numbers stay true) */
+    const char *text = k->source;
+    size_t len = k->source_len;
+    if (len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3)) {
+        text += 3;
+        len -= 3;
+    }
+    if (len && text[0] == '#') {
+        const char *nl = memchr(text, '\n', len);
+        len = nl ? len - (size_t)(nl - text) : 0;
+        text = nl ? nl : text + len;
+    }
+    int st = luaL_loadbufferx(L, text, len, chunk, "t");
+    if (st != LUA_OK) {
+        snprintf(err, errlen, "%s", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "not enough memory");
+        return -1;
+    }
+    lua_pushcfunction(L, build_env);
+    if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+        snprintf(err, errlen, "%s: building the sandbox: %s", def->where,
+                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "not enough memory");
+        return -1;
+    }
+    lua_setupvalue(L, -2, 1); /* the chunk's _ENV */
+    hook_run probe = {.ctx = {h, k, NULL}, .hook = k, .deadline_ms = sched_now_ms() + def->limits.wall_ms};
+    probe.ctx.run = &probe;
+    *(wixr_ctx **)lua_getextraspace(L) = &probe.ctx;
+    lua_sethook(L, limit_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    lua_pushcfunction(L, take_handler);
+    lua_insert(L, -2);
+    lua_pushlightuserdata(L, k);
+    st = lua_pcall(L, 2, 0, 0);
+    lua_sethook(L, NULL, 0, 0);
+    *(wixr_ctx **)lua_getextraspace(L) = &k->ctx;
+    if (st != LUA_OK) {
+        /* an error object's __tostring is not called: no run's limits apply here */
+        if (st == LUA_ERRMEM)
+            snprintf(err, errlen, "%s: memory limit exceeded while loading", def->script);
+        else if (lua_type(L, -1) == LUA_TSTRING)
+            snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        else
+            snprintf(err, errlen, "%s: the script raised a %s value while loading", def->script,
+                     luaL_typename(L, -1));
+        return -1;
+    }
+    return 0;
+}
+
+static void state_close(hook_rt *k)
+{
+    if (k->L) {
+        sched_forget_state(k->ctx.host->sched, k->L);
+        lua_close(k->L);
+        k->L = NULL;
+    }
+    pool_destroy(&k->pool);
+    memset(&k->pool, 0, sizeof k->pool);
+}
+
 hook_rt *hook_load(wixr_host *h, const wixr_config *cfg, const hook_def *def, char *err, size_t errlen)
 {
     hook_rt *k = calloc(1, sizeof *k);
@@ -922,64 +1069,66 @@ hook_rt *hook_load(wixr_host *h, const wixr_config *cfg, const hook_def *def, ch
     k->cfg = cfg;
     k->ctx.host = h;
     k->ctx.hook = k;
-    k->handler_ref = LUA_NOREF;
-    k->options_ref = LUA_NOREF;
     const char *base = strrchr(def->script, '/');
     snprintf(k->name, sizeof k->name, "%s (%s)", def->event, base ? base + 1 : def->script);
     k->mem_limit = (size_t)def->limits.memory_mb * 1024 * 1024;
-    k->L = lua_newstate(hook_alloc, k);
-    if (!k->L) {
-        snprintf(err, errlen, "%s: cannot create a Lua state", def->where);
-        pool_destroy(&k->pool);
+    /* The text is kept: a state rebuilt after a broken memory cap runs the
+     * code that was loaded, whatever the file holds by then. */
+    FILE *f = fopen(def->script, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot open %s: %s", def->script, strerror(errno));
         free(k);
         return NULL;
     }
-    *(wixr_ctx **)lua_getextraspace(k->L) = &k->ctx;
-    lua_State *L = k->L;
-    lua_pushcfunction(L, open_state);
-    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
-        snprintf(err, errlen, "%s: setting up Lua: %s", def->where, lua_tostring(L, -1));
-        goto fail;
+    buf_t src;
+    buf_init(&src, 64 * 1024 * 1024);
+    char chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        buf_add(&src, chunk, n);
+    int rerr = ferror(f);
+    fclose(f);
+    if (rerr || src.failed) {
+        snprintf(err, errlen, "%s: %s", def->script, rerr ? "cannot be read" : "larger than 64 MB");
+        buf_free(&src);
+        free(k);
+        return NULL;
     }
-    if (luaL_loadfilex(L, def->script, "t") != LUA_OK) {
-        snprintf(err, errlen, "%s", lua_tostring(L, -1));
-        goto fail;
+    buf_addc(&src, '\0');
+    k->source = buf_steal(&src, &k->source_len);
+    if (k->source_len)
+        k->source_len--; /* the NUL added above */
+    if (!k->source) {
+        snprintf(err, errlen, "%s: out of memory", def->where);
+        free(k);
+        return NULL;
     }
-    lua_pushcfunction(L, build_env);
-    if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
-        snprintf(err, errlen, "%s: building the sandbox: %s", def->where, lua_tostring(L, -1));
-        goto fail;
+    if (state_open(k, err, errlen) < 0) {
+        hook_free(k);
+        return NULL;
     }
-    lua_setupvalue(L, -2, 1); /* the chunk's _ENV */
-    /* The chunk's top level runs once, under the default limits (no yields). */
-    hook_run probe = {.ctx = {h, k, NULL}, .hook = k, .deadline_ms = sched_now_ms() + def->limits.wall_ms};
-    probe.ctx.run = &probe;
-    *(wixr_ctx **)lua_getextraspace(L) = &probe.ctx;
-    lua_sethook(L, limit_hook, LUA_MASKCOUNT, HOOK_EVERY);
-    int st = lua_pcall(L, 0, 1, 0);
-    lua_sethook(L, NULL, 0, 0);
-    *(wixr_ctx **)lua_getextraspace(L) = &k->ctx;
-    if (st != LUA_OK) {
-        /* (an error object's __tostring is not called: no limits apply here) */
-        const char *msg = lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER ? lua_tostring(L, -1) : NULL;
-        if (st == LUA_ERRMEM)
-            snprintf(err, errlen, "%s: memory limit exceeded while loading", def->script);
-        else if (msg)
-            snprintf(err, errlen, "%s", msg);
-        else
-            snprintf(err, errlen, "%s: the script raised a %s value while loading", def->script, luaL_typename(L, -1));
-        goto fail;
-    }
-    if (!lua_isfunction(L, -1)) {
-        snprintf(err, errlen, "%s: the script must return its handler function (got %s)", def->script,
-                 luaL_typename(L, -1));
-        goto fail;
-    }
-    k->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return k;
-fail:
-    hook_free(k);
-    return NULL;
+}
+
+/* A fresh state for k (no run of it in flight), after a run broke the cap. */
+static void state_rebuild(hook_rt *k)
+{
+    char err[512];
+    state_close(k);
+    k->broken = 0;
+    k->rebuilds++;
+    k->last_rebuild_ms = sched_now_ms();
+    k->rebuild_error[0] = '\0';
+    if (state_open(k, err, sizeof err) < 0) {
+        snprintf(k->rebuild_error, sizeof k->rebuild_error, "%s", err);
+        state_close(k);
+    }
+}
+
+void sandbox_fail_allocations(hook_rt *k, long long n)
+{
+    k->alloc_fail_at = n;
+    k->allocs = 0;
 }
 
 void sandbox_run_abort(hook_run *r, const char *msg)
@@ -991,11 +1140,8 @@ void hook_free(hook_rt *k)
 {
     if (!k)
         return;
-    if (k->L) {
-        sched_forget_state(k->ctx.host->sched, k->L);
-        lua_close(k->L);
-    }
-    pool_destroy(&k->pool);
+    state_close(k);
+    free(k->source);
     free(k);
 }
 
@@ -1014,137 +1160,119 @@ static void active_remove(hook_run *r)
 
 /* Ends the run (once): every task of the run stops, the outcome is recorded,
  * and done is called last (it may free r). */
-static void finish(hook_run *r, int ok, char *result_json, const char *error)
+static void finish_as(hook_run *r, enum run_outcome kind, const char *code, char *result_json, const char *error)
 {
-    if (r->finished)
+    if (r->finished) {
+        free(result_json);
         return;
+    }
     r->finished = 1;
     active_remove(r);
     sched_kill_group(r->ctx.host->sched, r->group, "the run has ended");
-    r->ok = ok;
+    r->ok = kind == RUN_OK;
+    r->outcome = kind;
+    snprintf(r->error_code, sizeof r->error_code, "%s", code ? code : "");
     r->result_json = result_json;
     if (error) {
         if (asprintf(&r->error, "%s: %s", r->hook->name, error) < 0)
             r->error = NULL;
     }
+    /* A state that broke its memory cap may hold anything (a half-built
+     * table, globals grown by earlier runs): the next run gets a fresh one. */
+    if (kind == RUN_MEMORY)
+        r->hook->broken = 1;
     r->hook->runs--;
     r->done(r, r->done_arg);
 }
 
-static int error_text_call(lua_State *L)
+static void finish(hook_run *r, int ok, char *result_json, const char *error)
 {
-    lua_pushstring(L, host_error_text(L, 1));
-    return 1;
+    finish_as(r, ok ? RUN_OK : RUN_ERROR, NULL, result_json, error);
 }
 
-/* The text of a run's error value (at the top of co, which has ended). An
- * error object's __tostring is script code: it runs protected, on the hook's
- * main thread, under the run's limits -- never unbounded, and an error in it
- * cannot reach C unprotected. */
-static void run_error_text(hook_run *r, lua_State *co, char *out, size_t n)
+static void fail_memory(hook_run *r, const char *what)
 {
-    int t = lua_type(co, -1);
-    if (t == LUA_TSTRING || t == LUA_TNUMBER) {
-        snprintf(out, n, "%s", lua_tostring(co, -1));
-        return;
+    char msg[200];
+    snprintf(msg, sizeof msg, "memory limit exceeded (%ld MB)%s", r->hook->def->limits.memory_mb, what);
+    finish_as(r, RUN_MEMORY, NULL, NULL, msg);
+}
+
+int sandbox_task_failed(hook_run *r, const task_outcome *o)
+{
+    if (r->finished)
+        return 0;
+    if (r->tripped) {
+        finish_as(r, RUN_LIMIT, NULL, NULL, r->trip); /* a limit struck in a task the run started */
+        return 1;
     }
-    lua_State *L = r->hook->L;
-    int top = lua_gettop(L);
-    wixr_ctx **slot = (wixr_ctx **)lua_getextraspace(L);
-    wixr_ctx *saved = *slot;
-    *slot = &r->ctx;
-    lua_sethook(L, limit_hook, LUA_MASKCOUNT, HOOK_EVERY);
-    lua_pushcfunction(L, error_text_call);
-    lua_xmove(co, L, 1);
-    int st = lua_pcall(L, 1, 1, 0);
-    lua_sethook(L, NULL, 0, 0);
-    *slot = saved;
-    if (r->tripped)
-        snprintf(out, n, "%s", r->trip);
-    else if (st == LUA_ERRMEM)
-        snprintf(out, n, "memory limit exceeded (%ld MB)", r->hook->def->limits.memory_mb);
-    else if (st == LUA_OK && lua_type(L, -1) == LUA_TSTRING)
-        snprintf(out, n, "%s", lua_tostring(L, -1));
-    else
-        snprintf(out, n, "(error object is a %s value)", lua_typename(L, t));
-    lua_settop(L, top);
-}
-
-typedef struct result_enc {
-    buf_t *b;
-    char *err;
-    size_t errlen;
-    int rc;
-} result_enc;
-
-/* (value, result_enc): encodes in protected mode, since growing the stack can
- * raise a memory error once the hook's memory cap is reached. */
-static int encode_result(lua_State *L)
-{
-    result_enc *e = lua_touserdata(L, 2);
-    e->rc = luajson_encode(L, 1, e->b, 0, e->err, e->errlen);
+    if (o->kind == OUTCOME_MEMORY) {
+        fail_memory(r, " in a task started with wix.spawn");
+        return 1;
+    }
     return 0;
 }
 
-static void run_done(sched_task *t, lua_State *co, int status, void *arg)
+/* The handler's task ended: o says how, in C text (the scheduler made it
+ * under protection; nothing here touches the hook's state). */
+static void run_done(sched_task *t, lua_State *co, const task_outcome *o, void *arg)
 {
     (void)t;
+    (void)co;
     hook_run *r = arg;
     if (r->finished)
         return;
-    lua_sethook(co, NULL, 0, 0);
-    if (status != LUA_OK) {
-        char buf[1024];
-        int memory = status == LUA_ERRMEM || (lua_type(co, -1) == LUA_TSTRING &&
-                                              !strcmp(lua_tostring(co, -1), "not enough memory"));
-        if (memory)
-            snprintf(buf, sizeof buf, "memory limit exceeded (%ld MB)", r->hook->def->limits.memory_mb);
-        else if (r->tripped)
-            snprintf(buf, sizeof buf, "%s", r->trip); /* whatever the script raised after the limit struck */
-        else
-            run_error_text(r, co, buf, sizeof buf);
-        finish(r, 0, NULL, buf);
+    if (o->kind == OUTCOME_MEMORY) {
+        fail_memory(r, strstr(o->text, "encoding the result") ? " encoding the handler's result" : "");
         return;
     }
-    buf_t b;
-    char err[256];
-    buf_init(&b, 16 * 1024 * 1024);
-    if (lua_gettop(co) == 0 || lua_isnil(co, 1)) {
-        buf_adds(&b, "null");
-    } else {
-        result_enc e = {&b, err, sizeof err, -1};
-        int memory = 0;
-        if (!lua_checkstack(co, 3)) {
-            memory = 1;
-        } else {
-            lua_pushcfunction(co, encode_result);
-            lua_pushvalue(co, 1);
-            lua_pushlightuserdata(co, &e);
-            if (lua_pcall(co, 2, 0, 0) != LUA_OK) {
-                lua_pop(co, 1);
-                memory = 1;
-            }
-        }
-        if (memory || e.rc < 0) {
-            char msg[400];
-            if (memory)
-                snprintf(msg, sizeof msg, "memory limit exceeded (%ld MB) encoding the handler's result",
-                         r->hook->def->limits.memory_mb);
-            else
-                snprintf(msg, sizeof msg, "the handler returned a value that is not data: %s", err);
-            buf_free(&b);
-            finish(r, 0, NULL, msg);
-            return;
-        }
-    }
     if (r->tripped) {
-        /* the script caught the limit's error (coroutine.resume, pcall) and returned */
-        buf_free(&b);
-        finish(r, 0, NULL, r->trip);
+        /* whatever the script raised after the limit struck, or it caught the
+         * limit's error (coroutine.resume, pcall) and returned */
+        finish_as(r, RUN_LIMIT, NULL, NULL, r->trip);
+        return;
+    }
+    if (o->kind != OUTCOME_OK) {
+        finish_as(r, o->permanent ? RUN_PERMANENT : RUN_ERROR, o->code, NULL, o->text);
+        return;
+    }
+    if (!o->json) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "the handler returned a value that is not data: %.500s", o->text);
+        finish_as(r, RUN_ERROR, NULL, NULL, msg);
+        return;
+    }
+    if (strlen(o->json) > HOOK_RESULT_MAX) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "the handler returned a value that is not data: larger than %d MB as JSON",
+                 HOOK_RESULT_MAX >> 20);
+        finish_as(r, RUN_ERROR, NULL, NULL, msg);
+        return;
+    }
+    char *json = strdup(o->json);
+    if (!json) {
+        fail_memory(r, " keeping the handler's result");
         return;
     }
     /* Tasks the handler spawned and left running end with it (finish). */
-    finish(r, 1, buf_steal(&b, NULL), NULL);
+    finish_as(r, RUN_OK, NULL, json, NULL);
+}
+
+/* Where a run's handler task stands now ("script.lua:12"), for a limit that
+ * ends it while it waits (its thread is suspended: its stack can be read). */
+static void run_position(hook_run *r, char *out, size_t n)
+{
+    out[0] = '\0';
+    sched_task *t = r->task_id ? sched_task_by_id(r->ctx.host->sched, r->task_id) : NULL;
+    if (!t)
+        return;
+    lua_State *co = sched_task_thread(t);
+    lua_Debug ar;
+    for (int level = 0; lua_getstack(co, level, &ar); level++) {
+        if (lua_getinfo(co, "Sl", &ar) && ar.currentline > 0 && ar.source[0] == '@') {
+            snprintf(out, n, "%.200s:%d: ", ar.short_src, ar.currentline);
+            return;
+        }
+    }
 }
 
 /* The watchdog: ends runs past their deadline, even while they wait on the
@@ -1165,9 +1293,13 @@ static void watchdog(void *arg)
         }
         if (!late)
             break;
-        char msg[160];
-        snprintf(msg, sizeof msg, "wall time limit exceeded (%ld ms)", late->hook->def->limits.wall_ms);
-        finish(late, 0, NULL, msg);
+        char msg[sizeof late->trip], where[220];
+        run_position(late, where, sizeof where);
+        snprintf(msg, sizeof msg, "%.210swall time limit exceeded (%ld ms)%s", where, late->hook->def->limits.wall_ms,
+                 where[0] ? " while waiting" : "");
+        late->tripped = 1;
+        snprintf(late->trip, sizeof late->trip, "%s", msg);
+        finish_as(late, RUN_LIMIT, NULL, NULL, msg);
     }
     for (hook_run *r = h->active_runs; r; r = r->next_active)
         if (!next || r->deadline_ms < next)
@@ -1287,11 +1419,12 @@ static void copy_table(lua_State *L, int idx, int depth)
     }
 }
 
-/* Pushes handler, event, ctx for a run. Runs in protected mode. */
+/* (run, event JSON as a light C string) -> handler, event, ctx for a run.
+ * Runs in protected mode. */
 static int push_call(lua_State *L)
 {
     hook_run *r = lua_touserdata(L, 1);
-    const char *event_json = lua_tostring(L, 2);
+    const char *event_json = lua_touserdata(L, 2);
     lua_settop(L, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->hook->handler_ref);
     char err[256];
@@ -1358,22 +1491,42 @@ hook_run *hook_start(hook_rt *k, const char *event_name, const char *event_id, c
     r->deadline_ms = r->started_ms + k->def->limits.wall_ms;
     r->group = sched_new_group(h->sched);
     k->runs++;
+    if (k->broken && k->runs == 1)
+        state_rebuild(k);
     lua_State *L = k->L;
-    lua_pushcfunction(L, push_call);
-    lua_pushlightuserdata(L, r);
-    lua_pushstring(L, event_json ? event_json : "{}");
-    if (lua_pcall(L, 2, 3, 0) != LUA_OK) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", lua_tostring(L, -1));
-        lua_pop(L, 1);
+    if (!L) {
+        char msg[700];
+        snprintf(msg, sizeof msg, "the hook's state could not be rebuilt after a broken memory limit: %s",
+                 k->rebuild_error);
         finish(r, 0, NULL, msg);
         return r;
     }
-    sched_task *t = sched_spawn_in(h->sched, L, 2, r->group, run_done, r);
-    if (!t) {
-        finish(r, 0, NULL, "out of memory");
+    /* Nothing is pushed into the state outside a protected call (it may be
+     * at its memory cap): the event's text goes in as a C pointer. */
+    if (!lua_checkstack(L, 4)) {
+        fail_memory(r, " starting the run");
         return r;
     }
+    lua_pushcfunction(L, push_call);
+    lua_pushlightuserdata(L, r);
+    lua_pushlightuserdata(L, (void *)(event_json ? event_json : "{}"));
+    int st = lua_pcall(L, 2, 3, 0);
+    if (st != LUA_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(error)");
+        lua_pop(L, 1);
+        if (st == LUA_ERRMEM)
+            fail_memory(r, " starting the run");
+        else
+            finish(r, 0, NULL, msg);
+        return r;
+    }
+    sched_task *t = sched_spawn_in(h->sched, L, 2, r->group, SCHED_RESULT_JSON, run_done, r);
+    if (!t) {
+        fail_memory(r, " starting the run");
+        return r;
+    }
+    r->task_id = sched_task_id(t);
     lua_State *co = sched_task_thread(t);
     *(wixr_ctx **)lua_getextraspace(co) = &r->ctx;
     lua_sethook(co, limit_hook, LUA_MASKCOUNT, HOOK_EVERY);

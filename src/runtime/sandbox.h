@@ -33,10 +33,24 @@ typedef struct hook_rt {
     int handler_ref;
     int options_ref;              /* ctx.options, decoded once (copied per run) */
     int runs;                     /* runs in flight */
+    char *source;                 /* the script's text as loaded: a rebuilt state runs the same code */
+    size_t source_len;
+    int broken;                   /* a run broke the memory cap: rebuild before the next run */
+    long long rebuilds;           /* fresh states made after a broken memory cap */
+    long long last_rebuild_ms;    /* when the last one was made (monotonic ms) */
+    char rebuild_error[600];      /* why the last rebuild failed ("" when it did not) */
+    long long alloc_fail_at;      /* tests: refuse every allocation from the n-th on (0 = off) */
+    long long allocs;             /* allocations counted while alloc_fail_at is set */
 } hook_rt;
+
+#define HOOK_RESULT_MAX (16 * 1024 * 1024)  /* a handler's result, as JSON */
 
 typedef struct hook_run hook_run;
 typedef void (*hook_done_fn)(hook_run *r, void *arg);
+
+/* How a run ended. PERMANENT: the error value said it cannot succeed by
+ * trying again (a wix.Error with retryable = false, or wix.permanent). */
+enum run_outcome { RUN_OK, RUN_ERROR, RUN_PERMANENT, RUN_MEMORY, RUN_LIMIT };
 
 struct hook_run {
     wixr_ctx ctx;                 /* {host, hook, this}: every thread of the run */
@@ -51,6 +65,8 @@ struct hook_run {
     int keyseq;                   /* mutating calls that got a derived idempotency key */
     int finished;
     int ok;
+    enum run_outcome outcome;    /* RUN_OK when ok */
+    char error_code[64];          /* the error value's code field (e.g. SITE_NOT_FOUND), or "" */
     char *result_json;            /* what the handler returned, as JSON ("null" when nothing) */
     char *error;                  /* one line: hook, script:line, message */
     buf_t plan;                   /* dry-run: planned calls, a JSON array's items */
@@ -59,6 +75,7 @@ struct hook_run {
     int nemitted;
     hook_done_fn done;
     void *done_arg;
+    unsigned long task_id;        /* the handler's task */
     const char *event_name;       /* for ctx.event */
     const char *event_id;
     int depth;                    /* chain depth of the event */
@@ -81,6 +98,11 @@ void hook_run_free(hook_run *r);
 hook_run *sandbox_current_run(lua_State *L);
 /* Ends a run as failed with msg (its tasks stop). */
 void sandbox_run_abort(hook_run *r, const char *msg);
+/* A task of run r other than its handler ended with o: when that was a limit
+ * or the memory cap, the whole run ends (returns 1); otherwise 0. */
+int sandbox_task_failed(hook_run *r, const task_outcome *o);
+/* Tests: every allocation of k's state from the n-th on is refused (0: off). */
+void sandbox_fail_allocations(hook_rt *k, long long n);
 
 /* Installs the run's limits on a new thread of the run (used by wix.spawn). */
 void sandbox_adopt_thread(lua_State *parent, lua_State *child);

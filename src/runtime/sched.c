@@ -19,6 +19,9 @@ struct sched_task {
     int ref;               /* registry ref keeping the thread alive */
     int nargs;             /* values waiting on co's stack for the next resume */
     int parked;
+    int flags;             /* SCHED_RESULT_JSON */
+    void *payload;         /* for the task's continuation (sched_set_payload) */
+    void (*payload_free)(void *);
     sched_done_fn done;
     void *done_arg;
     sched_task *next_ready;
@@ -86,6 +89,8 @@ static void task_release(sched_t *s, sched_task *t, int unref)
         t->next_all->prev_all = t->prev_all;
     if (unref)
         luaL_unref(t->L, LUA_REGISTRYINDEX, t->ref);
+    if (t->payload && t->payload_free)
+        t->payload_free(t->payload);
     s->ntasks--;
     free(t);
 }
@@ -122,7 +127,7 @@ static void push_ready(sched_t *s, sched_task *t)
 
 sched_task *sched_spawn(sched_t *s, lua_State *L, int nargs, sched_done_fn done, void *arg)
 {
-    return sched_spawn_in(s, L, nargs, 0, done, arg);
+    return sched_spawn_in(s, L, nargs, 0, SCHED_RESULT_JSON, done, arg);
 }
 
 unsigned long sched_new_group(sched_t *s) { return ++s->next_group; }
@@ -139,10 +144,11 @@ void sched_kill_group(sched_t *s, unsigned long group, const char *msg)
         t->killed = 1;
         t->parked = 0;
         if (t->done) {
-            lua_settop(t->co, 0);
-            lua_pushstring(t->co, msg);
-            t->done(t, t->co, LUA_ERRRUN, t->done_arg);
+            sched_done_fn done = t->done;
             t->done = NULL;
+            task_outcome o;
+            outcome_set(&o, OUTCOME_ERROR, msg);
+            done(t, t->co, &o, t->done_arg);
         }
         if (was_parked && !t->queued)
             push_ready(s, t); /* nothing else would ever schedule it: let the loop free it */
@@ -190,20 +196,54 @@ void sched_forget_state(sched_t *s, lua_State *L)
     }
 }
 
-sched_task *sched_spawn_in(sched_t *s, lua_State *L, int nargs, unsigned long group, sched_done_fn done, void *arg)
+typedef struct spawn_prep {
+    int nargs;
+    lua_State *co;
+    int ref;
+} spawn_prep;
+
+/* (f, args..., spawn_prep): the task's thread, referenced from the registry,
+ * with f and its arguments moved onto it. Allocates: runs protected. */
+static int prepare_thread(lua_State *L)
+{
+    spawn_prep *p = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, -1);
+    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+    lua_xmove(L, co, p->nargs + 1);
+    p->co = co;
+    p->ref = ref;
+    return 0;
+}
+
+sched_task *sched_spawn_in(sched_t *s, lua_State *L, int nargs, unsigned long group, int flags, sched_done_fn done,
+                           void *arg)
 {
     sched_task *t = calloc(1, sizeof *t);
-    if (!t) {
+    spawn_prep p = {nargs, NULL, LUA_NOREF};
+    if (!t || !lua_checkstack(L, 2)) {
+        free(t);
         lua_pop(L, nargs + 1);
         return NULL;
     }
-    t->co = lua_newthread(L);
-    t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_xmove(L, t->co, nargs + 1);
+    lua_pushcfunction(L, prepare_thread);
+    lua_insert(L, -(nargs + 2));
+    lua_pushlightuserdata(L, &p);
+    if (lua_pcall(L, nargs + 2, 0, 0) != LUA_OK) {
+        lua_pop(L, 1); /* the memory error; f and its arguments went with the call */
+        free(t);
+        return NULL;
+    }
+    t->co = p.co;
+    t->ref = p.ref;
     t->nargs = nargs;
+    t->flags = flags;
     /* The state's main thread, whichever thread spawned it: sched_forget_state
      * finds every task of a state this way (a wix.spawn task left sleeping
-     * when its run ended would otherwise outlive its state). */
+     * when its run ended would otherwise outlive its state). Reading the
+     * registry's array part does not allocate. */
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     t->L = lua_tothread(L, -1);
     lua_pop(L, 1);
@@ -225,6 +265,25 @@ void sched_ready(sched_t *s, sched_task *t, int nvalues)
     t->nargs = nvalues;
     if (!t->queued)
         push_ready(s, t);
+}
+
+void sched_set_payload(sched_task *t, void *p, void (*free_fn)(void *))
+{
+    if (t->payload && t->payload_free)
+        t->payload_free(t->payload);
+    t->payload = p;
+    t->payload_free = free_fn;
+}
+
+void *sched_payload(sched_t *s)
+{
+    return s->current ? s->current->payload : NULL;
+}
+
+void sched_drop_payload(sched_t *s)
+{
+    if (s->current)
+        sched_set_payload(s->current, NULL, NULL);
 }
 
 sched_task *sched_current(sched_t *s) { return s->current; }
@@ -384,8 +443,13 @@ static void run_task(sched_t *s, sched_task *t)
     sched_done_fn done = t->done;
     t->done = NULL;
     t->killed = 1;
-    if (done)
-        done(t, t->co, st, t->done_arg);
+    if (done) {
+        /* Told in C text, made under protection: done never calls into Lua. */
+        task_outcome o;
+        outcome_of(t->co, st, t->flags, SCHED_RESULT_JSON_CAP, &o);
+        done(t, t->co, &o, t->done_arg);
+        outcome_clear(&o);
+    }
     task_free(s, t);
 }
 

@@ -3,10 +3,13 @@
  * wait for is done: a libcurl transfer (curl multi interface), a timer, or
  * another task waking them.
  *
- * A C function called from a task starts some work, keeps the task pointer
- * (sched_current), and returns lua_yield(L, 0). When the work completes, the
- * code that finished it pushes the results on the task's thread and calls
- * sched_ready(task, nresults): they become the C function's return values.
+ * A C function called from a task starts some work, keeps the task's id
+ * (sched_current, sched_task_id), and yields with a continuation
+ * (lua_yieldk). When the work completes, the code that finished it -- a curl
+ * or timer callback, outside any protected call -- never touches Lua: it
+ * hands the task a C payload (sched_set_payload) and makes it ready; the
+ * continuation, running inside the task's resume, turns the payload into Lua
+ * values. A task's end reaches its done callback as C text (outcome.h).
  * Nothing is ever resumed from inside another resume.
  */
 #ifndef WIXR_SCHED_H
@@ -15,12 +18,20 @@
 #include <curl/curl.h>
 #include <lua.h>
 
+#include "outcome.h"
+
 typedef struct sched sched_t;
 typedef struct sched_task sched_task;
 typedef void (*sched_fn)(void *arg);
-/* Called when a task ends: status is LUA_OK or an error status; the task's
- * thread holds its results (or the error value) on its stack. */
-typedef void (*sched_done_fn)(sched_task *t, lua_State *co, int status, void *arg);
+/* Called when a task ends, with how it ended (outcome.h). It must not call
+ * the Lua API on the task's thread: everything it needs is in o (co is
+ * passed for lua_getextraspace alone). */
+typedef void (*sched_done_fn)(sched_task *t, lua_State *co, const task_outcome *o, void *arg);
+
+/* sched_spawn_in flags */
+#define SCHED_RESULT_JSON OUTCOME_WANT_JSON   /* the outcome carries the first result as JSON */
+#define SCHED_TRACEBACK OUTCOME_WANT_TRACE    /* and, with an error, a traceback */
+#define SCHED_RESULT_JSON_CAP (64u * 1024 * 1024)
 
 /* A transfer's owner: CURLOPT_PRIVATE must point to one of these. */
 typedef struct sched_transfer {
@@ -31,19 +42,29 @@ sched_t *sched_new(lua_State *L);
 void sched_free(sched_t *s);
 
 /* Starts a task running the function below its nargs arguments on L's
- * stack (all popped); L may belong to any Lua state. done (may be NULL) is
- * called when it ends. The task joins group (0 = none). */
+ * stack (all popped, also on failure); L may belong to any Lua state. The
+ * task's thread is made in a protected call, so this never raises (NULL when
+ * L's memory is exhausted). done (may be NULL) is called when it ends, with
+ * the first result as JSON (sched_spawn). The task joins group (0 = none). */
 sched_task *sched_spawn(sched_t *s, lua_State *L, int nargs, sched_done_fn done, void *arg);
-sched_task *sched_spawn_in(sched_t *s, lua_State *L, int nargs, unsigned long group, sched_done_fn done, void *arg);
+sched_task *sched_spawn_in(sched_t *s, lua_State *L, int nargs, unsigned long group, int flags, sched_done_fn done,
+                           void *arg);
 unsigned long sched_task_group(const sched_task *t);
 /* Ends every task of a group now: each unfinished task's done callback runs
- * with LUA_ERRRUN and msg pushed on its thread; none of them runs again
- * (work they were waiting for is dropped when it completes). */
+ * with an OUTCOME_ERROR of msg; none of them runs again (work they were
+ * waiting for is dropped when it completes). */
 void sched_kill_group(sched_t *s, unsigned long group, const char *msg);
 /* A fresh group id. */
 unsigned long sched_new_group(sched_t *s);
-/* Marks a waiting task runnable; nvalues were pushed on its thread. */
+/* Marks a waiting task runnable; nvalues were pushed on its thread (only from
+ * code running inside a resume of the same state, e.g. wix.core.wake). */
 void sched_ready(sched_t *s, sched_task *t, int nvalues);
+/* Gives t a C payload for its continuation (replacing, and freeing, any it
+ * had). The task owns it: free_fn(p) runs when the task drops it or ends. */
+void sched_set_payload(sched_task *t, void *p, void (*free_fn)(void *));
+/* The current task's payload (still owned by the task), and its release. */
+void *sched_payload(sched_t *s);
+void sched_drop_payload(sched_t *s);
 sched_task *sched_current(sched_t *s);
 lua_State *sched_task_thread(sched_task *t);
 unsigned long sched_task_id(sched_task *t);

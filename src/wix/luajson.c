@@ -6,6 +6,7 @@
 #include <lauxlib.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../json/json.h"
@@ -125,6 +126,19 @@ static long long array_length(lua_State *L, int idx)
     return n && n == max ? n : (n ? -1 : 0);
 }
 
+typedef struct skey {
+    const char *s;
+    size_t n;
+} skey;
+
+static int skey_cmp(const void *a, const void *b)
+{
+    const skey *x = a, *y = b;
+    size_t n = x->n < y->n ? x->n : y->n;
+    int c = memcmp(x->s, y->s, n);
+    return c ? c : (x->n > y->n) - (x->n < y->n);
+}
+
 static int encode_table(enc *e, int idx, int depth, const char *key, size_t keylen)
 {
     lua_State *L = e->L;
@@ -161,24 +175,47 @@ static int encode_table(enc *e, int idx, int depth, const char *key, size_t keyl
         buf_addc(e->b, ']');
         return 0;
     }
-    buf_addc(e->b, '{');
-    int first = 1;
+    /* Named fields: on the wire in the table's order; everywhere else (results,
+     * logs, plans) sorted by name, so the same data is the same text. */
+    int nkeys = 0, cap = 16;
+    skey small[16], *keys = small;
+    /* a larger list is a userdata in this slot: owned by Lua, so a memory
+     * error raised while encoding leaves nothing behind */
+    lua_pushnil(L);
+    int slot = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        size_t kl;
-        const char *k;
-        if (lua_type(L, -2) != LUA_TSTRING) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING) {
             lua_pop(L, 2);
             snprintf(e->err, e->errlen, "%.*s: object keys must be strings", (int)(key ? keylen : 5),
                      key ? key : "value");
             return -1;
         }
-        k = lua_tolstring(L, -2, &kl);
-        if (!first)
+        if (nkeys == cap) {
+            skey *p = lua_newuserdatauv(L, (size_t)cap * 2 * sizeof *p, 0);
+            memcpy(p, keys, (size_t)nkeys * sizeof *p);
+            lua_replace(L, slot);
+            keys = p;
+            cap *= 2;
+        }
+        /* keys are strings held by the table: they stay put while it is encoded */
+        keys[nkeys].s = lua_tolstring(L, -1, &keys[nkeys].n);
+        nkeys++;
+    }
+    if (!e->camel && nkeys > 1)
+        qsort(keys, (size_t)nkeys, sizeof *keys, skey_cmp);
+    buf_addc(e->b, '{');
+    int rc = 0;
+    for (int i = 0; i < nkeys && rc == 0; i++) {
+        const char *k = keys[i].s;
+        size_t kl = keys[i].n;
+        if (i)
             buf_addc(e->b, ',');
-        first = 0;
         put_key(e, k, kl);
         buf_addc(e->b, ':');
+        lua_pushlstring(L, k, kl);
+        lua_rawget(L, idx);
         if (e->camel && lua_type(L, -1) == LUA_TSTRING &&
             ((kl == 10 && !memcmp(k, "field_name", 10)) || (kl == 9 && !memcmp(k, "fieldName", 9)))) {
             size_t vl;
@@ -189,11 +226,13 @@ static int encode_table(enc *e, int idx, int depth, const char *key, size_t keyl
             else
                 json_quote(e->b, v, vl);
         } else if (encode_value(e, lua_gettop(L), depth + 1, k, kl) < 0) {
-            lua_pop(L, 2);
-            return -1;
+            rc = -1;
         }
         lua_pop(L, 1);
     }
+    lua_pop(L, 1); /* the slot */
+    if (rc < 0)
+        return -1;
     buf_addc(e->b, '}');
     return 0;
 }
@@ -302,6 +341,12 @@ static void push_value(lua_State *L, const json_value *v, int snake)
         }
         break;
     }
+}
+
+void luajson_push(lua_State *L, const json_value *v, int snake)
+{
+    luaL_checkstack(L, 4, "luajson");
+    push_value(L, v, snake);
 }
 
 static int push_protected(lua_State *L)

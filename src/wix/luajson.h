@@ -29,6 +29,12 @@ int luajson_encode(lua_State *L, int idx, buf_t *b, int camel, char *err, size_t
 /* Pushes the decoded value; returns 0, or -1 (nothing pushed) with err set. */
 int luajson_decode(lua_State *L, const char *text, size_t len, int snake, char *err, size_t errlen);
 
+struct json_value;
+/* Pushes a parsed value as Lua values, unprotected: a memory error is raised
+ * in L (call it where raising is safe, e.g. inside a task's resume, with the
+ * document owned by something that outlives the raise). */
+void luajson_push(lua_State *L, const struct json_value *v, int snake);
+
 /* Key conversions; return the length written (out is NUL-terminated). */
 size_t luajson_snake_to_camel(const char *in, size_t n, char *out, size_t outlen);
 size_t luajson_camel_to_snake(const char *in, size_t n, char *out, size_t outlen);

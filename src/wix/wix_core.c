@@ -98,71 +98,86 @@ typedef struct lreq {
     char rid[64];
     int attempts;
     char *error;
+    json_doc *doc;                /* the parsed body, while the continuation pushes it */
 } lreq;
 
-static void push_result(lua_State *co, long status, const char *body, size_t len, const char *rid, int attempts,
-                        const char *error)
+static void lreq_free(void *p)
 {
-    lua_checkstack(co, 6);
-    lua_pushinteger(co, status);
-    lua_pushlstring(co, body, len);
-    lua_pushstring(co, rid);
-    lua_pushinteger(co, attempts);
-    if (error)
-        lua_pushstring(co, error);
-    else
-        lua_pushnil(co);
-}
-
-static void lreq_done(void *arg, const wix_result *r)
-{
-    lreq *q = arg;
-    if (q->in_start) {
-        q->done = 1;
-        q->status = r->status;
-        q->body = malloc(r->body_len + 1);
-        if (q->body) {
-            memcpy(q->body, r->body, r->body_len);
-            q->body_len = r->body_len;
-        }
-        snprintf(q->rid, sizeof q->rid, "%s", r->request_id);
-        q->attempts = r->attempts;
-        q->error = r->error ? strdup(r->error) : NULL;
-        return;
-    }
-    sched_task *t = sched_task_by_id(q->h->sched, q->task_id);
-    if (t) {
-        push_result(sched_task_thread(t), r->status, r->body, r->body_len, r->request_id, r->attempts, r->error);
-        sched_ready(q->h->sched, t, 5);
-    }
+    lreq *q = p;
+    free(q->body);
+    free(q->error);
+    json_doc_free(q->doc);
     free(q);
 }
 
-/* stack: [... status body rid attempts err] -> the body string becomes a table (or nil) */
+/* The answer is in (from a curl completion, or at once from the sandbox
+ * transport). Outside any protected call: it only copies the answer into C
+ * memory the task will own, and makes the task ready. */
+static void lreq_done(void *arg, const wix_result *r)
+{
+    lreq *q = arg;
+    q->status = r->status;
+    q->body = malloc(r->body_len + 1);
+    if (q->body) {
+        memcpy(q->body, r->body, r->body_len);
+        q->body[r->body_len] = '\0';
+        q->body_len = r->body_len;
+    }
+    snprintf(q->rid, sizeof q->rid, "%s", r->request_id);
+    q->attempts = r->attempts;
+    q->error = r->error ? strdup(r->error) : NULL;
+    if (!q->body && !q->error)
+        q->error = strdup("out of memory keeping the answer");
+    if (q->in_start) {
+        q->done = 1;
+        return;
+    }
+    sched_task *t = sched_task_by_id(q->h->sched, q->task_id);
+    if (!t) {
+        lreq_free(q);
+        return;
+    }
+    sched_set_payload(t, q, lreq_free);
+    sched_ready(q->h->sched, t, 0);
+}
+
+/* The continuation, inside the task's resume: the answer (the task's payload)
+ * as Lua values -> status, body table|nil, request id, attempts, transport
+ * error|nil. Building the body may raise a memory error (the hook's cap):
+ * the task then ends with it, and the payload, which owns every C buffer
+ * here, is freed with the task. */
 static int request_finish(lua_State *L, int status, lua_KContext ctx)
 {
     (void)status;
     (void)ctx;
-    int top = lua_gettop(L);
-    size_t len;
-    const char *body = lua_tolstring(L, top - 3, &len);
-    long code = (long)lua_tointeger(L, top - 4);
-    if (body && len) {
-        char err[200];
-        if (luajson_decode(L, body, len, 1, err, sizeof err) == 0) {
-            lua_replace(L, top - 3);
-        } else {
-            lua_pushnil(L);
-            lua_replace(L, top - 3);
-            if (code >= 200 && code < 300 && lua_isnil(L, top)) {
-                lua_pushfstring(L, "the answer is not valid JSON: %s", err);
-                lua_replace(L, top);
-            }
-        }
-    } else {
-        lua_pushnil(L);
-        lua_replace(L, top - 3);
+    wixr_host *h = host_of(L);
+    lreq *q = sched_payload(h->sched);
+    if (!q)
+        return luaL_error(L, "wix: the answer to a call was lost");
+    luaL_checkstack(L, 6, "wix answer");
+    const json_value *v = NULL;
+    char bad[200] = "";
+    if (q->body_len) {
+        json_error jerr;
+        v = json_parse(q->body, q->body_len, LUAJSON_MAX_DEPTH, &q->doc, &jerr);
+        if (!v)
+            snprintf(bad, sizeof bad, "the answer is not valid JSON: invalid JSON at line %d, column %d: %s",
+                     jerr.line, jerr.col, jerr.msg);
     }
+    lua_pushinteger(L, q->status);
+    if (v)
+        luajson_push(L, v, 1);
+    else
+        lua_pushnil(L);
+    lua_pushstring(L, q->rid);
+    lua_pushinteger(L, q->attempts);
+    if (q->error)
+        lua_pushstring(L, q->error);
+    else if (bad[0] && q->status >= 200 && q->status < 300)
+        lua_pushstring(L, bad);
+    else
+        lua_pushnil(L);
+    sched_drop_payload(h->sched);
     return 5;
 }
 
@@ -200,11 +215,8 @@ static int l_request(lua_State *L)
     q->in_start = 1;
     wix_client_call(h->client, method, path, has_body ? buf_cstr(&body) : NULL, body.len, account, idem, lreq_done, q);
     buf_free(&body);
-    if (q->done) {
-        push_result(L, q->status, q->body ? q->body : "", q->body_len, q->rid, q->attempts, q->error);
-        free(q->body);
-        free(q->error);
-        free(q);
+    if (q->done) { /* answered at once (the sandbox transport): the same path as a later answer */
+        sched_set_payload(sched_current(h->sched), q, lreq_free);
         return request_finish(L, LUA_OK, 0);
     }
     q->in_start = 0;
@@ -213,29 +225,24 @@ static int l_request(lua_State *L)
 
 /* ---- tasks ---- */
 
-static void spawn_done(sched_task *t, lua_State *co, int status, void *arg)
+static void spawn_done(sched_task *t, lua_State *co, const task_outcome *o, void *arg)
 {
     (void)t;
     (void)arg;
+    if (o->kind == OUTCOME_OK)
+        return;
     hook_run *r = ctx_of(co)->run;
-    if (status != LUA_OK && r && r->tripped) {
-        /* a limit tripped in a task the run started: the whole run ends */
-        sandbox_run_abort(r, r->trip);
-        return;
-    }
-    if (status == LUA_OK)
-        return;
+    if (r && sandbox_task_failed(r, o))
+        return; /* a limit or the memory cap: the whole run ended */
     /* Nobody waits for this task (a waited one reports to its waiter): say so in the log,
      * as a warning when the run ended before it did. */
-    char text[512];
-    snprintf(text, sizeof text, "%s", host_error_text(co, -1));
     int stopped = r && r->finished;
-    lua_settop(co, 0);
-    lua_pushstring(co, stopped ? "warn" : "error");
-    lua_pushstring(co, stopped ? "a task started with wix.spawn was stopped: the run ended before it"
-                               : "a task started with wix.spawn failed");
-    const char *extra[] = {"error", text, "hook", r ? r->hook->name : NULL, "event_id", r ? r->event_id : NULL, NULL};
-    wix_log_write(co, 1, 2, 3, extra);
+    const char *fields[] = {"error", o->text, "hook", r ? r->hook->name : NULL, "event_id", r ? r->event_id : NULL,
+                            NULL};
+    host_log("warn",
+             stopped ? "a task started with wix.spawn was stopped: the run ended before it"
+                     : "a task started with wix.spawn failed",
+             fields);
 }
 
 static int l_spawn(lua_State *L)
@@ -250,7 +257,7 @@ static int l_spawn(lua_State *L)
         return luaL_error(L, "wix.spawn: tasks can only be started by a run of the handler, not while the "
                              "script loads");
     unsigned long group = cur ? sched_task_group(cur) : 0;
-    sched_task *t = sched_spawn_in(h->sched, L, nargs, group, spawn_done, NULL);
+    sched_task *t = sched_spawn_in(h->sched, L, nargs, group, 0, spawn_done, NULL);
     if (!t)
         return luaL_error(L, "out of memory");
     /* A hook run's limits and permissions follow it into the tasks it starts. */
@@ -554,6 +561,10 @@ void wix_log_write(lua_State *L, int level_idx, int msg_idx, int fields_idx, con
     buf_adds(&b, log_levels[lv]);
     buf_adds(&b, "\",\"msg\":");
     json_quote(&b, msg, msglen);
+    /* a line from a dry run says so: nothing it speaks of was sent */
+    wixr_ctx *c = ctx_of(L);
+    if (c && c->host && c->host->dry_run)
+        buf_adds(&b, ",\"dry_run\":true");
     size_t at = b.len;
     char err[128];
     if (lua_istable(L, fields_idx)) {
