@@ -229,6 +229,19 @@ static void result_json(lua_State *co, size_t cap, task_outcome *o)
     o->json = buf_steal(&b, NULL);
 }
 
+/* The innermost frame of a script file (chunk "@path") on co's stack: an
+ * ended coroutine keeps its frames; reading them allocates nothing. */
+static void where_of(lua_State *co, task_outcome *o)
+{
+    lua_Debug ar;
+    for (int level = 0; lua_getstack(co, level, &ar); level++) {
+        if (lua_getinfo(co, "Sl", &ar) && ar.currentline > 0 && ar.source[0] == '@') {
+            snprintf(o->where, sizeof o->where, "%.200s:%d", ar.short_src, ar.currentline);
+            return;
+        }
+    }
+}
+
 void outcome_of(lua_State *co, int status, int want, size_t json_cap, task_outcome *o)
 {
     memset(o, 0, sizeof *o);
@@ -238,6 +251,7 @@ void outcome_of(lua_State *co, int status, int want, size_t json_cap, task_outco
             result_json(co, json_cap, o);
         return;
     }
+    where_of(co, o);
     if (want & OUTCOME_WANT_TRACE)
         traceback(co, o);
     o->kind = status == LUA_ERRMEM ? OUTCOME_MEMORY : OUTCOME_ERROR;

@@ -34,6 +34,7 @@ typedef struct task_outcome {
     int permanent;       /* the error value is a table whose retryable field is false */
     char code[64];       /* the error value's string field `code`, or "" */
     char *trace;         /* not OK, asked for: a Lua traceback of the task (malloc'd), or NULL */
+    char where[256];     /* not OK: "script.lua:12" of the innermost script frame when it ended, or "" */
 } task_outcome;
 
 #define OUTCOME_WANT_JSON 1      /* encode the first result */

@@ -1190,10 +1190,12 @@ static void finish(hook_run *r, int ok, char *result_json, const char *error)
     finish_as(r, ok ? RUN_OK : RUN_ERROR, NULL, result_json, error);
 }
 
-static void fail_memory(hook_run *r, const char *what)
+/* where: "script.lua:12" where the cap broke, or "" */
+static void fail_memory(hook_run *r, const char *where, const char *what)
 {
-    char msg[200];
-    snprintf(msg, sizeof msg, "memory limit exceeded (%ld MB)%s", r->hook->def->limits.memory_mb, what);
+    char msg[400];
+    snprintf(msg, sizeof msg, "%s%smemory limit exceeded (%ld MB)%s", where, where[0] ? ": " : "",
+             r->hook->def->limits.memory_mb, what);
     finish_as(r, RUN_MEMORY, NULL, NULL, msg);
 }
 
@@ -1206,7 +1208,7 @@ int sandbox_task_failed(hook_run *r, const task_outcome *o)
         return 1;
     }
     if (o->kind == OUTCOME_MEMORY) {
-        fail_memory(r, " in a task started with wix.spawn");
+        fail_memory(r, o->where, " in a task started with wix.spawn");
         return 1;
     }
     return 0;
@@ -1222,7 +1224,7 @@ static void run_done(sched_task *t, lua_State *co, const task_outcome *o, void *
     if (r->finished)
         return;
     if (o->kind == OUTCOME_MEMORY) {
-        fail_memory(r, strstr(o->text, "encoding the result") ? " encoding the handler's result" : "");
+        fail_memory(r, o->where, strstr(o->text, "encoding the result") ? " encoding the handler's result" : "");
         return;
     }
     if (r->tripped) {
@@ -1250,7 +1252,7 @@ static void run_done(sched_task *t, lua_State *co, const task_outcome *o, void *
     }
     char *json = strdup(o->json);
     if (!json) {
-        fail_memory(r, " keeping the handler's result");
+        fail_memory(r, "", " keeping the handler's result");
         return;
     }
     /* Tasks the handler spawned and left running end with it (finish). */
@@ -1504,7 +1506,7 @@ hook_run *hook_start(hook_rt *k, const char *event_name, const char *event_id, c
     /* Nothing is pushed into the state outside a protected call (it may be
      * at its memory cap): the event's text goes in as a C pointer. */
     if (!lua_checkstack(L, 4)) {
-        fail_memory(r, " starting the run");
+        fail_memory(r, "", " starting the run");
         return r;
     }
     lua_pushcfunction(L, push_call);
@@ -1516,14 +1518,14 @@ hook_run *hook_start(hook_rt *k, const char *event_name, const char *event_id, c
         snprintf(msg, sizeof msg, "%s", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(error)");
         lua_pop(L, 1);
         if (st == LUA_ERRMEM)
-            fail_memory(r, " starting the run");
+            fail_memory(r, "", " starting the run");
         else
             finish(r, 0, NULL, msg);
         return r;
     }
     sched_task *t = sched_spawn_in(h->sched, L, 2, r->group, SCHED_RESULT_JSON, run_done, r);
     if (!t) {
-        fail_memory(r, " starting the run");
+        fail_memory(r, "", " starting the run");
         return r;
     }
     r->task_id = sched_task_id(t);

@@ -41,6 +41,7 @@ struct call {
     long retry_after_ms;
     char error[600];
     int have_error;
+    int final;                    /* an error that trying again cannot mend: no more attempts */
     call *next_queued;
 };
 
@@ -230,33 +231,50 @@ static void audit_line(wix_client *c, const call *q, long long now)
     if (!c->audit)
         return;
     buf_t b;
-    buf_init(&b, 0);
+    json_writer w;
+    buf_init(&b, 1024 * 1024);
+    jw_init(&w, &b);
     char when[ISO_TIME_LEN];
     iso_format_ms(iso_now_ms(), when);
-    buf_printf(&b, "{\"ts\":\"%s\",\"transport\":\"%s\",\"method\":\"%s\",\"path\":", when,
-               c->transport == TRANSPORT_HTTP ? "http" : "sandbox", q->method);
-    json_quote(&b, q->path, strlen(q->path));
-    buf_printf(&b, ",\"status\":%ld,\"duration_ms\":%lld,\"attempt\":%d", q->status, now - q->t_attempt, q->attempt);
-    if (q->account) {
-        buf_adds(&b, ",\"account_id\":");
-        json_quote(&b, q->account, strlen(q->account));
+    jw_obj(&w);
+    jw_kstr(&w, "ts", when);
+    jw_kstr(&w, "transport", c->transport == TRANSPORT_HTTP ? "http" : "sandbox");
+    jw_kstr(&w, "method", q->method);
+    jw_kstr(&w, "path", q->path);
+    jw_key(&w, "status");
+    jw_int(&w, q->status);
+    jw_key(&w, "duration_ms");
+    jw_int(&w, now - q->t_attempt);
+    jw_key(&w, "attempt");
+    jw_int(&w, q->attempt);
+    if (q->account)
+        jw_kstr(&w, "account_id", q->account);
+    if (q->idem)
+        jw_kstr(&w, "idempotency_key", q->idem);
+    if (q->request_id[0])
+        jw_kstr(&w, "request_id", q->request_id);
+    if (q->have_error)
+        jw_kstr(&w, "error", q->error);
+    jw_obj_end(&w);
+    buf_addc(&b, '\n');
+    if (!b.failed) {
+        fwrite(b.data, 1, b.len, c->audit);
+        fflush(c->audit);
     }
-    if (q->idem) {
-        buf_adds(&b, ",\"idempotency_key\":");
-        json_quote(&b, q->idem, strlen(q->idem));
-    }
-    if (q->request_id[0]) {
-        buf_adds(&b, ",\"request_id\":");
-        json_quote(&b, q->request_id, strlen(q->request_id));
-    }
-    if (q->have_error) {
-        buf_adds(&b, ",\"error\":");
-        json_quote(&b, q->error, strlen(q->error));
-    }
-    buf_adds(&b, "}\n");
-    fwrite(b.data, 1, b.len, c->audit);
-    fflush(c->audit);
     buf_free(&b);
+}
+
+/* The URL of a call as it may be shown: the base URL without any
+ * user:password@ it carries (secrets stay out of messages). */
+static void shown_url(const char *base, const char *path, char *out, size_t n)
+{
+    const char *p = strstr(base, "://");
+    const char *host = p ? p + 3 : base;
+    const char *slash = strchr(host, '/'), *at = strchr(host, '@');
+    if (at && (!slash || at < slash))
+        snprintf(out, n, "%.*s%s%s", (int)(host - base), base, at + 1, path);
+    else
+        snprintf(out, n, "%s%s", base, path);
 }
 
 /* ---- completion ---- */
@@ -288,7 +306,7 @@ static void complete(call *q)
 
 static int retryable(const call *q)
 {
-    return q->have_error || q->status == 429 || q->status >= 500;
+    return !q->final && (q->have_error || q->status == 429 || q->status >= 500);
 }
 
 static void release_slot(wix_client *c)
@@ -363,7 +381,9 @@ static void http_done(sched_transfer *x, CURLcode rc)
     wix_client *c = q->c;
     if (rc != CURLE_OK) {
         q->have_error = 1;
-        snprintf(q->error, sizeof q->error, "%s", curl_easy_strerror(rc));
+        char url[400];
+        shown_url(c->s->base_url, q->path, url, sizeof url);
+        snprintf(q->error, sizeof q->error, "%s (%s)", curl_easy_strerror(rc), url);
         if (rc == CURLE_WRITE_ERROR && q->resp.failed)
             snprintf(q->error, sizeof q->error, "the answer is larger than %d bytes", CLIENT_MAX_BODY);
         q->status = 0;
@@ -379,7 +399,7 @@ static void http_done(sched_transfer *x, CURLcode rc)
     q->easy = NULL;
     /* Some errors will not go away by trying again. */
     if (rc == CURLE_URL_MALFORMAT || rc == CURLE_UNSUPPORTED_PROTOCOL || rc == CURLE_WRITE_ERROR)
-        q->attempt = c->s->retry_attempts;
+        q->final = 1;
     release_slot(c);
     finish_attempt(q);
 }
@@ -450,7 +470,7 @@ static void sandbox_send(call *q)
     if (sandbox_open(c, err, sizeof err) < 0) {
         q->have_error = 1;
         snprintf(q->error, sizeof q->error, "%.500s", err);
-        q->attempt = c->s->retry_attempts; /* nothing to retry */
+        q->final = 1; /* nothing to retry: the state file is not ours */
         sandbox_finish(q);
         return;
     }

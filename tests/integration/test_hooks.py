@@ -618,7 +618,7 @@ def limits_deep_recursion_is_a_stack_overflow():
 def limits_string_rep_memory_bomb():
     script = 'return function(event, ctx)\n  local s = string.rep("x", 2^30)\n  return #s\nend\n'
     _, _, _, err = limit_case(script, "instructions: 1000000, wall_ms: 3000, memory_mb: 16")
-    eq(err, "bad (bad.lua): memory limit exceeded (16 MB)", "error")
+    eq(err, "bad (bad.lua): bad.lua:2: memory limit exceeded (16 MB)", "error")  # where the cap broke
 
 
 @test
@@ -626,7 +626,7 @@ def limits_table_growth_memory_bomb():
     script = ("return function(event, ctx)\n  local t = {}\n  for i = 1, 1e9 do t[i] = { i } end\n"
               "  return #t\nend\n")
     _, _, _, err = limit_case(script, "instructions: 100000000000, wall_ms: 5000, memory_mb: 16", timeout=8)
-    eq(err, "bad (bad.lua): memory limit exceeded (16 MB)", "error")
+    eq(err, "bad (bad.lua): bad.lua:3: memory limit exceeded (16 MB)", "error")  # where the cap broke
 
 
 @test

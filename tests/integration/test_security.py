@@ -166,7 +166,7 @@ def instruction_limit_at(line):
 
 
 INSTRUCTIONS = r"instruction limit exceeded \(1000000\)$"
-MEMORY = r"^memory limit exceeded \(16 MB\)$"
+MEMORY = r"^(\w+\.lua:\d+: )?memory limit exceeded \(16 MB\)$"  # names the line where the cap broke, when a script frame was running
 
 
 # ---------------------------------------------------------------------------

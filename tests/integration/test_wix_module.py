@@ -208,6 +208,26 @@ def retry_gives_up_after_the_last_attempt_with_a_structured_error():
 
 
 @test
+def transport_errors_name_the_url_they_could_not_reach():
+    # a port nothing listens on; the base URL carries credentials, which the message leaves out
+    import socket
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    w = Work(RETRY_CONFIG % (2, 2000))
+    w.write("create.lua", CREATE_ONE)
+    r = w.run("create.lua", "--json", env={"WIX_BASE_URL": "http://user:pa55word@127.0.0.1:%d" % port,
+                                           "WIX_API_KEY": "k"})
+    eq(r.rc, 1, "exit status (%s)" % r)
+    err = r.json["error"]
+    check("TRANSPORT" in err and "(http://127.0.0.1:%d/resellers/v2/packages)" % port in err,
+          "the error names the URL: %r" % err)
+    check("pa55word" not in r.out + r.err and "user:" not in err, "no credentials in the message: %r" % err)
+    check("pa55word" not in "".join(json.dumps(x) for x in audit_lines(w)), "no credentials in the audit log")
+
+
+@test
 def retry_after_a_timeout():
     srv = server()
     fault(srv, {"pathPrefix": "/resellers/v2/packages", "latencyMs": 1500, "count": 1, "errorRate": 1,
