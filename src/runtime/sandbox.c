@@ -20,6 +20,8 @@
 #define HOOK_EVERY 1000       /* instructions between limit checks */
 
 static void finish(hook_run *r, int ok, char *result_json, const char *error);
+static void start_run(hook_run *r, const char *event_json);
+static void arm_deferred(hook_rt *k);
 
 /* ---- memory: an allocator with an exact cap per hook state ---- */
 
@@ -1182,6 +1184,8 @@ static void finish_as(hook_run *r, enum run_outcome kind, const char *code, char
     if (kind == RUN_MEMORY)
         r->hook->broken = 1;
     r->hook->runs--;
+    if (r->hook->ndeferred && r->hook->runs == r->hook->ndeferred)
+        arm_deferred(r->hook);
     r->done(r, r->done_arg);
 }
 
@@ -1493,21 +1497,45 @@ hook_run *hook_start(hook_rt *k, const char *event_name, const char *event_id, c
     r->deadline_ms = r->started_ms + k->def->limits.wall_ms;
     r->group = sched_new_group(h->sched);
     k->runs++;
-    if (k->broken && k->runs == 1)
-        state_rebuild(k);
+    if (k->broken || k->ndeferred) {
+        /* The state is rebuilt first, from the scheduler's top level: here we
+         * may be inside a callback of a task of that very state. */
+        r->event_copy = strdup(event_json ? event_json : "{}");
+        if (!r->event_copy) {
+            finish(r, 0, NULL, "out of memory");
+            return r;
+        }
+        if (k->deferred_tail)
+            k->deferred_tail->next_deferred = r;
+        else
+            k->deferred_head = r;
+        k->deferred_tail = r;
+        k->ndeferred++;
+        arm_deferred(k);
+        return r;
+    }
+    start_run(r, event_json);
+    return r;
+}
+
+/* Runs r (set up by hook_start) on its hook's state now. */
+static void start_run(hook_run *r, const char *event_json)
+{
+    hook_rt *k = r->hook;
+    wixr_host *h = k->ctx.host;
     lua_State *L = k->L;
     if (!L) {
         char msg[700];
         snprintf(msg, sizeof msg, "the hook's state could not be rebuilt after a broken memory limit: %s",
                  k->rebuild_error);
         finish(r, 0, NULL, msg);
-        return r;
+        return;
     }
     /* Nothing is pushed into the state outside a protected call (it may be
      * at its memory cap): the event's text goes in as a C pointer. */
     if (!lua_checkstack(L, 4)) {
         fail_memory(r, "", " starting the run");
-        return r;
+        return;
     }
     lua_pushcfunction(L, push_call);
     lua_pushlightuserdata(L, r);
@@ -1521,12 +1549,12 @@ hook_run *hook_start(hook_rt *k, const char *event_name, const char *event_id, c
             fail_memory(r, "", " starting the run");
         else
             finish(r, 0, NULL, msg);
-        return r;
+        return;
     }
     sched_task *t = sched_spawn_in(h->sched, L, 2, r->group, SCHED_RESULT_JSON, run_done, r);
     if (!t) {
         fail_memory(r, "", " starting the run");
-        return r;
+        return;
     }
     r->task_id = sched_task_id(t);
     lua_State *co = sched_task_thread(t);
@@ -1535,13 +1563,54 @@ hook_run *hook_start(hook_rt *k, const char *event_name, const char *event_id, c
     r->next_active = h->active_runs;
     h->active_runs = r;
     arm_watchdog(h, r->deadline_ms);
-    return r;
+}
+
+/* The deferred runs of k: once no run of the old state is in flight, the
+ * state is rebuilt (when broken) and they start, in order. */
+static void deferred_start(void *arg)
+{
+    hook_rt *k = arg;
+    k->deferred_armed = 0;
+    while (k->ndeferred) {
+        if (k->broken) {
+            if (k->runs > k->ndeferred)
+                return; /* a run of the broken state is still going: its end arms this again */
+            state_rebuild(k);
+        }
+        hook_run *r = k->deferred_head;
+        k->deferred_head = r->next_deferred;
+        if (!k->deferred_head)
+            k->deferred_tail = NULL;
+        k->ndeferred--;
+        r->started_ms = sched_now_ms();
+        r->deadline_ms = r->started_ms + k->def->limits.wall_ms;
+        start_run(r, r->event_copy);
+    }
+}
+
+static void arm_deferred(hook_rt *k)
+{
+    if (k->deferred_armed)
+        return;
+    k->deferred_armed = 1;
+    if (sched_timer(k->ctx.host->sched, sched_now_ms(), deferred_start, k) < 0) {
+        k->deferred_armed = 0;
+        while (k->ndeferred) { /* cannot wait: they fail, as a start that could not allocate does */
+            hook_run *r = k->deferred_head;
+            k->deferred_head = r->next_deferred;
+            if (!k->deferred_head)
+                k->deferred_tail = NULL;
+            k->ndeferred--;
+            finish(r, 0, NULL, "out of memory");
+        }
+    }
 }
 
 void hook_run_free(hook_run *r)
 {
     if (!r)
         return;
+    free(r->event_copy);
     free(r->result_json);
     free(r->error);
     buf_free(&r->plan);

@@ -39,6 +39,9 @@ typedef struct hook_rt {
     long long rebuilds;           /* fresh states made after a broken memory cap */
     long long last_rebuild_ms;    /* when the last one was made (monotonic ms) */
     char rebuild_error[600];      /* why the last rebuild failed ("" when it did not) */
+    struct hook_run *deferred_head, *deferred_tail; /* runs waiting for the state's rebuild */
+    int ndeferred;
+    int deferred_armed;
     long long alloc_fail_at;      /* tests: refuse every allocation from the n-th on (0 = off) */
     long long allocs;             /* allocations counted while alloc_fail_at is set */
 } hook_rt;
@@ -76,6 +79,8 @@ struct hook_run {
     hook_done_fn done;
     void *done_arg;
     unsigned long task_id;        /* the handler's task */
+    char *event_copy;             /* the event's data, kept for a run that starts later */
+    hook_run *next_deferred;
     const char *event_name;       /* for ctx.event */
     const char *event_id;
     int depth;                    /* chain depth of the event */

@@ -1435,6 +1435,41 @@ def ctx_log_writes_a_json_line_with_the_hook_name():
 
 
 @test
+def ctx_log_in_a_dry_run_says_so_and_sorts_its_fields():
+    script = ('return function(event, ctx)\n  ctx.log("info", "planned", { zeta = 1, alpha = 2, mid = { b = 1, a = 2 } })\n'
+              '  return { z = 1, a = 2 }\nend\n')
+    w = Work("hooks:\n  lg:\n    - script: lg.lua\n", {"lg.lua": script})
+    for dry in (True, False):
+        r = w.fire("lg", "--id", "d-%d" % dry, *(["--dry-run"] if dry else []))
+        eq(r.rc, 0, "exit status (%s)" % r)
+        raw = [x for x in r.lines() if x.startswith("{")]
+        eq(len(raw), 1, "one log line: %r" % r.err)
+        line = json.loads(raw[0])
+        eq(line.get("dry_run"), True if dry else None, "dry_run on the log line of a %s run" % ("dry" if dry else "real"))
+        # the script's fields come out sorted, however the table was built
+        check(raw[0].index('"alpha"') < raw[0].index('"mid"') < raw[0].index('"zeta"')
+              and raw[0].index('"a":2') < raw[0].index('"b":1'), "fields sorted: %r" % raw[0])
+
+
+@test
+def a_state_that_broke_its_memory_cap_is_rebuilt_before_the_next_run():
+    # run 1 keeps a global, then breaks the cap; run 2 runs on a fresh state (the global is gone) and works
+    script = ('seen = seen or 0\n'
+              'return function(event, ctx)\n  seen = seen + 1\n'
+              '  if event.hog then local t = {} for i = 1, 1e9 do t[i] = { i } end end\n'
+              '  return { runs_on_this_state = seen }\nend\n')
+    w = Work(LIMITS % ("instructions: 100000000000, wall_ms: 10000, memory_mb: 8", ""),
+             {"bad.lua": script, "good.lua": GOOD})
+    r = w.batch([{"event": "bad", "id": "m1", "data": {}}, {"event": "bad", "id": "m2", "data": {"hog": True}},
+                 {"event": "bad", "id": "m3", "data": {}}], "--json", "--concurrency", "1", timeout=20)
+    lines = [json.loads(x) for x in r.out.splitlines() if x.strip()]
+    by_id = {x.get("id"): x for x in lines if "id" in x}
+    eq(by_id["m1"]["hooks"][0]["result"], {"runs_on_this_state": 1}, "first run")
+    check("memory limit exceeded (8 MB)" in by_id["m2"]["hooks"][0]["error"], "the hog broke the cap: %r" % by_id["m2"])
+    eq(by_id["m3"]["hooks"][0]["result"], {"runs_on_this_state": 1}, "the next run is on a fresh state")
+
+
+@test
 def ctx_log_keeps_the_run_names_and_the_callers_table():
     script = ('return function(event, ctx)\n'
               '  local f = { hook = "forged", event_id = "forged", n = 2 }\n'
