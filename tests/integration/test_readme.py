@@ -31,6 +31,9 @@ environment), with no network beyond 127.0.0.1:
   is checked with the `hooks:` of config/wixr.yaml added.
 - Plain blocks: the sample of what `scripts/demo` prints (above) and `$ COMMAND`
   transcripts, whose command runs and must print the lines shown.
+- Output samples in the prose (SAMPLES: an error line of a wix.Error, the message of an
+  emulator state file in use, the status a package reaches, `wixr version`) are made
+  again at the end of their section and must have the README's shape (ids masked).
 
 What is not run is listed in SKIP with the reason, so a new example runs by default
 and skipping one is a visible decision. A failure names README.md:LINE of the block.
@@ -86,9 +89,6 @@ class Block:
     @property
     def text(self):
         return "".join(t + "\n" for _, t in self.lines)
-
-    def where(self, name):
-        return "%s:%d" % (name, self.line)
 
 
 def read_blocks(text, name="README.md"):
@@ -244,9 +244,8 @@ def mismatch(actual, expected, path="$"):
     return None
 
 
-def expected_answer(cmd, block):
-    """(status, shape) a curl command's README text promises: its `# NNN {...}` comment, or
-    for the last command of a block an "answers `NNN {...}`" sentence right after it."""
+def expected_answer(cmd):
+    """(status, shape) a curl command's `# NNN {...}` comment promises, or None."""
     m = re.match(r"^(\d{3})\s+(\{.*\})\s*$", trailing_comment(cmd))
     if m and shape(m.group(2)) is not None:
         return int(m.group(1)), shape(m.group(2))
@@ -254,6 +253,7 @@ def expected_answer(cmd, block):
 
 
 def answers_after(block):
+    """(status, shape) of an "answers `NNN {...}`" sentence right after a block, or None."""
     m = re.match(r"\s*answers\s+`(\d{3})\s+(\{.*?\})`", block.after, re.S)
     if m and shape(m.group(2)) is not None:
         return int(m.group(1)), shape(m.group(2))
@@ -368,6 +368,12 @@ class Reader:
         self.ports[readme_port] = port
         log_path = os.path.join(os.path.dirname(self.state), "service-%d.log" % line)
         log = open(log_path, "wb")
+        given = re.search(r"\s--listen[ =](\S+)", cmd)
+        if given:   # the README's own address: this run's port instead
+            m = re.search(r":(\d+)$", given.group(1))
+            if m:
+                self.ports[int(m.group(1))] = port
+            cmd = cmd[:given.start()] + cmd[given.end():]
         script = ". '%s'\nexec %s --listen 127.0.0.1:%d" % (self.state, cmd, port)
         proc = subprocess.Popen(["bash", "-c", script], cwd=self.dir, env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -431,7 +437,7 @@ class Reader:
                 readme_port = 8470 if m.group(1).startswith("sandbox") else 8480
                 self.start_service(block, line, cmd.split(" #")[0].rstrip(), readme_port)
                 continue
-            expect = expected_answer(cmd, block)
+            expect = expected_answer(cmd)
             if expect is None and i == len(cmds) - 1:
                 expect = answers_after(block)
             self.run_command(block, line, cmd, expect)
@@ -586,6 +592,124 @@ class Reader:
                       % got[start + len(want):][:5])
 
 
+# ---------------------------------------------------------------------------
+# Output samples written in the README's prose
+# ---------------------------------------------------------------------------
+
+DUPLICATE_CREATE = """local wix = require "wix"
+-- route.lua: the same Premium plan twice on one site; the second create is refused.
+local function create()
+  return wix.packages.create{
+    account_id = "33333333-4444-4555-8666-777777777777",
+    products = { { catalog_product_id = "7a1c0e52-3b4d-4f6a-9c21-0d5e8f7a1b02",
+                   site_id = "c0000000-0000-4000-8000-000000000001", country_code = "DE",
+                   billing = { unit = "YEAR", count = 1 } } } }
+end
+create()
+local ok, e = pcall(function()
+  create()                                                  -- line 12
+end)
+return tostring(e)
+"""
+
+QUERY = 'local wix = require "wix"\nreturn wix.packages.query{}\n'
+
+
+def sample_error_line(reader):
+    """tostring(e) of a wix.Error raised at route.lua:12 (on an emulator of its own)."""
+    d = work_folder("wixr-readme-sample-")
+    with open(os.path.join(d, "route.lua"), "w") as f:
+        f.write(DUPLICATE_CREATE)
+    r = reader.bash("cd '%s' && '%s' run route.lua" % (d, ARGS.wixr))
+    return r.out if r.rc == 0 else "rc %s: %s" % (r.rc, r.err[-300:])
+
+
+def sample_in_use(reader):
+    """What `wixr run` says, in the reader's folder, while the README's `sandbox serve` runs there."""
+    if not any("sandbox" in svc.cmd and svc.proc.poll() is None for svc in reader.services):
+        return "(no `wixr sandbox serve` of the README runs)"
+    with open(os.path.join(reader.dir, "readme-query.lua"), "w") as f:
+        f.write(QUERY)
+    r = reader.bash("build/wixr run readme-query.lua")
+    return r.err
+
+
+def sample_enabled(reader):
+    """The status of the README's first package, fetched as the sentence says."""
+    made = [out for c, out in reader.outputs.items() if re.match(r"^curl\b.*-X POST\b.*/resellers/v2/packages", c, re.S)]
+    port = reader.ports.get(8470)
+    if not made or not port:
+        return "(the README's first call did not run)"
+    try:
+        pkg = json.loads(made[0].rpartition("\n")[0])["package"]["id"]
+    except (ValueError, KeyError, TypeError):
+        return "(the first call answered no package: %r)" % made[0][:200]
+    r = reader.bash("curl -sS http://127.0.0.1:%d/resellers/v1/packages/%s -H 'Authorization: my-test-key' "
+                    "-H 'wix-account-id: 33333333-4444-4555-8666-777777777777'" % (port, pkg))
+    try:
+        return json.loads(r.out)["package"]["productInstances"][0]["status"]
+    except (ValueError, KeyError, TypeError, IndexError):
+        return r.out[:300]
+
+
+def sample_version(reader):
+    return reader.bash("build/wixr version").out.strip()
+
+
+# (where the sample is in the README, how to make it, what in the sample stands for anything)
+SAMPLES = [
+    (r"`(route\.lua:12: wix: [^`]*)`", sample_error_line,
+     [(r"\.\.\.", r".+")]),
+    (r"`(\.wixr/sandbox\.db is in use by process [^`]*)`", sample_in_use,
+     [(r"\d+", r"\d+")]),
+    (r"a moment later shows the instance `([A-Z_]+)`", sample_enabled, []),
+    (r"`(wixr \d+\.\d+\.\d+ \(commit [^`]*\))`", sample_version,
+     [(r"\d+\.\d+\.\d+", r"\d+\.\d+\.\d+"), (r"\b[0-9a-f]{12}\b", r"([0-9a-f]{12}(-dirty)?|unknown)"),
+      (r"\d{4}-\d{2}-\d{2}", r"\d{4}-\d{2}-\d{2}")]),
+]
+
+
+def sample_regex(sample, masks):
+    """A regex for text of the sample's shape: what a mask matches stands for its pattern;
+    runs of white space for any white space."""
+    spans = []
+    for pattern, repl in masks:
+        for m in re.finditer(pattern, sample):
+            if not any(a < m.end() and m.start() < b for a, b, _ in spans):
+                spans.append((m.start(), m.end(), repl))
+    out, at = "", 0
+    for a, b, repl in sorted(spans):
+        out += re.escape(sample[at:a]) + repl
+        at = b
+    out += re.escape(sample[at:])
+    return re.sub(r"(\\\s|\\\n|\s)+", r"\\s+", out)
+
+
+def samples_in(text):
+    """[(line, section, sample text, producer, regex)] of the SAMPLES found in text."""
+    found = []
+    for where, producer, masks in SAMPLES:
+        m = re.search(where, text, re.S)
+        if not m:
+            found.append((None, None, where, producer, None))
+            continue
+        line = text.count("\n", 0, m.start(1)) + 1
+        headings = re.findall(r"^## (.*)$", text[:m.start(1)], re.M)
+        sample = re.sub(r"\s+", " ", m.group(1))
+        found.append((line, headings[-1].strip() if headings else "", sample, producer, sample_regex(sample, masks)))
+    return found
+
+
+def check_samples(reader, samples, section):
+    for line, sec, sample, producer, regex in samples:
+        if sec != section:
+            continue
+        reader.log_ran(line, "the sample %s, compared" % (sample[:60]))
+        actual = producer(reader)
+        if not isinstance(actual, str) or not re.search(regex, re.sub(r"\s+", " ", actual)):
+            reader.failures.append("%s:%d: the README shows %r; wixr gives %r" % (reader.name, line, sample, actual))
+
+
 def walk(text, name="README.md", verbose=False):
     """Runs every block of a Markdown text; returns (failures, skipped, reader)."""
     blocks = read_blocks(text, name)
@@ -598,9 +722,16 @@ def walk(text, name="README.md", verbose=False):
                 m = re.match(r"^--\s*([\w./-]+\.lua)\b", b.lines[0][1])
                 if m:
                     reader.save(b, m.group(1))
+        samples = samples_in(text) if name == "README.md" else []
+        for line, _, where, _, regex in samples:
+            if regex is None:
+                reader.failures.append("%s: no text matches the sample pattern %r of SAMPLES: update the "
+                                       "test with the README" % (name, where))
         section = None
         for b in blocks:
             if b.section != section:
+                if section is not None:
+                    check_samples(reader, samples, section)
                 reader.stop_services(b)
                 section = b.section
             first = b.lines[0][1] if b.lines else ""
@@ -618,7 +749,11 @@ def walk(text, name="README.md", verbose=False):
             else:
                 reader.fail(b, b.line, "a ```%s block: this test does not know how to run it (teach it, or add "
                                        "it to SKIP with a reason)" % b.kind)
+        check_samples(reader, samples, section)
         reader.stop_services(None)
+        # Samples under sections without blocks.
+        for sec in sorted({x[1] for x in samples if x[1] is not None} - {b.section for b in blocks}):
+            check_samples(reader, samples, sec)
     finally:
         reader.kill_services()
     return reader.failures, reader.skipped, reader
@@ -695,6 +830,45 @@ def test_the_demo_sample_shape_is_checked():
     failures, _, _ = walk(text, "T.md")
     check(len(failures) == 1 and failures[0].startswith("T.md:9 (line 12): `scripts/demo` printed"),
           "one failure at the sample's differing line: %s" % failures)
+
+
+@test
+def test_yaml_and_unnamed_lua_blocks_are_checked():
+    text = "\n".join([
+        "## Configuration", "",
+        "```yaml",                                                   # 3: complete, valid
+        "hooks:",
+        "  order.created:",
+        "    - script: ../lua/policies/route_order.lua",
+        "```", "",
+        "```yaml",                                                   # 9: a fragment, valid
+        "runtime:",
+        "  limits:",
+        "    wall_ms: 5000",
+        "```", "",
+        "```yaml",                                                   # 15: a script that is not there
+        "hooks:",
+        "  order.created:",
+        "    - script: ../lua/policies/nope.lua",
+        "```", "",
+        "```lua",                                                    # 21: an unnamed handler, valid
+        'local wix = require "wix"',
+        "return function(event, ctx) return { ok = true } end",
+        "```", "",
+        "```lua",                                                    # 26: does not compile
+        "return function(event, ctx) return { end",
+        "```", "",
+        "```lua",                                                    # 30: named, but nothing runs it
+        "-- unused.lua",
+        "return function() end",
+        "```", ""])
+    failures, _, _ = walk(text, "T.md")
+    joined = "\n".join(failures)
+    for where, what in (("T.md:15", "nope.lua"), ("T.md:26", "does not load as a hook"),
+                        ("T.md:30", "no README command runs unused.lua")):
+        check(any(f.startswith(where + ":") and what in f for f in failures),
+              "a failure at %s saying %r: %s" % (where, what, joined))
+    eq(len(failures), 3, "failures: %s" % joined)
 
 
 README_PATH = [README]
