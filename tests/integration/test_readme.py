@@ -31,6 +31,8 @@ environment), with no network beyond 127.0.0.1:
   is checked with the `hooks:` of config/wixr.yaml added.
 - Plain blocks: the sample of what `scripts/demo` prints (above) and `$ COMMAND`
   transcripts, whose command runs and must print the lines shown.
+- A `curl ...` span in the prose runs like a sh command at the end of its section (the
+  services of that section still up).
 - Output samples in the prose (SAMPLES: an error line of a wix.Error, the message of an
   emulator state file in use, the status a package reaches, `wixr version`) are made
   again at the end of their section and must have the README's shape (ids masked).
@@ -569,6 +571,9 @@ class Reader:
             want = [x for x in want if x.strip()]
             if got != want:
                 self.fail(block, n, "`%s` printed %r, the README shows %r" % (cmd, got, want))
+            code = re.search(r"\bexits (\d+)\W*$", block.before.strip())
+            if code and r.rc != int(code.group(1)):
+                self.fail(block, n, "`%s` exited %s; the README says it exits %s" % (cmd, r.rc, code.group(1)))
 
     def check_demo_sample(self, block):
         demo = [c for c in self.outputs if re.match(r"^scripts/demo\b", c)]
@@ -700,6 +705,30 @@ def samples_in(text):
     return found
 
 
+def inline_commands(text):
+    """[(line, section, command)] of the `curl ...` spans in the prose: commands a reader pastes."""
+    found = []
+    for m in re.finditer(r"(?<!`)`(curl [^`]+)`(?!`)", text):
+        headings = re.findall(r"^## (.*)$", text[:m.start()], re.M)
+        found.append((text.count("\n", 0, m.start()) + 1, headings[-1].strip() if headings else "",
+                      re.sub(r"\s+", " ", m.group(1))))
+    return found
+
+
+def run_inline(reader, inline, section):
+    for line, sec, cmd in inline:
+        if sec != section:
+            continue
+        reason = skip_reason(cmd)
+        if reason:
+            reader.skipped.append("%s:%d `%s`: %s" % (reader.name, line, cmd, reason))
+            continue
+        reader.ran.append(cmd)
+        reader.log_ran(line, cmd + " (in the prose)")
+        here = Block("sh", line, [(line, cmd)], sec, "", "")
+        reader.run_command(here, line, cmd, None)
+
+
 def check_samples(reader, samples, section):
     for line, sec, sample, producer, regex in samples:
         if sec != section:
@@ -723,6 +752,7 @@ def walk(text, name="README.md", verbose=False):
                 if m:
                     reader.save(b, m.group(1))
         samples = samples_in(text) if name == "README.md" else []
+        inline = inline_commands(text)
         for line, _, where, _, regex in samples:
             if regex is None:
                 reader.failures.append("%s: no text matches the sample pattern %r of SAMPLES: update the "
@@ -732,6 +762,7 @@ def walk(text, name="README.md", verbose=False):
             if b.section != section:
                 if section is not None:
                     check_samples(reader, samples, section)
+                    run_inline(reader, inline, section)
                 reader.stop_services(b)
                 section = b.section
             first = b.lines[0][1] if b.lines else ""
@@ -750,10 +781,12 @@ def walk(text, name="README.md", verbose=False):
                 reader.fail(b, b.line, "a ```%s block: this test does not know how to run it (teach it, or add "
                                        "it to SKIP with a reason)" % b.kind)
         check_samples(reader, samples, section)
+        run_inline(reader, inline, section)
         reader.stop_services(None)
-        # Samples under sections without blocks.
-        for sec in sorted({x[1] for x in samples if x[1] is not None} - {b.section for b in blocks}):
+        # Samples and commands under sections without blocks.
+        for sec in sorted({x[1] for x in samples + inline if x[1] is not None} - {b.section for b in blocks}):
             check_samples(reader, samples, sec)
+            run_inline(reader, inline, sec)
     finally:
         reader.kill_services()
     return reader.failures, reader.skipped, reader
