@@ -26,6 +26,7 @@
 #include "../json/json.h"
 #include "../json/wix_error.h"
 #include "../journal/journal.h"
+#include "../journal/journal_json.h"
 #include "../runtime/hooks.h"
 #include "../util/isotime.h"
 #include "../wix/luajson.h"
@@ -34,6 +35,7 @@
 #define SNAPSHOT_EVERY_MS 250
 #define RELOAD_DEBOUNCE_MS 150
 #define INTAKE_MAX_DEPTH 64
+#define EVENT_ID_MAX 200
 
 static const double buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
 #define NBUCKETS (sizeof buckets / sizeof buckets[0])
@@ -48,13 +50,13 @@ typedef struct intake {
 } intake;
 
 /* An ended run's outcome, written with the others of the same loop turn. */
-typedef struct outcome {
+typedef struct run_change {
     char *id;
     int kind;                     /* 0 done, 1 retry, 2 dead, 3 running */
     long long next_attempt_ms;
     char *error, *results;
-    struct outcome *next;
-} outcome;
+    struct run_change *next;
+} run_change;
 
 typedef struct running {
     char *id;
@@ -63,6 +65,23 @@ typedef struct running {
     long long started_ms;
     struct serve *s;
 } running;
+
+/* Counts of one event name, or of one hook of it, for /metrics. */
+typedef struct label_row {
+    char *event;
+    char *hook;                   /* NULL: the event's own row */
+    long long n[4];
+} label_row;
+
+/* A hook's state rebuilds (after its memory cap broke), as the snapshots saw
+ * them: the times of the last BREAKING_REBUILDS, to tell a hook that keeps
+ * breaking from one that broke once. */
+#define BREAKING_REBUILDS 3
+#define BREAKING_WINDOW_MS 60000
+typedef struct breaking {
+    long long seen;               /* rt->rebuilds at the last snapshot */
+    long long at[BREAKING_REBUILDS]; /* monotonic ms of the latest rebuilds, newest first (0: none) */
+} breaking;
 
 /* An open connection, for the request deadline (see cut_slow_requests). */
 typedef struct watched {
@@ -77,6 +96,7 @@ typedef struct serve {
     wixr_host *h;
     hook_table *table;            /* current rules */
     long rules_version;
+    wix_transport boot_transport; /* wix.transport as configured (boot_cfg holds it resolved) */
     journal *jmain, *jwrite, *jread;
     char journal_path[PATH_MAX];
     char pid_path[PATH_MAX];
@@ -92,6 +112,7 @@ typedef struct serve {
     int accept_unknown;
     int draining;
     char *health;                 /* snapshots served by the HTTP threads */
+    int health_draining;          /* the health snapshot was taken while draining (503) */
     char *metrics;
     long long accepted_total, duplicates_total;
     pthread_mutex_t conns_lock;   /* guards conns */
@@ -108,11 +129,17 @@ typedef struct serve {
 
     running **inflight;
     int ninflight;
-    long long done_total, dead_total, failed_runs_total, event_retries_total;
+    long long done_total, dead_total, failed_runs_total, event_retries_total, permanent_total;
+    label_row *rows;              /* counts by event and hook (main thread) */
+    breaking *breaks;             /* per hook of the current table: its recent rebuilds */
+    int nbreaks;
+    long breaks_version;          /* the table they belong to */
+    int nrows, caprows;
     long long reloads_total, reload_failures_total;
     int last_reload_ok;
     long long last_reload_ms;
     char last_reload_error[2048];
+    char restart_needed[512];     /* settings changed by a reload that wait for a restart ("" none) */
     double last_swap_ms;
     long long hist[NBUCKETS + 1];
     double hist_sum;
@@ -120,8 +147,8 @@ typedef struct serve {
     long long reload_at;          /* debounced reload due (0 = none) */
     long long last_snapshot;
     long long snapshots;
-    outcome *outcomes;            /* state changes of this loop turn, for the writer */
-    outcome *wops_head, *wops_tail; /* handed to the writer thread (under lock) */
+    run_change *outcomes;            /* state changes of this loop turn, for the writer */
+    run_change *wops_head, *wops_tail; /* handed to the writer thread (under lock) */
     char **settled;               /* ids whose outcome the writer committed (under lock) */
     int nsettled, capsettled;
     char **pending;               /* ids with an outcome not committed yet (main thread) */
@@ -156,19 +183,88 @@ void serve_journal_path(const void *cfgp, char *out, unsigned long n)
         snprintf(out, n, "%s/journal.db", cfg->state_dir);
 }
 
-static void log_line(const char *level, const char *msg, const char *fields_json)
+/* ---- logs ----
+ *
+ * Every line on stderr is one JSON object {"ts","level","msg","fields":{...}}
+ * written by the JSON writer (never by a format string): an event id or a
+ * hook's error, whatever bytes it holds, stays a string inside its line.
+ * A caller opens a line, writes its fields with lg.w, and ends it. */
+
+typedef struct logline {
+    buf_t b;
+    json_writer w;
+} logline;
+
+static json_writer *log_begin(logline *l, const char *level, const char *msg)
 {
     char ts[80];
     iso_format_ms(iso_now_ms(), ts);
+    buf_init(&l->b, 0);
+    jw_init(&l->w, &l->b);
+    jw_obj(&l->w);
+    jw_kstr(&l->w, "ts", ts);
+    jw_kstr(&l->w, "level", level);
+    jw_kstr(&l->w, "msg", msg);
+    jw_key(&l->w, "fields");
+    jw_obj(&l->w);
+    return &l->w;
+}
+
+static void log_end(logline *l)
+{
+    jw_obj_end(&l->w);
+    jw_obj_end(&l->w);
+    buf_addc(&l->b, '\n');
+    if (!l->b.failed)
+        fputs(buf_cstr(&l->b), stderr);
+    buf_free(&l->b);
+}
+
+/* A URL without the user:password@ a base URL may carry: secrets stay out of logs. */
+static void log_url(json_writer *w, const char *key, const char *url)
+{
+    if (!url)
+        return;
+    const char *host = strstr(url, "://");
+    host = host ? host + 3 : url;
+    size_t hostlen = strcspn(host, "/?#");
+    const char *at = memchr(host, '@', hostlen);
+    if (!at) {
+        jw_kstr(w, key, url);
+        return;
+    }
     buf_t b;
     buf_init(&b, 0);
-    buf_printf(&b, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", ts, level);
-    json_quote(&b, msg, strlen(msg));
-    if (fields_json)
-        buf_printf(&b, ",\"fields\":%s", fields_json);
-    buf_adds(&b, "}\n");
-    fputs(buf_cstr(&b), stderr);
+    buf_add(&b, url, (size_t)(host - url));
+    buf_adds(&b, at + 1);
+    jw_kstr(w, key, buf_cstr(&b));
     buf_free(&b);
+}
+
+/* A line with no fields, or with one integer field (key != NULL). */
+static void log_line(const char *level, const char *msg, const char *key, long long value)
+{
+    logline l;
+    json_writer *w = log_begin(&l, level, msg);
+    if (key) {
+        jw_key(w, key);
+        jw_int(w, value);
+    }
+    log_end(&l);
+}
+
+/* Why the service cannot start, as a log line like every other (level error). */
+static void log_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void log_fatal(const char *fmt, ...)
+{
+    buf_t m;
+    buf_init(&m, 0);
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vprintf(&m, fmt, ap);
+    va_end(ap);
+    log_line("error", buf_cstr(&m), NULL, 0);
+    buf_free(&m);
 }
 
 /* ---- names and order keys ---- */
@@ -207,7 +303,7 @@ static int known_name(serve *s, const char *name)
 
 /* ---- the writer thread: group commit ---- */
 
-static void apply_ops(serve *s, outcome *ops);
+static void apply_ops(serve *s, run_change *ops);
 
 static void *writer_main(void *arg)
 {
@@ -220,13 +316,13 @@ static void *writer_main(void *arg)
             break;
         intake *batch = s->qhead;
         s->qhead = s->qtail = NULL;
-        outcome *ops = s->wops_head;
+        run_change *ops = s->wops_head;
         s->wops_head = s->wops_tail = NULL;
         pthread_mutex_unlock(&s->lock);
         if (ops) {
             apply_ops(s, ops);
             pthread_mutex_lock(&s->lock);
-            for (outcome *o = ops, *next; o; o = next) {
+            for (run_change *o = ops, *next; o; o = next) {
                 next = o->next;
                 if (o->kind != 3) {
                     if (s->nsettled == s->capsettled) {
@@ -422,33 +518,22 @@ static int valid_name(const char *n)
     return strspn(n, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:") == len;
 }
 
-static void event_json(const journal_event *e, buf_t *b)
+/* An event id travels in URLs (GET /v1/events/ID), logs and the journal: at
+ * most EVENT_ID_MAX bytes of well-formed UTF-8, no NUL or other control
+ * character (C0, DEL, C1), no space and none of / % ? # \ (the writer would
+ * cope with any bytes; people reading logs and URLs would not). */
+static int valid_id(const char *id, size_t len)
 {
-    char c[80], u[80];
-    iso_format_ms(e->created_ms, c);
-    iso_format_ms(e->updated_ms, u);
-    json_writer w;
-    jw_init(&w, b);
-    jw_obj(&w);
-    jw_kstr(&w, "id", e->id);
-    jw_kstr(&w, "name", e->name);
-    jw_kstr(&w, "state", journal_state_name(e->state));
-    jw_key(&w, "attempts");
-    jw_int(&w, e->attempts);
-    jw_kstr(&w, "created", c);
-    jw_kstr(&w, "updated", u);
-    if (e->state == EV_RETRYING && e->next_attempt_ms) {
-        char nx[80];
-        iso_format_ms(e->next_attempt_ms, nx);
-        jw_kstr(&w, "next_attempt", nx);
+    if (len == 0 || len > EVENT_ID_MAX || strlen(id) != len || !json_utf8_valid(id, len))
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)id[i];
+        if (ch <= 0x20 || ch == 0x7f || strchr("/%?#\\", ch))
+            return 0;
+        if (ch == 0xC2 && (unsigned char)id[i + 1] < 0xA0) /* U+0080..U+009F, the C1 controls */
+            return 0;
     }
-    jw_kstr(&w, "order_key", e->order_key);
-    jw_kstr(&w, "last_error", e->last_error);
-    if (e->results_json && *e->results_json) {
-        jw_key(&w, "result");
-        jw_raw(&w, e->results_json, strlen(e->results_json));
-    }
-    jw_obj_end(&w);
+    return 1;
 }
 
 static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char *name, conn *st)
@@ -478,18 +563,21 @@ static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char
     json_value *idv = json_get(v, "event_id");
     char idbuf[64];
     const char *id_field = "X-Event-Id";
+    size_t idlen = id ? strlen(id) : 0;
     if (!id && idv && idv->type == JSON_STRING) {
         id = idv->u.str.s;
+        idlen = idv->u.str.len; /* a \u0000 inside makes it differ from strlen: refused below */
         id_field = "event_id";
     }
     else if (!id && idv && idv->type != JSON_NULL) {
         json_doc_free(doc);
         return reply_invalid(c, "event_id", "EVENT_ID_FORMAT", "event_id must be a string");
     }
-    if (id && (!*id || strlen(id) > 200 || strpbrk(id, "/%?#\\ \t\r\n"))) {
+    if (id && !valid_id(id, idlen)) {
         json_doc_free(doc);
         return reply_invalid(c, id_field, "EVENT_ID_FORMAT",
-                             "an event id is 1 to 200 characters, without '/', '%%', '?', '#', '\\' or spaces");
+                             "an event id is 1 to %d bytes of UTF-8, without control characters, spaces, "
+                             "'/', '%%', '?', '#' or '\\'", EVENT_ID_MAX);
     }
     if (!id) {
         unsigned char r[16];
@@ -551,17 +639,22 @@ static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char
     enum MHD_Result rc;
     if (q.status < 0) {
         rc = reply_error(c, 500, "JOURNAL", "the event could not be stored: %s", q.err);
-    } else if (q.status == 0) {
-        buf_adds(&out, "{\"id\":");
-        json_quote(&out, idcopy, strlen(idcopy));
-        buf_adds(&out, ",\"state\":\"accepted\"}");
-        rc = reply(c, 202, &out);
     } else {
-        buf_adds(&out, "{\"duplicate\":true,\"event\":");
-        event_json(&q.item.existing, &out);
-        buf_addc(&out, '}');
-        journal_event_free(&q.item.existing);
-        rc = reply(c, 200, &out);
+        json_writer ow;
+        jw_init(&ow, &out);
+        jw_obj(&ow);
+        if (q.status == 0) {
+            jw_kstr(&ow, "id", idcopy);
+            jw_kstr(&ow, "state", "accepted");
+        } else {
+            jw_key(&ow, "duplicate");
+            jw_bool(&ow, 1);
+            jw_key(&ow, "event");
+            journal_event_jw(&ow, &q.item.existing);
+            journal_event_free(&q.item.existing);
+        }
+        jw_obj_end(&ow);
+        rc = reply(c, q.status == 0 ? 202 : 200, &out);
     }
     buf_free(&out);
     free(idcopy);
@@ -580,7 +673,7 @@ static enum MHD_Result get_event(serve *s, struct MHD_Connection *c, const char 
         return reply_error(c, 500, "JOURNAL", "cannot read the journal");
     buf_t b;
     buf_init(&b, 0);
-    event_json(&e, &b);
+    journal_event_json(&b, &e);
     journal_event_free(&e);
     return reply(c, 200, &b);
 }
@@ -614,10 +707,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!strcmp(url, "/healthz")) {
         if (!get)
             return reply_405(c, "GET, HEAD");
+        /* 503 once SIGTERM closed intake: a load balancer stops sending here */
         pthread_mutex_lock(&s->lock);
         char *h = strdup(s->health ? s->health : "{}");
+        int draining = s->health_draining; /* the body says so too */
         pthread_mutex_unlock(&s->lock);
-        enum MHD_Result r = reply_text(c, 200, h ? h : "{}", "application/json");
+        enum MHD_Result r = reply_text(c, draining ? 503 : 200, h ? h : "{}", "application/json");
         free(h);
         return r;
     }
@@ -745,14 +840,38 @@ static void remove_inflight(serve *s, running *r)
     }
 }
 
-static void first_error(const event_job *j, char *out, size_t n)
+/* The first hook that failed in a run (in the event's hooks, then its chained
+ * events'), with the event it ran for. */
+typedef struct failure {
+    const event_job *job;
+    const hook_result *hr;
+    const hook_def *def;          /* its configuration (NULL when unknown) */
+} failure;
+
+static int first_failure(const event_job *j, failure *f)
 {
-    out[0] = '\0';
-    for (int i = 0; i < j->nidx && !out[0]; i++)
-        if (j->results[i].error)
-            snprintf(out, n, "%s", j->results[i].error);
-    for (int i = 0; i < j->nchildren && !out[0]; i++)
-        first_error(j->children[i], out, n);
+    for (int i = 0; i < j->nidx; i++) {
+        if (j->results[i].status == HOOK_FAILED) {
+            f->job = j;
+            f->hr = &j->results[i];
+            f->def = &j->t->cfg->hooks[j->idx[i]];
+            return 1;
+        }
+    }
+    for (int i = 0; i < j->nchildren; i++)
+        if (j->children[i] && first_failure(j->children[i], f))
+            return 1;
+    return 0;
+}
+
+/* The error code of a failed hook: the code field of its error value (a
+ * wix.Error's, e.g. SITE_NOT_FOUND), else what ended it: MEMORY_LIMIT, LIMIT
+ * (instructions or time), or ERROR (a plain Lua error). */
+static void failure_code(const hook_result *hr, char *out, size_t n)
+{
+    snprintf(out, n, "%s", hr->code[0] ? hr->code : hr->outcome == RUN_MEMORY ? "MEMORY_LIMIT"
+                                                  : hr->outcome == RUN_LIMIT  ? "LIMIT"
+                                                                              : "ERROR");
 }
 
 static void observe(serve *s, double secs)
@@ -768,7 +887,7 @@ static void observe(serve *s, double secs)
 static void queue_outcome(serve *s, const char *id, const char *key, int kind, long long next, const char *error,
                           const char *results)
 {
-    outcome *o = calloc(1, sizeof *o);
+    run_change *o = calloc(1, sizeof *o);
     if (!o)
         return; /* the event stays 'running' and runs again at the next start */
     o->id = strdup(id);
@@ -776,7 +895,7 @@ static void queue_outcome(serve *s, const char *id, const char *key, int kind, l
     o->next_attempt_ms = next;
     o->error = error ? strdup(error) : NULL;
     o->results = results ? strdup(results) : NULL;
-    outcome **tail = &s->outcomes;
+    run_change **tail = &s->outcomes;
     while (*tail)
         tail = &(*tail)->next;
     *tail = o;
@@ -840,7 +959,7 @@ static void flush_outcomes(serve *s)
 {
     if (!s->outcomes)
         return;
-    outcome *last = s->outcomes;
+    run_change *last = s->outcomes;
     while (last->next)
         last = last->next;
     pthread_mutex_lock(&s->lock);
@@ -856,11 +975,11 @@ static void flush_outcomes(serve *s)
 
 /* Writer thread: applies state changes (one transaction, no fsync needed:
  * see journal_set_durable). Returns the list of ids settled. */
-static void apply_ops(serve *s, outcome *ops)
+static void apply_ops(serve *s, run_change *ops)
 {
     journal_set_durable(s->jwrite, 0);
     journal_begin(s->jwrite);
-    for (outcome *o = ops; o; o = o->next) {
+    for (run_change *o = ops; o; o = o->next) {
         if (o->kind == 0)
             journal_mark_done(s->jwrite, o->id, o->results);
         else if (o->kind == 1)
@@ -874,6 +993,152 @@ static void apply_ops(serve *s, outcome *ops)
     journal_set_durable(s->jwrite, 1);
 }
 
+/* ---- per event and per hook counts, for /metrics ----
+ *
+ * Labels come from the configuration only (event names with hooks, hook script
+ * names), so the number of series is bounded by it; an event no hook listens
+ * to (serve.accept_unknown_events) counts as event="_other". */
+
+enum { EVC_DONE, EVC_RETRY, EVC_DEAD, EVC__N };
+static const char *const evc_names[EVC__N] = {"done", "retry", "dead"};
+enum { HC_OK, HC_FAILED, HC_PERMANENT, HC_SKIPPED, HC__N };
+static const char *const hc_names[HC__N] = {"ok", "failed", "permanent", "skipped"};
+#define MAX_LABEL_ROWS 1024
+
+static int configured_event(const serve *s, const char *name)
+{
+    const wixr_config *c = s->table->cfg;
+    for (int i = 0; i < c->nhooks; i++)
+        if (!strcmp(c->hooks[i].event, name))
+            return 1;
+    return 0;
+}
+
+static label_row *label_row_of(serve *s, const char *event, const char *hook, size_t hooklen)
+{
+    for (int i = 0; i < s->nrows; i++) {
+        label_row *r = &s->rows[i];
+        if (!strcmp(r->event, event) && (hook ? r->hook && strlen(r->hook) == hooklen &&
+                                                    !memcmp(r->hook, hook, hooklen)
+                                              : !r->hook))
+            return r;
+    }
+    if (s->nrows >= MAX_LABEL_ROWS)
+        return NULL;
+    if (s->nrows == s->caprows) {
+        int cap = s->caprows ? s->caprows * 2 : 32;
+        label_row *nr = realloc(s->rows, (size_t)cap * sizeof *nr);
+        if (!nr)
+            return NULL;
+        s->rows = nr;
+        s->caprows = cap;
+    }
+    label_row *r = &s->rows[s->nrows];
+    memset(r, 0, sizeof *r);
+    r->event = strdup(event);
+    r->hook = hook ? strndup(hook, hooklen) : NULL;
+    if (!r->event || (hook && !r->hook)) {
+        free(r->event);
+        free(r->hook);
+        return NULL;
+    }
+    s->nrows++;
+    return r;
+}
+
+static void count_event(serve *s, const char *event, int what)
+{
+    label_row *r = label_row_of(s, configured_event(s, event) ? event : "_other", NULL, 0);
+    if (r)
+        r->n[what]++;
+}
+
+/* The script of a hook named "event (script)" (the whole name otherwise). */
+static const char *hook_script(const char *name, size_t *len)
+{
+    if (!name)
+        name = "";
+    const char *open = strrchr(name, '(');
+    size_t n = open ? strlen(open) : 0; /* "(script)" */
+    if (n < 3 || open[n - 1] != ')') {
+        *len = strlen(name);
+        return name;
+    }
+    *len = n - 2;
+    return open + 1;
+}
+
+/* Did the failed hook end as permanent (its error value said trying again
+ * cannot succeed)? */
+static int failure_permanent(const hook_result *hr)
+{
+    return hr->status == HOOK_FAILED && hr->outcome == RUN_PERMANENT;
+}
+
+static void count_hooks(serve *s, const event_job *j)
+{
+    if (!configured_event(s, j->name))
+        return;
+    for (int i = 0; i < j->nidx; i++) {
+        const hook_result *hr = &j->results[i];
+        size_t len;
+        const char *script = hook_script(hr->hook, &len);
+        label_row *r = label_row_of(s, j->name, script, len);
+        if (r)
+            r->n[hr->status == HOOK_SKIPPED  ? HC_SKIPPED
+                 : hr->status != HOOK_FAILED ? HC_OK
+                 : failure_permanent(hr)     ? HC_PERMANENT
+                                             : HC_FAILED]++;
+    }
+    for (int i = 0; i < j->nchildren; i++)
+        if (j->children[i])
+            count_hooks(s, j->children[i]);
+}
+
+/* One log line per failed attempt: which event, which hook, the attempt, the
+ * error's code and message, and what happens next. */
+static void log_failed_attempt(const running *r, const event_job *j, const failure *f, const char *code,
+                               int permanent, int max_attempts, long long retry_in_ms)
+{
+    logline l;
+    json_writer *w = log_begin(&l, retry_in_ms >= 0 ? "warn" : "error", "event attempt failed");
+    jw_kstr(w, "id", r->id);
+    jw_kstr(w, "event", j->name);
+    if (f->job != j)
+        jw_kstr(w, "chained_event", f->job->name);
+    jw_kstr(w, "hook", f->hr->hook);
+    jw_key(w, "attempt");
+    jw_int(w, r->attempt);
+    jw_key(w, "max_attempts");
+    jw_int(w, max_attempts);
+    jw_kstr(w, "code", code);
+    jw_kstr(w, "error", f->hr->error ? f->hr->error : "failed");
+    jw_key(w, "permanent");
+    jw_bool(w, permanent);
+    jw_key(w, "will_retry");
+    jw_bool(w, retry_in_ms >= 0);
+    if (retry_in_ms >= 0) {
+        jw_key(w, "retry_in_ms");
+        jw_int(w, retry_in_ms);
+    }
+    log_end(&l);
+}
+
+static void log_dead(const char *id, const char *event, int attempts, const char *why, const char *code,
+                     const char *error)
+{
+    logline l;
+    json_writer *w = log_begin(&l, "error", "event is dead");
+    jw_kstr(w, "id", id);
+    jw_kstr(w, "event", event);
+    jw_key(w, "attempts");
+    jw_int(w, attempts);
+    jw_kstr(w, "why", why);
+    jw_kstr(w, "code", code);
+    jw_kstr(w, "last_error", error);
+    log_end(&l);
+}
+
 static void job_done(event_job *j, void *arg)
 {
     running *r = arg;
@@ -882,27 +1147,51 @@ static void job_done(event_job *j, void *arg)
     buf_init(&res, 0);
     event_job_json(j, &res);
     observe(s, (double)(sched_now_ms() - r->started_ms) / 1000.0);
+    count_hooks(s, j);
     if (!j->failed) {
         queue_outcome(s, r->id, r->key, 0, 0, NULL, buf_cstr(&res));
         s->done_total++;
+        count_event(s, j->name, EVC_DONE);
     } else {
-        char err[2048];
-        first_error(j, err, sizeof err);
+        failure f = {j, NULL, NULL};
+        static const hook_result none = {.hook = "-", .status = HOOK_FAILED, .error = (char *)"failed"};
+        if (!first_failure(j, &f))
+            f.hr = &none;
+        char code[64];
+        failure_code(f.hr, code, sizeof code);
+        int permanent = failure_permanent(f.hr);
+        /* the hook's retry: decides which failures are final (transient: the permanent ones) */
+        int mode = f.def ? f.def->retry : HOOK_RETRY_TRANSIENT;
+        int final = mode == HOOK_RETRY_NEVER || (mode == HOOK_RETRY_TRANSIENT && permanent);
+        const char *err = f.hr->error ? f.hr->error : "failed";
         s->failed_runs_total++;
         const serve_settings *ss = &s->table->cfg->serve;
-        if (r->attempt >= ss->retry_attempts) {
-            queue_outcome(s, r->id, r->key, 2, 0, err, buf_cstr(&res));
+        if (final || r->attempt >= ss->retry_attempts) {
+            log_failed_attempt(r, j, &f, code, permanent, ss->retry_attempts, -1);
+            const char *why = final && permanent ? "a permanent failure: trying again cannot succeed"
+                              : final            ? "the hook's retry is never"
+                                                 : "its last attempt failed";
+            buf_t dead;
+            buf_init(&dead, 0);
+            if (final)
+                buf_adds(&dead, "permanent: ");
+            buf_adds(&dead, err);
+            queue_outcome(s, r->id, r->key, 2, 0, buf_cstr(&dead), buf_cstr(&res));
             s->dead_total++;
-            char f[512];
-            snprintf(f, sizeof f, "{\"id\":\"%.200s\",\"attempts\":%d}", r->id, r->attempt);
-            log_line("error", "event is dead after its last attempt", f);
+            if (final)
+                s->permanent_total++;
+            count_event(s, j->name, EVC_DEAD);
+            log_dead(r->id, j->name, r->attempt, why, code, err);
+            buf_free(&dead);
         } else {
             long long d = ss->retry_base_ms << (r->attempt - 1 < 20 ? r->attempt - 1 : 20);
             if (d > ss->retry_max_ms)
                 d = ss->retry_max_ms;
             d = d / 2 + (d > 1 ? rand() % (d / 2 + 1) : 0);
+            log_failed_attempt(r, j, &f, code, 0, ss->retry_attempts, d);
             queue_outcome(s, r->id, r->key, 1, iso_now_ms() + d, err, buf_cstr(&res));
             s->event_retries_total++;
+            count_event(s, j->name, EVC_RETRY);
         }
     }
     buf_free(&res);
@@ -966,6 +1255,8 @@ static void dispatch_marks(serve *s)
                      e->last_error ? e->last_error : "");
             journal_mark_dead(s->jmain, e->id, why, e->results_json);
             s->dead_total++;
+            log_dead(e->id, e->name, e->attempts, "its attempts were used up (the service stopped during a run)",
+                     NULL, e->last_error ? e->last_error : "");
             continue;
         }
         running *r = calloc(1, sizeof *r);
@@ -998,51 +1289,54 @@ static void dispatch_marks(serve *s)
 
 /* ---- the poller: changes Wix does not push ---- */
 
-/* A poll's task ended: each changed instance becomes a journaled event. */
-static void poll_done(sched_task *t, lua_State *co, int status, void *arg)
+/* A poll's task ended: each changed instance becomes a journaled event. The
+ * task's result, {instances = {{instance_id, status, name, id, data}...},
+ * watermark}, arrives as JSON (the scheduler encoded it; nothing here touches
+ * the poller's Lua state). */
+static void poll_done(sched_task *t, lua_State *co, const task_outcome *o, void *arg)
 {
     (void)t;
+    (void)co;
     serve *s = arg;
     s->polling = 0;
     s->polls_total++;
-    if (status != LUA_OK) {
+    json_doc *doc = NULL;
+    json_value *res = o->kind == OUTCOME_OK && o->json ? json_parse(o->json, strlen(o->json), 0, &doc, NULL) : NULL;
+    if (!res || res->type != JSON_OBJECT) {
         s->poll_failures_total++;
-        char f[1024];
-        buf_t b;
-        buf_init(&b, 0);
-        const char *msg = host_error_text(co, -1);
-        json_quote(&b, msg, strlen(msg));
-        snprintf(f, sizeof f, "{\"error\":%s}", buf_cstr(&b));
-        buf_free(&b);
-        log_line("warn", "poll failed", f);
+        logline l;
+        json_writer *w = log_begin(&l, "warn", "poll failed");
+        jw_kstr(w, "error", o->kind != OUTCOME_OK ? o->text : "the poller's result is not an object");
+        log_end(&l);
+        json_doc_free(doc);
         return;
     }
-    int res = 1;
-    lua_getfield(co, res, "instances");
-    int list = lua_gettop(co);
-    lua_Integer n = (lua_Integer)lua_rawlen(co, list);
-    for (lua_Integer i = 1; i <= n; i++) {
-        lua_rawgeti(co, list, i);
-        int item = lua_gettop(co);
-        lua_getfield(co, item, "instance_id");
-        lua_getfield(co, item, "status");
-        lua_getfield(co, item, "name");
-        lua_getfield(co, item, "id");
-        const char *iid = lua_tostring(co, -4), *st = lua_tostring(co, -3), *name = lua_tostring(co, -2),
-                   *id = lua_tostring(co, -1);
+    json_value *list = json_get(res, "instances");
+    for (json_value *item = list && list->type == JSON_ARRAY ? list->u.kids.head : NULL; item; item = item->next) {
+        if (item->type != JSON_OBJECT)
+            continue;
+        const char *iid = json_get_str(item, "instance_id"), *st = json_get_str(item, "status"),
+                   *name = json_get_str(item, "name"), *id = json_get_str(item, "id");
         char prev[32];
         int seen = iid && st ? journal_observe(s->jmain, iid, st, prev) : -1;
         /* A change, or a failure seen for the first time, is an event. */
         if ((seen == 1 || (seen == 0 && !strcmp(st, "FAILED"))) && name && id && known_name(s, name)) {
-            lua_getfield(co, item, "data");
-            if (seen == 1) {
-                lua_pushstring(co, prev);
-                lua_setfield(co, -2, "previous_status");
-            }
+            json_value *dv = json_get(item, "data");
             buf_t data;
-            char err[200];
             buf_init(&data, 4 * 1024 * 1024);
-            if (luajson_encode(co, -1, &data, 0, err, sizeof err) == 0) {
+            json_writer w;
+            jw_init(&w, &data);
+            jw_obj(&w);
+            for (json_value *k = dv && dv->type == JSON_OBJECT ? dv->u.kids.head : NULL; k; k = k->next) {
+                if (seen == 1 && k->keylen == 15 && !memcmp(k->key, "previous_status", 15))
+                    continue;
+                jw_key(&w, k->key);
+                jw_value(&w, k);
+            }
+            if (seen == 1)
+                jw_kstr(&w, "previous_status", prev);
+            jw_obj_end(&w);
+            if (!data.failed) {
                 journal_new q = {.id = id, .name = name, .data_json = buf_cstr(&data), .order_key = NULL};
                 char e2[256];
                 if (journal_accept_many(s->jmain, &q, 1, e2, sizeof e2) == 0 && q.result == 0)
@@ -1051,13 +1345,12 @@ static void poll_done(sched_task *t, lua_State *co, int status, void *arg)
                     journal_event_free(&q.existing);
             }
             buf_free(&data);
-            lua_pop(co, 1);
         }
-        lua_settop(co, item - 1);
     }
-    lua_getfield(co, res, "watermark");
-    if (lua_isstring(co, -1))
-        journal_meta_set(s->jmain, "poller.watermark", lua_tostring(co, -1));
+    const char *wm = json_get_str(res, "watermark");
+    if (wm)
+        journal_meta_set(s->jmain, "poller.watermark", wm);
+    json_doc_free(doc);
     sched_wakeup(s->h->sched);
 }
 
@@ -1071,7 +1364,7 @@ static void poll_start(serve *s)
     lua_getglobal(L, "require");
     lua_pushliteral(L, "wixr.poller");
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-        log_line("error", "the poller cannot start", NULL);
+        log_line("error", "the poller cannot start", NULL, 0);
         lua_pop(L, 1);
         return;
     }
@@ -1121,6 +1414,68 @@ static double mono_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+static int same_str(const char *a, const char *b)
+{
+    return a == b || (a && b && !strcmp(a, b));
+}
+
+/* The settings a reload does not apply: the wix: section (the client is built
+ * at start) and the serve: keys the service reads at start only (the rest of
+ * serve: -- concurrency, retry, accept_unknown_events -- comes with the new
+ * rules). A reload that changes one says so, naming the keys (never a value). */
+static void restart_notice(serve *s, const wixr_config *nc)
+{
+    const wix_settings *a = &s->boot_cfg->wix, *b = &nc->wix;
+    const serve_settings *p = &s->boot_cfg->serve, *q = &nc->serve;
+    const char *changed[32];
+    int n = 0;
+    s->restart_needed[0] = '\0';
+#define CHANGED(cond, name) do { if ((cond) && n < 32) changed[n++] = (name); } while (0)
+    CHANGED(s->boot_transport != b->transport, "wix.transport");
+    CHANGED(!same_str(a->base_url, b->base_url), "wix.base_url");
+    CHANGED(!same_str(a->api_key, b->api_key) || !same_str(a->api_key_file, b->api_key_file), "wix.api_key_file");
+    CHANGED(!same_str(a->account_id, b->account_id), "wix.account_id");
+    CHANGED(a->timeout_ms != b->timeout_ms || a->connect_timeout_ms != b->connect_timeout_ms, "wix.timeout_ms");
+    CHANGED(a->retry_attempts != b->retry_attempts || a->retry_base_ms != b->retry_base_ms ||
+                a->retry_max_ms != b->retry_max_ms || a->retry_total_ms != b->retry_total_ms, "wix.retry");
+    CHANGED(a->rate_limit != b->rate_limit || a->rate_window_ms != b->rate_window_ms, "wix.rate_limit");
+    CHANGED(a->concurrency != b->concurrency, "wix.concurrency");
+    CHANGED(!same_str(a->sandbox_db, b->sandbox_db) || !same_str(a->sandbox_catalog, b->sandbox_catalog) ||
+                a->sandbox_delivery_delay_ms != b->sandbox_delivery_delay_ms, "wix.sandbox");
+    CHANGED(!same_str(a->audit, b->audit), "wix.audit");
+    CHANGED(!same_str(p->listen, q->listen), "serve.listen");
+    CHANGED(!same_str(p->journal, q->journal), "serve.journal");
+    int keys_same = p->norder_key == q->norder_key;
+    for (int i = 0; keys_same && i < p->norder_key; i++)
+        keys_same = !strcmp(p->order_key[i], q->order_key[i]);
+    CHANGED(!keys_same, "serve.order_key");
+    CHANGED(p->max_body_kb != q->max_body_kb, "serve.max_body_kb");
+    CHANGED(p->request_timeout_ms != q->request_timeout_ms, "serve.request_timeout_ms");
+    CHANGED(p->idle_timeout_ms != q->idle_timeout_ms, "serve.idle_timeout_ms");
+    CHANGED(p->max_connections != q->max_connections || p->max_connections_per_ip != q->max_connections_per_ip,
+            "serve.max_connections");
+    CHANGED(p->drain_ms != q->drain_ms, "serve.drain_ms");
+    CHANGED(p->poller_enabled != q->poller_enabled || p->poller_interval_ms != q->poller_interval_ms ||
+                !same_str(p->poller_account_id, q->poller_account_id), "poller");
+    CHANGED(!same_str(s->boot_cfg->state_dir, nc->state_dir), "runtime.state_dir");
+#undef CHANGED
+    if (!n)
+        return;
+    logline l;
+    json_writer *w = log_begin(&l, "warn", "the rules were reloaded, but changes to these settings need a restart");
+    jw_key(w, "restart_needed");
+    jw_arr(w);
+    for (int i = 0; i < n; i++)
+        jw_str(w, changed[i]);
+    jw_arr_end(w);
+    log_end(&l);
+    snprintf(s->restart_needed, sizeof s->restart_needed, "%s", changed[0]);
+    for (int i = 1; i < n; i++) {
+        size_t len = strlen(s->restart_needed);
+        snprintf(s->restart_needed + len, sizeof s->restart_needed - len, ", %s", changed[i]);
+    }
+}
+
 /* Builds the new rules beside the old; swaps only when all of them load. */
 static void reload(serve *s, const char *why)
 {
@@ -1146,16 +1501,14 @@ static void reload(serve *s, const char *why)
         s->reload_failures_total++;
         s->last_reload_ok = 0;
         snprintf(s->last_reload_error, sizeof s->last_reload_error, "%s", buf_cstr(&errors));
-        buf_t f;
-        buf_init(&f, 0);
-        buf_adds(&f, "{\"why\":");
-        json_quote(&f, why, strlen(why));
-        buf_adds(&f, ",\"error\":");
-        json_quote(&f, buf_cstr(&errors), errors.len);
-        buf_adds(&f, ",\"rules_version\":");
-        buf_printf(&f, "%ld}", s->rules_version);
-        log_line("error", "reload failed; the previous rules stay in force", buf_cstr(&f));
-        buf_free(&f);
+        logline l;
+        json_writer *w = log_begin(&l, "error", "reload failed; the previous rules stay in force");
+        jw_kstr(w, "why", why);
+        jw_key(w, "error");
+        jw_strn(w, buf_cstr(&errors), errors.len);
+        jw_key(w, "rules_version");
+        jw_int(w, s->rules_version);
+        log_end(&l);
         buf_free(&errors);
         return;
     }
@@ -1174,13 +1527,91 @@ static void reload(serve *s, const char *why)
     s->reloads_total++;
     s->last_reload_ok = 1;
     s->last_reload_error[0] = '\0';
-    char f[512];
-    snprintf(f, sizeof f, "{\"why\":\"%s\",\"rules_version\":%ld,\"hooks\":%d,\"build_ms\":%.2f,\"swap_ms\":%.4f}", why,
-             s->rules_version, nc->nhooks, t1 - t0, s->last_swap_ms);
-    log_line("info", "rules reloaded", f);
+    logline l;
+    json_writer *w = log_begin(&l, "info", "rules reloaded");
+    jw_kstr(w, "why", why);
+    jw_key(w, "rules_version");
+    jw_int(w, s->rules_version);
+    jw_key(w, "hooks");
+    jw_int(w, nc->nhooks);
+    jw_key(w, "build_ms");
+    jw_num(w, (double)(long long)((t1 - t0) * 100) / 100);
+    jw_key(w, "swap_ms");
+    jw_num(w, (double)(long long)(s->last_swap_ms * 10000) / 10000);
+    log_end(&l);
+    restart_notice(s, nc);
 }
 
 /* ---- snapshots for /healthz and /metrics ---- */
+
+/* A Prometheus label value: backslash, double quote and newline escaped
+ * (the exposition format's rules); other control bytes and bytes that are
+ * not UTF-8 become '?'. */
+static void prom_label(buf_t *m, const char *v)
+{
+    size_t n = strlen(v);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (c == '\\' || c == '"')
+            buf_addc(m, '\\'), buf_addc(m, (char)c);
+        else if (c == '\n')
+            buf_adds(m, "\\n");
+        else if (c < 0x20 || c == 0x7f)
+            buf_addc(m, '?');
+        else if (c >= 0x80) {
+            size_t l = 1;
+            while (l < 4 && i + l < n && ((unsigned char)v[i + l] & 0xC0) == 0x80)
+                l++;
+            if (json_utf8_valid(v + i, l))
+                buf_add(m, v + i, l);
+            else
+                buf_addc(m, '?');
+            i += l - 1;
+        } else
+            buf_addc(m, (char)c);
+    }
+}
+
+static void metric_line(buf_t *m, const char *metric, const char *event, const char *hook, const char *what,
+                        long long n)
+{
+    buf_adds(m, metric);
+    buf_adds(m, "{event=\"");
+    prom_label(m, event);
+    if (hook) {
+        buf_adds(m, "\",hook=\"");
+        prom_label(m, hook);
+    }
+    buf_printf(m, "\",outcome=\"%s\"} %lld\n", what, n);
+}
+
+/* Follows the rebuild counts of the current table's hooks; returns how many
+ * hooks keep breaking (BREAKING_REBUILDS rebuilds within BREAKING_WINDOW_MS). */
+static int track_rebuilds(serve *s, long long now)
+{
+    const hook_table *t = s->table;
+    if (s->breaks_version != t->version || s->nbreaks != t->n) {
+        free(s->breaks);
+        s->breaks = calloc((size_t)t->n + 1, sizeof *s->breaks);
+        s->nbreaks = s->breaks ? t->n : 0;
+        s->breaks_version = t->version;
+    }
+    int n = 0;
+    for (int i = 0; i < s->nbreaks; i++) {
+        const hook_rt *k = t->rt[i];
+        breaking *b = &s->breaks[i];
+        if (!k)
+            continue;
+        for (long long d = k->rebuilds - b->seen; d > 0; d--) {
+            memmove(b->at + 1, b->at, sizeof b->at - sizeof b->at[0]);
+            b->at[0] = now;
+        }
+        b->seen = k->rebuilds;
+        if (b->at[BREAKING_REBUILDS - 1] && now - b->at[BREAKING_REBUILDS - 1] <= BREAKING_WINDOW_MS)
+            n++;
+    }
+    return n;
+}
 
 static void snapshot(serve *s)
 {
@@ -1192,24 +1623,65 @@ static void snapshot(serve *s)
         iso_format_ms(s->last_reload_ms, lr);
     buf_t h;
     buf_init(&h, 0);
-    buf_printf(&h, "{\"status\":\"%s\",\"rules_version\":%ld,\"draining\":%s,\"last_reload\":{\"ok\":%s",
-               s->last_reload_ok ? "ok" : "degraded", s->rules_version, s->draining ? "true" : "false",
-               s->last_reload_ok ? "true" : "false");
+    json_writer w;
+    jw_init(&w, &h);
+    jw_obj(&w);
+    long long now = sched_now_ms();
+    int nbreaking = track_rebuilds(s, now);
+    jw_kstr(&w, "status", s->draining ? "draining" : s->last_reload_ok && !nbreaking ? "ok" : "degraded");
+    jw_key(&w, "rules_version");
+    jw_int(&w, s->rules_version);
+    jw_key(&w, "draining");
+    jw_bool(&w, s->draining);
+    jw_key(&w, "last_reload");
+    jw_obj(&w);
+    jw_key(&w, "ok");
+    jw_bool(&w, s->last_reload_ok);
     if (lr[0])
-        buf_printf(&h, ",\"at\":\"%s\"", lr);
-    if (!s->last_reload_ok) {
-        buf_adds(&h, ",\"error\":");
-        json_quote(&h, s->last_reload_error, strlen(s->last_reload_error));
+        jw_kstr(&w, "at", lr);
+    if (!s->last_reload_ok)
+        jw_kstr(&w, "error", s->last_reload_error);
+    jw_obj_end(&w);
+    if (s->restart_needed[0])
+        jw_kstr(&w, "restart_needed", s->restart_needed);
+    if (nbreaking) {
+        /* hooks whose state broke its memory cap BREAKING_REBUILDS times within the window */
+        jw_key(&w, "breaking_hooks");
+        jw_arr(&w);
+        for (int i = 0; i < s->nbreaks; i++) {
+            const breaking *b = &s->breaks[i];
+            if (!s->table->rt[i] || !b->at[BREAKING_REBUILDS - 1] ||
+                now - b->at[BREAKING_REBUILDS - 1] > BREAKING_WINDOW_MS)
+                continue;
+            jw_obj(&w);
+            jw_kstr(&w, "hook", s->table->rt[i]->name);
+            jw_key(&w, "rebuilds");
+            jw_int(&w, s->table->rt[i]->rebuilds);
+            if (s->table->rt[i]->rebuild_error[0])
+                jw_kstr(&w, "rebuild_error", s->table->rt[i]->rebuild_error);
+            jw_obj_end(&w);
+        }
+        jw_arr_end(&w);
     }
-    buf_printf(&h, "},\"reloads\":%lld,\"reload_failures\":%lld,\"in_flight\":%d,\"journal\":{", s->reloads_total,
-               s->reload_failures_total, s->ninflight);
+    jw_key(&w, "reloads");
+    jw_int(&w, s->reloads_total);
+    jw_key(&w, "reload_failures");
+    jw_int(&w, s->reload_failures_total);
+    jw_key(&w, "in_flight");
+    jw_int(&w, s->ninflight);
+    jw_key(&w, "journal");
+    jw_obj(&w);
     long long depth = 0;
     for (int i = 0; i < 5; i++) {
-        buf_printf(&h, "%s\"%s\":%lld", i ? "," : "", journal_state_name((ev_state)i), counts[i]);
+        jw_key(&w, journal_state_name((ev_state)i));
+        jw_int(&w, counts[i]);
         if (i != EV_DONE && i != EV_DEAD)
             depth += counts[i];
     }
-    buf_printf(&h, ",\"depth\":%lld}}", depth);
+    jw_key(&w, "depth");
+    jw_int(&w, depth);
+    jw_obj_end(&w);
+    jw_obj_end(&w);
 
     buf_t m;
     buf_init(&m, 0);
@@ -1267,6 +1739,32 @@ static void snapshot(serve *s)
                    "# HELP wixr_events_in_flight Events running now.\n# TYPE wixr_events_in_flight gauge\n"
                    "wixr_events_in_flight %d\n",
                s->reloads_total, s->reload_failures_total, s->rules_version, s->ninflight);
+    buf_adds(&m, "# HELP wixr_event_outcomes_total Event runs by event name and how they ended (done, retry, dead).\n"
+                 "# TYPE wixr_event_outcomes_total counter\n");
+    for (int i = 0; i < s->nrows; i++)
+        for (int k = 0; k < EVC__N && !s->rows[i].hook; k++)
+            metric_line(&m, "wixr_event_outcomes_total", s->rows[i].event, NULL, evc_names[k], s->rows[i].n[k]);
+    buf_adds(&m, "# HELP wixr_hook_runs_total Hook runs by event, hook (its script) and outcome (ok, failed, "
+                 "permanent, skipped).\n# TYPE wixr_hook_runs_total counter\n");
+    for (int i = 0; i < s->nrows; i++)
+        for (int k = 0; k < HC__N && s->rows[i].hook; k++)
+            metric_line(&m, "wixr_hook_runs_total", s->rows[i].event, s->rows[i].hook, hc_names[k], s->rows[i].n[k]);
+    buf_adds(&m, "# HELP wixr_hook_rebuilds_total Fresh Lua states made for a hook after a run broke its memory "
+                 "cap (the current rules' hooks).\n# TYPE wixr_hook_rebuilds_total counter\n");
+    for (int i = 0; i < s->table->n; i++) {
+        const hook_rt *k = s->table->rt[i];
+        if (!k)
+            continue;
+        const char *script = strrchr(k->def->script, '/');
+        buf_adds(&m, "wixr_hook_rebuilds_total{event=\"");
+        prom_label(&m, k->def->event);
+        buf_adds(&m, "\",hook=\"");
+        prom_label(&m, script ? script + 1 : k->def->script);
+        buf_printf(&m, "\"} %lld\n", k->rebuilds);
+    }
+    buf_printf(&m, "# HELP wixr_events_permanent_total Events ended dead at once by a permanent failure.\n"
+                   "# TYPE wixr_events_permanent_total counter\nwixr_events_permanent_total %lld\n",
+               s->permanent_total);
     buf_printf(&m, "# HELP wixr_polls_total Polls of the API for status changes.\n# TYPE wixr_polls_total counter\n"
                    "wixr_polls_total %lld\n"
                    "# HELP wixr_poll_failures_total Polls that failed.\n# TYPE wixr_poll_failures_total counter\n"
@@ -1278,6 +1776,7 @@ static void snapshot(serve *s)
     free(s->health);
     free(s->metrics);
     s->health = buf_steal(&h, NULL);
+    s->health_draining = s->draining;
     s->metrics = buf_steal(&m, NULL);
     pthread_mutex_unlock(&s->lock);
     buf_free(&h);
@@ -1343,10 +1842,15 @@ static int start_http(serve *s, const char *listen, char *err, size_t errlen)
         return -1;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    char f[512];
-    snprintf(f, sizeof f, "{\"address\":\"%s:%d\",\"auth\":%s,\"journal\":\"%.300s\"}", host, info ? info->port : (int)port,
-             s->have_token ? "true" : "false", s->journal_path);
-    log_line("info", "wixr serve listening", f);
+    char bound[160];
+    snprintf(bound, sizeof bound, "%s:%d", host, info ? info->port : (int)port);
+    logline l;
+    json_writer *w = log_begin(&l, "info", "wixr serve listening");
+    jw_kstr(w, "address", bound);
+    jw_key(w, "auth");
+    jw_bool(w, s->have_token);
+    jw_kstr(w, "journal", s->journal_path);
+    log_end(&l);
     if (s->boot_cfg->state_dir) {
         char portfile[PATH_MAX];
         snprintf(portfile, sizeof portfile, "%s/serve.port", s->boot_cfg->state_dir);
@@ -1390,12 +1894,12 @@ int serve_main(const serve_options *o)
     char err[8192];
     s->boot_cfg = calloc(1, sizeof *s->boot_cfg);
     if (!s->boot_cfg || config_load(s->boot_cfg, o->config_path, err, sizeof err) < 0) {
-        fprintf(stderr, "%s\n", s->boot_cfg ? err : "out of memory");
+        log_fatal("%s", s->boot_cfg ? err : "out of memory");
         free(s->boot_cfg);
         return 3;
     }
     if (!s->boot_cfg->path) {
-        fprintf(stderr, "wixr serve: no configuration found (give --config, set WIXR_CONFIG, or create wixr.yaml)\n");
+        log_fatal("wixr serve: no configuration found (give --config, set WIXR_CONFIG, or create wixr.yaml)");
         config_free(s->boot_cfg);
         free(s->boot_cfg);
         return 3;
@@ -1407,7 +1911,7 @@ int serve_main(const serve_options *o)
     }
     s->max_body = s->boot_cfg->serve.max_body_kb * 1024;
     if (mkdir(s->boot_cfg->state_dir, 0700) < 0 && errno != EEXIST) {
-        fprintf(stderr, "wixr serve: cannot create %s: %s\n", s->boot_cfg->state_dir, strerror(errno));
+        log_fatal("wixr serve: cannot create %s: %s", s->boot_cfg->state_dir, strerror(errno));
         goto out;
     }
     /* One service per state folder: a second one would run every event twice. */
@@ -1415,7 +1919,7 @@ int serve_main(const serve_options *o)
     snprintf(lockpath, sizeof lockpath, "%s/serve.lock", s->boot_cfg->state_dir);
     int lockfd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (lockfd < 0 || flock(lockfd, LOCK_EX | LOCK_NB) < 0) {
-        fprintf(stderr, "wixr serve: another wixr serve is running with the state folder %s\n",
+        log_fatal("wixr serve: another wixr serve is running with the state folder %s",
                 s->boot_cfg->state_dir);
         if (lockfd >= 0)
             close(lockfd);
@@ -1425,7 +1929,7 @@ int serve_main(const serve_options *o)
     if (!(s->jmain = journal_open(s->journal_path, err, sizeof err)) ||
         !(s->jwrite = journal_open(s->journal_path, err, sizeof err)) ||
         !(s->jread = journal_open(s->journal_path, err, sizeof err))) {
-        fprintf(stderr, "wixr serve: %s\n", err);
+        log_fatal("wixr serve: %s", err);
         goto out;
     }
     journal_set_durable(s->jmain, 0); /* run state changes: see journal_set_durable */
@@ -1434,18 +1938,41 @@ int serve_main(const serve_options *o)
     journal_set_manual_checkpoints(s->jmain);
     journal_set_manual_checkpoints(s->jread);
     int recovered = journal_recover(s->jmain);
+    /* transport auto is resolved here, as the client would (http with an API key), so
+     * the start line below says which one runs and nothing else is printed */
+    s->boot_transport = s->boot_cfg->wix.transport;
+    if (s->boot_cfg->wix.transport == TRANSPORT_AUTO)
+        s->boot_cfg->wix.transport = s->boot_cfg->wix.api_key ? TRANSPORT_HTTP : TRANSPORT_SANDBOX;
     s->h = host_new(s->boot_cfg, 0, err, sizeof err);
     if (!s->h) {
-        fprintf(stderr, "wixr serve: %s\n", err);
+        log_fatal("wixr serve: %s", err);
         rc = 3;
         goto out;
     }
     s->h->print_as_log = 1;
+    {
+        const wix_settings *ws = &s->boot_cfg->wix;
+        int http = ws->transport == TRANSPORT_HTTP;
+        logline l;
+        json_writer *w = log_begin(&l, "info", "wixr serve starting");
+        jw_kstr(w, "config", s->boot_cfg->path);
+        jw_kstr(w, "transport", http ? "http" : "sandbox");
+        jw_kstr(w, "chosen_by", s->boot_transport == TRANSPORT_AUTO
+                                    ? (http ? "auto: an API key is set" : "auto: no API key (WIX_API_KEY) is set")
+                                    : "wix.transport");
+        if (http)
+            log_url(w, "base_url", ws->base_url);
+        else
+            jw_kstr(w, "sandbox_db", ws->sandbox_db);
+        jw_kstr(w, "account_id", ws->account_id);
+        jw_kstr(w, "journal", s->journal_path);
+        log_end(&l);
+    }
     buf_t errors;
     buf_init(&errors, 0);
     s->table = hooks_load(s->h, s->boot_cfg, &errors);
     if (!s->table) {
-        fprintf(stderr, "%s\n", buf_cstr(&errors));
+        log_fatal("%s", buf_cstr(&errors));
         buf_free(&errors);
         rc = 3;
         goto out;
@@ -1460,7 +1987,7 @@ int serve_main(const serve_options *o)
     s->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     s->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (s->evfd < 0) {
-        fprintf(stderr, "wixr serve: eventfd: %s\n", strerror(errno));
+        log_fatal("wixr serve: eventfd: %s", strerror(errno));
         goto out;
     }
     sched_watch_fd(s->h->sched, s->evfd);
@@ -1478,13 +2005,13 @@ int serve_main(const serve_options *o)
     signal(SIGPIPE, SIG_IGN);
 
     if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
-        fprintf(stderr, "wixr serve: cannot start the journal writer\n");
+        log_fatal("wixr serve: cannot start the journal writer");
         goto out;
     }
     s->writer_started = 1;
     snapshot(s);
     if (start_http(s, o->listen ? o->listen : s->boot_cfg->serve.listen, err, sizeof err) < 0) {
-        fprintf(stderr, "wixr serve: %s\n", err);
+        log_fatal("wixr serve: %s", err);
         rc = strstr(err, "WIXR_TOKEN") || strstr(err, "insecure") ? 3 : 1;
         goto out;
     }
@@ -1495,9 +2022,7 @@ int serve_main(const serve_options *o)
         fclose(pf);
     }
     if (recovered > 0) {
-        char f[64];
-        snprintf(f, sizeof f, "{\"events\":%d}", recovered);
-        log_line("warn", "events interrupted by the last stop run again", f);
+        log_line("warn", "events interrupted by the last stop run again", "events", recovered);
     }
 
     long long drain_deadline = 0;
@@ -1525,9 +2050,7 @@ int serve_main(const serve_options *o)
             s->draining = 1;
             pthread_mutex_unlock(&s->lock);
             drain_deadline = sched_now_ms() + s->boot_cfg->serve.drain_ms;
-            char f[64];
-            snprintf(f, sizeof f, "{\"in_flight\":%d}", s->ninflight);
-            log_line("info", "stopping: intake closed, letting runs in flight finish", f);
+            log_line("info", "stopping: intake closed, letting runs in flight finish", "in_flight", s->ninflight);
             snapshot(s);
         }
         if (s->draining && (s->ninflight == 0 || sched_now_ms() >= drain_deadline))
@@ -1542,13 +2065,12 @@ int serve_main(const serve_options *o)
     }
     flush_outcomes(s);
     if (s->ninflight) {
-        char f[64];
-        snprintf(f, sizeof f, "{\"events\":%d}", s->ninflight);
-        log_line("warn", "drain deadline reached; unfinished events run again at the next start", f);
+        log_line("warn", "drain deadline reached; unfinished events run again at the next start", "events",
+                 s->ninflight);
         /* Runs are cut short on purpose: their events stay 'running' in the
          * journal and are recovered by the next start. Leave at once. */
         unlink(s->pid_path);
-        log_line("info", "wixr serve stopped", NULL);
+        log_line("info", "wixr serve stopped", NULL, 0);
         fflush(stderr);
         _exit(0);
     }
@@ -1588,6 +2110,12 @@ out:
     free(s->health);
     free(s->metrics);
     free(s->inflight);
+    free(s->breaks);
+    for (int i = 0; i < s->nrows; i++) {
+        free(s->rows[i].event);
+        free(s->rows[i].hook);
+    }
+    free(s->rows);
     for (int i = 0; i < s->npending; i++) {
         free(s->pending[i]);
         free(s->pending_keys[i]);
@@ -1602,6 +2130,6 @@ out:
         config_free(s->boot_cfg);
         free(s->boot_cfg);
     }
-    log_line("info", "wixr serve stopped", NULL);
+    log_line("info", "wixr serve stopped", NULL, 0);
     return rc;
 }

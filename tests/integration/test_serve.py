@@ -514,7 +514,7 @@ def intake_accept_get_and_duplicate():
     check(ms_of(ev["updated"]) >= ms_of(ev["created"]), "updated >= created: %r" % ev)
     eq(ev.get("order_key"), "account_id=" + JANE, "order key from account_id")
     eq(ev.get("last_error"), None, "no last_error on a done event")
-    check("next_attempt" not in ev, "no next_attempt on a done event")
+    eq((ev.get("next_attempt"), ev.get("next_attempt_ms")), (None, None), "no next_attempt on a done event")
     res = ev["result"]
     eq((res["event"], res["id"], res["ok"]), ("provision", "ev-1", True), "run report")
     hk = hook_of(ev)
@@ -884,8 +884,9 @@ def retry_then_dead_then_events_retry():
     check("told to fail" in hk.get("error", ""), "hook error: %r" % hk)
     # two backoffs of 150..300 ms (jittered) lie between the three runs
     check(0.3 <= took < 5, "from accepted to dead took %.2f s" % took)
-    dead_logs = [x for x in svc.log_records() if x.get("msg") == "event is dead after its last attempt"]
-    eq([x["fields"] for x in dead_logs], [{"id": "fl-1", "attempts": 3}], "the dead log line")
+    dead_logs = [x for x in svc.log_records() if x.get("msg") == "event is dead"]
+    eq([(x["fields"]["id"], x["fields"]["attempts"], x["fields"]["last_error"]) for x in dead_logs],
+       [("fl-1", 3, err)], "the dead log line carries the last error")
 
     # wixr events list / show
     p = svc.wixr("events", "list", "--state", "dead")
@@ -1081,7 +1082,7 @@ def crash_kill_9_loses_and_doubles_nothing():
         eq(ok(Client(emu).admin("GET", "stats"), "stats").get("packages"), n, "emulator stats: packages")
         # each event's result names the package that exists for it
         for e in evs:
-            eq(e["results"]["hooks"][0]["result"]["package"], by_ext[e["id"]][0],
+            eq(e["result"]["hooks"][0]["result"]["package"], by_ext[e["id"]][0],
                "event %s's result names its package" % e["id"])
         # attempts count runs started: every run beyond the first was one interrupted by a kill
         reruns = sum(e["attempts"] - 1 for e in evs)
@@ -1111,6 +1112,9 @@ def crash_runs_killed_with_the_process_count_toward_the_attempt_cap():
           "with serve.retry.attempts 2 the event was started %d times (state %s) after its runs died "
           "with the process twice" % (ev["attempts"], ev["state"]))
     eq(ev["state"], "dead", "state of an event whose every attempt died with the process")
+    dead = [x["fields"] for x in svc.log_records() if x["msg"] == "event is dead"]
+    eq([(d["id"], d["event"], d["attempts"]) for d in dead], [("poison-1", "slow", 2)], "the dead line")
+    check("attempts were used up" in dead[0]["why"], "why: %r" % dead[0])
 
 
 @test
@@ -1235,8 +1239,8 @@ def reload_under_load_drops_nothing():
     versions = []
     for i, eid in enumerate(ids):
         e = evs[eid]
-        eq((e["state"], e["attempts"], e["results"]["ok"]), ("done", 1, True), "event %s" % eid)
-        r = e["results"]["hooks"][0]["result"]
+        eq((e["state"], e["attempts"], e["result"]["ok"]), ("done", 1, True), "event %s" % eid)
+        r = e["result"]["hooks"][0]["result"]
         eq(r["seq"], i, "event %s's result" % eid)
         check(0 <= r["version"] <= nreloads, "event %s ran version %r" % (eid, r["version"]))
         versions.append(r["version"])
@@ -1388,7 +1392,7 @@ def drain_sigterm_finishes_runs_in_flight():
     evs = {e["id"]: e for e in svc.events_json()}
     for eid in ids:
         eq((evs[eid]["state"], evs[eid]["attempts"]), ("done", 1), "event %s after the drain" % eid)
-        eq(evs[eid]["results"]["hooks"][0]["result"], {"slept": 1000}, "event %s's result" % eid)
+        eq(evs[eid]["result"]["hooks"][0]["result"], {"slept": 1000}, "event %s's result" % eid)
     check("dr-late" not in evs, "the event sent while draining was not stored")
     msgs = [x for x in svc.log_records() if x.get("msg", "").startswith("stopping")]
     eq([x["fields"] for x in msgs], [{"in_flight": 3}], "the stopping log line")
@@ -1580,6 +1584,323 @@ def print_in_a_hook_is_a_json_log_line():
        "the print line")
     svc.signal(signal.SIGTERM)
     eq(svc.wait_exit(10), 0, "a clean stop")
+
+
+# ---------------------------------------------------------------------------
+# 9. Trust: one JSON writer for every line; production semantics
+# ---------------------------------------------------------------------------
+
+# The keys of an event, in order, wherever it is shown (GET /v1/events/ID, the
+# duplicate answer, wixr events list|show --json).
+EVENT_KEYS = ["seq", "id", "name", "state", "attempts", "order_key", "created", "created_ms", "updated",
+              "updated_ms", "next_attempt", "next_attempt_ms", "last_error", "data", "result"]
+ATTEMPT_KEYS = {"id", "event", "hook", "attempt", "max_attempts", "code", "error", "permanent", "will_retry"}
+
+ALWAYS_FAIL_LUA = 'return function(event, ctx)\n  error("refused: " .. tostring(event.n))\nend\n'
+
+
+def event_keys(what, ev):
+    check(isinstance(ev, dict), "%s: not a JSON object: %r" % (what, ev))
+    eq(list(ev.keys()), EVENT_KEYS, "%s: the keys of an event" % what)
+
+
+def wixr_bytes(svc, *args):
+    """`wixr ARGS` with bytes arguments (an id that is not UTF-8); stdout as bytes."""
+    return subprocess.run([ARGS.wixr.encode()] + list(args), cwd=svc.dir, env=clean_env(svc.env, None),
+                          capture_output=True, timeout=20)
+
+
+@test
+def trust_hostile_ids_keep_every_json_line_whole():
+    """An id or name full of quotes, backslashes, control characters, bytes that are not
+    UTF-8 or 10 KB long cannot inject fields into a log line or break GET /v1/events/ID or
+    wixr events list|show --json: each stays one JSON object with the same keys. Intake
+    refuses such ids with a 400 naming the field; ids already in the journal (the
+    poller's, wixr fire's) are written safely anyway."""
+    svc = Service(serve_config(serve="  retry: {attempts: 1}\n", hooks="  nope:\n    - script: nope.lua\n"),
+                  {"nope.lua": ALWAYS_FAIL_LUA}).start()
+    accepted = ['x","forged":"1', "q'uo\"te\"", "\u00fcn\u00efcode-\u2603"]
+    for i, eid in enumerate(accepted):
+        if i % 2:
+            r = svc.post("nope", {"n": i, "event_id": eid})
+        else:
+            r = svc.post("nope", {"n": i}, headers={"X-Event-Id": eid.encode("utf-8")})
+        eq((r.status, r.json.get("id")), (202, eid), "POST with id %r (%s)" % (eid, r.short()))
+    refused_headers = [b"back\\slash", b"ctl\x01char", b"del\x7f", b"bad\xffutf8", b"c1\xc2\x85", b"z" * 10240]
+    for h in refused_headers:
+        r = svc.post("nope", {"n": 9}, headers={"X-Event-Id": h})
+        eq(r.status, 400, "X-Event-Id %r (%s)" % (h[:20], r.short()))
+        eq(wix_error(r.json, "400")[0], "INVALID_ARGUMENT X-Event-Id", "the field named")
+    for bad in ("nul\u0000after", "ctl\u0001", "line\nbreak", "z" * 10240, "\u0085c1"):
+        r = svc.post("nope", {"n": 9, "event_id": bad})
+        eq(r.status, 400, "event_id %r (%s)" % (bad[:20], r.short()))
+        eq(wix_error(r.json, "400")[0], "INVALID_ARGUMENT event_id", "the field named")
+    # a lone surrogate is not a JSON string of UTF-8: the body is refused
+    r = svc.post("nope", b'{"event_id": "x\\ud800y"}')
+    eq(r.status, 400, "a lone surrogate in event_id (%s)" % r.short())
+    for eid in accepted:
+        svc.wait_event(urllib.parse.quote(eid, safe=""), ("dead",))
+    # ids already in the journal, whatever their bytes (written as another writer would)
+    import sqlite3
+    big = b'"\\\x01\xff' * 2560
+    odd = [(b"j-ctl\x01\x1f\x7f\n", b"name\"\\", b"{not json", b"err \"quoted\"\nsecond line"),
+           (b"j-bad\xff\xfe\xc3(", big, b'{"a": 1}', big),
+           (b"j-" + b"k" * 10240, b"n", b"[]", None)]
+    db = sqlite3.connect(svc.state("journal.db"), timeout=10)
+    with db:
+        for eid, name, data, err in odd:
+            db.execute("INSERT INTO events(id, name, data, state, attempts, next_attempt_ms, created_ms, updated_ms,"
+                       " last_error) VALUES (CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), 'dead', 1, 0,"
+                       " 1700000000000, 1700000000000, CAST(? AS TEXT))", (eid, name, data, err))
+    db.close()
+    # every log line is one JSON object: nothing forged, the id whole
+    recs = svc.log_records()
+    for x in recs:
+        check(set(x) == {"ts", "level", "msg", "fields"}, "a log line's keys: %r" % (x,))
+        check("forged" not in x["fields"], "a field was injected into a log line: %r" % x)
+    for eid in accepted:
+        failed = [x for x in recs if x["msg"] == "event attempt failed" and x["fields"].get("id") == eid]
+        dead = [x for x in recs if x["msg"] == "event is dead" and x["fields"].get("id") == eid]
+        eq((len(failed), len(dead)), (1, 1), "one failed-attempt and one dead line for %r" % eid)
+    # GET, events show --json and events list --json: one rendering, the same keys
+    listed = svc.events_json()
+    eq(len(listed), len(accepted) + len(odd), "events listed (one line each)")
+    for ev in listed:
+        event_keys("events list --json", ev)
+    for eid in accepted:
+        g = svc.get(urllib.parse.quote(eid, safe=""))
+        event_keys("GET %r" % eid, g)
+        eq((g["id"], g["state"], g["attempts"]), (eid, "dead", 1), "GET %r" % eid)
+        eq(g["data"].get("n"), accepted.index(eid), "GET includes the event's data")
+        p = svc.wixr("events", "show", eid, "--json")
+        eq(p.returncode, 0, "events show %r (stderr %r)" % (eid, p.stderr))
+        eq(json.loads(p.stdout), g, "events show --json and GET render the same event")
+        eq([e for e in listed if e["id"] == eid], [g], "events list --json renders it the same")
+    by_id = {e["id"]: e for e in listed}
+    ctl = by_id.get("j-ctl\x01\x1f\x7f\n")
+    check(ctl is not None, "the id with control characters comes out whole: %r" % list(by_id)[:5])
+    eq((ctl["name"], ctl["data"], ctl["last_error"]), ('name"\\', "{not json", 'err "quoted"\nsecond line'),
+       "strings kept, stored text that is not JSON written as a string")
+    check("j-bad\ufffd\ufffd\ufffd(" in by_id, "bytes that are not UTF-8 become U+FFFD: %r" % list(by_id)[:5])
+    eq(len(by_id["j-bad\ufffd\ufffd\ufffd("]["name"]), 10240, "a 10 KB name (each bad byte one U+FFFD)")
+    eq(by_id["j-" + "k" * 10240]["data"], [], "a 10 KB id")
+    p = wixr_bytes(svc, b"events", b"show", odd[1][0], b"--json")
+    eq(p.returncode, 0, "events show of an id that is not UTF-8 (stderr %r)" % p.stderr[-200:])
+    shown = json.loads(p.stdout.decode("utf-8"))
+    event_keys("events show --json (not UTF-8)", shown)
+    eq(shown["last_error"], by_id["j-bad\ufffd\ufffd\ufffd("]["last_error"], "the same rendering")
+    g = svc.get(urllib.parse.quote("j-ctl\x01\x1f\x7f\n", safe=""))
+    eq(g, ctl, "GET of the id with control characters renders what events list does")
+    p = svc.wixr("events", "show", "nope\x1b[31m")
+    eq(p.returncode, 1, "events show of an unknown id")
+    check("\x1b" not in p.stderr and "no event 'nope?[31m'" in p.stderr, "no terminal escape: %r" % p.stderr)
+
+
+SITE_LUA = """local wix = require "wix"
+return function(event, ctx)
+  wix.packages.create{ account_id = "%s", products = {{ catalog_product_id = "%s", site_id = "%s",
+    country_code = "DE" }} }
+end
+""" % (JANE, P_SERVICE, testlib.SITE_OTHER)
+
+
+def api_calls(m):
+    return sum(v for k, v in m.items() if k.startswith("wixr_api_calls_total{"))
+
+
+@test
+def trust_site_not_found_costs_one_call_and_one_attempt():
+    """A Wix 404 SITE_NOT_FOUND is permanent: one API call, one attempt, dead at once with
+    the reason (serve.retry would allow 5)."""
+    svc = Service(serve_config(serve="  retry: {attempts: 5, base_ms: 20, max_ms: 20}\n",
+                               hooks="  site:\n    - script: site.lua\n"), {"site.lua": SITE_LUA}).start()
+    svc.accept("site", {"n": 1}, "site-1")
+    ev = svc.wait_event("site-1", ("dead",))
+    time.sleep(0.3)  # a retry, were there one, would have run by now
+    ev = svc.get("site-1")
+    eq((ev["state"], ev["attempts"]), ("dead", 1), "a permanent failure is dead after one attempt")
+    err = ev["last_error"] or ""
+    check(err.startswith("permanent: ") and "SITE_NOT_FOUND" in err, "last_error gives the reason: %r" % err)
+    m = svc.wait_metrics(lambda m: m.get("wixr_events_permanent_total") == 1, "one permanent event")
+    eq(api_calls(m), 1, "API calls: %r" % {k: v for k, v in m.items() if k.startswith("wixr_api")})
+    eq(m.get("wixr_api_retries_total"), 0, "API retries")
+    eq(m.get("wixr_event_retries_total"), 0, "event retries")
+    eq(m.get('wixr_hook_runs_total{event="site",hook="site.lua",outcome="permanent"}'), 1, "hook runs by outcome")
+    eq(m.get('wixr_event_outcomes_total{event="site",outcome="dead"}'), 1, "event outcomes")
+    lines = [x["fields"] for x in svc.log_records() if x["msg"] == "event attempt failed"]
+    eq(len(lines), 1, "one failed attempt: %r" % lines)
+    f = lines[0]
+    eq(set(f), ATTEMPT_KEYS, "the failed attempt's fields")
+    eq((f["id"], f["event"], f["hook"], f["attempt"], f["code"], f["permanent"], f["will_retry"]),
+       ("site-1", "site", "site (site.lua)", 1, "SITE_NOT_FOUND", True, False), "the failed attempt")
+    dead = [x["fields"] for x in svc.log_records() if x["msg"] == "event is dead"]
+    eq([(d["id"], d["code"], d["attempts"]) for d in dead], [("site-1", "SITE_NOT_FOUND", 1)], "the dead line")
+    check("SITE_NOT_FOUND" in dead[0]["last_error"] and "permanent" in dead[0]["why"], "dead line: %r" % dead)
+
+
+REFUSE_LUA = """local wix = require "wix"
+return function(event, ctx)
+  error(wix.permanent("no such plan: " .. tostring(event.plan), { code = "UNKNOWN_PLAN" }))
+end
+"""
+
+
+@test
+def trust_wix_permanent_is_dead_at_once_a_plain_error_is_retried():
+    svc = Service(serve_config(serve="  retry: {attempts: 3, base_ms: 20, max_ms: 20}\n",
+                               hooks="  refuse:\n    - script: refuse.lua\n  oops:\n    - script: oops.lua\n"),
+                  {"refuse.lua": REFUSE_LUA, "oops.lua": ALWAYS_FAIL_LUA}).start()
+    svc.accept("refuse", {"plan": "gold"}, "rf-1")
+    svc.accept("oops", {"n": 7}, "op-1")
+    rf = svc.wait_event("rf-1", ("dead",))
+    op = svc.wait_event("op-1", ("dead",))
+    eq(rf["attempts"], 1, "wix.permanent: dead after one attempt")
+    check("UNKNOWN_PLAN" in rf["last_error"] and "no such plan: gold" in rf["last_error"]
+          and "refuse.lua:3" in rf["last_error"], "the reason and where: %r" % rf["last_error"])
+    eq(op["attempts"], 3, "a plain error is retried up to serve.retry.attempts")
+    check("refused: 7" in op["last_error"] and not op["last_error"].startswith("permanent"),
+          "last_error: %r" % op["last_error"])
+    recs = svc.log_records()
+    attempts = [x for x in recs if x["msg"] == "event attempt failed" and x["fields"]["id"] == "op-1"]
+    eq([(x["level"], x["fields"]["attempt"], x["fields"]["will_retry"], x["fields"]["permanent"])
+        for x in attempts], [("warn", 1, True, False), ("warn", 2, True, False), ("error", 3, False, False)],
+       "one line per failed attempt, saying whether it will be retried")
+    for x in attempts:
+        f = x["fields"]
+        eq(set(f) - {"retry_in_ms"}, ATTEMPT_KEYS, "fields of a failed attempt")
+        eq((f["event"], f["hook"], f["code"], f["max_attempts"]), ("oops", "oops (oops.lua)", "ERROR", 3), "fields")
+        check("refused: 7" in f["error"], "the error message: %r" % f)
+        check(("retry_in_ms" in f) == f["will_retry"], "retry_in_ms when it will be retried: %r" % f)
+    rl = [x["fields"] for x in recs if x["msg"] == "event attempt failed" and x["fields"]["id"] == "rf-1"]
+    eq([(f["code"], f["permanent"], f["will_retry"]) for f in rl], [("UNKNOWN_PLAN", True, False)],
+       "the refusal's line")
+    m = svc.wait_metrics(lambda m: m.get('wixr_event_outcomes_total{event="oops",outcome="dead"}') == 1,
+                         "oops dead in the metrics")
+    expect = {'wixr_hook_runs_total{event="oops",hook="oops.lua",outcome="failed"}': 3,
+              'wixr_hook_runs_total{event="refuse",hook="refuse.lua",outcome="permanent"}': 1,
+              'wixr_event_outcomes_total{event="oops",outcome="retry"}': 2,
+              'wixr_event_outcomes_total{event="refuse",outcome="dead"}': 1,
+              'wixr_event_outcomes_total{event="refuse",outcome="retry"}': 0,
+              "wixr_events_permanent_total": 1}
+    eq({k: m.get(k) for k in expect}, {k: float(v) for k, v in expect.items()}, "metrics by event and hook")
+
+
+@test
+def trust_start_line_names_transport_and_base_url():
+    svc = intake_service().start()
+    recs = svc.log_records()
+    first = recs[0]
+    eq(first["msg"], "wixr serve starting", "the first line")
+    eq((first["fields"]["transport"], first["fields"]["sandbox_db"]), ("sandbox", ".wixr/sandbox.db"),
+       "the sandbox transport and its file")
+    check(SANDBOX_NOTICE not in svc.log_text(), "no line but JSON: %r" % svc.log_text()[:300])
+    svc.kill()
+    secret = "api-key-not-for-logs-42"
+    svc = Service(serve_config(hooks="  v:\n    - script: v.lua\n"), {"v.lua": version_lua(1)},
+                  env={"WIX_API_KEY": secret, "WIX_BASE_URL": "http://user:pw-not-for-logs@127.0.0.1:9"}).start()
+    first = svc.log_records()[0]
+    eq((first["msg"], first["fields"]["transport"], first["fields"]["base_url"]),
+       ("wixr serve starting", "http", "http://127.0.0.1:9"), "the http transport and its base URL")
+    check(secret not in svc.log_text() and "pw-not-for-logs" not in svc.log_text(), "no secret in the log")
+
+
+@test
+def trust_healthz_is_503_draining_after_sigterm():
+    svc = sleep_service()
+    svc.accept("slow", {"ms": 1500}, "hz-1")
+    svc.wait_event("hz-1", ("running",), timeout=3)
+    eq(svc.call("GET", "/healthz", token=None).status, 200, "/healthz before SIGTERM")
+    svc.signal(signal.SIGTERM)
+    deadline, r = time.time() + 1.0, None
+    while time.time() < deadline:
+        r = svc.call("GET", "/healthz", token=None)
+        if r.status == 503:
+            break
+        time.sleep(0.02)
+    eq(r.status, 503, "/healthz while draining (%s)" % r.short())
+    eq((r.json["status"], r.json["draining"]), ("draining", True), "the draining body")
+    eq(svc.call("HEAD", "/healthz", token=None).status, 503, "HEAD /healthz while draining")
+    eq(svc.wait_exit(10), 0, "exit status after the drain")
+
+
+@test
+def trust_reload_of_wix_or_serve_says_a_restart_is_needed():
+    svc = reload_service()
+    svc.write("wixr.yaml", serve_config(serve="  max_body_kb: 64\n", hooks="  v:\n    - script: v.lua\n")
+              .replace("rate_limit: {requests: 0}", "rate_limit: {requests: 5}"))
+    h = svc.wait_health(lambda h: h["rules_version"] == 2, "the reload", timeout=5)
+    eq(h.get("restart_needed"), "wix.rate_limit, serve.max_body_kb", "/healthz names what waits for a restart")
+    lines = [x for x in svc.log_records() if "need a restart" in x["msg"]]
+    eq([x["fields"] for x in lines], [{"restart_needed": ["wix.rate_limit", "serve.max_body_kb"]}],
+       "the reload's log line")
+    eq(lines[0]["level"], "warn", "level")
+    # back to the settings it started with: nothing waits any more
+    svc.write("wixr.yaml", serve_config(hooks="  v:\n    - script: v.lua\n"))
+    h = svc.wait_health(lambda h: h["rules_version"] == 3, "the second reload", timeout=5)
+    check("restart_needed" not in h, "nothing waits for a restart: %r" % h)
+
+
+HOG_LUA = """return function(event, ctx)
+  if event.hog then
+    local t = {}
+    for i = 1, 10000000 do t[i] = string.rep("x", 64) .. i end
+  end
+  return { fine = true }
+end
+"""
+
+
+@test
+def trust_healthz_degraded_while_a_hook_keeps_breaking():
+    """A hook whose state breaks its memory cap is rebuilt (counted in /metrics); three
+    rebuilds within a minute make /healthz degraded, naming the hook."""
+    svc = Service(serve_config(serve="  concurrency: 1\n  retry: {attempts: 1}\n",
+                               hooks="  hog:\n    - script: hog.lua\n      limits: {memory_mb: 2}\n"),
+                  {"hog.lua": HOG_LUA}).start()
+    svc.accept("hog", {"hog": True}, "hog-1")
+    svc.wait_event("hog-1", ("dead",))
+    svc.accept("hog", {"hog": False}, "ok-1")
+    eq(svc.wait_event("ok-1")["state"], "done", "the next run, on a rebuilt state, is fine")
+    m = svc.wait_metrics(lambda m: m.get('wixr_hook_rebuilds_total{event="hog",hook="hog.lua"}') == 1, "1 rebuild")
+    eq(svc.health()["status"], "ok", "one rebuild is not degraded")
+    for i in (2, 3):
+        svc.accept("hog", {"hog": True}, "hog-%d" % i)
+        svc.wait_event("hog-%d" % i, ("dead",))
+    svc.accept("hog", {"hog": False}, "ok-2")
+    svc.wait_event("ok-2")
+    h = svc.wait_health(lambda h: h["status"] == "degraded", "degraded after 3 rebuilds", timeout=5)
+    eq([(b["hook"], b["rebuilds"]) for b in h.get("breaking_hooks", [])], [("hog (hog.lua)", 3)], "breaking hooks")
+    m = parse_metrics(svc.metrics())
+    eq(m.get('wixr_hook_rebuilds_total{event="hog",hook="hog.lua"}'), 3, "rebuilds in /metrics")
+
+
+@test
+def trust_a_hooks_retry_overrides_what_is_retried():
+    """retry: always retries even a permanent failure; retry: never makes every failure final;
+    a bad value is an error at its line and column."""
+    hooks = ("  refuse:\n    - script: refuse.lua\n      retry: always\n"
+             "  oops:\n    - script: oops.lua\n      retry: never\n")
+    svc = Service(serve_config(serve="  retry: {attempts: 3, base_ms: 20, max_ms: 20}\n", hooks=hooks),
+                  {"refuse.lua": REFUSE_LUA, "oops.lua": ALWAYS_FAIL_LUA}).start()
+    svc.accept("refuse", {"plan": "x"}, "ra-1")
+    svc.accept("oops", {"n": 1}, "on-1")
+    ra = svc.wait_event("ra-1", ("dead",))
+    on = svc.wait_event("on-1", ("dead",))
+    eq((ra["attempts"], on["attempts"]), (3, 1), "attempts with retry: always / never")
+    check(on["last_error"].startswith("permanent: ") and "refused: 1" in on["last_error"],
+          "last_error: %r" % on["last_error"])
+    dead = {x["fields"]["id"]: x["fields"]["why"] for x in svc.log_records() if x["msg"] == "event is dead"}
+    eq(dead, {"ra-1": "its last attempt failed", "on-1": "the hook's retry is never"}, "why each is dead")
+    svc.kill()
+    svc.write("wixr.yaml", serve_config(hooks="  oops:\n    - script: oops.lua\n      retry: sometimes\n"))
+    svc.spawn()
+    eq(svc.wait_exit(10), 3, "exit status with a bad retry value")
+    text = svc.log_of_this_start()
+    line = len(serve_config(hooks="").splitlines()) + 3
+    lines = [json.loads(x) for x in text.splitlines() if x and not x.startswith("--- start")]
+    eq([x["level"] for x in lines], ["error"], "a refused start is one JSON log line too: %r" % text[-300:])
+    check("wixr.yaml:%d:14: retry: 'sometimes' is not transient, always or never" % line in lines[0]["msg"],
+          "the error names the place: %r" % lines[0]["msg"])
 
 
 def main():
