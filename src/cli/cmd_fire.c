@@ -50,101 +50,9 @@ static const char usage[] =
     "Exit codes: 0 every hook succeeded, 1 a hook failed, a line was malformed or the\n"
     "journal could not be written, 2 usage, 3 bad configuration, script or event data.\n";
 
-/* ---- results in a stable order ----
- *
- * A Lua table has no order: what a hook returns is written with its keys
- * sorted (bytewise), recursively, so reports, the journal and golden files
- * do not change from run to run. */
-
-static int kid_cmp(const void *a, const void *b)
-{
-    const json_value *x = *(const json_value *const *)a, *y = *(const json_value *const *)b;
-    int c = memcmp(x->key, y->key, x->keylen < y->keylen ? x->keylen : y->keylen);
-    return c ? c : (x->keylen > y->keylen) - (x->keylen < y->keylen);
-}
-
-/* 1 when v can be written again sorted without losing anything: keys
- * without NUL bytes, and whole numbers a double holds exactly. */
-static int resortable(const json_value *v)
-{
-    if (v->type == JSON_NUMBER)
-        return !v->is_int || (v->u.number < 9007199254740992.0 && v->u.number > -9007199254740992.0);
-    if (v->type != JSON_ARRAY && v->type != JSON_OBJECT)
-        return 1;
-    for (const json_value *k = v->u.kids.head; k; k = k->next)
-        if ((v->type == JSON_OBJECT && strlen(k->key) != k->keylen) || !resortable(k))
-            return 0;
-    return 1;
-}
-
-static int jw_sorted(json_writer *w, const json_value *v)
-{
-    if (v->type == JSON_ARRAY) {
-        jw_arr(w);
-        for (const json_value *k = v->u.kids.head; k; k = k->next)
-            if (jw_sorted(w, k) < 0)
-                return -1;
-        jw_arr_end(w);
-        return 0;
-    }
-    if (v->type != JSON_OBJECT) {
-        jw_value(w, v);
-        return 0;
-    }
-    const json_value **kids = malloc((v->u.kids.n + 1) * sizeof *kids);
-    if (!kids)
-        return -1;
-    size_t n = 0;
-    for (const json_value *k = v->u.kids.head; k; k = k->next)
-        kids[n++] = k;
-    qsort(kids, n, sizeof *kids, kid_cmp);
-    jw_obj(w);
-    int rc = 0;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        jw_key(w, kids[i]->key);
-        rc = jw_sorted(w, kids[i]);
-    }
-    jw_obj_end(w);
-    free(kids);
-    return rc;
-}
-
-/* The JSON text with every object's keys sorted; NULL to keep it as it is. */
-static char *sorted_json(const char *text)
-{
-    json_doc *doc;
-    json_value *v = json_parse(text, strlen(text), 0, &doc, NULL);
-    char *out = NULL;
-    if (v && resortable(v)) {
-        buf_t b;
-        buf_init(&b, 0);
-        json_writer w;
-        jw_init(&w, &b);
-        if (jw_sorted(&w, v) == 0 && !b.failed)
-            out = buf_steal(&b, NULL);
-        buf_free(&b);
-    }
-    json_doc_free(doc);
-    return out;
-}
-
-static void sort_results(event_job *j)
-{
-    for (int i = 0; i < j->nidx; i++) {
-        hook_result *r = &j->results[i];
-        char *s;
-        if (r->result_json && (s = sorted_json(r->result_json))) {
-            free(r->result_json);
-            r->result_json = s;
-        }
-        if (r->plan_json && (s = sorted_json(r->plan_json))) {
-            free(r->plan_json);
-            r->plan_json = s;
-        }
-    }
-    for (int i = 0; i < j->nchildren; i++)
-        sort_results(j->children[i]);
-}
+/* Results and planned calls come in a stable order already: the wix module
+ * writes every object's keys sorted (luajson.c), so reports, the journal and
+ * golden files do not change from run to run. */
 
 /* The first error of the event or its chained events ("" when none). */
 static void first_error(const event_job *j, char *out, size_t n)
@@ -737,7 +645,6 @@ static void event_done(event_job *j, void *arg)
 {
     run *r = arg;
     r->inflight--;
-    sort_results(j);
     store_finish(&r->st, j);
     if (j->failed)
         r->failed++;

@@ -63,6 +63,7 @@ typedef struct enc {
     lua_State *L;
     buf_t *b;
     int camel;
+    int sorted;                   /* object keys in name order */
     char *err;
     size_t errlen;
 } enc;
@@ -129,7 +130,59 @@ static long long array_length(lua_State *L, int idx)
 typedef struct skey {
     const char *s;
     size_t n;
+    int pos;                      /* the key's stack slot; its value is the next */
 } skey;
+
+static int encode_value(enc *e, int idx, int depth, const char *key, size_t keylen);
+
+/* "key":value, the value at stack slot vidx */
+static int encode_field(enc *e, const char *k, size_t kl, int vidx, int depth)
+{
+    lua_State *L = e->L;
+    put_key(e, k, kl);
+    buf_addc(e->b, ':');
+    if (e->camel && lua_type(L, vidx) == LUA_TSTRING &&
+        ((kl == 10 && !memcmp(k, "field_name", 10)) || (kl == 9 && !memcmp(k, "fieldName", 9)))) {
+        size_t vl;
+        const char *v = lua_tolstring(L, vidx, &vl);
+        char tmp[256];
+        if (vl < sizeof tmp / 2)
+            json_quote(e->b, tmp, luajson_snake_to_camel(v, vl, tmp, sizeof tmp));
+        else
+            json_quote(e->b, v, vl);
+        return 0;
+    }
+    return encode_value(e, vidx, depth + 1, k, kl);
+}
+
+/* The fields of the table at idx in its own order (the wire: one pass). */
+static int encode_fields(enc *e, int idx, int depth, const char *key, size_t keylen)
+{
+    lua_State *L = e->L;
+    buf_addc(e->b, '{');
+    int first = 1;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            lua_pop(L, 2);
+            snprintf(e->err, e->errlen, "%.*s: object keys must be strings", (int)(key ? keylen : 5),
+                     key ? key : "value");
+            return -1;
+        }
+        size_t kl;
+        const char *k = lua_tolstring(L, -2, &kl);
+        if (!first)
+            buf_addc(e->b, ',');
+        first = 0;
+        if (encode_field(e, k, kl, lua_gettop(L), depth) < 0) {
+            lua_pop(L, 2);
+            return -1;
+        }
+        lua_pop(L, 1);
+    }
+    buf_addc(e->b, '}');
+    return 0;
+}
 
 static int skey_cmp(const void *a, const void *b)
 {
@@ -177,60 +230,40 @@ static int encode_table(enc *e, int idx, int depth, const char *key, size_t keyl
     }
     /* Named fields: on the wire in the table's order; everywhere else (results,
      * logs, plans) sorted by name, so the same data is the same text. */
-    int nkeys = 0, cap = 16;
-    skey small[16], *keys = small;
-    /* a larger list is a userdata in this slot: owned by Lua, so a memory
-     * error raised while encoding leaves nothing behind */
-    lua_pushnil(L);
-    int slot = lua_gettop(L);
+    if (e->camel && !e->sorted)
+        return encode_fields(e, idx, depth, key, keylen);
+    /* Every pair goes on the stack (k1 v1 k2 v2 ...), then the keys are
+     * sorted by name: no look-up again, nothing allocated in C. */
+    int base = lua_gettop(L), nkeys = 0;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TSTRING) {
-            lua_pop(L, 2);
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            lua_settop(L, base);
             snprintf(e->err, e->errlen, "%.*s: object keys must be strings", (int)(key ? keylen : 5),
                      key ? key : "value");
             return -1;
         }
-        if (nkeys == cap) {
-            skey *p = lua_newuserdatauv(L, (size_t)cap * 2 * sizeof *p, 0);
-            memcpy(p, keys, (size_t)nkeys * sizeof *p);
-            lua_replace(L, slot);
-            keys = p;
-            cap *= 2;
-        }
-        /* keys are strings held by the table: they stay put while it is encoded */
-        keys[nkeys].s = lua_tolstring(L, -1, &keys[nkeys].n);
+        luaL_checkstack(L, 3, "luajson");
+        lua_pushvalue(L, -2); /* the key again, for lua_next */
         nkeys++;
     }
-    if (!e->camel && nkeys > 1)
+    skey small[16], *keys = small;
+    if (nkeys > 16) /* a userdata on top: owned by Lua, so a memory error leaves nothing behind */
+        keys = lua_newuserdatauv(L, (size_t)nkeys * sizeof *keys, 0);
+    for (int i = 0; i < nkeys; i++) {
+        keys[i].pos = base + 1 + 2 * i;
+        keys[i].s = lua_tolstring(L, keys[i].pos, &keys[i].n);
+    }
+    if (nkeys > 1)
         qsort(keys, (size_t)nkeys, sizeof *keys, skey_cmp);
     buf_addc(e->b, '{');
     int rc = 0;
     for (int i = 0; i < nkeys && rc == 0; i++) {
-        const char *k = keys[i].s;
-        size_t kl = keys[i].n;
         if (i)
             buf_addc(e->b, ',');
-        put_key(e, k, kl);
-        buf_addc(e->b, ':');
-        lua_pushlstring(L, k, kl);
-        lua_rawget(L, idx);
-        if (e->camel && lua_type(L, -1) == LUA_TSTRING &&
-            ((kl == 10 && !memcmp(k, "field_name", 10)) || (kl == 9 && !memcmp(k, "fieldName", 9)))) {
-            size_t vl;
-            const char *v = lua_tolstring(L, -1, &vl);
-            char tmp[256];
-            if (vl < sizeof tmp / 2)
-                json_quote(e->b, tmp, luajson_snake_to_camel(v, vl, tmp, sizeof tmp));
-            else
-                json_quote(e->b, v, vl);
-        } else if (encode_value(e, lua_gettop(L), depth + 1, k, kl) < 0) {
-            rc = -1;
-        }
-        lua_pop(L, 1);
+        rc = encode_field(e, keys[i].s, keys[i].n, keys[i].pos + 1, depth);
     }
-    lua_pop(L, 1); /* the slot */
+    lua_settop(L, base);
     if (rc < 0)
         return -1;
     buf_addc(e->b, '}');
@@ -283,7 +316,8 @@ static int encode_value(enc *e, int idx, int depth, const char *key, size_t keyl
 
 int luajson_encode(lua_State *L, int idx, buf_t *b, int camel, char *err, size_t errlen)
 {
-    enc e = {L, b, camel, err, errlen};
+    /* the wire form keeps the table's order unless sorting is asked for; every other form is sorted */
+    enc e = {L, b, camel & LUAJSON_CAMEL, !(camel & LUAJSON_CAMEL) || (camel & LUAJSON_SORTED), err, errlen};
     idx = lua_absindex(L, idx);
     if (encode_value(&e, idx, 0, NULL, 0) < 0)
         return -1;

@@ -24,7 +24,12 @@
 #define LUAJSON_MAX_DEPTH 64
 #define LUAJSON_ARRAY_MT "wix.array"
 
-/* Appends the value at idx to b. Returns 0, or -1 with a message in err. */
+#define LUAJSON_CAMEL 1   /* the wire's key names (snake_case -> lowerCamelCase) */
+#define LUAJSON_SORTED 2  /* with LUAJSON_CAMEL: object keys sorted too (without it they always are) */
+
+/* Appends the value at idx to b: camel is 0 (Lua's names, keys sorted, so the
+ * same data is the same text) or LUAJSON_CAMEL [| LUAJSON_SORTED] (the wire).
+ * Returns 0, or -1 with a message in err. */
 int luajson_encode(lua_State *L, int idx, buf_t *b, int camel, char *err, size_t errlen);
 /* Pushes the decoded value; returns 0, or -1 (nothing pushed) with err set. */
 int luajson_decode(lua_State *L, const char *text, size_t len, int snake, char *err, size_t errlen);

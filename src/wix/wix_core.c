@@ -518,7 +518,7 @@ static int l_plan(lua_State *L)
         char err[256];
         if (r->nplan++)
             buf_addc(&r->plan, ',');
-        if (luajson_encode(L, 1, &r->plan, 1, err, sizeof err) < 0)
+        if (luajson_encode(L, 1, &r->plan, LUAJSON_CAMEL | LUAJSON_SORTED, err, sizeof err) < 0)
             return luaL_error(L, "plan: %s", err);
         return 0;
     }
