@@ -30,7 +30,8 @@ environment), with no network beyond 127.0.0.1:
   config/readme-LINE.yaml (relative script paths as in config/wixr.yaml); a fragment
   is checked with the `hooks:` of config/wixr.yaml added.
 - Plain blocks: the sample of what `scripts/demo` prints (above) and `$ COMMAND`
-  transcripts, whose command runs and must print the lines shown.
+  transcripts, whose command runs and must print the lines shown (and exit with the code
+  an "exits N" right before the block gives).
 - A `curl ...` span in the prose runs like a sh command at the end of its section (the
   services of that section still up).
 - Output samples in the prose (SAMPLES: an error line of a wix.Error, the message of an
