@@ -188,12 +188,14 @@ class Service:
 
 
 def soak_config():
-    """The hooks of config/wixr.yaml (the example policies, their options and allow lists)
-    with a `serve:` section and a wix section that points at the emulator."""
+    """The defaults and hooks of config/wixr.yaml (the example policies, their options and allow
+    lists) with a `serve:` section and a wix section that points at the emulator."""
     with open(os.path.join(ROOT, "config", "wixr.yaml")) as f:
         text = f.read()
-    at = text.find("\nhooks:\n")
-    check(at >= 0, "config/wixr.yaml has no hooks: section")
+    at = text.find("\ndefaults:\n")
+    if at < 0:
+        at = text.find("\nhooks:\n")
+    check(at >= 0 and "\nhooks:\n" in text[at:], "config/wixr.yaml has no defaults: or hooks: section")
     hooks = text[at + 1:].replace("../lua/policies/", os.path.join(ROOT, "lua", "policies") + "/")
     return ("wix:\n"
             "  transport: http\n"
