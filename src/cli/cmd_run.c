@@ -200,18 +200,35 @@ int cmd_run(int argc, char **argv)
     const wix_stats *st = wix_client_stats(h->client);
     if (json) {
         buf_t out;
+        json_writer w;
         buf_init(&out, 0);
-        buf_printf(&out, "{\"ok\":%s", o.status == LUA_OK ? "true" : "false");
-        if (o.result_json)
-            buf_printf(&out, ",\"result\":%s", o.result_json);
-        if (o.error) {
-            buf_adds(&out, ",\"error\":");
-            json_quote(&out, o.error, strlen(o.error));
+        jw_init(&w, &out);
+        jw_obj(&w);
+        jw_key(&w, "ok");
+        jw_bool(&w, o.status == LUA_OK);
+        if (o.result_json) { /* JSON the encoder made: written as it is */
+            jw_key(&w, "result");
+            jw_raw(&w, o.result_json, strlen(o.result_json));
         }
-        if (dry)
-            buf_printf(&out, ",\"planned\":%s", buf_cstr(&plan));
-        buf_printf(&out, ",\"stats\":{\"calls\":%lld,\"attempts\":%lld,\"retries\":%lld,\"rate_waits\":%lld}}\n",
-                   st->calls, st->attempts, st->retries, st->rate_waits);
+        if (o.error)
+            jw_kstr(&w, "error", o.error);
+        if (dry) {
+            jw_key(&w, "planned");
+            jw_raw(&w, buf_cstr(&plan), plan.len);
+        }
+        jw_key(&w, "stats");
+        jw_obj(&w);
+        jw_key(&w, "calls");
+        jw_int(&w, st->calls);
+        jw_key(&w, "attempts");
+        jw_int(&w, st->attempts);
+        jw_key(&w, "retries");
+        jw_int(&w, st->retries);
+        jw_key(&w, "rate_waits");
+        jw_int(&w, st->rate_waits);
+        jw_obj_end(&w);
+        jw_obj_end(&w);
+        buf_addc(&out, '\n');
         fputs(buf_cstr(&out), stdout);
         buf_free(&out);
     } else {
