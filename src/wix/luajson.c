@@ -351,6 +351,8 @@ static void push_value(lua_State *L, const json_value *v, int snake)
         break;
     case JSON_ARRAY: {
         lua_createtable(L, (int)v->u.kids.n, 0);
+        if (v->u.kids.n == 0) /* an empty list stays a list when written again (not {}) */
+            luaL_setmetatable(L, LUAJSON_ARRAY_MT);
         lua_Integer i = 1;
         for (json_value *k = v->u.kids.head; k; k = k->next) {
             push_value(L, k, snake);
