@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "../util/buf.h"
+#include "sandbox.h"
 #include "../wix/luajson.h"
 
 static const char memory_text[] = "not enough memory";
@@ -164,10 +165,14 @@ static void error_text(lua_State *co, task_outcome *o)
     lua_Hook saved = lua_gethook(M);
     int saved_mask = lua_gethookmask(M), saved_count = lua_gethookcount(M);
     lua_sethook(M, bound_hook, LUA_MASKCOUNT, OUTCOME_TOSTRING_STEPS);
+    /* a hook's state: the coroutines and library calls of __tostring answer to the hook's limits */
+    int idle = sandbox_idle_begin(M);
     lua_pushcfunction(M, describe);
     lua_xmove(co, M, 1);
     lua_pushlightuserdata(M, o);
     int st = lua_pcall(M, 2, 0, 0);
+    if (idle)
+        sandbox_idle_end(M);
     lua_sethook(M, saved, saved_mask, saved_count);
     if (st != LUA_OK) {
         const char *why = st == LUA_ERRMEM ? "it ran out of memory"
@@ -177,20 +182,6 @@ static void error_text(lua_State *co, task_outcome *o)
                  lua_typename(M, t), why);
     }
     lua_settop(M, top);
-}
-
-typedef struct encode_arg {
-    buf_t *b;
-    char *err;
-    size_t errlen;
-    int rc;
-} encode_arg;
-
-static int encode_first(lua_State *L)
-{
-    encode_arg *e = lua_touserdata(L, 2);
-    e->rc = luajson_encode(L, 1, e->b, 0, e->err, e->errlen);
-    return 0;
 }
 
 static void result_json(lua_State *co, size_t cap, task_outcome *o)
@@ -203,24 +194,15 @@ static void result_json(lua_State *co, size_t cap, task_outcome *o)
         return;
     }
     char err[256];
-    encode_arg e = {&b, err, sizeof err, -1};
-    int st = LUA_ERRMEM;
-    if (lua_checkstack(co, 3)) {
-        lua_pushcfunction(co, encode_first);
-        lua_pushvalue(co, 1);
-        lua_pushlightuserdata(co, &e);
-        st = lua_pcall(co, 2, 0, 0);
-        if (st != LUA_OK)
-            lua_pop(co, 1);
-    }
-    if (st != LUA_OK) {
+    int rc = luajson_encode(co, 1, &b, 0, err, sizeof err); /* protected: never raises */
+    if (rc < 0 && !strcmp(err, LUAJSON_NO_MEMORY)) {
         buf_free(&b);
         o->kind = OUTCOME_MEMORY;
         snprintf(o->text, sizeof o->text, "%s encoding the result", memory_text);
         return;
     }
-    if (e.rc < 0 || b.failed) {
-        if (e.rc == 0)
+    if (rc < 0 || b.failed) {
+        if (rc == 0)
             snprintf(err, sizeof err, "larger than %zu MB as JSON", cap >> 20);
         copy_text(o->text, sizeof o->text, err, strlen(err));
         buf_free(&b);

@@ -61,7 +61,10 @@ hook_run *sandbox_current_run(lua_State *L)
         hook_run *r = ctx_of(sched_task_thread(t))->run;
         return r && r->hook == c->hook ? r : NULL;
     }
-    return c->run; /* loading the script (no task runs) */
+    /* No task runs: the script loading, or an error value being made text.
+     * Script code then still has a run whose limits it answers to (the
+     * coroutines it makes carry the hook's context, not a run's). */
+    return c->run ? c->run : c->hook->idle_run;
 }
 
 /* Counts n instructions (or work of a C call, see sandbox_charge) against the
@@ -1025,14 +1028,17 @@ static int state_open(hook_rt *k, char *err, size_t errlen)
         return -1;
     }
     lua_setupvalue(L, -2, 1); /* the chunk's _ENV */
-    hook_run probe = {.ctx = {h, k, NULL}, .hook = k, .deadline_ms = sched_now_ms() + def->limits.wall_ms};
+    hook_run probe = {.ctx = {h, k, NULL}, .hook = k, .deadline_ms = sched_now_ms() + def->limits.wall_ms,
+                      .idle = 1};
     probe.ctx.run = &probe;
     *(wixr_ctx **)lua_getextraspace(L) = &probe.ctx;
+    k->idle_run = &probe;
     lua_sethook(L, limit_hook, LUA_MASKCOUNT, HOOK_EVERY);
     lua_pushcfunction(L, take_handler);
     lua_insert(L, -2);
     lua_pushlightuserdata(L, k);
     st = lua_pcall(L, 2, 0, 0);
+    k->idle_run = NULL;
     lua_sethook(L, NULL, 0, 0);
     *(wixr_ctx **)lua_getextraspace(L) = &k->ctx;
     if (st != LUA_OK) {
@@ -1127,6 +1133,35 @@ static void state_rebuild(hook_rt *k)
     }
 }
 
+int sandbox_idle_begin(lua_State *L)
+{
+    wixr_ctx *c = ctx_of(L);
+    hook_rt *k = c ? c->hook : NULL;
+    if (!k || k->idle_run)
+        return 0;
+    if (!k->idle_store && !(k->idle_store = malloc(sizeof *k->idle_store)))
+        return 0;
+    hook_run *r = k->idle_store;
+    memset(r, 0, sizeof *r);
+    r->ctx.host = k->ctx.host;
+    r->ctx.hook = k;
+    r->ctx.run = r;
+    r->hook = k;
+    r->finished = 1; /* not a run anything waits for: nothing may end it */
+    r->idle = 1;
+    r->started_ms = sched_now_ms();
+    r->deadline_ms = r->started_ms + k->def->limits.wall_ms;
+    k->idle_run = r;
+    return 1;
+}
+
+void sandbox_idle_end(lua_State *L)
+{
+    wixr_ctx *c = ctx_of(L);
+    if (c && c->hook)
+        c->hook->idle_run = NULL;
+}
+
 void sandbox_fail_allocations(hook_rt *k, long long n)
 {
     k->alloc_fail_at = n;
@@ -1144,6 +1179,7 @@ void hook_free(hook_rt *k)
         return;
     state_close(k);
     free(k->source);
+    free(k->idle_store);
     free(k);
 }
 
@@ -1169,6 +1205,18 @@ static void finish_as(hook_run *r, enum run_outcome kind, const char *code, char
         return;
     }
     r->finished = 1;
+    if (!r->task_id) { /* ended before it started: off the list of runs waiting for a rebuild */
+        hook_run *prev = NULL;
+        for (hook_run **p = &r->hook->deferred_head; *p; prev = *p, p = &(*p)->next_deferred) {
+            if (*p == r) {
+                *p = r->next_deferred;
+                if (r->hook->deferred_tail == r)
+                    r->hook->deferred_tail = prev;
+                r->hook->ndeferred--;
+                break;
+            }
+        }
+    }
     active_remove(r);
     sched_kill_group(r->ctx.host->sched, r->group, "the run has ended");
     r->ok = kind == RUN_OK;
@@ -1358,7 +1406,7 @@ static int ctx_emit(lua_State *L)
 {
     hook_run *r = sandbox_current_run(L);
     const char *name = luaL_checkstring(L, 1);
-    if (!r)
+    if (!r || r->idle)
         return luaL_error(L, "ctx.emit: not inside a hook run");
     int maxd = r->hook->cfg->max_chain_depth;
     if (r->depth + 1 > maxd)
@@ -1379,7 +1427,7 @@ static int ctx_emit(lua_State *L)
         buf_adds(&b, "{}");
     } else if (luajson_encode(L, 2, &b, 0, err, sizeof err) < 0) {
         buf_free(&b);
-        return luaL_error(L, "ctx.emit: %s", err);
+        return luajson_raise(L, "ctx.emit: ", err);
     }
     buf_addc(&b, '}');
     /* Over the cap, the run fails: a cut list would lose every emitted event. */

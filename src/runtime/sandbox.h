@@ -39,6 +39,8 @@ typedef struct hook_rt {
     long long rebuilds;           /* fresh states made after a broken memory cap */
     long long last_rebuild_ms;    /* when the last one was made (monotonic ms) */
     char rebuild_error[600];      /* why the last rebuild failed ("" when it did not) */
+    struct hook_run *idle_run;    /* while no task runs (loading, an error made text): the limits script code answers to */
+    struct hook_run *idle_store;  /* idle_run's storage for an error made text */
     struct hook_run *deferred_head, *deferred_tail; /* runs waiting for the state's rebuild */
     int ndeferred;
     int deferred_armed;
@@ -65,6 +67,7 @@ struct hook_run {
     int trip_placed;              /* trip already says script:line */
     char trip[300];
     int mutations;
+    int idle;                     /* not a run of the handler (loading, an error made text): limits only */
     int keyseq;                   /* mutating calls that got a derived idempotency key */
     int finished;
     int ok;
@@ -106,6 +109,11 @@ void sandbox_run_abort(hook_run *r, const char *msg);
 /* A task of run r other than its handler ended with o: when that was a limit
  * or the memory cap, the whole run ends (returns 1); otherwise 0. */
 int sandbox_task_failed(hook_run *r, const task_outcome *o);
+/* Around script code that runs with no task (outcome.c making an error
+ * value text): the hook's limits apply, through an idle run with a fresh
+ * budget. begin returns 1 when it set one up (then call end). */
+int sandbox_idle_begin(lua_State *L);
+void sandbox_idle_end(lua_State *L);
 /* Tests: every allocation of k's state from the n-th on is refused (0: off). */
 void sandbox_fail_allocations(hook_rt *k, long long n);
 

@@ -66,6 +66,7 @@ typedef struct enc {
     int sorted;                   /* object keys in name order */
     char *err;
     size_t errlen;
+    int rc;
 } enc;
 
 static int list_key(const char *k, size_t n)
@@ -314,12 +315,46 @@ static int encode_value(enc *e, int idx, int depth, const char *key, size_t keyl
     }
 }
 
+int luajson_raise(lua_State *L, const char *what, const char *err)
+{
+    if (!strcmp(err, LUAJSON_NO_MEMORY)) {
+        lua_pushliteral(L, LUAJSON_NO_MEMORY);
+        return lua_error(L);
+    }
+    return luaL_error(L, "%s%s", what, err);
+}
+
+static int encode_protected(lua_State *L)
+{
+    enc *e = lua_touserdata(L, 2);
+    e->L = L;
+    e->rc = encode_value(e, 1, 0, NULL, 0);
+    return 0;
+}
+
 int luajson_encode(lua_State *L, int idx, buf_t *b, int camel, char *err, size_t errlen)
 {
     /* the wire form keeps the table's order unless sorting is asked for; every other form is sorted */
-    enc e = {L, b, camel & LUAJSON_CAMEL, !(camel & LUAJSON_CAMEL) || (camel & LUAJSON_SORTED), err, errlen};
+    enc e = {L, b, camel & LUAJSON_CAMEL, !(camel & LUAJSON_CAMEL) || (camel & LUAJSON_SORTED), err, errlen, -1};
+    /* In a protected call of its own: a memory error (a hook's cap) or a
+     * stack overflow while encoding comes back as -1, so the caller frees
+     * its buffer instead of being unwound past it. */
     idx = lua_absindex(L, idx);
-    if (encode_value(&e, idx, 0, NULL, 0) < 0)
+    if (!lua_checkstack(L, 3)) {
+        snprintf(err, errlen, "stack overflow");
+        return -1;
+    }
+    lua_pushcfunction(L, encode_protected);
+    lua_pushvalue(L, idx);
+    lua_pushlightuserdata(L, &e);
+    int st = lua_pcall(L, 2, 0, 0);
+    if (st != LUA_OK) {
+        snprintf(err, errlen, "%s", st == LUA_ERRMEM ? LUAJSON_NO_MEMORY
+                                    : lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error while encoding");
+        lua_pop(L, 1);
+        return -1;
+    }
+    if (e.rc < 0)
         return -1;
     if (b->failed) {
         snprintf(err, errlen, "the JSON text is too large");

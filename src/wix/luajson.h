@@ -24,13 +24,19 @@
 #define LUAJSON_MAX_DEPTH 64
 #define LUAJSON_ARRAY_MT "wix.array"
 
+#define LUAJSON_NO_MEMORY "not enough memory"  /* err when encoding ran out of memory */
 #define LUAJSON_CAMEL 1   /* the wire's key names (snake_case -> lowerCamelCase) */
 #define LUAJSON_SORTED 2  /* with LUAJSON_CAMEL: object keys sorted too (without it they always are) */
 
 /* Appends the value at idx to b: camel is 0 (Lua's names, keys sorted, so the
  * same data is the same text) or LUAJSON_CAMEL [| LUAJSON_SORTED] (the wire).
- * Returns 0, or -1 with a message in err. */
+ * Never raises (it encodes in a protected call): returns 0, or -1 with a
+ * message in err (LUAJSON_NO_MEMORY when memory ran out). */
 int luajson_encode(lua_State *L, int idx, buf_t *b, int camel, char *err, size_t errlen);
+/* After a failed luajson_encode (its buffers freed): raises err, prefixed by
+ * what; a memory failure is raised as Lua's own "not enough memory" (so the
+ * run ends as a memory failure, not as an error of the script's). */
+int luajson_raise(lua_State *L, const char *what, const char *err);
 /* Pushes the decoded value; returns 0, or -1 (nothing pushed) with err set. */
 int luajson_decode(lua_State *L, const char *text, size_t len, int snake, char *err, size_t errlen);
 

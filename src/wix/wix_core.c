@@ -25,6 +25,11 @@ static wixr_host *need_task(lua_State *L, const char *what)
     sched_task *t = sched_current(h->sched);
     if (!t || sched_task_thread(t) != L)
         luaL_error(L, "%s must be called from a script run by wixr (inside its scheduler)", what);
+    /* Checked before anything is armed: a wait that cannot yield would leave
+     * its timer or answer pointed at the task, to wake it at the wrong time. */
+    if (!lua_isyieldable(L))
+        luaL_error(L, "%s cannot wait here: it was called from a function that cannot yield (a callback of "
+                      "string.gsub or table.sort, a metamethod)", what);
     return h;
 }
 
@@ -202,7 +207,7 @@ static int l_request(lua_State *L)
         char err[256];
         if (luajson_encode(L, 3, &body, 1, err, sizeof err) < 0) {
             buf_free(&body);
-            return luaL_error(L, "request body: %s", err);
+            return luajson_raise(L, "request body: ", err);
         }
     }
     lreq *q = calloc(1, sizeof *q);
@@ -471,7 +476,7 @@ static int l_encode(lua_State *L)
     buf_init(&b, 64 * 1024 * 1024);
     if (luajson_encode(L, 1, &b, camel, err, sizeof err) < 0) {
         buf_free(&b);
-        return luaL_error(L, "%s", err);
+        return luajson_raise(L, "", err);
     }
     (void)pretty;
     lua_pushlstring(L, buf_cstr(&b), b.len);
@@ -514,12 +519,14 @@ static int l_plan(lua_State *L)
     check_permit(L, luaL_checkstring(L, -2), luaL_checkstring(L, -1));
     lua_pop(L, 2);
     hook_run *r = sandbox_current_run(L);
+    if (r && r->idle)
+        return luaL_error(L, "wix: a call can only be planned by a run of the handler");
     if (r) {
         char err[256];
         if (r->nplan++)
             buf_addc(&r->plan, ',');
         if (luajson_encode(L, 1, &r->plan, LUAJSON_CAMEL | LUAJSON_SORTED, err, sizeof err) < 0)
-            return luaL_error(L, "plan: %s", err);
+            return luajson_raise(L, "plan: ", err);
         return 0;
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->plan_ref);
