@@ -337,25 +337,6 @@ static void store_close(store *s)
     s->j = NULL;
 }
 
-/* The ids wixr serve takes (they are part of its URLs; the same rule as its
- * intake), so that one journal holds one kind of id. */
-#define EVENT_ID_RULE                                                                                          \
-    "must be 1 to 200 characters of UTF-8, without control characters, spaces, '/', '%', '?', '#' or '\\'"
-
-static int valid_event_id(const char *id, size_t n)
-{
-    if (n == 0 || n > 200 || strlen(id) != n || !json_utf8_valid(id, n))
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)id[i];
-        if (ch <= 0x20 || ch == 0x7f || strchr("/%?#\\", ch))
-            return 0;
-        if (ch == 0xC2 && (unsigned char)id[i + 1] < 0xA0) /* U+0080..U+009F, the C1 controls */
-            return 0;
-    }
-    return 1;
-}
-
 /* A new event id (a UUID, as wixr serve gives an event posted without one). */
 static char *new_event_id(void)
 {
@@ -769,8 +750,8 @@ static void parse_batch(run *r, char *text, size_t len)
                 why = "\"event\" (a non-empty string) is required";
             } else if (id && id->type != JSON_STRING && id->type != JSON_NUMBER && id->type != JSON_NULL) {
                 why = "\"id\" must be a string or a number";
-            } else if (id && id->type == JSON_STRING && !valid_event_id(id->u.str.s, id->u.str.len)) {
-                why = "\"id\" " EVENT_ID_RULE;
+            } else if (id && id->type == JSON_STRING && !journal_valid_id(id->u.str.s, id->u.str.len)) {
+                why = "\"id\" must be " JOURNAL_ID_RULE;
             } else if (data && data->type != JSON_OBJECT && data->type != JSON_NULL) {
                 why = "\"data\" must be an object";
             }
@@ -1008,8 +989,8 @@ int cmd_fire(int argc, char **argv)
         return cli_usage_error(&cmd, "--verbose is for --batch (one event prints its report anyway)");
     if (verbose && json)
         return cli_usage_error(&cmd, "--verbose and --json do not go together (--json has every event already)");
-    if (id && !valid_event_id(id, strlen(id)))
-        return cli_usage_error(&cmd, "--id: %s", EVENT_ID_RULE);
+    if (id && !journal_valid_id(id, strlen(id)))
+        return cli_usage_error(&cmd, "--id: must be %s", JOURNAL_ID_RULE);
     char err[8192];
     wixr_config cfg;
     if (config_load(&cfg, config, err, sizeof err) < 0) {

@@ -25,6 +25,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "../json/json.h"
+
 #define JOURNAL_SCHEMA_VERSION 2
 #define PURGE_CHUNK 2000 /* rows deleted per transaction, so a big purge never holds the lock long */
 
@@ -1053,4 +1055,18 @@ done:
         snprintf(err, errlen, "%s", j->err);
     unlock(j);
     return ret;
+}
+
+int journal_valid_id(const char *id, size_t len)
+{
+    if (len == 0 || len > JOURNAL_ID_MAX || strlen(id) != len || !json_utf8_valid(id, len))
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)id[i];
+        if (ch <= 0x20 || ch == 0x7f || strchr("/%?#\\", ch))
+            return 0;
+        if (ch == 0xC2 && (unsigned char)id[i + 1] < 0xA0) /* U+0080..U+009F, the C1 controls */
+            return 0;
+    }
+    return 1;
 }

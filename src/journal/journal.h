@@ -36,6 +36,16 @@ typedef struct journal journal;
 typedef enum { EV_ACCEPTED, EV_RUNNING, EV_DONE, EV_RETRYING, EV_DEAD } ev_state; /* names: accepted running done retrying dead */
 #define EV__COUNT 5
 
+/* An event id travels in URLs (GET /v1/events/ID), logs and the journal, from
+ * wixr serve's intake and from wixr fire alike: 1 to JOURNAL_ID_MAX bytes of
+ * well-formed UTF-8, no NUL or other control character (C0, DEL, C1), no space
+ * and none of / % ? # \ (the writer would cope with any bytes; people reading
+ * logs and URLs would not). */
+#define JOURNAL_ID_MAX 200
+#define JOURNAL_ID_RULE                                                                                   \
+    "1 to 200 bytes of UTF-8, without control characters, spaces, '/', '%', '?', '#' or '\\'"
+int journal_valid_id(const char *id, size_t len);
+
 typedef struct journal_event {
     long long seq;                               /* insertion order */
     char *id, *name, *data_json, *order_key;     /* order_key may be NULL */

@@ -35,7 +35,6 @@
 #define SNAPSHOT_EVERY_MS 250
 #define RELOAD_DEBOUNCE_MS 150
 #define INTAKE_MAX_DEPTH 64
-#define EVENT_ID_MAX 200
 
 static const double buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
 #define NBUCKETS (sizeof buckets / sizeof buckets[0])
@@ -518,24 +517,6 @@ static int valid_name(const char *n)
     return strspn(n, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:") == len;
 }
 
-/* An event id travels in URLs (GET /v1/events/ID), logs and the journal: at
- * most EVENT_ID_MAX bytes of well-formed UTF-8, no NUL or other control
- * character (C0, DEL, C1), no space and none of / % ? # \ (the writer would
- * cope with any bytes; people reading logs and URLs would not). */
-static int valid_id(const char *id, size_t len)
-{
-    if (len == 0 || len > EVENT_ID_MAX || strlen(id) != len || !json_utf8_valid(id, len))
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)id[i];
-        if (ch <= 0x20 || ch == 0x7f || strchr("/%?#\\", ch))
-            return 0;
-        if (ch == 0xC2 && (unsigned char)id[i + 1] < 0xA0) /* U+0080..U+009F, the C1 controls */
-            return 0;
-    }
-    return 1;
-}
-
 static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char *name, conn *st)
 {
     if (!valid_name(name))
@@ -573,11 +554,9 @@ static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char
         json_doc_free(doc);
         return reply_invalid(c, "event_id", "EVENT_ID_FORMAT", "event_id must be a string");
     }
-    if (id && !valid_id(id, idlen)) {
+    if (id && !journal_valid_id(id, idlen)) {
         json_doc_free(doc);
-        return reply_invalid(c, id_field, "EVENT_ID_FORMAT",
-                             "an event id is 1 to %d bytes of UTF-8, without control characters, spaces, "
-                             "'/', '%%', '?', '#' or '\\'", EVENT_ID_MAX);
+        return reply_invalid(c, id_field, "EVENT_ID_FORMAT", "an event id is %s", JOURNAL_ID_RULE);
     }
     if (!id) {
         unsigned char r[16];

@@ -1300,12 +1300,12 @@ def fire_single_event_outcomes():
     for bad in ("", "a/b", "a b", "x" * 201, "a\x01b", "q?"):
         r = w.fire("order", "--id", bad)
         eq(r.rc, 2, "id %r (%s)" % (bad, r))
-        check("wixr fire: --id: must be 1 to 200 characters of UTF-8, without control characters, spaces, '/', '%', "
+        check("wixr fire: --id: must be 1 to 200 bytes of UTF-8, without control characters, spaces, '/', '%', "
               "'?', '#' or '\\'" in r.err, r.err)
     eq(w.fire("order", "--id", "caf\u00e9-1").rc, 0, "a UTF-8 id")
     r = w.batch([{"event": "order", "id": "a/b"}, {"event": "order", "id": "ok-1"}], "--json")
     eq((r.rc, summary(r)["ok"], summary(r)["malformed"]), (1, 1, 1), "an id serve would refuse (%s)" % r)
-    check('<stdin>:1: "id" must be 1 to 200 characters' in r.err, r.err)
+    check('<stdin>:1: "id" must be 1 to 200 bytes' in r.err, r.err)
 
 
 # ---------------------------------------------------------------------------
