@@ -108,6 +108,30 @@ static int stride(void)
     return n > 0 ? n : 1;
 }
 
+/* Writes the config, loads it, makes a host and loads its first hook;
+ * NULL (a failed check, everything freed) when any step fails. */
+static hook_rt *open_hook(const char *name, const char *yaml, wixr_config *cfg, wixr_host **h)
+{
+    char path[512], err[1024];
+    write_file(name, yaml);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    *h = NULL;
+    if (config_load(cfg, path, err, sizeof err) < 0) {
+        fprintf(stderr, "config: %s\n", err);
+        CHECK(0);
+        return NULL;
+    }
+    *h = host_new(cfg, 0, err, sizeof err);
+    hook_rt *k = *h ? hook_load(*h, cfg, &cfg->hooks[0], err, sizeof err) : NULL;
+    CHECK(k != NULL);
+    if (!k) {
+        fprintf(stderr, "%s\n", err);
+        host_free(*h);
+        config_free(cfg);
+    }
+    return k;
+}
+
 /* Every allocation point of a run with answers in flight, refused in turn. */
 static void every_allocation_point(const char *transport, const char *base_url)
 {
@@ -116,29 +140,11 @@ static void every_allocation_point(const char *transport, const char *base_url)
              "wix:\n  transport: %s\n  rate_limit: {requests: 0}\n%s%s%s  sandbox:\n    db: \":memory:\"\n"
              "hooks:\n  t.ev:\n    - script: answers.lua\n      limits: {memory_mb: 8}\n",
              transport, base_url ? "  base_url: \"" : "", base_url ? base_url : "", base_url ? "\"\n" : "");
-    write_file("answers.yaml", yaml);
-    char path[512], err[1024];
-    snprintf(path, sizeof path, "%s/answers.yaml", dir);
     wixr_config cfg;
-    if (config_load(&cfg, path, err, sizeof err) < 0) {
-        fprintf(stderr, "config: %s\n", err);
-        CHECK(0);
+    wixr_host *h;
+    hook_rt *k = open_hook("answers.yaml", yaml, &cfg, &h);
+    if (!k)
         return;
-    }
-    wixr_host *h = host_new(&cfg, 0, err, sizeof err);
-    CHECK(h != NULL);
-    if (!h) {
-        config_free(&cfg);
-        return;
-    }
-    hook_rt *k = hook_load(h, &cfg, &cfg.hooks[0], err, sizeof err);
-    CHECK(k != NULL);
-    if (!k) {
-        fprintf(stderr, "hook_load: %s\n", err);
-        host_free(h);
-        config_free(&cfg);
-        return;
-    }
     /* a clean run first: it works, and says how many allocations a run makes */
     sandbox_fail_allocations(k, (long long)1 << 60);
     seen s = run_once(h, k, "{}");
@@ -184,25 +190,14 @@ static void every_allocation_point(const char *transport, const char *base_url)
 
 static void hostile_error_values(void)
 {
-    write_file("hostile.yaml", "wix:\n  transport: sandbox\n  rate_limit: {requests: 0}\n  sandbox:\n    db: \":memory:\"\n"
-                               "hooks:\n  t.ev:\n    - script: hostile.lua\n      limits: {memory_mb: 16}\n");
-    char path[512], err[1024];
-    snprintf(path, sizeof path, "%s/hostile.yaml", dir);
     wixr_config cfg;
-    if (config_load(&cfg, path, err, sizeof err) < 0) {
-        fprintf(stderr, "config: %s\n", err);
-        CHECK(0);
+    wixr_host *h;
+    hook_rt *k = open_hook("hostile.yaml",
+                           "wix:\n  transport: sandbox\n  rate_limit: {requests: 0}\n  sandbox:\n    db: \":memory:\"\n"
+                           "hooks:\n  t.ev:\n    - script: hostile.lua\n      limits: {memory_mb: 16}\n",
+                           &cfg, &h);
+    if (!k)
         return;
-    }
-    wixr_host *h = host_new(&cfg, 0, err, sizeof err);
-    hook_rt *k = h ? hook_load(h, &cfg, &cfg.hooks[0], err, sizeof err) : NULL;
-    CHECK(k != NULL);
-    if (!k) {
-        fprintf(stderr, "%s\n", err);
-        host_free(h);
-        config_free(&cfg);
-        return;
-    }
     static const char *const kinds[] = {"raise", "loop", "pcall_loop", "alloc", "yield", "plain", NULL};
     for (int i = 0; kinds[i]; i++) {
         char data[128];
