@@ -52,22 +52,13 @@ char *cli_read_file(const char *path, size_t *len)
     FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
     if (!f)
         return NULL;
-    buf_t b;
-    buf_init(&b, 512 * 1024 * 1024);
-    char tmp[65536];
-    size_t n;
-    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0)
-        if (buf_add(&b, tmp, n) < 0)
-            break;
-    int bad = ferror(f) || b.failed;
+    int too_large;
+    char *text = buf_read_stream(f, 512 * 1024 * 1024, len, &too_large);
     if (f != stdin)
         fclose(f);
-    if (bad) {
-        buf_free(&b);
+    if (!text)
         errno = EIO;
-        return NULL;
-    }
-    return buf_steal(&b, len);
+    return text;
 }
 
 static const struct {

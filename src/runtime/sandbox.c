@@ -1088,26 +1088,11 @@ hook_rt *hook_load(wixr_host *h, const wixr_config *cfg, const hook_def *def, ch
         free(k);
         return NULL;
     }
-    buf_t src;
-    buf_init(&src, 64 * 1024 * 1024);
-    char chunk[65536];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        buf_add(&src, chunk, n);
-    int rerr = ferror(f);
+    int too_large;
+    k->source = buf_read_stream(f, 64 * 1024 * 1024, &k->source_len, &too_large);
     fclose(f);
-    if (rerr || src.failed) {
-        snprintf(err, errlen, "%s: %s", def->script, rerr ? "cannot be read" : "larger than 64 MB");
-        buf_free(&src);
-        free(k);
-        return NULL;
-    }
-    buf_addc(&src, '\0');
-    k->source = buf_steal(&src, &k->source_len);
-    if (k->source_len)
-        k->source_len--; /* the NUL added above */
     if (!k->source) {
-        snprintf(err, errlen, "%s: out of memory", def->where);
+        snprintf(err, errlen, "%s: %s", def->script, too_large ? "larger than 64 MB" : "cannot be read");
         free(k);
         return NULL;
     }

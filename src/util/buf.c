@@ -118,3 +118,20 @@ char *buf_steal(buf_t *b, size_t *len)
     b->failed = 0;
     return p;
 }
+
+char *buf_read_stream(FILE *f, size_t limit, size_t *len, int *too_large)
+{
+    buf_t b;
+    buf_init(&b, limit);
+    char tmp[65536];
+    size_t n;
+    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0)
+        if (buf_add(&b, tmp, n) < 0)
+            break;
+    *too_large = b.failed;
+    if (ferror(f) || b.failed) {
+        buf_free(&b);
+        return NULL;
+    }
+    return buf_steal(&b, len);
+}

@@ -9,6 +9,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 
 typedef struct buf {
     char *data;       /* NUL-terminated when len > 0 or after buf_cstr */
@@ -30,5 +31,8 @@ int buf_vprintf(buf_t *b, const char *fmt, va_list ap) __attribute__((format(pri
 const char *buf_cstr(buf_t *b);
 /* Hands the data to the caller (malloc'd, NUL-terminated) and resets b. */
 char *buf_steal(buf_t *b, size_t *len);
+/* Everything f holds (NUL-terminated; *len without the NUL), at most limit
+ * bytes; NULL on a read error or past the limit (then *too_large is set). */
+char *buf_read_stream(FILE *f, size_t limit, size_t *len, int *too_large);
 
 #endif
