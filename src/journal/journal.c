@@ -18,12 +18,17 @@
 #define _POSIX_C_SOURCE 200809L
 #include "journal.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../json/json.h"
 
@@ -374,6 +379,14 @@ journal *journal_open(const char *path, char *err, size_t errlen)
         free(j);
         return NULL;
     }
+    /* The journal holds customer data: a new file is created 0600 (SQLite
+     * would follow the umask), and so are its -wal and -shm (below). */
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot open the journal: %s", path, strerror(errno));
+        goto fail;
+    }
+    close(fd);
     /* NOMUTEX: this handle's own mutex serialises its calls. */
     if (sqlite3_open_v2(path, &j->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK) {
@@ -404,6 +417,15 @@ journal *journal_open(const char *path, char *err, size_t errlen)
     sqlite3_finalize(s);
     if (setup_schema(j->db, path, err, errlen) < 0)
         goto fail;
+    /* WAL mode made the -wal and -shm files (with the umask's mode) */
+    for (int i = 0; i < 2; i++) {
+        char side[PATH_MAX];
+        snprintf(side, sizeof side, "%s%s", path, i ? "-shm" : "-wal");
+        if (chmod(side, 0600) < 0 && errno != ENOENT) {
+            snprintf(err, errlen, "%s: cannot make it private (0600): %s", side, strerror(errno));
+            goto fail;
+        }
+    }
     for (int i = 0; i < ST__COUNT; i++) {
         if (sqlite3_prepare_v3(j->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &j->st[i], NULL) != SQLITE_OK) {
             snprintf(err, errlen, "%s: preparing statement %d: %s", path, i, sqlite3_errmsg(j->db));
@@ -1067,6 +1089,15 @@ int journal_valid_id(const char *id, size_t len)
             return 0;
         if (ch == 0xC2 && (unsigned char)id[i + 1] < 0xA0) /* U+0080..U+009F, the C1 controls */
             return 0;
+        /* the bidi controls, which make an id read as another one: U+200E U+200F (E2 80 8E/8F),
+         * U+202A..U+202E (E2 80 AA..AE), U+2066..U+2069 (E2 81 A6..A9); UTF-8 is valid here */
+        if (ch == 0xE2) {
+            unsigned char b1 = (unsigned char)id[i + 1], b2 = (unsigned char)id[i + 2];
+            if (b1 == 0x80 && (b2 == 0x8E || b2 == 0x8F || (b2 >= 0xAA && b2 <= 0xAE)))
+                return 0;
+            if (b1 == 0x81 && b2 >= 0xA6 && b2 <= 0xA9)
+                return 0;
+        }
     }
     return 1;
 }

@@ -38,7 +38,8 @@ typedef enum { EV_ACCEPTED, EV_RUNNING, EV_DONE, EV_RETRYING, EV_DEAD } ev_state
 
 /* An event id travels in URLs (GET /v1/events/ID), logs and the journal, from
  * wixr serve's intake and from wixr fire alike: 1 to JOURNAL_ID_MAX bytes of
- * well-formed UTF-8, no NUL or other control character (C0, DEL, C1), no space
+ * well-formed UTF-8, no NUL or other control character (C0, DEL, C1, and the
+ * bidi controls U+200E U+200F U+202A..U+202E U+2066..U+2069), no space
  * and none of / % ? # \ (the writer would cope with any bytes; people reading
  * logs and URLs would not). */
 #define JOURNAL_ID_MAX 200

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -854,6 +855,58 @@ static void test_render(void)
     journal_close(j);
 }
 
+/* The one id rule of serve's intake and wixr fire: bytes that would make one
+ * id look like another (controls, bidi overrides, invalid UTF-8) are refused. */
+static void test_valid_id(void)
+{
+    CHECK(journal_valid_id("order-1", 7));
+    CHECK(journal_valid_id("caf\xc3\xa9", 5));                 /* é */
+    CHECK(journal_valid_id("a\xe2\x80\x94" "b", 5));           /* an em dash (E2 80 94) is fine */
+    CHECK(journal_valid_id("a\xe2\x81\xa0" "b", 5));           /* U+2060, not a bidi control */
+    CHECK(!journal_valid_id("", 0));
+    CHECK(!journal_valid_id("a\0b", 3));                         /* NUL inside */
+    CHECK(!journal_valid_id("a\x7f", 2));
+    CHECK(!journal_valid_id("a\xc2\x85", 3));                   /* C1 */
+    CHECK(!journal_valid_id("a\xff", 2));                        /* not UTF-8 */
+    static const char *const bidi[] = {"\xe2\x80\x8e", "\xe2\x80\x8f", "\xe2\x80\xaa", "\xe2\x80\xab",
+                                       "\xe2\x80\xac", "\xe2\x80\xad", "\xe2\x80\xae", "\xe2\x81\xa6",
+                                       "\xe2\x81\xa7", "\xe2\x81\xa8", "\xe2\x81\xa9"};
+    for (size_t i = 0; i < sizeof bidi / sizeof bidi[0]; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "ab%scd", bidi[i]);
+        CHECK(!journal_valid_id(id, strlen(id)));
+    }
+    char longest[JOURNAL_ID_MAX + 2];
+    memset(longest, 'x', sizeof longest);
+    longest[JOURNAL_ID_MAX] = 0;
+    CHECK(journal_valid_id(longest, JOURNAL_ID_MAX));
+    longest[JOURNAL_ID_MAX] = 'x';
+    longest[JOURNAL_ID_MAX + 1] = 0;
+    CHECK(!journal_valid_id(longest, JOURNAL_ID_MAX + 1));
+}
+
+/* The journal and its -wal and -shm are 0600 whatever the umask. */
+static void test_file_modes(void)
+{
+    char path[600], side[640];
+    new_path(path, sizeof path);
+    mode_t old = umask(022);
+    journal *j = open_j(path);
+    umask(old);
+    CHECK(j != NULL);
+    if (!j)
+        return;
+    char err[256];
+    CHECK_INT(journal_accept(j, "m1", "e", "{}", NULL, NULL, err, sizeof err), 0);
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+    snprintf(side, sizeof side, "%s-wal", path);
+    CHECK(stat(side, &st) == 0 && (st.st_mode & 0777) == 0600);
+    snprintf(side, sizeof side, "%s-shm", path);
+    CHECK(stat(side, &st) == 0 && (st.st_mode & 0777) == 0600);
+    journal_close(j);
+}
+
 int main(void)
 {
     if (!mkdtemp(dir)) {
@@ -871,6 +924,8 @@ int main(void)
     test_two_handles();
     test_crash();
     test_render();
+    test_valid_id();
+    test_file_modes();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0)
