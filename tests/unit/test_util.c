@@ -1,11 +1,13 @@
 /*
- * test_util.c -- the small-object pool and the ISO-8601 time formatter.
+ * test_util.c -- the small-object pool, the ISO-8601 time formatter, and
+ * SHA-256 / HMAC-SHA256 against the FIPS 180-2 and RFC 4231 vectors.
  */
 #include <stdint.h>
 #include <stdlib.h>
 
 #include "../../src/util/isotime.h"
 #include "../../src/util/pool.h"
+#include "../../src/util/sha256.h"
 #include "check.h"
 
 static void test_pool_reuse_and_growth(void)
@@ -81,10 +83,89 @@ static void test_isotime(void)
     CHECK(now > 1700000000000LL);
 }
 
+static void hex_of(const unsigned char *d, char out[2 * SHA256_LEN + 1])
+{
+    static const char hx[] = "0123456789abcdef";
+    for (int i = 0; i < SHA256_LEN; i++) {
+        out[2 * i] = hx[d[i] >> 4];
+        out[2 * i + 1] = hx[d[i] & 15];
+    }
+    out[2 * SHA256_LEN] = '\0';
+}
+
+static void check_sha(const char *msg, size_t len, const char *want)
+{
+    unsigned char d[SHA256_LEN];
+    char hx[2 * SHA256_LEN + 1];
+    sha256(msg, len, d);
+    hex_of(d, hx);
+    CHECK_STR(hx, want);
+}
+
+static void check_hmac(const void *key, size_t keylen, const char *msg, size_t len, const char *want)
+{
+    unsigned char d[SHA256_LEN];
+    char hx[2 * SHA256_LEN + 1];
+    hmac_sha256(key, keylen, msg, len, d);
+    hex_of(d, hx);
+    CHECK_STR(hx, want);
+}
+
+/* FIPS 180-2 appendix B and RFC 4231 section 4. */
+static void test_sha256_vectors(void)
+{
+    check_sha("abc", 3, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    check_sha("", 0, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    const char *two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    check_sha(two, strlen(two), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+    /* a million 'a', fed in uneven pieces so the block buffering is crossed every way */
+    sha256_ctx c;
+    sha256_init(&c);
+    char as[1000];
+    memset(as, 'a', sizeof as);
+    size_t left = 1000000, step = 1;
+    while (left) {
+        size_t n = step < left ? step : left;
+        sha256_update(&c, as, n);
+        left -= n;
+        step = step % 997 + 1;
+    }
+    unsigned char d[SHA256_LEN];
+    char hx[2 * SHA256_LEN + 1];
+    sha256_final(&c, d);
+    hex_of(d, hx);
+    CHECK_STR(hx, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+    /* 55, 56 and 64 bytes: where the length does or does not fit the last block */
+    check_sha(as, 55, "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318");
+    check_sha(as, 56, "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a");
+    check_sha(as, 64, "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb");
+
+    unsigned char k[131];
+    memset(k, 0x0b, 20);
+    check_hmac(k, 20, "Hi There", 8, "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+    const char *q = "what do ya want for nothing?";
+    check_hmac("Jefe", 4, q, strlen(q), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    char dd[50];
+    memset(k, 0xaa, sizeof k);
+    memset(dd, 0xdd, sizeof dd);
+    check_hmac(k, 20, dd, sizeof dd, "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe");
+    const char *big = "Test Using Larger Than Block-Size Key - Hash Key First";
+    check_hmac(k, 131, big, strlen(big), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+    /* in steps, the same as in one go */
+    hmac_sha256_ctx h;
+    hmac_sha256_init(&h, "Jefe", 4);
+    hmac_sha256_update(&h, q, 10);
+    hmac_sha256_update(&h, q + 10, strlen(q) - 10);
+    hmac_sha256_final(&h, d);
+    hex_of(d, hx);
+    CHECK_STR(hx, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+}
+
 int main(void)
 {
     test_pool_reuse_and_growth();
     test_pool_many_blocks();
     test_isotime();
+    test_sha256_vectors();
     return check_report();
 }
