@@ -6,12 +6,14 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../emulator/emu.h"
 #include "../json/json.h"
@@ -70,6 +72,22 @@ static void finish_attempt(call *q);
 
 /* ---- setup ---- */
 
+/* The audit file, for appending: made 0600 when it does not exist (its lines
+ * name accounts, paths and idempotency keys); an existing one keeps its mode. */
+static FILE *audit_open(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return NULL;
+    FILE *f = fdopen(fd, "a");
+    if (!f) {
+        int e = errno;
+        close(fd);
+        errno = e;
+    }
+    return f;
+}
+
 wix_client *wix_client_new(const wix_settings *s, sched_t *sched, char *err, size_t errlen)
 {
     wix_client *c = calloc(1, sizeof *c);
@@ -103,7 +121,7 @@ wix_client *wix_client_new(const wix_settings *s, sched_t *sched, char *err, siz
     if (s->audit) {
         if (!strcmp(s->audit, "-")) {
             c->audit = stderr;
-        } else if (!(c->audit = fopen(s->audit, "a"))) {
+        } else if (!(c->audit = audit_open(s->audit))) {
             snprintf(err, errlen, "wix.audit: cannot open %s: %s", s->audit, strerror(errno));
             wix_client_free(c);
             return NULL;
