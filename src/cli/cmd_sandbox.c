@@ -32,6 +32,12 @@ static const char usage[] =
     "  --strict               answer 400 to request fields an endpoint does not have (default:\n"
     "                         ignore them, as Wix does, and name them in x-wixr-warning)\n"
     "  --port-file FILE       write the port actually bound to FILE once listening\n"
+    "  --request-timeout MS   a request must arrive whole within MS of its connection opening\n"
+    "                         (or of its previous answer), else the connection is closed (default 10000)\n"
+    "  --max-connections-per-ip N\n"
+    "                         connections from one address at once (default 64; 512 in all)\n"
+    "  --query-budget N       work units one Query Packages may spend under the emulator's lock\n"
+    "                         before it is refused 400 (default 2000000; see README)\n"
     "  -h, --help             this help\n"
     "\n"
     "The admin API lives under /__admin/ (see README). Stop with Ctrl-C or SIGTERM.\n";
@@ -60,7 +66,8 @@ static int serve(int argc, char **argv)
     const char *db = NULL, *port_file = NULL;
     emu_options o = {0};
     const char *listen = NULL, *seed = NULL;
-    long long delay = 0;
+    long long delay = 0, req_timeout = EMU_HTTP_REQUEST_TIMEOUT_MS, per_ip = EMU_HTTP_MAX_PER_IP;
+    long long budget = EMU_QUERY_BUDGET;
     const cli_opt opts[] = {
         {"--listen", OPT_VALUE, &listen, 0, 0, NULL},
         {"--db", OPT_VALUE, &db, 0, 0, NULL},
@@ -70,6 +77,9 @@ static int serve(int argc, char **argv)
         {"--seed", OPT_VALUE, &seed, 0, 0, NULL},
         {"--port-file", OPT_VALUE, &port_file, 0, 0, NULL},
         {"--strict", OPT_FLAG, &o.strict, 1, 0, NULL},
+        {"--request-timeout", OPT_NUMBER, &req_timeout, 100, 3600000, NULL},
+        {"--max-connections-per-ip", OPT_NUMBER, &per_ip, 1, EMU_HTTP_MAX_CONNECTIONS, NULL},
+        {"--query-budget", OPT_NUMBER, &budget, 1, LLONG_MAX / 4, NULL},
         {NULL, OPT_FLAG, NULL, 0, 0, NULL},
     };
     const cli_command cmd = {"wixr sandbox serve", usage, opts, NULL, 0, NULL};
@@ -79,6 +89,7 @@ static int serve(int argc, char **argv)
     if (listen && parse_listen(listen, host, sizeof host, &port) < 0)
         return cli_usage_error(&cmd, "--listen: expected HOST:PORT, got '%s'", listen);
     o.enable_delay_ms = delay;
+    o.query_budget = budget;
     if (seed) {
         char *end;
         errno = 0;
@@ -108,7 +119,8 @@ static int serve(int argc, char **argv)
         fprintf(stderr, "wixr sandbox serve: %s\n", err);
         return EXIT_BAD_INPUT;
     }
-    emu_server *srv = emu_http_start(e, host, port, err, sizeof err);
+    emu_http_limits lim = {.request_timeout_ms = req_timeout, .max_connections_per_ip = (int)per_ip};
+    emu_server *srv = emu_http_start_limits(e, host, port, &lim, err, sizeof err);
     if (!srv) {
         fprintf(stderr, "wixr sandbox serve: %s\n", err);
         emu_close(e);

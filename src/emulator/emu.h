@@ -20,7 +20,13 @@ typedef struct emu_options {
     long long enable_delay_ms;    /* PENDING -> delivered after this long; -1 = never */
     unsigned long long seed;      /* fault-injection PRNG seed; 0 = from the clock */
     int strict;                   /* answer 400 to request fields the endpoint does not have */
+    long long query_budget;       /* work units a Query Packages may spend (0 = EMU_QUERY_BUDGET) */
 } emu_options;
+
+/* A filtered query's work: each package it must render counts EMU_QUERY_RENDER_UNITS, each value
+ * compared one; over the budget the query is refused 400 (the emulator's lock is held meanwhile). */
+#define EMU_QUERY_BUDGET 2000000LL
+#define EMU_QUERY_RENDER_UNITS 100
 
 typedef struct emu_request {
     const char *method;           /* "GET", "POST", ... */

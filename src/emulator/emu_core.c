@@ -167,6 +167,7 @@ emu_t *emu_open(const emu_options *o, char *err, size_t errlen)
     pthread_mutex_init(&e->lock, NULL);
     e->enable_delay_ms = o->enable_delay_ms;
     e->strict = e->strict_option = o->strict ? 1 : 0;
+    e->query_budget = o->query_budget > 0 ? o->query_budget : EMU_QUERY_BUDGET;
     e->rl_per_minute = 200;
     e->next_fault_id = 1;
     if (o->seed) {

@@ -10,8 +10,22 @@
 
 typedef struct emu_server emu_server;
 
-/* Starts serving e on host:port (port 0 = pick one). */
+/* Limits on clients (0 in a field = its default). */
+typedef struct emu_http_limits {
+    long long request_timeout_ms; /* a request must be complete this long after its connection opened or its
+                                     previous request completed (default EMU_HTTP_REQUEST_TIMEOUT_MS) */
+    int max_connections_per_ip;   /* default EMU_HTTP_MAX_PER_IP */
+} emu_http_limits;
+
+#define EMU_HTTP_REQUEST_TIMEOUT_MS 10000
+#define EMU_HTTP_MAX_CONNECTIONS 512
+#define EMU_HTTP_MAX_PER_IP 64
+
+/* Starts serving e on host:port (port 0 = pick one) with the default limits. */
 emu_server *emu_http_start(emu_t *e, const char *host, int port, char *err, size_t errlen);
+/* The same with these limits (NULL = the defaults). */
+emu_server *emu_http_start_limits(emu_t *e, const char *host, int port, const emu_http_limits *lim, char *err,
+                                  size_t errlen);
 int emu_http_port(const emu_server *s);
 void emu_http_stop(emu_server *s);
 

@@ -97,6 +97,7 @@ struct emu {
     long long enable_delay_ms;
     int strict;                   /* unknown request fields are a 400 (else a warning) */
     int strict_option;            /* what emu_open was given (an admin reset goes back to it) */
+    long long query_budget;       /* work units one Query Packages may spend (emu_query.c) */
     long long next_due;           /* earliest pending delivery (LLONG_MAX: none) */
     uint64_t rng;
 
@@ -208,6 +209,10 @@ void emu_api_dispatch(emu_ctx *c, int route);
 void emu_api_query(emu_ctx *c);
 int emu_filter_validate(const json_value *filter, char *field, size_t fieldlen, char *msg, size_t msglen);
 int emu_filter_match(const json_value *filter, const json_value *pkg);
+/* The same, adding the values compared to *work. */
+int emu_filter_match_counted(const json_value *filter, const json_value *pkg, long long *work);
+/* What evaluating the filter on one package with one product instance costs, in compared values. */
+long long emu_filter_weight(const json_value *filter);
 /* emu_owner.c */
 /* Takes path's lock file, or fails at once naming the process that holds it
  * and what to do. Nothing to take for ":memory:". 0, or -1 with err. */

@@ -263,12 +263,13 @@ static const json_value *dig(const json_value *v, const char *path)
     return v;
 }
 
-static int has_value(const json_value *pkg, const char *sub, const json_value *want, int is_date)
+static int has_value(const json_value *pkg, const char *sub, const json_value *want, int is_date, long long *work)
 {
     json_value *insts = json_get(pkg, "productInstances");
     if (!insts || insts->type != JSON_ARRAY)
         return 0;
     for (json_value *in = insts->u.kids.head; in; in = in->next) {
+        ++*work;
         const json_value *v = *sub ? dig(in, sub) : in;
         if (v && compare(v, want, is_date) == 0)
             return 1;
@@ -277,15 +278,16 @@ static int has_value(const json_value *pkg, const char *sub, const json_value *w
 }
 
 static int match_op(const struct field_rule *f, const json_value *pkg, const char *opname, size_t oplen,
-                    const json_value *arg)
+                    const json_value *arg, long long *work)
 {
+    ++*work;
     if (f->ops & OP_HAS) {
         const char *sub = f->name + strlen("productInstances");
         if (*sub == '.')
             sub++;
         int all = oplen == 7 && !memcmp(opname, "$hasAll", 7);
         for (json_value *w = arg->u.kids.head; w; w = w->next) {
-            int h = has_value(pkg, sub, w, f->is_date);
+            int h = has_value(pkg, sub, w, f->is_date, work);
             if (all && !h)
                 return 0;
             if (!all && h)
@@ -299,7 +301,7 @@ static int match_op(const struct field_rule *f, const json_value *pkg, const cha
     if (!strncmp(opname, "$exists", oplen))
         return (v != NULL) == arg->u.boolean;
     if (!strncmp(opname, "$in", oplen)) {
-        for (json_value *w = arg->u.kids.head; v && w; w = w->next)
+        for (json_value *w = arg->u.kids.head; v && w; w = w->next, ++*work)
             if (compare(v, w, f->is_date) == 0)
                 return 1;
         return 0;
@@ -325,25 +327,25 @@ static int match_op(const struct field_rule *f, const json_value *pkg, const cha
     return 0;
 }
 
-int emu_filter_match(const json_value *filter, const json_value *pkg)
+int emu_filter_match_counted(const json_value *filter, const json_value *pkg, long long *work)
 {
     for (json_value *k = filter->u.kids.head; k; k = k->next) {
         if (k->keylen == 4 && !memcmp(k->key, "$and", 4)) {
             for (json_value *s = k->u.kids.head; s; s = s->next)
-                if (!emu_filter_match(s, pkg))
+                if (!emu_filter_match_counted(s, pkg, work))
                     return 0;
             continue;
         }
         if (k->keylen == 3 && !memcmp(k->key, "$or", 3)) {
             int any = 0;
             for (json_value *s = k->u.kids.head; s && !any; s = s->next)
-                any = emu_filter_match(s, pkg);
+                any = emu_filter_match_counted(s, pkg, work);
             if (!any)
                 return 0;
             continue;
         }
         if (k->keylen == 4 && !memcmp(k->key, "$not", 4)) {
-            if (emu_filter_match(k, pkg))
+            if (emu_filter_match_counted(k, pkg, work))
                 return 0;
             continue;
         }
@@ -352,15 +354,46 @@ int emu_filter_match(const json_value *filter, const json_value *pkg)
             return 0;
         int is_ops = operators_of(k);
         if (!is_ops) {
-            if (!match_op(f, pkg, "$eq", 3, k))
+            if (!match_op(f, pkg, "$eq", 3, k, work))
                 return 0;
             continue;
         }
         for (json_value *o = k->u.kids.head; o; o = o->next)
-            if (!match_op(f, pkg, o->key, o->keylen, o))
+            if (!match_op(f, pkg, o->key, o->keylen, o, work))
                 return 0;
     }
     return 1;
+}
+
+int emu_filter_match(const json_value *filter, const json_value *pkg)
+{
+    long long work = 0;
+    return emu_filter_match_counted(filter, pkg, &work);
+}
+
+/* Every clause evaluated, every array value compared once (as on a package
+ * with one instance): what a package that matches none of an $or costs. */
+long long emu_filter_weight(const json_value *filter)
+{
+    long long w = 0;
+    for (json_value *k = filter->u.kids.head; k; k = k->next) {
+        if ((k->keylen == 4 && !memcmp(k->key, "$and", 4)) || (k->keylen == 3 && !memcmp(k->key, "$or", 3))) {
+            for (json_value *s = k->u.kids.head; s; s = s->next)
+                w += s->type == JSON_OBJECT ? emu_filter_weight(s) : 1;
+            continue;
+        }
+        if (k->keylen == 4 && !memcmp(k->key, "$not", 4)) {
+            w += k->type == JSON_OBJECT ? emu_filter_weight(k) : 1;
+            continue;
+        }
+        if (!operators_of(k)) {
+            w++;
+            continue;
+        }
+        for (json_value *o = k->u.kids.head; o; o = o->next)
+            w += 1 + (o->type == JSON_ARRAY ? (long long)o->u.kids.n : 0);
+    }
+    return w;
 }
 
 /* ---- a prefilter on the stored columns ----
@@ -676,7 +709,12 @@ void emu_api_query(emu_ctx *c)
         nkeys = 1;
     }
 
-    /* Scan the reseller's packages. */
+    /* Scan the reseller's packages: first the stored columns (the prefilter),
+     * then, when there is a filter, each candidate rendered and evaluated. The
+     * emulator's lock is held throughout, so the work is budgeted: a filter
+     * whose cost over its candidates would pass c->e->query_budget is refused
+     * before any is rendered, and one that passes it while evaluating (more
+     * instances than foreseen) is stopped there. */
     size_t n = 0, cap = 0;
     prefilter pf;
     prefilter_read(&pf, filter);
@@ -686,20 +724,6 @@ void emu_api_query(emu_ctx *c)
         hit h = {sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1), sqlite3_column_int64(s, 2)};
         if (filter && !prefilter_pass(&pf, s, h.created, h.updated))
             continue;
-        if (filter) {
-            /* Rendering uses other statements; ST_PKG_SCOPE stays where it is. */
-            json_writer w;
-            buf_reset(&scratch);
-            jw_init(&w, &scratch);
-            if (emu_render_package(c->e, h.seq, &w) < 0)
-                continue;
-            json_doc *pd = NULL;
-            json_value *pkg = json_parse(scratch.data, scratch.len, EMU_MAX_JSON_DEPTH, &pd, NULL);
-            int ok = pkg && emu_filter_match(filter, pkg);
-            json_doc_free(pd);
-            if (!ok)
-                continue;
-        }
         if (n == cap) {
             cap = cap ? cap * 2 : 256;
             hit *nh = realloc(hits, cap * sizeof *hits);
@@ -713,6 +737,44 @@ void emu_api_query(emu_ctx *c)
         hits[n++] = h;
     }
     sqlite3_reset(s);
+    if (filter) {
+        long long budget = c->e->query_budget, weight = emu_filter_weight(filter);
+        long long per = EMU_QUERY_RENDER_UNITS + weight;
+        if (n && per > budget / (long long)n) {
+            emu_violation(c, "query.filter", "QUERY_TOO_COSTLY",
+                          "this filter (%lld values to compare per package) over the %zu packages it cannot rule out "
+                          "by its top-level createdDate/updatedDate bounds or id/accountId/externalId $eq would cost "
+                          "about %lld work units, over the emulator's query budget of %lld (--query-budget); narrow it "
+                          "with such a bound, or split it",
+                          weight, n, (long long)n * per, budget); /* n, per: far below 2^31 each */
+            goto violations;
+        }
+        long long work = 0;
+        size_t kept = 0;
+        for (size_t i = 0; i < n; i++) {
+            json_writer w;
+            buf_reset(&scratch);
+            jw_init(&w, &scratch);
+            work += EMU_QUERY_RENDER_UNITS;
+            if (emu_render_package(c->e, hits[i].seq, &w) < 0)
+                continue;
+            json_doc *pd = NULL;
+            json_value *pkg = json_parse(scratch.data, scratch.len, EMU_MAX_JSON_DEPTH, &pd, NULL);
+            int ok = pkg && emu_filter_match_counted(filter, pkg, &work);
+            json_doc_free(pd);
+            if (work > budget) {
+                emu_violation(c, "query.filter", "QUERY_TOO_COSTLY",
+                              "this filter passed the emulator's query budget of %lld work units (--query-budget) "
+                              "after %zu of the %zu packages it cannot rule out by its top-level bounds; narrow it "
+                              "with a createdDate/updatedDate bound or an id/accountId/externalId $eq, or split it",
+                              budget, i + 1, n);
+                goto violations;
+            }
+            if (ok)
+                hits[kept++] = hits[i];
+        }
+        n = kept;
+    }
     if (n > 1) {
         tmp = malloc(n * sizeof *tmp);
         if (!tmp) {

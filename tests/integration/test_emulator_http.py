@@ -2195,6 +2195,242 @@ def g10_admin_refuses_unknown_keys():
 
 
 # ===========================================================================
+# Group 11: one huge query, trickling clients (the emulator's lock and slots)
+# ===========================================================================
+
+BIG_PACKAGES = 100000
+
+
+def big_server(*extra):
+    """A server whose state file holds BIG_PACKAGES of Jane's packages, one instance each, written
+    straight into SQLite (creating them over HTTP would take minutes). Returns (server, a package id)."""
+    import sqlite3
+    import uuid
+    srv = Server(*extra, db="")
+    srv.db = os.path.join(srv.dir, "big.db")
+    srv.start()
+    srv.stop()
+    con = sqlite3.connect(srv.db)
+    t0 = 1700000000000
+    con.executemany("INSERT INTO packages(seq, id, account_id, parent_account_id, external_id, created, updated)"
+                    " VALUES(?, ?, ?, ?, ?, ?, ?)",
+                    ((i + 1000, str(uuid.UUID(int=i + 1)), JANE, RESELLER, "ext-%d" % i, t0 + i, t0 + i)
+                     for i in range(BIG_PACKAGES)))
+    con.executemany("INSERT INTO instances(instance_id, package_seq, pos, site_id, catalog_product_id, product_type,"
+                    " status, billing_type, billing_unit, billing_count, country_code, created, updated)"
+                    " VALUES(?, ?, 0, NULL, ?, 'premium-plan', 'ENABLED', 'RECURRING', 'YEAR', 1, 'DE', ?, ?)",
+                    ((str(uuid.UUID(int=10 ** 12 + i)), i + 1000, P_CORE, t0 + i, t0 + i)
+                     for i in range(BIG_PACKAGES)))
+    con.commit()
+    con.close()
+    srv.log.close()
+    srv.start()
+    return srv, str(uuid.UUID(int=5))
+
+
+@test
+def g11_huge_query_is_refused_and_does_not_hold_up_others():
+    srv, pid = big_server()
+    try:
+        huge = {"$or": [{"productInstances.catalogProductId": {"$hasSome": ["no-%d-%d" % (j, i) for i in range(1000)]}}
+                        for j in range(50)]}
+        done = {}
+
+        def run_query():
+            try:
+                done["r"] = Client(srv).call("POST", QUERY, {"query": {"filter": huge}}, timeout=10)
+            except Exception as e:  # noqa: BLE001 (reported below)
+                done["r"] = e
+        t = threading.Thread(target=run_query)
+        t0 = time.time()
+        t.start()
+        worst = 0.0
+        while t.is_alive() and time.time() - t0 < 10:
+            r = Client(srv).get(pid)
+            ok(r, "a Get during the huge query")
+            worst = max(worst, r.elapsed)
+        t.join()
+        spent = time.time() - t0
+        r = done["r"]
+        check(isinstance(r, Resp), "the huge query got no answer within 10 s: %r" % (r,))
+        violation(r, "query.filter", "a filter of 50 x 1000 values over %d packages" % BIG_PACKAGES)
+        eq(r.violations[0]["violatedRule"], "QUERY_TOO_COSTLY", "rule")
+        check("--query-budget" in r.violations[0]["description"], "names the budget: %r" % r.violations[0])
+        check(spent < 2, "the refusal took %.3f s" % spent)
+        check(worst < 0.2, "a Get waited %.3f s behind the huge query" % worst)
+        # A plain filter over every package is refused too; bounded by a top-level createdDate range it is
+        # answered, evaluated in full on what the range leaves.
+        plain = {"externalId": {"$ne": "ext-3"}}
+        violation(Client(srv).query({"filter": plain}), "query.filter", "$ne over %d packages" % BIG_PACKAGES)
+        bounded = dict(plain, createdDate={"$lt": "2023-11-14T22:13:20.010Z"})  # the first 10
+        body = ok(Client(srv).query({"filter": bounded, "paging": {"limit": 50}}), "a bounded filter")
+        eq(body["metadata"]["total"], 9, "ten in the range, less ext-3")
+        # No filter: no rendering beyond the page, not budgeted.
+        eq(ok(Client(srv).query({"paging": {"limit": 1}}))["metadata"]["total"], BIG_PACKAGES, "all, unfiltered")
+    finally:
+        srv.cleanup()
+
+
+@test
+def g11_query_budget_option():
+    srv = Server("--query-budget", "1000").start()
+    try:
+        c = Client(srv)
+        ids = [created(c.create([plan(None)]))["id"] for _ in range(12)]
+        r = c.query({"filter": {"productInstances.status": {"$hasSome": ["ENABLED"]}}})
+        violation(r, "query.filter", "12 packages x (100 + 2) over a budget of 1000")
+        check("1000" in r.violations[0]["description"], "the budget in the message: %r" % r.violations[0])
+        body = ok(c.query({"filter": {"id": ids[3], "productInstances.status": {"$hasSome": ["ENABLED"]}}}),
+                  "an id $eq leaves one package to evaluate")
+        eq([p["id"] for p in body["packages"]], [ids[3]], "the one")
+    finally:
+        srv.cleanup()
+    for opt in ("--query-budget", "--request-timeout", "--max-connections-per-ip"):
+        run = Folder().run("sandbox", "serve", opt, "0", "--db", ":memory:", timeout=10)
+        check(run.rc == 2 and opt in run.err, "%s 0 is a usage error: rc %r, %r" % (opt, run.rc, run.err))
+
+
+def trickle_open(port, sources, per_source):
+    """Opens per_source connections from each loopback source address, each sending the first byte of a
+    request line; returns the sockets (the caller closes them)."""
+    socks = []
+    for src in sources:
+        for _ in range(per_source):
+            s = socket.socket()
+            s.settimeout(5)
+            s.bind((src, 0))
+            try:
+                s.connect(("127.0.0.1", port))
+                s.sendall(b"G")
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+    return socks
+
+
+def trickle_tick(socks, i):
+    for s in socks:
+        try:
+            s.sendall(b"GET /resellers/v1/packages/x HTTP/1.1\r\nX: "[i % 40 + 1:i % 40 + 2] or b"a")
+        except OSError:
+            pass
+
+
+def served_within(srv, seconds):
+    """Asks for health until answered; returns the time it took (or fails after seconds)."""
+    t0 = time.time()
+    last = None
+    while time.time() - t0 < seconds:
+        try:
+            c = Client(srv)
+            r = c.call("GET", "/__admin/health", timeout=max(0.5, seconds - (time.time() - t0)))
+            c.close()
+            if r.status == 200:
+                return time.time() - t0
+            last = r.short()
+        except (OSError, http.client.HTTPException) as e:
+            last = repr(e)
+        time.sleep(0.05)
+    raise TestFailure("a normal client was not served within %.1f s (last: %s)" % (seconds, last))
+
+
+@test
+def g11_trickling_clients_from_one_address_do_not_lock_others_out():
+    srv = Server().start()
+    socks = []
+    try:
+        socks = trickle_open(srv.port, ["127.0.0.2"], 520)
+        trickle_tick(socks, 0)
+        took = served_within(srv, 3)
+        check(took < 1, "served after %.2f s" % took)
+        time.sleep(0.3)
+        alive = 0
+        for s in socks:
+            try:
+                s.setblocking(False)
+                alive += s.recv(1) == b""  # closed by the server
+            except BlockingIOError:
+                pass
+            except OSError:
+                alive += 1
+        check(alive >= 520 - 64, "at most 64 connections from one address kept: %d of 520 closed" % alive)
+    finally:
+        for s in socks:
+            s.close()
+        srv.cleanup()
+
+
+@test
+def g11_trickling_clients_from_many_addresses_are_cut_at_the_request_timeout():
+    srv = Server("--request-timeout", "1500").start()
+    socks = []
+    try:
+        sources = ["127.0.0.%d" % k for k in range(2, 11)]
+        socks = trickle_open(srv.port, sources, 58)  # 522: past the 512 connections in all
+        check(len(socks) >= 500, "opened %d trickling connections" % len(socks))
+        stop = []
+
+        def trickle():
+            i = 1
+            while not stop:
+                trickle_tick(socks, i)
+                i += 1
+                time.sleep(0.5)
+        t = threading.Thread(target=trickle)
+        t.start()
+        try:
+            took = served_within(srv, 4)
+        finally:
+            stop.append(1)
+            t.join()
+        check(took < 3.5, "served after %.2f s" % took)
+    finally:
+        for s in socks:
+            s.close()
+        srv.cleanup()
+
+
+@test
+def g11_request_timeout_cuts_a_dribbling_request_not_a_slow_answer():
+    srv = Server("--request-timeout", "1000").start()
+    try:
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        line = b"GET /__admin/health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        t0 = time.time()
+        closed = None
+        for k in range(len(line)):  # never idle: a byte every 100 ms
+            try:
+                s.sendall(line[k:k + 1])
+            except OSError:
+                closed = time.time() - t0
+                break
+            time.sleep(0.1)
+            s.setblocking(False)
+            try:
+                if s.recv(100) == b"":
+                    closed = time.time() - t0
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = time.time() - t0
+                break
+            finally:
+                s.setblocking(True)
+        s.close()
+        check(closed is not None and 0.9 < closed < 2.5, "the dribbling request was closed after %r s" % closed)
+        c = Client(srv)
+        add_fault(c, {"pathPrefix": QUERY, "latencyMs": 1500})
+        c.close()
+        r = Client(srv).query({})
+        ok(r, "an answer delayed past the request timeout still arrives")
+        check(r.elapsed >= 1.4, "the latency was applied (%.2f s)" % r.elapsed)
+    finally:
+        srv.cleanup()
+
+
+# ===========================================================================
 # main
 # ===========================================================================
 
