@@ -8,7 +8,9 @@
 #include <ctype.h>
 #include <errno.h>
 #include <lauxlib.h>
+#include <limits.h>
 #include <lualib.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,7 +111,7 @@ static void limit_hook(lua_State *L, lua_Debug *ar)
  * call charges its work to the instruction budget before it starts, and does
  * not start past the deadline; once a limit has struck it raises, as the
  * hook does. */
-static void sandbox_charge(lua_State *L, double units)
+void sandbox_charge(lua_State *L, double units)
 {
     hook_run *r = sandbox_current_run(L);
     if (!r || !over_limit(r, units < 0 ? 0 : units > 1e15 ? (long long)1e15 : (long long)units))
@@ -197,8 +199,14 @@ static int sbx_print(lua_State *L)
     /* One print, one line: control characters are written escaped, so what a
      * script prints cannot pass for a log line of its own (wixr serve writes
      * JSON lines to the same stream). */
-    size_t len;
-    const char *s = lua_tolstring(L, -1, &len);
+    size_t len, full;
+    const char *s = lua_tolstring(L, -1, &full);
+    len = full;
+    if (len > WIX_LOG_MSG_MAX) { /* cut at a character's start, as log lines are */
+        len = WIX_LOG_MSG_MAX;
+        while (len > 0 && ((unsigned char)s[len] & 0xC0) == 0x80)
+            len--;
+    }
     luaL_buffinit(L, &b);
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)s[i];
@@ -213,6 +221,10 @@ static int sbx_print(lua_State *L)
         } else {
             luaL_addchar(&b, (char)ch);
         }
+    }
+    if (len < full) {
+        lua_pushfstring(L, " [... %I bytes cut]", (lua_Integer)(full - len));
+        luaL_addvalue(&b);
     }
     luaL_pushresult(&b);
     fprintf(stderr, "[%s] %s\n", k ? k->name : "script", lua_tostring(L, -1));
@@ -265,6 +277,71 @@ static int sbx_cocreate(lua_State *L)
     return 1;
 }
 
+/* cjson for hooks: lua-cjson's encode and decode, through wixr's own
+ * encoder (luajson) with its caps, and no setters. lua-cjson itself is not
+ * reachable from a hook: its encode depth is settable (a deep table then
+ * crashes the process in C recursion), its buffers grow outside the hook's
+ * memory cap, and past 2 GiB its size arithmetic loops. Here the text is
+ * capped by the hook's free memory (over it, the run ends as a memory
+ * failure), nesting by LUAJSON_MAX_DEPTH, the walk is charged per value and
+ * the text per byte to the instruction budget. */
+#define CJSON_BYTES_PER_UNIT 16   /* bytes encoded or decoded per instruction charged */
+
+static int push_text(lua_State *L)
+{
+    buf_t *b = lua_touserdata(L, 1);
+    lua_pushlstring(L, b->len ? b->data : "", b->len);
+    return 1;
+}
+
+static int cjson_encode(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    lua_settop(L, 1);
+    hook_rt *k = ctx_of(L)->hook;
+    size_t room = k && k->mem_limit > k->mem ? k->mem_limit - k->mem : 0;
+    sandbox_charge(L, 0);
+    buf_t b;
+    buf_init(&b, room ? room : 1);
+    char err[300];
+    if (luajson_encode(L, 1, &b, 0, err, sizeof err) < 0) {
+        int too_large = b.failed;
+        buf_free(&b);
+        if (too_large) /* the text would not fit in the hook's memory */
+            return luajson_raise(L, "", LUAJSON_NO_MEMORY);
+        return luajson_raise(L, "cjson.encode: ", err);
+    }
+    /* the string is made in a protected call: a memory error there frees b first */
+    lua_pushcfunction(L, push_text);
+    lua_pushlightuserdata(L, &b);
+    int st = lua_pcall(L, 1, 1, 0);
+    buf_free(&b);
+    if (st != LUA_OK)
+        return lua_error(L);
+    sandbox_charge(L, (double)lua_rawlen(L, -1) / CJSON_BYTES_PER_UNIT);
+    return 1;
+}
+
+static int cjson_decode(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    sandbox_charge(L, (double)len / CJSON_BYTES_PER_UNIT);
+    char err[300];
+    if (luajson_decode(L, s, len, 0, err, sizeof err) < 0)
+        return luajson_raise(L, "cjson.decode: ", err);
+    return 1;
+}
+
+static int cjson_open(lua_State *L)
+{
+    static const luaL_Reg fns[] = {{"encode", cjson_encode}, {"decode", cjson_decode}, {NULL, NULL}};
+    luaL_newlib(L, fns);
+    lua_pushlightuserdata(L, NULL); /* as wix.null */
+    lua_setfield(L, -2, "null");
+    return 1;
+}
+
 /* require(name): "wix" (this state's module), or a .lua file on the
  * configured runtime.lua_paths, loaded as text into the script's env. */
 static int sbx_require(lua_State *L)
@@ -274,7 +351,9 @@ static int sbx_require(lua_State *L)
     if (!lua_isnil(L, -1))
         return 1;
     lua_pop(L, 1);
-    if (!strcmp(name, "wix") || !strcmp(name, "cjson")) {
+    if (!strcmp(name, "cjson")) {
+        cjson_open(L);
+    } else if (!strcmp(name, "wix")) {
         lua_getglobal(L, "require"); /* the real one, in the hidden _G */
         lua_pushstring(L, name);
         lua_call(L, 1, 1);
@@ -490,10 +569,13 @@ static int sbx_setmetatable(lua_State *L)
  * anchored with '^' (find, match and gsub honour it; gmatch does not). A
  * repetition that ends the pattern never backtracks (nothing after it can
  * fail) and counts once. A call whose bound is over 1e9 steps (seconds of C)
- * is refused. The bound is an upper one: it refuses '.-' before a character
+ * is refused. Every path also compares the pattern's single (unrepeated)
+ * items one by one: their number multiplies the bound, so a long literal
+ * pattern over a long subject counts too. The bound is an upper one: it refuses '.-' before a character
  * over a subject of more than about 30 kB, which a character class avoids
  * ('[^\n]*\n' rather than '.-\n'). */
 #define PATTERN_MAX_STEPS 1e9
+#define PLAIN_BYTES_PER_STEP 32.0
 
 static size_t set_end(const char *p, size_t plen, size_t i) /* p[i] == '[' */
 {
@@ -580,7 +662,7 @@ static size_t longest_run(const char *s, size_t n, const char *p, const char *ep
  * with the subject, the longest run its class matches. */
 static double pattern_steps(const char *p, size_t plen, const char *s, size_t n, int honours_anchor)
 {
-    double len = (double)n + 1, steps = 1;
+    double len = (double)n + 1, steps = 1, single = 0;
     size_t i = 0;
     int anchored = honours_anchor && plen && p[0] == '^';
     if (anchored)
@@ -626,9 +708,16 @@ static double pattern_steps(const char *p, size_t plen, const char *s, size_t n,
         } else if (end < plen && p[end] == '?') {
             steps *= 2;
             end++;
+        } else {
+            single++; /* one comparison on every path that gets here */
         }
         i = end;
     }
+    /* Each path through the choices also compares the pattern's single
+     * items, one by one: a long literal pattern ('aaaa...b') costs its
+     * length at every start position. */
+    if (single > 1)
+        steps *= single;
     return anchored ? steps : steps * len;
 }
 
@@ -653,10 +742,18 @@ static int has_position(const char *m)
  * An error it raises itself gets the script's position, as when the script
  * calls it directly (luaL_error places it at the caller: here, this C
  * function, which has none). A memory error is passed on as its message. */
+static int call_placed(lua_State *L);
+
 static int call_original(lua_State *L)
 {
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
+    return call_placed(L);
+}
+
+/* Calls the function at 1 with the values above it, as call_original. */
+static int call_placed(lua_State *L)
+{
     int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
     if (st == LUA_OK)
         return lua_gettop(L);
@@ -677,6 +774,11 @@ static int guarded(lua_State *L, int plain_arg, int honours_anchor)
     const char *p = luaL_checklstring(L, 2, &plen);
     int plain = plain_arg && lua_toboolean(L, plain_arg);
     sandbox_charge(L, 0);
+    /* a plain find compares the text at each start position (memcmp: a step
+     * per PLAIN_BYTES_PER_STEP bytes) */
+    if (plain && plen > 1 && ((double)n + 1) * (double)plen / PLAIN_BYTES_PER_STEP > PATTERN_MAX_STEPS)
+        return luaL_error(L, "pattern too costly for a %d-byte string (a %d-byte plain text at every position); "
+                             "split the work", (int)n, (int)plen);
     if (!plain && pattern_too_costly(p, plen, s, n, honours_anchor))
         return luaL_error(L, "pattern too costly for a %d-byte string (repetitions that can backtrack); split "
                              "the work, anchor the pattern or use plain find", (int)n);
@@ -763,7 +865,97 @@ static int sbx_tremove(lua_State *L)
     return 1;
 }
 
-/* table.concat, table.unpack, table.sort: their loops end at the first
+/* a < b, for the values at a and b: the comparator at 2, or Lua's '<'. */
+static int sort_less(lua_State *L, int a, int b)
+{
+    a = lua_absindex(L, a);
+    b = lua_absindex(L, b);
+    if (lua_isnoneornil(L, 2))
+        return lua_compare(L, a, b, LUA_OPLT);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, a);
+    lua_pushvalue(L, b);
+    lua_call(L, 2, 1);
+    int less = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return less;
+}
+
+/* t[i] sinks to its place in the heap t[1..n]. */
+static void sort_sift(lua_State *L, lua_Integer i, lua_Integer n)
+{
+    lua_geti(L, 1, i);
+    int v = lua_gettop(L);
+    for (;;) {
+        lua_Integer c = 2 * i;
+        if (c > n)
+            break;
+        lua_geti(L, 1, c);
+        if (c < n) {
+            lua_geti(L, 1, c + 1);
+            if (sort_less(L, -2, -1)) {
+                lua_remove(L, -2);
+                c++;
+            } else {
+                lua_pop(L, 1);
+            }
+        }
+        if (!sort_less(L, v, -1)) {
+            lua_pop(L, 1);
+            break;
+        }
+        lua_seti(L, 1, i); /* the larger child moves up */
+        i = c;
+    }
+    lua_seti(L, 1, i);
+}
+
+/* (t, comp, n): a heap sort of t[1..n], n as asked once. */
+static int sort_heap(lua_State *L)
+{
+    lua_Integer n = lua_tointeger(L, 3);
+    lua_settop(L, 2);
+    luaL_checkstack(L, 8, "sort");
+    for (lua_Integer i = n / 2; i >= 1; i--)
+        sort_sift(L, i, n);
+    for (lua_Integer e = n; e > 1; e--) {
+        lua_geti(L, 1, 1);
+        lua_geti(L, 1, e);
+        lua_seti(L, 1, 1);
+        lua_seti(L, 1, e);
+        sort_sift(L, 1, e - 1);
+    }
+    return 0;
+}
+
+/* table.sort: the comparisons run in C, and each may be a C metamethod
+ * (__lt, __index, __newindex) that no count hook sees: the sort is charged
+ * up front, 2 n log2 n comparisons, for the length asked once. A table with
+ * a metatable could answer another length to Lua's own sort, which asks
+ * again: it is sorted here (a heap sort, n log n in the worst case) with the
+ * length that was charged. */
+static int sbx_sort(lua_State *L)
+{
+    lua_Integer n = table_len(L);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (n > 1) {
+        luaL_argcheck(L, n < INT_MAX, 1, "array too big");
+        sandbox_charge(L, 2 * (double)n * (log2((double)n) + 1));
+    } else {
+        sandbox_charge(L, 0);
+    }
+    if (!lua_getmetatable(L, 1))
+        return call_original(L); /* a plain table: Lua's sort asks the same length */
+    lua_pop(L, 1);
+    lua_settop(L, 2);
+    lua_pushinteger(L, n);
+    lua_pushcfunction(L, sort_heap);
+    lua_insert(L, 1);
+    return call_placed(L);
+}
+
+/* table.concat, table.unpack: their loops end at the first
  * missing value (or at the stack's size), so the memory cap bounds them; they
  * do not start past the deadline. */
 static int sbx_checked(lua_State *L)
@@ -874,7 +1066,7 @@ static int build_env(lua_State *L)
     wrap_field(L, -1, "remove", sbx_tremove);
     wrap_field(L, -1, "concat", sbx_checked);
     wrap_field(L, -1, "unpack", sbx_checked);
-    wrap_field(L, -1, "sort", sbx_checked);
+    wrap_field(L, -1, "sort", sbx_sort);
     lua_pop(L, 1);
     lua_pushcfunction(L, sbx_print);
     lua_setfield(L, env, "print");
@@ -1073,6 +1265,7 @@ hook_rt *hook_load(wixr_host *h, const wixr_config *cfg, const hook_def *def, ch
         snprintf(err, errlen, "%s: out of memory", def->where);
         return NULL;
     }
+    luajson_charge = sandbox_charge; /* the encoder's walk counts against the run's budget */
     k->def = def;
     k->cfg = cfg;
     k->ctx.host = h;
@@ -1285,6 +1478,17 @@ static void run_done(sched_task *t, lua_State *co, const task_outcome *o, void *
         snprintf(msg, sizeof msg, "the handler returned a value that is not data: larger than %d MB as JSON",
                  HOOK_RESULT_MAX >> 20);
         finish_as(r, RUN_ERROR, NULL, NULL, msg);
+        return;
+    }
+    if (sched_now_ms() > r->deadline_ms) {
+        /* The handler returned, but past its deadline: the time went inside
+         * one C call (a pattern, a sort), where neither the count hook nor
+         * the watchdog could end it. Not an ok run. */
+        char msg[200];
+        snprintf(msg, sizeof msg, "wall time limit exceeded (%ld ms) inside one call", r->hook->def->limits.wall_ms);
+        r->tripped = 1;
+        snprintf(r->trip, sizeof r->trip, "%s", msg);
+        finish_as(r, RUN_LIMIT, NULL, NULL, msg);
         return;
     }
     char *json = strdup(o->json);

@@ -48,6 +48,10 @@ typedef struct hook_rt {
     long long allocs;             /* allocations counted while alloc_fail_at is set */
 } hook_rt;
 
+/* A log message (ctx.log, wix.log, print) longer than this is cut at a
+ * character's start, with a marker saying how many bytes were left out. */
+#define WIX_LOG_MSG_MAX (64 * 1024)
+
 #define HOOK_RESULT_MAX (16 * 1024 * 1024)  /* a handler's result, as JSON */
 
 typedef struct hook_run hook_run;
@@ -116,6 +120,12 @@ int sandbox_idle_begin(lua_State *L);
 void sandbox_idle_end(lua_State *L);
 /* Tests: every allocation of k's state from the n-th on is refused (0: off). */
 void sandbox_fail_allocations(hook_rt *k, long long n);
+
+/* Charges units of work a C call is about to do (or has done) to the
+ * running hook's instruction budget, and checks its deadline: once a limit
+ * has struck it raises the limit's error, as the count hook does. Outside a
+ * hook run it does nothing. */
+void sandbox_charge(lua_State *L, double units);
 
 /* Installs the run's limits on a new thread of the run (used by wix.spawn). */
 void sandbox_adopt_thread(lua_State *parent, lua_State *child);

@@ -67,7 +67,10 @@ typedef struct enc {
     char *err;
     size_t errlen;
     int rc;
+    long long nodes;              /* values visited (a shared sub-table once per reference) */
 } enc;
+
+void (*luajson_charge)(lua_State *L, double units);
 
 static int list_key(const char *k, size_t n)
 {
@@ -274,6 +277,14 @@ static int encode_table(enc *e, int idx, int depth, const char *key, size_t keyl
 static int encode_value(enc *e, int idx, int depth, const char *key, size_t keylen)
 {
     lua_State *L = e->L;
+    /* Stop at the first failure: past the buffer's cap nothing more can be
+     * written, and a walk of shared sub-tables could go on for 2^depth. */
+    if (e->b->failed) {
+        snprintf(e->err, e->errlen, "the JSON text is too large");
+        return -1;
+    }
+    if (++e->nodes % LUAJSON_CHARGE_EVERY == 0 && luajson_charge)
+        luajson_charge(L, LUAJSON_CHARGE_EVERY); /* raises once a limit has struck */
     switch (lua_type(L, idx)) {
     case LUA_TNIL:
         buf_adds(e->b, "null");
@@ -335,7 +346,7 @@ static int encode_protected(lua_State *L)
 int luajson_encode(lua_State *L, int idx, buf_t *b, int camel, char *err, size_t errlen)
 {
     /* the wire form keeps the table's order unless sorting is asked for; every other form is sorted */
-    enc e = {L, b, camel & LUAJSON_CAMEL, !(camel & LUAJSON_CAMEL) || (camel & LUAJSON_SORTED), err, errlen, -1};
+    enc e = {L, b, camel & LUAJSON_CAMEL, !(camel & LUAJSON_CAMEL) || (camel & LUAJSON_SORTED), err, errlen, -1, 0};
     /* In a protected call of its own: a memory error (a hook's cap) or a
      * stack overflow while encoding comes back as -1, so the caller frees
      * its buffer instead of being unwound past it. */

@@ -28,10 +28,19 @@
 #define LUAJSON_CAMEL 1   /* the wire's key names (snake_case -> lowerCamelCase) */
 #define LUAJSON_SORTED 2  /* with LUAJSON_CAMEL: object keys sorted too (without it they always are) */
 
+/* Work the encoder does is charged through this function when it is set
+ * (the hook sandbox sets it: sandbox_charge, which raises once a run's limit
+ * has struck); the encoder calls it every LUAJSON_CHARGE_EVERY values it
+ * visits, so a table that holds the same sub-table many times over, which
+ * is walked once per reference, cannot walk for minutes inside one C call. */
+#define LUAJSON_CHARGE_EVERY 1024
+extern void (*luajson_charge)(lua_State *L, double units);
+
 /* Appends the value at idx to b: camel is 0 (Lua's names, keys sorted, so the
  * same data is the same text) or LUAJSON_CAMEL [| LUAJSON_SORTED] (the wire).
  * Never raises (it encodes in a protected call): returns 0, or -1 with a
- * message in err (LUAJSON_NO_MEMORY when memory ran out). */
+ * message in err (LUAJSON_NO_MEMORY when memory ran out). It stops at the
+ * first failure: a value that cannot be sent, b over its cap, a limit. */
 int luajson_encode(lua_State *L, int idx, buf_t *b, int camel, char *err, size_t errlen);
 /* After a failed luajson_encode (its buffers freed): raises err, prefixed by
  * what; a memory failure is raised as Lua's own "not enough memory" (so the

@@ -728,7 +728,26 @@ void wix_log_write(lua_State *L, int level_idx, int msg_idx, int fields_idx, con
     buf_adds(&b, "\",\"level\":\"");
     buf_adds(&b, log_levels[lv]);
     buf_adds(&b, "\",\"msg\":");
-    json_quote(&b, msg, msglen);
+    if (msglen > WIX_LOG_MSG_MAX) {
+        /* cut at a character's start, then say how much was left out: the
+         * line stays one line of valid JSON, under the buffer's cap */
+        size_t keep = WIX_LOG_MSG_MAX;
+        while (keep > 0 && ((unsigned char)msg[keep] & 0xC0) == 0x80)
+            keep--;
+        char mark[80];
+        int ml = snprintf(mark, sizeof mark, " [... %zu bytes cut]", msglen - keep);
+        buf_t m;
+        buf_init(&m, 0);
+        buf_add(&m, msg, keep);
+        buf_add(&m, mark, (size_t)ml);
+        if (m.failed)
+            json_quote(&b, mark + 1, (size_t)ml - 1);
+        else
+            json_quote(&b, m.data, m.len);
+        buf_free(&m);
+    } else {
+        json_quote(&b, msg, msglen);
+    }
     /* a line from a dry run says so: nothing it speaks of was sent */
     wixr_ctx *c = ctx_of(L);
     if (c && c->host && c->host->dry_run)
@@ -762,6 +781,12 @@ void wix_log_write(lua_State *L, int level_idx, int msg_idx, int fields_idx, con
         buf_adds(&b, ",\"fields\":null");
     }
     buf_adds(&b, "}\n");
+    if (b.failed) { /* out of memory: the line could not be made whole */
+        buf_free(&b);
+        fprintf(stderr, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"[log line too large or out of memory]\"}\n",
+                when, log_levels[lv]);
+        return;
+    }
     fwrite(b.data, 1, b.len, stderr);
     buf_free(&b);
 }

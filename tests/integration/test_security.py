@@ -831,7 +831,7 @@ def limits_single_c_calls_cannot_run_forever():
                     "remove": instruction_limit_at(2), "unpack": r"unpack\.lua:2: too many results to unpack$",
                     "concat": r"concat\.lua:2: invalid value \(at index 1\) in table for 'concat'$|"
                               r"concat\.lua:2: invalid value \(nil\) at index 1",
-                    "sort": r"sort\.lua:2: .*compare"})
+                    "sort": instruction_limit_at(2)})
     # an empty string repeated is empty, at once
     expect(errors, {"rep_empty": r"rep_empty\.lua:2: 0 bytes$", "rep_empty_sep": r"rep_empty_sep\.lua:2: 0 bytes$"})
 
@@ -873,6 +873,166 @@ end
     eq((ok["lines"], ok["number"], ok["guid"], ok["plain"], ok["kv"]), (20000, 12.5, True, 12, ["key", "value"]),
        "everyday patterns")
     check(ok["squeeze"] > 0, "gsub over 360 kB")
+
+
+@test
+def limits_cjson_is_wixrs_encoder_with_its_caps():
+    # lua-cjson itself was reachable: a settable encode depth crashed the
+    # process in C recursion, and its buffer grew outside memory_mb.
+    deep = ("local t = {}\nlocal cur = t\nfor _ = 1, 200000 do cur[1] = {} cur = cur[1] end\n")
+    scripts = {
+        "cjson_depth": 'local cjson = require "cjson"\n' + deep +
+                       "return function()\n  pcall(cjson.encode_max_depth, 1000000)\n"
+                       "  return #cjson.encode(t)\nend\n",
+        "cjson_growth": 'local cjson = require "cjson"\nlocal s = ("x"):rep(4 * 1024 * 1024)\n'
+                        "return function()\n  local t = {}\n  for i = 1, 100 do t[i] = s end\n"
+                        "  return #cjson.encode(t)\nend\n",
+    }
+    errors = attacks(scripts, max_seconds=20)
+    expect(errors, {"cjson_depth": r"cjson_depth\.lua:7: cjson\.encode: table nested deeper than 64",
+                    "cjson_growth": MEMORY})
+    # the growth stayed within the hook's memory: 400 MB of text was never made
+    w = LAST_WORK
+    code = ("import resource, subprocess, sys\n"
+            "subprocess.run(sys.argv[1:], capture_output=True)\n"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    p = subprocess.run([sys.executable, "-c", code, ARGS.wixr, "fire", "cjson_growth", "--json"], cwd=w.dir,
+                       env=clean_env(None), capture_output=True, text=True, timeout=60)
+    rss_mb = int(p.stdout.strip()) / 1024
+    check(rss_mb < 200, "wixr fire peaked at %.0f MB for a hook capped at 16 MB" % rss_mb)
+    # what is left: encode, decode and null, as lua-cjson's, with no setters
+    got = probe(r"""
+local cjson = require "cjson"
+local wix = require "wix"
+return function()
+  local names = {}
+  for k in pairs(cjson) do names[#names + 1] = k end
+  table.sort(names)
+  local back = cjson.decode('{"a":[1,null,"x"],"b":{"c":true}}')
+  return { names = names, null = cjson.null == wix.null, second = back.a[2] == cjson.null,
+           text = cjson.encode({ b = { 1, 2, cjson.null }, a = "x" }), c = back.b.c,
+           bad = select(2, pcall(function() return cjson.decode("{oops") end)) }
+end
+""")
+    eq(got["names"], ["decode", "encode", "null"], "cjson's names")
+    eq((got["null"], got["second"], got["c"]), (True, True, True), "null and decode")
+    eq(got["text"], '{"a":"x","b":[1,2,null]}', "encode")
+    check(re.search(r"probe\.lua:\d+: cjson\.decode: invalid JSON at line 1, column 2", got["bad"]),
+          "a bad text says where: %r" % got["bad"])
+
+
+@test
+def limits_encoder_walks_are_charged_and_stop_at_the_first_failure():
+    # A table holding the same sub-table twice at each of 30 levels is 2^30
+    # values to the encoder: it walked them all (minutes in C) before its
+    # size check, whichever way it was reached.
+    dag = "local n = {}\nfor _ = 1, 30 do n = { n, n } end\n"
+    scripts = {
+        "dag_result": dag + "return function()\n  return n\nend\n",
+        "dag_cjson": dag + 'local cjson = require "cjson"\nreturn function()\n  return #cjson.encode(n)\nend\n',
+        "dag_log": dag + "return function(event, ctx)\n  ctx.log('info', 'x', { n = n })\n  error('logged')\nend\n",
+        "dag_emit": dag + "return function(event, ctx)\n  ctx.emit('next', { n = n })\nend\n",
+        "dag_wix": dag + 'local wix = require "wix"\nreturn function()\n'
+                         '  return wix.packages.query({ filter = { n = n } }, { account_id = "%s" })\nend\n' % JANE,
+    }
+    errors = attacks(scripts, max_seconds=20)
+    for name in scripts:
+        expect(errors, {name: INSTRUCTIONS + "|JSON text is too large|logged$"})
+
+
+@test
+def limits_sort_is_charged_for_its_length():
+    # table.sort compares in C: with C metamethods (__index, __newindex and
+    # the comparisons) no count hook saw the work, minutes of it.
+    cmeta = "setmetatable({}, { __len = function() return 1 << 26 end, __index = rawlen, __newindex = rawlen })"
+    scripts = {
+        "sort_cmeta": "return function()\n  table.sort(%s)\nend\n" % cmeta,
+        "sort_comparator": "return function()\n  table.sort(%s, rawequal)\nend\n" % cmeta,
+        # a length asked twice could be answered twice: small when charged, large when sorted
+        "sort_lying_len": "local asked = 0\nreturn function()\n  table.sort(setmetatable({}, { __len = function()\n"
+                          "    asked = asked + 1\n    return asked == 1 and 3 or 1 << 26 end,\n"
+                          "    __index = rawlen, __newindex = rawlen }))\n  error('sorted ' .. asked)\nend\n",
+    }
+    errors = attacks(scripts, max_seconds=20)
+    expect(errors, {"sort_cmeta": instruction_limit_at(2), "sort_comparator": instruction_limit_at(2),
+                    "sort_lying_len": r"sort_lying_len\.lua:7: sorted 1$"})
+    # sorting still sorts, plain tables and tables with metamethods alike
+    got = probe(r"""
+return function()
+  local plain = { 5, 3, 9, 1, 7, 2 }
+  table.sort(plain)
+  local backing = { "pear", "apple", "fig", "kiwi", "date" }
+  local proxy = setmetatable({}, { __len = function() return #backing end,
+    __index = function(_, i) return backing[i] end, __newindex = function(_, i, v) backing[i] = v end })
+  table.sort(proxy, function(a, b) return a > b end)
+  local big = {}
+  for i = 1, 5000 do big[i] = (i * 7919) % 5003 end
+  table.sort(setmetatable(big, {}))
+  local sorted = true
+  for i = 2, #big do sorted = sorted and big[i - 1] <= big[i] end
+  return { plain = plain, proxy = backing, big = sorted }
+end
+""")
+    eq(got, {"plain": [1, 2, 3, 5, 7, 9], "proxy": ["pear", "kiwi", "fig", "date", "apple"], "big": True},
+       "sorts")
+
+
+@test
+def limits_long_literal_patterns_are_counted():
+    # The bound counted repetitions only: a long literal compares its length
+    # at every start position (minutes of C for a 500 kB pattern over 1 MB).
+    big = "local s = ('a'):rep(1000000)\nlocal p = ('a'):rep(500000) .. 'b'\n"
+    scripts = {
+        "literal_match": big + "return function() return s:match(p) end\n",
+        "literal_find": big + "return function() return s:find(p) end\n",
+        "literal_plain": big + "return function() return s:find(p, 1, true) end\n",
+        "literal_gsub": big + "return function() return s:gsub(p, '') end\n",
+    }
+    errors = attacks(scripts, max_seconds=20)
+    for name in scripts:
+        expect(errors, {name: r"%s\.lua:3: pattern too costly for a 1000000-byte string" % name})
+    got = probe("return function()\n  local s = ('word '):rep(200000) .. 'needle in the hay'\n"
+                "  return { s:find('needle in the hay', 1, true), s:find('needle in the hay'),\n"
+                "           s:match('needle (%w+)') }\nend\n")
+    eq(got, [1000001, 1000001, "in"], "ordinary literal patterns")
+
+
+@test
+def limits_overrun_inside_one_c_call_is_not_ok():
+    # A pattern just under the cost bound takes its time in C, where neither
+    # the count hook nor the watchdog reaches: the handler came back past its
+    # wall time and the run was recorded ok.
+    w = Work(wix_block() + "runtime:\n  limits: {wall_ms: 50}\nhooks:\n  slow:\n    - script: slow.lua\n",
+             {"slow.lua": "local s = ('a'):rep(10000)\n"
+                          "return function()\n  return { found = s:find('.-b') ~= nil }\nend\n"})
+    r = w.fire("slow")
+    eq(r.rc, 1, "the run failed (%s)" % r)
+    h = r.json["hooks"][0]
+    eq(h["status"], "failed", "status")
+    check(re.search(r"wall time limit exceeded \(50 ms\) inside one call$", h["error"]), "error: %r" % h["error"])
+
+
+@test
+def logs_a_message_over_the_cap_is_cut_and_stays_one_json_line():
+    w = Work(wix_block() + "hooks:\n  loud:\n    - script: loud.lua\n",
+             {"loud.lua": "return function(event, ctx)\n  ctx.log('info', ('\\u{e9}'):rep(1500000), { k = 1 })\n"
+                          "  print(('p\\n'):rep(1500000))\n  return true\nend\n"})
+    r = w.fire("loud")
+    eq(r.rc, 0, "the run (%s)" % r.out[:300])
+    lines = [x for x in r.err.splitlines() if x.startswith("{")]
+    check(len(lines) == 1, "one log line: %d" % len(lines))
+    line = json.loads(lines[0])
+    m = re.search(r" \[\.\.\. (\d+) bytes cut\]$", line["msg"])
+    check(m, "a marker ends the message: %r" % line["msg"][-60:])
+    kept = line["msg"][:m.start()]
+    eq(set(kept), {"\u00e9"}, "whole characters kept")
+    eq(len(kept.encode()) + int(m.group(1)), 3000000, "kept and cut add up")
+    check(len(kept.encode()) <= 64 * 1024, "at most 64 kB kept: %d" % len(kept.encode()))
+    eq(line["fields"]["k"], 1, "the fields are kept")
+    prints = [x for x in r.err.splitlines() if x.startswith("[loud")]
+    eq(len(prints), 1, "one print line")
+    check(re.search(r"^\[loud \(loud\.lua\)\] (p\\n)+p? \[\.\.\. \d+ bytes cut\]$", prints[0]),
+          "the print is cut with a marker: %r" % prints[0][-80:])
 
 
 @test
