@@ -380,13 +380,16 @@ journal *journal_open(const char *path, char *err, size_t errlen)
         return NULL;
     }
     /* The journal holds customer data: a new file is created 0600 (SQLite
-     * would follow the umask), and so are its -wal and -shm (below). */
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
+     * would follow the umask), and so are its -wal and -shm (below). O_EXCL:
+     * only a file made here is closed here -- closing a descriptor of a file
+     * this process has open elsewhere would drop SQLite's POSIX locks on it. */
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 && errno != EEXIST) {
         snprintf(err, errlen, "%s: cannot open the journal: %s", path, strerror(errno));
         goto fail;
     }
-    close(fd);
+    if (fd >= 0)
+        close(fd);
     /* NOMUTEX: this handle's own mutex serialises its calls. */
     if (sqlite3_open_v2(path, &j->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK) {
@@ -455,6 +458,8 @@ int journal_begin(journal *j)
 {
     lock(j);
     int rc = sqlite3_exec(j->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+    if (rc < 0)
+        set_err(j, "begin");
     unlock(j);
     return rc;
 }
@@ -463,8 +468,10 @@ int journal_commit(journal *j)
 {
     lock(j);
     int rc = sqlite3_exec(j->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
-    if (rc < 0)
+    if (rc < 0) {
+        set_err(j, "commit");
         sqlite3_exec(j->db, "ROLLBACK", NULL, NULL, NULL);
+    }
     unlock(j);
     return rc;
 }
