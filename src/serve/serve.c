@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
@@ -98,6 +99,13 @@ typedef struct serve {
     wix_transport boot_transport; /* wix.transport as configured (boot_cfg holds it resolved) */
     journal *jmain, *jwrite, *jread;
     char journal_path[PATH_MAX];
+    dev_t journal_dev;            /* the journal file opened at start */
+    ino_t journal_ino;
+    /* Journal failures (under lock): set by whoever saw a write fail, cleared
+     * by the main loop's probe; a deleted or replaced file stays failed. */
+    int journal_broken;           /* 0 ok, 1 failing (probed again), 2 failing until a restart */
+    char journal_error[512];
+    long long journal_probe_at;   /* monotonic ms of the next probe */
     char pid_path[PATH_MAX];
 
     pthread_mutex_t lock;         /* guards everything below that threads share */
@@ -111,7 +119,7 @@ typedef struct serve {
     int accept_unknown;
     int draining;
     char *health;                 /* snapshots served by the HTTP threads */
-    int health_draining;          /* the health snapshot was taken while draining (503) */
+    int health_503;               /* the health snapshot was taken while draining or with the journal failing */
     char *metrics;
     long long accepted_total, duplicates_total;
     pthread_mutex_t conns_lock;   /* guards conns */
@@ -252,6 +260,41 @@ static void log_line(const char *level, const char *msg, const char *key, long l
     log_end(&l);
 }
 
+/* ---- journal failures ----
+ *
+ * A write the journal refused (disk full, I/O error, a corrupted file) or a
+ * journal file deleted or replaced under the service: intake answers 503
+ * JOURNAL, no new run starts (a run whose outcome cannot be written would run
+ * again and again), /healthz answers 503 with the reason. The main loop probes
+ * the journal every JOURNAL_PROBE_MS and resumes once a write goes through; a
+ * deleted or replaced file (fatal) needs a restart. */
+#define JOURNAL_PROBE_MS 2000
+
+static long long mono_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void journal_failed(struct serve *s, const char *why, int fatal)
+{
+    pthread_mutex_lock(&s->lock);
+    int was = s->journal_broken;
+    if (!was || (fatal && was != 2)) {
+        s->journal_broken = fatal ? 2 : 1;
+        snprintf(s->journal_error, sizeof s->journal_error, "%s", why);
+    }
+    s->journal_probe_at = mono_now_ms() + JOURNAL_PROBE_MS;
+    pthread_mutex_unlock(&s->lock);
+    if (!was || (fatal && was != 2)) {
+        logline l;
+        json_writer *w = log_begin(&l, "error", "the journal cannot be written: intake answers 503, no run starts");
+        jw_kstr(w, "error", why);
+        log_end(&l);
+    }
+}
+
 /* Why the service cannot start, as a log line like every other (level error). */
 static void log_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void log_fatal(const char *fmt, ...)
@@ -302,7 +345,7 @@ static int known_name(serve *s, const char *name)
 
 /* ---- the writer thread: group commit ---- */
 
-static void apply_ops(serve *s, run_change *ops);
+static int apply_ops(serve *s, run_change *ops);
 
 static void *writer_main(void *arg)
 {
@@ -362,6 +405,8 @@ static void *writer_main(void *arg)
             for (intake *q = batch; q; q = q->next)
                 items[i++] = q->item;
             rc = journal_accept_many(s->jwrite, items, n, err, sizeof err);
+            if (rc < 0)
+                journal_failed(s, err, 0);
         }
         pthread_mutex_lock(&s->lock);
         int i = 0;
@@ -400,7 +445,6 @@ static void *writer_main(void *arg)
 typedef struct conn {
     buf_t body;
     int too_big;
-    int unauthorized; /* its body is read and dropped, not kept */
 } conn;
 
 /* A JSON answer; allow is the Allow header of a 405 (else NULL). */
@@ -509,6 +553,82 @@ static int authorized(serve *s, struct MHD_Connection *c)
     return diff == 0;
 }
 
+/* The request's headers, as libmicrohttpd parsed them: how many
+ * Content-Length and Transfer-Encoding lines, and where each key and value
+ * lies (for the NUL check below). */
+#define MAX_HEADERS_SEEN 256
+typedef struct header_count {
+    int content_length, transfer_encoding, n;
+    const char *key[MAX_HEADERS_SEEN], *value[MAX_HEADERS_SEEN];
+    size_t value_size[MAX_HEADERS_SEEN];
+} header_count;
+
+static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                    const char *value, size_t value_size)
+{
+    header_count *hc = cls;
+    (void)kind;
+    (void)key_size;
+    if (key && !strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH))
+        hc->content_length++;
+    if (key && !strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+        hc->transfer_encoding++;
+    if (hc->n < MAX_HEADERS_SEEN) {
+        hc->key[hc->n] = key;
+        hc->value[hc->n] = value;
+        hc->value_size[hc->n] = value_size;
+        hc->n++;
+    }
+    return MHD_YES;
+}
+
+/* A NUL inside a header value: libmicrohttpd 0.9.75 parses the header block
+ * in place (each line end becomes NUL bytes) and hands out the value up to
+ * the first NUL, so "X-Event-Id: ab<NUL>cd" reads as "ab" -- one id silently
+ * another. What follows a value's end in that block tells: a well-formed line
+ * has (after any trailing blanks) its line end there, a NUL again, or the next
+ * header's name (a bare LF); anything else was hidden behind a NUL. */
+static int nul_in_a_value(const header_count *hc)
+{
+    for (int i = 0; i < hc->n; i++) {
+        const char *v = hc->value[i];
+        if (!v || !hc->value_size[i])
+            continue; /* an empty value hides nothing (an empty id is refused anyway) */
+        if (strlen(v) != hc->value_size[i])
+            return 1;
+        const char *p = v + hc->value_size[i] + 1; /* past the NUL that ends the value */
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (!*p)
+            continue;
+        int next_key = 0;
+        for (int k = 0; k < hc->n && !next_key; k++)
+            next_key = hc->key[k] == p;
+        if (!next_key)
+            return 1;
+    }
+    return 0;
+}
+
+/* A request whose framing is ambiguous (two Content-Length, Content-Length
+ * with Transfer-Encoding) or whose headers hide bytes behind a NUL: a proxy in
+ * front may have read it otherwise (request smuggling). NULL when it is sound. */
+static const char *ambiguous_request(struct MHD_Connection *c)
+{
+    header_count hc;
+    hc.content_length = hc.transfer_encoding = hc.n = 0;
+    MHD_get_connection_values_n(c, MHD_HEADER_KIND, count_header, &hc);
+    if (hc.content_length > 1)
+        return "more than one Content-Length header";
+    if (hc.transfer_encoding > 1)
+        return "more than one Transfer-Encoding header";
+    if (hc.content_length && hc.transfer_encoding)
+        return "both Content-Length and Transfer-Encoding";
+    if (nul_in_a_value(&hc))
+        return "a header value holds a NUL byte";
+    return NULL;
+}
+
 static int valid_name(const char *n)
 {
     size_t len = strlen(n);
@@ -595,12 +715,17 @@ static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char
     q.item.order_key = key[0] ? key : NULL;
     json_doc_free(doc);
     pthread_mutex_lock(&s->lock);
-    if (s->draining) {
+    if (s->draining || s->journal_broken) {
+        int draining = s->draining;
+        char why[sizeof s->journal_error];
+        snprintf(why, sizeof why, "%s", s->journal_error);
         pthread_mutex_unlock(&s->lock);
         pthread_cond_destroy(&q.wake);
         buf_free(&data);
         free(idcopy);
-        return reply_error(c, 503, "SHUTTING_DOWN", "the service is stopping; send the event again later");
+        if (draining)
+            return reply_error(c, 503, "SHUTTING_DOWN", "the service is stopping; send the event again later");
+        return reply_error(c, 503, "JOURNAL", "the event was not stored (%s); send it again later", why);
     }
     if (s->qtail)
         s->qtail->next = &q;
@@ -617,7 +742,7 @@ static enum MHD_Result post_event(serve *s, struct MHD_Connection *c, const char
     buf_init(&out, 0);
     enum MHD_Result rc;
     if (q.status < 0) {
-        rc = reply_error(c, 500, "JOURNAL", "the event could not be stored: %s", q.err);
+        rc = reply_error(c, 503, "JOURNAL", "the event was not stored (%s); send it again later", q.err);
     } else {
         json_writer ow;
         jw_init(&ow, &out);
@@ -663,41 +788,54 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     (void)version;
     serve *s = cls;
     conn *st = *con_cls;
+    /* HEAD is GET without the body (libmicrohttpd leaves the body out). */
+    int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     if (!st) {
-        st = calloc(1, sizeof *st);
-        if (!st)
-            return MHD_NO;
-        buf_init(&st->body, (size_t)s->max_body);
+        /* Headers are in, the body (if any) is not: everything that can be
+         * answered without the body is answered now, so no body is read
+         * before the request is known to be sound and authenticated (an
+         * answer queued now makes libmicrohttpd close the connection
+         * without reading the body). */
+        const char *why = ambiguous_request(c);
+        if (why)
+            return reply_error(c, 400, "BAD_REQUEST", "malformed request: %s", why);
+        int healthz = !strcmp(url, "/healthz");
+        if (!healthz && !authorized(s, c))
+            return reply_error(c, 401, "UNAUTHENTICATED", "send Authorization: Bearer <WIXR_TOKEN>");
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->max_body)
-            st->too_big = 1;
-        st->unauthorized = strcmp(url, "/healthz") != 0 && !authorized(s, c);
-        *con_cls = st;
-        return MHD_YES;
-    }
-    if (*upload_size) {
-        if (!st->too_big && !st->unauthorized && buf_add(&st->body, upload, *upload_size) < 0)
+        if (!healthz && cl && strtoull(cl, NULL, 10) > (unsigned long long)s->max_body)
+            return reply_error(c, 413, "PAYLOAD_TOO_LARGE", "the body is larger than %ld bytes", s->max_body);
+        if (!healthz && (strncmp(url, "/v1/events/", 11) != 0 || strcmp(method, "POST") != 0)) {
+            /* the routes that take no body */
+        } else if (!healthz) {
+            st = calloc(1, sizeof *st);
+            if (!st)
+                return MHD_NO;
+            buf_init(&st->body, (size_t)s->max_body);
+            *con_cls = st;
+            return MHD_YES;
+        }
+    } else if (*upload_size) {
+        if (!st->too_big && buf_add(&st->body, upload, *upload_size) < 0)
             st->too_big = 1;
         *upload_size = 0;
         return MHD_YES;
     }
-    /* HEAD is GET without the body (libmicrohttpd leaves the body out). */
-    int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     if (!strcmp(url, "/healthz")) {
         if (!get)
             return reply_405(c, "GET, HEAD");
         /* 503 once SIGTERM closed intake: a load balancer stops sending here */
         pthread_mutex_lock(&s->lock);
         char *h = strdup(s->health ? s->health : "{}");
-        int draining = s->health_draining; /* the body says so too */
+        int unavailable = s->health_503; /* the body says why */
         pthread_mutex_unlock(&s->lock);
-        enum MHD_Result r = reply_text(c, draining ? 503 : 200, h ? h : "{}", "application/json");
+        enum MHD_Result r = reply_text(c, unavailable ? 503 : 200, h ? h : "{}", "application/json");
         free(h);
         return r;
     }
     if (!authorized(s, c))
         return reply_error(c, 401, "UNAUTHENTICATED", "send Authorization: Bearer <WIXR_TOKEN>");
-    if (st->too_big)
+    if (st && st->too_big)
         return reply_error(c, 413, "PAYLOAD_TOO_LARGE", "the body is larger than %ld bytes", s->max_body);
     if (!strcmp(url, "/metrics")) {
         if (!get)
@@ -954,22 +1092,34 @@ static void flush_outcomes(serve *s)
 
 /* Writer thread: applies state changes (one transaction, no fsync needed:
  * see journal_set_durable). Returns the list of ids settled. */
-static void apply_ops(serve *s, run_change *ops)
+static int apply_ops(serve *s, run_change *ops)
 {
     journal_set_durable(s->jwrite, 0);
-    journal_begin(s->jwrite);
-    for (run_change *o = ops; o; o = o->next) {
+    int rc = journal_begin(s->jwrite);
+    for (run_change *o = ops; o && rc == 0; o = o->next) {
         if (o->kind == 0)
-            journal_mark_done(s->jwrite, o->id, o->results);
+            rc = journal_mark_done(s->jwrite, o->id, o->results);
         else if (o->kind == 1)
-            journal_mark_retry(s->jwrite, o->id, o->next_attempt_ms, o->error, o->results);
+            rc = journal_mark_retry(s->jwrite, o->id, o->next_attempt_ms, o->error, o->results);
         else if (o->kind == 2)
-            journal_mark_dead(s->jwrite, o->id, o->error, o->results);
+            rc = journal_mark_dead(s->jwrite, o->id, o->error, o->results);
         else
-            journal_mark_running(s->jwrite, o->id);
+            rc = journal_mark_running(s->jwrite, o->id);
+        if (rc > 0)
+            rc = 0; /* the event is gone (purged by `wixr events`): nothing to mark */
     }
-    journal_commit(s->jwrite);
+    if (rc == 0) {
+        rc = journal_commit(s->jwrite);
+        if (rc < 0)
+            journal_failed(s, journal_errmsg(s->jwrite), 0);
+    } else {
+        char why[512];
+        snprintf(why, sizeof why, "%s", journal_errmsg(s->jwrite));
+        journal_commit(s->jwrite); /* ends the transaction; the error kept is the write's */
+        journal_failed(s, why, 0);
+    }
     journal_set_durable(s->jwrite, 1);
+    return rc;
 }
 
 /* ---- per event and per hook counts, for /metrics ----
@@ -1197,6 +1347,11 @@ static void dispatch_marks(serve *s)
     int cap = s->table->cfg->serve.concurrency;
     if (s->ninflight >= cap)
         return;
+    pthread_mutex_lock(&s->lock);
+    int broken = s->journal_broken;
+    pthread_mutex_unlock(&s->lock);
+    if (broken)
+        return; /* an outcome could not be written: no run starts until the journal takes writes */
     long long now = iso_now_ms();
     journal_event *ev = NULL;
     int n = 0;
@@ -1204,6 +1359,7 @@ static void dispatch_marks(serve *s)
     int nwaiting = 0;
     if (journal_waiting_keys(s->jmain, now, &waiting, &nwaiting) < 0 ||
         journal_runnable(s->jmain, now, cap + s->ninflight + 1000, &ev, &n) < 0) {
+        journal_failed(s, journal_errmsg(s->jmain), 0);
         for (int i = 0; i < nwaiting; i++)
             free(waiting[i]);
         free(waiting);
@@ -1232,7 +1388,10 @@ static void dispatch_marks(serve *s)
             snprintf(why, sizeof why, "its attempts were used up (the service stopped during a run)%s%.1900s",
                      e->last_error && *e->last_error ? "; the last error: " : "",
                      e->last_error ? e->last_error : "");
-            journal_mark_dead(s->jmain, e->id, why, e->results_json);
+            if (journal_mark_dead(s->jmain, e->id, why, e->results_json) < 0) {
+                journal_failed(s, journal_errmsg(s->jmain), 0);
+                break;
+            }
             s->dead_total++;
             log_dead(e->id, e->name, e->attempts, "its attempts were used up (the service stopped during a run)",
                      NULL, e->last_error ? e->last_error : "");
@@ -1607,7 +1766,15 @@ static void snapshot(serve *s)
     jw_obj(&w);
     long long now = sched_now_ms();
     int nbreaking = track_rebuilds(s, now);
-    jw_kstr(&w, "status", s->draining ? "draining" : s->last_reload_ok && !nbreaking ? "ok" : "degraded");
+    pthread_mutex_lock(&s->lock);
+    int broken = s->journal_broken;
+    char journal_error[sizeof s->journal_error];
+    snprintf(journal_error, sizeof journal_error, "%s", s->journal_error);
+    pthread_mutex_unlock(&s->lock);
+    jw_kstr(&w, "status", s->draining          ? "draining"
+                          : broken             ? "journal_failing"
+                          : s->last_reload_ok && !nbreaking ? "ok"
+                                               : "degraded");
     jw_key(&w, "rules_version");
     jw_int(&w, s->rules_version);
     jw_key(&w, "draining");
@@ -1648,6 +1815,14 @@ static void snapshot(serve *s)
     jw_int(&w, s->reload_failures_total);
     jw_key(&w, "in_flight");
     jw_int(&w, s->ninflight);
+    if (broken) {
+        jw_key(&w, "journal_failure");
+        jw_obj(&w);
+        jw_kstr(&w, "error", journal_error);
+        jw_key(&w, "restart_needed");
+        jw_bool(&w, broken == 2);
+        jw_obj_end(&w);
+    }
     jw_key(&w, "journal");
     jw_obj(&w);
     long long depth = 0;
@@ -1755,14 +1930,62 @@ static void snapshot(serve *s)
     free(s->health);
     free(s->metrics);
     s->health = buf_steal(&h, NULL);
-    s->health_draining = s->draining;
+    s->health_503 = s->draining || broken;
     s->metrics = buf_steal(&m, NULL);
     pthread_mutex_unlock(&s->lock);
     buf_free(&h);
     buf_free(&m);
 }
 
+/* The main loop's look at the journal (every snapshot): the file it opened is
+ * still there, and a failing journal takes a write again (the probe). */
+static void check_journal(serve *s)
+{
+    struct stat st;
+    if (stat(s->journal_path, &st) < 0 || st.st_dev != s->journal_dev || st.st_ino != s->journal_ino) {
+        char why[PATH_MAX + 128];
+        snprintf(why, sizeof why, "the journal file %s was %s under the service; restart it", s->journal_path,
+                 errno == ENOENT ? "deleted" : "replaced");
+        errno = 0;
+        journal_failed(s, why, 1);
+        return;
+    }
+    pthread_mutex_lock(&s->lock);
+    int probe = s->journal_broken == 1 && mono_now_ms() >= s->journal_probe_at;
+    pthread_mutex_unlock(&s->lock);
+    if (!probe)
+        return;
+    char now[32];
+    snprintf(now, sizeof now, "%lld", journal_now_ms());
+    if (journal_meta_set(s->jmain, "journal_probe", now) < 0) {
+        journal_failed(s, journal_errmsg(s->jmain), 0);
+        return;
+    }
+    pthread_mutex_lock(&s->lock);
+    int was = s->journal_broken;
+    if (was == 1) {
+        s->journal_broken = 0;
+        s->journal_error[0] = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (was == 1)
+        log_line("info", "the journal takes writes again: intake and runs resume", NULL, 0);
+}
+
 /* ---- start and stop ---- */
+
+/* A state file (serve.port, serve.pid) for writing: 0600, also when it was
+ * left from an earlier start with another mode. */
+static FILE *fopen_private(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return NULL;
+    FILE *f = fchmod(fd, 0600) == 0 ? fdopen(fd, "w") : NULL;
+    if (!f)
+        close(fd);
+    return f;
+}
 
 static int is_loopback(const char *host)
 {
@@ -1833,7 +2056,7 @@ static int start_http(serve *s, const char *listen, char *err, size_t errlen)
     if (s->boot_cfg->state_dir) {
         char portfile[PATH_MAX];
         snprintf(portfile, sizeof portfile, "%s/serve.port", s->boot_cfg->state_dir);
-        FILE *pf = fopen(portfile, "w");
+        FILE *pf = fopen_private(portfile);
         if (pf) {
             fprintf(pf, "%d\n", info ? info->port : (int)port);
             fclose(pf);
@@ -1912,6 +2135,11 @@ int serve_main(const serve_options *o)
         goto out;
     }
     journal_set_durable(s->jmain, 0); /* run state changes: see journal_set_durable */
+    struct stat jst;
+    if (stat(s->journal_path, &jst) == 0) {
+        s->journal_dev = jst.st_dev;
+        s->journal_ino = jst.st_ino;
+    }
     /* Intake commits never wait for a checkpoint: the main loop runs them. */
     journal_set_manual_checkpoints(s->jwrite);
     journal_set_manual_checkpoints(s->jmain);
@@ -1995,7 +2223,7 @@ int serve_main(const serve_options *o)
         goto out;
     }
     snprintf(s->pid_path, sizeof s->pid_path, "%s/serve.pid", s->boot_cfg->state_dir);
-    FILE *pf = fopen(s->pid_path, "w");
+    FILE *pf = fopen_private(s->pid_path);
     if (pf) {
         fprintf(pf, "%ld\n", (long)getpid());
         fclose(pf);
@@ -2037,6 +2265,7 @@ int serve_main(const serve_options *o)
         if (sched_now_ms() - s->last_snapshot >= SNAPSHOT_EVERY_MS) {
             s->last_snapshot = sched_now_ms();
             cut_slow_requests(s);
+            check_journal(s);
             snapshot(s);
             if (++s->snapshots % 4 == 0)
                 journal_checkpoint(s->jmain); /* about once a second, off the intake path */

@@ -29,6 +29,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -1901,6 +1902,212 @@ def trust_a_hooks_retry_overrides_what_is_retried():
     eq([x["level"] for x in lines], ["error"], "a refused start is one JSON log line too: %r" % text[-300:])
     check("wixr.yaml:%d:14: retry: 'sometimes' is not transient, always or never" % line in lines[0]["msg"],
           "the error names the place: %r" % lines[0]["msg"])
+
+
+# ---- the HTTP front: framing, bodies before authentication, ids ----
+
+def raw_request(port, head, body=b"", timeout=5):
+    """Sends head (the request line and headers, without the blank line) and
+    body, and reads until the server closes or timeout; returns (status, headers,
+    body, seconds to the first byte of the answer) or (None, {}, b"", None)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        t0 = time.time()
+        s.sendall(head + b"\r\n\r\n" + body)
+        data, first = b"", None
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            if first is None:
+                first = time.time() - t0
+            data += chunk
+            if b"\r\n\r\n" in data:
+                top, rest = data.split(b"\r\n\r\n", 1)
+                m = re.search(rb"(?im)^content-length:\s*(\d+)", top)
+                if m and len(rest) >= int(m.group(1)):
+                    break
+    finally:
+        s.close()
+    if not data:
+        return None, {}, b"", None
+    top, _, rest = data.partition(b"\r\n\r\n")
+    lines = top.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(lines[0].split()[1]), headers, rest, first
+
+
+@test
+def http_front_answers_before_the_body_and_refuses_ambiguous_requests():
+    svc = intake_service().start()
+    auth = ("Authorization: Bearer %s" % TOKEN).encode()
+    big = b"Content-Length: 10485760"
+
+    def answer(head, status, code, what, body=b""):
+        st, hs, b, first = raw_request(svc.port, head, body)
+        eq(st, status, "%s: status (answer %r)" % (what, b[:200]))
+        kind, _ = wix_error(json.loads(b), what)
+        eq(kind, code, "%s: error code" % what)
+        return first
+
+    # a 10 MB body announced but not sent: the answer comes from the headers alone
+    for head, status, code, what in (
+            (b"POST /v1/events/provision HTTP/1.1\r\nHost: x\r\n" + big, 401, "UNAUTHENTICATED", "no token"),
+            (b"POST /v1/events/provision HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n" + big, 401,
+             "UNAUTHENTICATED", "a wrong token"),
+            (b"POST /metrics HTTP/1.1\r\nHost: x\r\n" + big, 401, "UNAUTHENTICATED", "/metrics without a token"),
+            (b"POST /healthz HTTP/1.1\r\nHost: x\r\n" + big, 405, "METHOD_NOT_ALLOWED", "POST /healthz"),
+            (b"POST /v1/events/provision HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n" + big, 413,
+             "PAYLOAD_TOO_LARGE", "over the cap, with the token")):
+        first = answer(head, status, code, what + ", 10 MB announced")
+        check(first is not None and first < 2, "%s: answered before the body (%.2f s)" % (what, first or -1))
+    st, _, b, first = raw_request(svc.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + big)
+    eq(st, 200, "GET /healthz with 10 MB announced (%r)" % b[:200])
+    eq(json.loads(b)["status"], "ok", "its body")
+    # framing a proxy might read otherwise: 400, whatever the token
+    post = b"POST /v1/events/provision HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"
+    body = b'{"of": "smuggled"}'
+    n = str(len(body)).encode()
+    answer(post + b"Content-Length: " + n + b"\r\nContent-Length: " + n, 400, "BAD_REQUEST",
+           "two equal Content-Length", body)
+    answer(post + b"Content-Length: " + n + b"\r\nContent-Length: 5", 400, "BAD_REQUEST",
+           "two different Content-Length", body)
+    answer(post + b"Content-Length: " + n + b"\r\nTransfer-Encoding: chunked", 400, "BAD_REQUEST",
+           "Content-Length and chunked", b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    answer(post + b"Transfer-Encoding: chunked\r\nContent-Length: " + n, 400, "BAD_REQUEST",
+           "chunked and Content-Length", b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    st, _, b, _ = raw_request(svc.port, post + b"X-Event-Id: ab\x00cd\r\nContent-Length: " + n, body)
+    eq(st, 400, "a NUL in a header value (%r)" % b[:200])
+    st, _, b, _ = raw_request(svc.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: a\x00b")
+    eq(st, 400, "a NUL in a header value of /healthz (%r)" % b[:200])
+    # ids: a bidi control would make one id read as another
+    for ident in ("abc\u202edcba", "x\u2066y", "x\u200fy"):
+        r = svc.post("provision", {"of": "bidi"}, ident.encode("utf-8").decode("latin-1"))
+        eq(r.status, 400, "X-Event-Id with a bidi control %r (%s)" % (ident, r.short()))
+        eq(wix_error(r.json)[0], "INVALID_ARGUMENT X-Event-Id", "the field named")
+        r = svc.post("provision", {"of": "bidi", "event_id": ident})
+        eq(r.status, 400, "event_id with a bidi control %r (%s)" % (ident, r.short()))
+        eq(wix_error(r.json)[0], "INVALID_ARGUMENT event_id", "the field named")
+    # none of it was stored, and the service is fine
+    svc.accept("provision", {"of": "after"}, "after-1")
+    eq([e["id"] for e in svc.events_json()], ["after-1"], "the journal holds only the valid event")
+    check(svc.alive(), "the service is still running")
+
+
+# ---- journal failures are failures ----
+
+def health_raw(svc):
+    r = svc.call("GET", "/healthz", token=None)
+    return r.status, r.json
+
+
+def wait_health_status(svc, status, pred, what, timeout=5):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = health_raw(svc)
+        if last[0] == status and pred(last[1]):
+            return last[1]
+        time.sleep(0.05)
+    raise TestFailure("/healthz never answered %d with %s within %.1f s; last %r" % (status, what, timeout, last))
+
+
+@test
+def journal_disk_full_answers_503_and_resumes_when_there_is_room():
+    jfs = work_folder("wixr-jfs-")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", jfs], check=True)
+    svc = None
+    try:
+        svc = intake_service("  journal: %s\n" % json.dumps(os.path.join(jfs, "journal.db"))).start()
+        svc.accept("count", {"of": "before"}, "before-1")
+        svc.wait_event("before-1")
+        with open(os.path.join(jfs, "filler"), "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        accepted, refused = [], None
+        pad = "p" * 30000
+        for i in range(300):
+            r = svc.post("count", {"of": "full", "pad": pad}, "full-%d" % i)
+            if r.status == 202:
+                accepted.append("full-%d" % i)
+                continue
+            refused = r
+            break
+        check(refused is not None, "a full disk never refused an event (%d accepted)" % len(accepted))
+        eq(refused.status, 503, "intake on a full disk (%s)" % refused.short())
+        kind, text = wix_error(refused.json, "intake on a full disk")
+        eq(kind, "JOURNAL", "error code")
+        check("full" in text and "send it again later" in text, "the answer says why: %r" % text)
+        h = wait_health_status(svc, 503, lambda h: "journal_failure" in h, "the journal failing")
+        eq(h["status"], "journal_failing", "/healthz status")
+        check("full" in h["journal_failure"]["error"], "/healthz says why: %r" % h)
+        eq(h["journal_failure"]["restart_needed"], False, "a full disk needs no restart")
+        # while it fails, every event is refused at once (nothing taken that cannot be kept)
+        r = svc.post("count", {"of": "small"}, "small-1")
+        eq((r.status, wix_error(r.json)[0]), (503, "JOURNAL"), "a small event while failing (%s)" % r.short())
+        errors = [x for x in svc.log_records() if x["msg"].startswith("the journal cannot be written")]
+        eq(len(errors), 1, "one error line in the log for the failure, not one per event: %r" % errors)
+        # room again: the probe sees it, intake and runs resume, nothing accepted was lost
+        os.unlink(os.path.join(jfs, "filler"))
+        h = wait_health_status(svc, 200, lambda h: "journal_failure" not in h, "the journal ok again", timeout=10)
+        eq(h["status"], "ok", "/healthz status after the disk has room")
+        svc.accept("count", {"of": "after"}, "after-1")
+        for ident in accepted + ["after-1"]:
+            svc.wait_event(ident, timeout=20)
+        check(any(x["msg"].startswith("the journal takes writes again") for x in svc.log_records()),
+              "the recovery is logged")
+    finally:
+        if svc:
+            svc.kill()
+        subprocess.run(["umount", "-l", jfs], check=False)
+
+
+@test
+def journal_deleted_under_the_service_answers_503():
+    svc = intake_service().start()
+    svc.accept("count", {"of": "before"}, "before-1")
+    svc.wait_event("before-1")
+    os.unlink(svc.state("journal.db"))
+    h = wait_health_status(svc, 503, lambda h: "journal_failure" in h, "the journal failing", timeout=3)
+    eq(h["status"], "journal_failing", "/healthz status")
+    check("deleted" in h["journal_failure"]["error"] and "restart" in h["journal_failure"]["error"],
+          "/healthz says why: %r" % h)
+    eq(h["journal_failure"]["restart_needed"], True, "a deleted journal needs a restart")
+    r = svc.post("count", {"of": "lost"}, "lost-1")
+    eq(r.status, 503, "intake with the journal deleted (%s)" % r.short())
+    kind, text = wix_error(r.json, "intake with the journal deleted")
+    eq(kind, "JOURNAL", "error code")
+    check("deleted" in text, "the answer says why: %r" % text)
+    time.sleep(2.5)  # past a probe: a deleted file stays failed
+    eq(health_raw(svc)[0], 503, "/healthz still 503 after a probe")
+    check(svc.alive(), "the service is still running")
+
+
+@test
+def journal_and_state_files_are_private():
+    old = os.umask(0o022)
+    try:
+        svc = intake_service().start()
+    finally:
+        os.umask(old)
+    svc.accept("count", {"of": "x"}, "x-1")
+    svc.wait_event("x-1")
+    for name in ("journal.db", "journal.db-wal", "journal.db-shm", "serve.pid", "serve.port"):
+        mode = os.stat(svc.state(name)).st_mode & 0o777
+        eq(oct(mode), oct(0o600), "mode of %s" % name)
 
 
 def main():
