@@ -534,6 +534,15 @@ static int install_key_make(const char *dir, const char *path, unsigned char key
     return 0;
 }
 
+/* Raises msg at the script's line (not the wix module's). */
+static void install_key_raise(lua_State *L, const char *msg)
+{
+    char where[300];
+    script_where(L, where, sizeof where);
+    lua_pushfstring(L, "%s%s", where, msg);
+    lua_error(L);
+}
+
 /* Pushes the secret the derived keys of this state use (a Lua string kept in
  * the registry, which scripts cannot reach). A dry run reads the installed
  * secret but never makes one, and the in-memory sandbox (wixr test) has
@@ -552,12 +561,12 @@ static void install_key_push(lua_State *L, wixr_host *h, const hook_rt *k)
     if (!in_memory) {
         char path[4096];
         if ((size_t)snprintf(path, sizeof path, "%s/installation.key", dir) >= sizeof path)
-            luaL_error(L, "runtime.state_dir: too long for the installation key's path");
+            install_key_raise(L, "runtime.state_dir: too long for the installation key's path");
         got = install_key_read(path, key, err, sizeof err);
         if (got == 0 && !h->dry_run)
             got = install_key_make(dir, path, key, err, sizeof err) == 0;
         if (got < 0)
-            luaL_error(L, "%s", err);
+            install_key_raise(L, err);
     }
     if (!got && getrandom(key, sizeof key, 0) != (ssize_t)sizeof key)
         luaL_error(L, "no randomness available");

@@ -156,8 +156,8 @@ def the_installation_key_is_0600_and_one_open_to_others_is_refused():
     n = len(sent)
     r = w.run("fire", "order.paid", "--id", "ord-2")
     eq(r.rc, 1, "fire with an open installation key (%s)" % r)
-    check(".wixr/installation.key: the installation key is open to group or others (mode 0640); chmod 600 it"
-          in r.err + r.out, "the error names the file and the fix: %s" % r)
+    check("create.lua:4: .wixr/installation.key: the installation key is open to group or others (mode 0640); "
+          "chmod 600 it" in r.err + r.out, "the error names the script's line, the file and the fix: %s" % r)
     eq(len(audit_keys(w)), n, "no call was sent")
     # A file of the wrong size is refused too, not used or replaced.
     os.chmod(key, 0o600)
