@@ -148,7 +148,7 @@ local wix = {}
 ---Options every call takes.
 ---@class wix.CallOptions
 ---@field account_id? string GUID of the account to act as (default: the spec's, then wix.settings.account_id, then the sandbox reseller)
----@field idempotency_key? string at most 100 characters (mutating calls; default: a fresh GUID)
+---@field idempotency_key? string at most 100 characters (mutating calls; default: a fresh GUID, or in a hook run for an event with an id one derived from the event, the hook and the call's ordinal, the same on every run of that event)
 
 ---The billing short form: `{ unit = "YEAR", count = 1 }` (RECURRING unless `type` says otherwise).
 ---@class wix.BillingShort
