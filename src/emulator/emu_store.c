@@ -87,6 +87,9 @@ static const char *const sql[ST__COUNT] = {
     [ST_INST_COUNT_STATUS] = "SELECT status, count(*) FROM instances GROUP BY status ORDER BY status",
     [ST_ACCOUNT_LIST] = "SELECT id, parent_id, type, name FROM accounts ORDER BY rowid",
     [ST_SITE_LIST] = "SELECT id, account_id, name FROM sites ORDER BY rowid",
+    [ST_PKG_SCOPE_COUNT] = "SELECT count(*) FROM packages WHERE parent_account_id = ?1"
+                           " AND created BETWEEN ?2 AND ?3 AND updated BETWEEN ?4 AND ?5",
+    [ST_PKG_SCOPE_COUNT_ALL] = "SELECT count(*) FROM packages WHERE parent_account_id = ?1",
 };
 
 int emu_store_open(emu_t *e, const char *path, char *err, size_t errlen)
