@@ -389,6 +389,89 @@ static void test_fuzz_findings(void)
     emu_close(e);
 }
 
+static long long weight_of(const char *filter)
+{
+    json_doc *fd;
+    json_value *f = json_parse(filter, strlen(filter), 0, &fd, NULL);
+    long long w = f ? emu_filter_weight(f) : -1;
+    json_doc_free(fd);
+    return w;
+}
+
+static const char *first_violation(const json_value *v, const char *key)
+{
+    const json_value *fv = json_get(json_get(json_get(v, "details"), "validationError"), "fieldViolations");
+    return fv && fv->u.kids.head ? json_get_str(fv->u.kids.head, key) : NULL;
+}
+
+static const char *violated_rule(const json_value *v)
+{
+    return first_violation(v, "violatedRule");
+}
+
+/* The query budget: what a filter weighs, the work counted while matching, a
+ * refusal before any rendering, and one while evaluating when the packages
+ * hold more instances than the estimate assumes. */
+static void test_query_budget(void)
+{
+    CHECK_INT(weight_of("{\"id\":\"p1\"}"), 1);
+    CHECK_INT(weight_of("{\"$or\":[{\"id\":\"a\"},{\"accountId\":{\"$in\":[\"x\",\"y\",\"z\"]}}]}"), 5);
+    CHECK_INT(weight_of("{\"$not\":{\"productInstances.status\":{\"$hasSome\":[\"A\",\"B\"]}}}"), 3);
+
+    const char *pkg = "{\"id\":\"p1\",\"productInstances\":[{\"status\":\"A\"},{\"status\":\"B\"},{\"status\":\"C\"}]}";
+    json_doc *fd, *pd;
+    const char *filter = "{\"productInstances.status\":{\"$hasSome\":[\"X\",\"Y\"]}}";
+    json_value *f = json_parse(filter, strlen(filter), 0, &fd, NULL);
+    json_value *p = json_parse(pkg, strlen(pkg), 0, &pd, NULL);
+    long long work = 0;
+    CHECK_INT(emu_filter_match_counted(f, p, &work), 0);
+    CHECK_INT(work, 1 + 2 * 3); /* the operator, then each value against each of the 3 instances */
+    json_doc_free(fd);
+    json_doc_free(pd);
+
+    char err[512];
+    emu_options o = {.db_path = ":memory:", .catalog_path = CATALOG, .seed = 42, .query_budget = 150};
+    emu_t *e = emu_open(&o, err, sizeof err);
+    CHECK(e != NULL);
+    if (!e)
+        return;
+    char body[8192];
+    size_t n = (size_t)snprintf(body, sizeof body, "{\"products\":[");
+    for (int i = 0; i < 20; i++)
+        n += (size_t)snprintf(body + n, sizeof body - n,
+                              "%s{\"catalogProductId\":\"" CORE "\",\"countryCode\":\"DE\",\"billingInfo\":"
+                              "{\"type\":\"RECURRING\",\"cycleDuration\":{\"unit\":\"YEAR\",\"count\":1}}}",
+                              i ? "," : "");
+    snprintf(body + n, sizeof body - n, "]}");
+    json_doc *d;
+    json_value *v;
+    CHECK_INT(call(e, "POST", "/resellers/v2/packages", JANE, body, &d, &v), 200);
+    json_doc_free(d);
+    /* Foreseen: 100 + 1 + 10 values = 111 <= 150; done: 100 + 1 + 10 x 20 instances, refused on the way. */
+    const char *q = "{\"query\":{\"filter\":{\"productInstances.status\":{\"$hasSome\":"
+                    "[\"X0\",\"X1\",\"X2\",\"X3\",\"X4\",\"X5\",\"X6\",\"X7\",\"X8\",\"X9\"]}}}}";
+    CHECK_INT(call(e, "POST", "/resellers/v1/packages/query", JANE, q, &d, &v), 400);
+    CHECK_STR(violated_rule(v), "QUERY_TOO_COSTLY");
+    const char *desc = first_violation(v, "description");
+    CHECK(desc && strstr(desc, "after 1 of the 1 packages"));
+    json_doc_free(d);
+    /* Foreseen over the budget (100 + 1 + 60 = 161): refused before rendering. */
+    char big[1024];
+    n = (size_t)snprintf(big, sizeof big, "{\"query\":{\"filter\":{\"externalId\":{\"$in\":[");
+    for (int i = 0; i < 60; i++)
+        n += (size_t)snprintf(big + n, sizeof big - n, "%s\"e%d\"", i ? "," : "", i);
+    snprintf(big + n, sizeof big - n, "]}}}}");
+    CHECK_INT(call(e, "POST", "/resellers/v1/packages/query", JANE, big, &d, &v), 400);
+    CHECK_STR(violated_rule(v), "QUERY_TOO_COSTLY");
+    json_doc_free(d);
+    /* Within it: answered. */
+    CHECK_INT(call(e, "POST", "/resellers/v1/packages/query", JANE,
+                   "{\"query\":{\"filter\":{\"productInstances.status\":{\"$hasSome\":[\"PENDING\"]}}}}", &d, &v),
+              200);
+    json_doc_free(d);
+    emu_close(e);
+}
+
 int main(void)
 {
     test_catalog_errors();
@@ -398,5 +481,6 @@ int main(void)
     test_filter();
     test_dates();
     test_fuzz_findings();
+    test_query_budget();
     return check_report();
 }
