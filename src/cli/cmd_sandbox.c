@@ -35,7 +35,7 @@ static const char usage[] =
     "  --request-timeout MS   a request must arrive whole within MS of its connection opening\n"
     "                         (or of its previous answer), else the connection is closed (default 10000)\n"
     "  --max-connections-per-ip N\n"
-    "                         connections from one address at once (default 64; 512 in all)\n"
+    "                         connections from one address at once (default 256; 512 in all)\n"
     "  --query-budget N       work units one Query Packages may spend under the emulator's lock\n"
     "                         before it is refused 400 (default 2000000; see README)\n"
     "  -h, --help             this help\n"

@@ -4,8 +4,9 @@
  *
  * Caps: bodies over EMU_MAX_BODY get 413 (and are not buffered), idle
  * connections are closed after 10 s, at most 512 connections at once and
- * --max-connections-per-ip from one address (64), and each request must
- * arrive whole within --request-timeout (10 s, see the watcher below).
+ * --max-connections-per-ip from one address (256: on loopback every client
+ * shares one), and each request must arrive whole within --request-timeout
+ * (10 s, see the watcher below).
  * The path is passed to the core still percent-encoded, so an externalId
  * holding "%2F" stays one path segment.
  */

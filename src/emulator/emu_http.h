@@ -19,7 +19,7 @@ typedef struct emu_http_limits {
 
 #define EMU_HTTP_REQUEST_TIMEOUT_MS 10000
 #define EMU_HTTP_MAX_CONNECTIONS 512
-#define EMU_HTTP_MAX_PER_IP 64
+#define EMU_HTTP_MAX_PER_IP 256
 
 /* Starts serving e on host:port (port 0 = pick one) with the default limits. */
 emu_server *emu_http_start(emu_t *e, const char *host, int port, char *err, size_t errlen);
