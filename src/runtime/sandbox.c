@@ -118,12 +118,17 @@ void sandbox_charge(lua_State *L, double units)
         return;
     lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1);
     lua_Debug ar;
-    if (!r->trip_placed && lua_getstack(L, 1, &ar)) {
+    if (!r->trip_placed) {
         r->trip_placed = 1;
-        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
-            char msg[sizeof r->trip];
-            snprintf(msg, sizeof msg, "%.200s:%d: %.90s", ar.short_src, ar.currentline, r->trip);
-            snprintf(r->trip, sizeof r->trip, "%s", msg);
+        /* the nearest script line: the charge may come from C called by C
+         * (the JSON encoder inside its protected call) */
+        for (int level = 1; lua_getstack(L, level, &ar); level++) {
+            if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+                char msg[sizeof r->trip];
+                snprintf(msg, sizeof msg, "%.200s:%d: %.90s", ar.short_src, ar.currentline, r->trip);
+                snprintf(r->trip, sizeof r->trip, "%s", msg);
+                break;
+            }
         }
     }
     lua_pushstring(L, r->trip);
