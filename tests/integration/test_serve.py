@@ -2027,9 +2027,14 @@ def journal_disk_full_answers_503_and_resumes_when_there_is_room():
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", jfs], check=True)
     svc = None
     try:
-        svc = intake_service("  journal: %s\n" % json.dumps(os.path.join(jfs, "journal.db"))).start()
+        svc = Service(serve_config(serve="  journal: %s\n" % json.dumps(os.path.join(jfs, "journal.db")),
+                                   hooks="  count:\n    - script: count.lua\n  slow:\n    - script: slow.lua\n"),
+                      {"count.lua": COUNT_LUA, "slow.lua": SLEEP_LUA}).start()
         svc.accept("count", {"of": "before"}, "before-1")
         svc.wait_event("before-1")
+        # a run in flight when the disk fills: its outcome cannot be written
+        svc.accept("slow", {"ms": 1500}, "slow-1")
+        svc.wait_event("slow-1", ("running",))
         with open(os.path.join(jfs, "filler"), "wb") as f:
             try:
                 while True:
@@ -2055,6 +2060,17 @@ def journal_disk_full_answers_503_and_resumes_when_there_is_room():
         eq(h["status"], "journal_failing", "/healthz status")
         check("full" in h["journal_failure"]["error"], "/healthz says why: %r" % h)
         eq(h["journal_failure"]["restart_needed"], False, "a full disk needs no restart")
+        # while it fails no run starts: slow-1, whose outcome could not be written,
+        # does not run again and again
+        def runs():
+            return sum(v for k, v in parse_metrics(svc.metrics()).items() if k.startswith("wixr_hook_runs_total"))
+        deadline = time.time() + 5
+        while runs() < 2 and time.time() < deadline:  # before-1 and slow-1's first run
+            time.sleep(0.05)
+        eq(runs(), 2, "hook runs once slow-1's first run ended")
+        time.sleep(3.2)  # two more runs of slow-1, were it started again
+        eq(health_raw(svc)[0], 503, "/healthz still 503 on a full disk")
+        eq(runs(), 2, "hook runs while the journal fails (slow-1 is not run again)")
         # while it fails, every event is refused at once (nothing taken that cannot be kept)
         r = svc.post("count", {"of": "small"}, "small-1")
         eq((r.status, wix_error(r.json)[0]), (503, "JOURNAL"), "a small event while failing (%s)" % r.short())
@@ -2065,7 +2081,7 @@ def journal_disk_full_answers_503_and_resumes_when_there_is_room():
         h = wait_health_status(svc, 200, lambda h: "journal_failure" not in h, "the journal ok again", timeout=10)
         eq(h["status"], "ok", "/healthz status after the disk has room")
         svc.accept("count", {"of": "after"}, "after-1")
-        for ident in accepted + ["after-1"]:
+        for ident in accepted + ["after-1", "slow-1"]:
             svc.wait_event(ident, timeout=20)
         check(any(x["msg"].startswith("the journal takes writes again") for x in svc.log_records()),
               "the recovery is logged")
