@@ -3,6 +3,7 @@
  */
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -331,7 +332,7 @@ static int load_wix(const ydoc *d, const ynode *w, wixr_config *c, buf_t *errs, 
 static const char *const runtime_keys[] = {"lua_paths", "limits", "max_chain_depth", "state_dir", NULL};
 static const char *const limit_keys[] = {"instructions", "memory_mb", "wall_ms", NULL};
 static const char *const hook_keys[] = {"script", "options", "limits", "on_error", "enabled", "allow",
-                                        "max_mutations", "retry", NULL};
+                                        "max_mutations", "retry", "id", NULL};
 /* defaults: what every hook starts from (its own keys win). */
 static const char *const defaults_keys[] = {"options", "limits", "on_error", "allow", "max_mutations", "retry",
                                             NULL};
@@ -845,6 +846,42 @@ static void load_hook_fields(const ydoc *d, const ynode *n, const char *where, h
     }
 }
 
+/* A hook's `id:` (what its derived idempotency keys are made from instead of its
+ * position, so hooks can be added above it): 1 to 64 of A-Z a-z 0-9 . _ -, unique
+ * among the event's hooks. h is the index-th hook of its event; the ones before
+ * it are h[-index] .. h[-1]. */
+static void load_hook_id(const ydoc *d, const ynode *m, const char *where, int index, hook_def *h, buf_t *errs,
+                         int *nerr)
+{
+    char err[1024];
+    const size_t errlen = sizeof err;
+    char *v = NULL;
+    if (get_string(d, m, "id", &v, err, errlen) < 0) {
+        NOTE_ERR();
+        return;
+    }
+    size_t n = strlen(v);
+    int ok = n >= 1 && n <= 64;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = isalnum((unsigned char)v[i]) || v[i] == '.' || v[i] == '_' || v[i] == '-';
+    if (!ok) {
+        yerr(d, m, err, errlen, "%s.id: '%.80s' is not 1 to 64 letters, digits, '.', '_' or '-'", where, v);
+        NOTE_ERR();
+        free(v);
+        return;
+    }
+    for (int j = 1; j <= index; j++) {
+        const hook_def *o = h - j;
+        if (o->id && !strcmp(o->id, v)) {
+            yerr(d, m, err, errlen, "%s.id: '%s' is already the id of the hook at %s", where, v, o->where);
+            NOTE_ERR();
+            free(v);
+            return;
+        }
+    }
+    h->id = v;
+}
+
 /* One hook: base holds what defaults: gives (limits, on_error, allow, max_mutations),
  * dopts defaults.options (or NULL); sc gets the script's option declarations. */
 static int load_hook(const ydoc *d, const ynode *n, const char *event, int index, wixr_config *c, const hook_def *base,
@@ -904,6 +941,8 @@ static int load_hook(const ydoc *d, const ynode *n, const char *event, int index
     load_hook_fields(d, n, where, h, errs, nerr);
     if ((m = ymap_get(n, "enabled")) && ynode_bool(d, m, "enabled", &h->enabled, err, errlen) < 0)
         NOTE_ERR();
+    if ((m = ymap_get(n, "id")))
+        load_hook_id(d, m, where, index, h, errs, nerr);
     return *nerr > before ? -1 : 0;
 }
 
@@ -1322,6 +1361,7 @@ void config_free(wixr_config *c)
     for (int i = 0; i < c->nhooks; i++) {
         hook_def *h = &c->hooks[i];
         free(h->event);
+        free(h->id);
         free(h->script);
         free(h->where);
         free(h->options_json);

@@ -64,6 +64,7 @@ typedef struct hook_limits {
 
 typedef struct hook_def {
     char *event;
+    char *id;                     /* `id:`: the hook's name in its derived idempotency keys (NULL: its position) */
     char *script;                 /* resolved path */
     char *where;                  /* "file:line:col" of the entry, for messages */
     char *options_json;           /* ctx.options, as JSON: the hook's options merged over defaults.options */

@@ -436,10 +436,10 @@ static int l_uuid(lua_State *L)
  * the script -- sends the same keys and provisions nothing twice; elsewhere
  * it is a fresh random GUID. The derivation is HMAC-SHA256 keyed by the
  * installation's secret (<state_dir>/installation.key, 32 random bytes, 0600)
- * over (event id, event name, the hook's position among that event's hooks,
- * n-th mutating call of the run): nothing that depends on how a path was
- * spelled, and nothing another hook -- which never sees the secret -- can
- * compute. The script's text is left out on purpose: a fixed script that
+ * over (event id, event name, the hook's `id:` or else its position among
+ * that event's hooks, n-th mutating call of the run): nothing that depends
+ * on how a path was spelled, and nothing another hook -- which never sees
+ * the secret -- can compute. The script's text is left out on purpose: a fixed script that
  * runs a failed event again must send the keys of the calls it already made.
  * docs/SECURITY.md ("Derived idempotency keys") argues the choice. */
 #define INSTALL_KEY_LEN 32
@@ -576,18 +576,24 @@ static void install_key_push(lua_State *L, wixr_host *h, const hook_rt *k)
     lua_rawsetp(L, LUA_REGISTRYINDEX, &install_key_slot);
 }
 
-/* The hook's position among its event's hooks in the file (from 1; disabled
- * ones count, so disabling one keeps the others' keys). */
-static int hook_position(const hook_rt *k)
+/* The hook's identity among its event's hooks: its declared `id:`, else its
+ * position in the file (from 1; disabled ones count, so disabling one keeps
+ * the others' keys). The prefixes keep the two kinds apart. */
+static void hook_identity(const hook_rt *k, char *out, size_t n)
 {
     const wixr_config *c = k->cfg;
     const hook_def *d = k->def;
-    if (!c || d < c->hooks || d >= c->hooks + c->nhooks)
-        return 0;
-    int pos = 1;
-    for (const hook_def *e = c->hooks; e < d; e++)
-        pos += !strcmp(e->event, d->event);
-    return pos;
+    if (d->id) {
+        snprintf(out, n, "id:%s", d->id);
+        return;
+    }
+    int pos = 0;
+    if (c && d >= c->hooks && d < c->hooks + c->nhooks) {
+        pos = 1;
+        for (const hook_def *e = c->hooks; e < d; e++)
+            pos += !strcmp(e->event, d->event);
+    }
+    snprintf(out, n, "position:%d", pos);
 }
 
 static void mac_field(hmac_sha256_ctx *m, const char *s)
@@ -608,8 +614,8 @@ static int l_next_key(lua_State *L)
     install_key_push(L, h, r->hook);
     size_t klen;
     const char *secret = lua_tolstring(L, -1, &klen);
-    char pos[32], seq[32];
-    snprintf(pos, sizeof pos, "%d", hook_position(r->hook));
+    char pos[96], seq[32];
+    hook_identity(r->hook, pos, sizeof pos);
     snprintf(seq, sizeof seq, "%d", ++r->keyseq);
     hmac_sha256_ctx m;
     hmac_sha256_init(&m, secret, klen);

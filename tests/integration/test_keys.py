@@ -108,6 +108,41 @@ def two_hooks_or_two_installations_never_share_keys():
 
 
 @test
+def a_hook_with_an_id_keeps_its_keys_when_hooks_are_added_above_it():
+    w = Folder(config("  order.paid:\n    - script: create.lua\n      id: provision\n"), {"create.lua": CREATE})
+    fire_ok(w, "order.paid", "--id", "ord-5")
+    first = audit_keys(w)
+    eq(len(first), 2, "two creates")
+    with open(w.path("wixr.yaml"), "w") as f:
+        f.write(config("  order.paid:\n    - script: create.lua\n      id: audit-first\n"
+                       "    - script: create.lua\n      id: provision\n"))
+    fire_ok(w, "order.paid", "--id", "ord-5", "--no-dedupe")
+    keys = audit_keys(w)[2:]
+    eq(len(keys), 4, "four creates")
+    eq(keys[2:], first, "the provision hook's keys, now second")
+    check(not set(keys[:2]) & set(first), "the new hook's keys are its own: %r" % keys)
+
+
+@test
+def hook_ids_are_checked_where_they_are_written():
+    w = Folder(config("  order.paid:\n    - script: create.lua\n      id: a b\n"
+                      "    - script: create.lua\n      id: x\n    - script: create.lua\n      id: x\n"),
+               {"create.lua": CREATE})
+    r = w.run("check")
+    eq(r.rc, 3, "check exit status (%s)" % r)
+    lines = r.lines()
+    check("wixr.yaml:8:11: hooks.order.paid[0].id: 'a b' is not 1 to 64 letters, digits, '.', '_' or '-'"
+          in lines, "the bad id: %r" % lines)
+    check("wixr.yaml:12:11: hooks.order.paid[2].id: 'x' is already the id of the hook at wixr.yaml:9:7"
+          in lines, "the repeated id: %r" % lines)
+    eq(len(lines), 2, "two errors: %r" % lines)
+    w.write("wixr.yaml", config("  order.paid:\n    - script: create.lua\n      id: x\n"
+                                "  order.renewed:\n    - script: create.lua\n      id: x\n"))
+    r = w.run("check")
+    eq(r.rc, 0, "one id under two events (%s)" % r)
+
+
+@test
 def a_fixed_script_sends_the_keys_of_the_failed_run():
     broken = CREATE.replace("  return {", "  error(\"bug\")\n  return {")
     w = Folder(config("  order.paid:\n    - script: create.lua\n"), {"create.lua": broken})
