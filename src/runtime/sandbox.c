@@ -288,7 +288,8 @@ static int sbx_cocreate(lua_State *L)
  * crashes the process in C recursion), its buffers grow outside the hook's
  * memory cap, and past 2 GiB its size arithmetic loops. Here the text is
  * capped by the hook's free memory (over it, the run ends as a memory
- * failure), nesting by LUAJSON_MAX_DEPTH, the walk is charged per value and
+ * failure), and so is the document a text to decode parses into, nesting by
+ * LUAJSON_MAX_DEPTH, the walk is charged per value and
  * the text per byte to the instruction budget. */
 #define CJSON_BYTES_PER_UNIT 16   /* bytes encoded or decoded per instruction charged */
 
@@ -332,6 +333,31 @@ static int cjson_decode(lua_State *L)
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
     sandbox_charge(L, (double)len / CJSON_BYTES_PER_UNIT);
+    /* The parsed document is C memory, outside the hook's cap, and a value
+     * of 2 bytes ("0,") is a node of sizeof(json_value): a text whose
+     * document could not fit in the hook's free memory is refused as a
+     * memory failure before it is parsed (its values would not fit either). */
+    hook_rt *k = ctx_of(L)->hook;
+    if (k) {
+        double nodes = 1;
+        int in_string = 0;
+        for (size_t i = 0; i < len; i++) {
+            char c = s[i];
+            if (in_string) {
+                if (c == '\\')
+                    i++;
+                else if (c == '"')
+                    in_string = 0;
+            } else if (c == '"') {
+                in_string = 1;
+            } else if (c == ',' || c == '[' || c == '{') {
+                nodes++;
+            }
+        }
+        size_t room = k->mem_limit > k->mem ? k->mem_limit - k->mem : 0;
+        if (nodes * (double)sizeof(json_value) + (double)len > (double)room)
+            return luajson_raise(L, "", LUAJSON_NO_MEMORY);
+    }
     char err[300];
     if (luajson_decode(L, s, len, 0, err, sizeof err) < 0)
         return luajson_raise(L, "cjson.decode: ", err);
