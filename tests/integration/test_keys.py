@@ -204,6 +204,20 @@ def the_installation_key_is_0600_and_one_open_to_others_is_refused():
 
 
 @test
+def policy_tests_make_no_installation_key():
+    t = """local p = policy("create.lua", { event = "order.paid" })
+test("creates with derived keys", function()
+  local r = p({}, { event = { id = "ord-1", name = "order.paid" } })
+  eq(r.n, 2)
+end)
+"""
+    w = Folder(None, {"create.lua": CREATE, "create_test.lua": t})
+    r = w.run("test", "create_test.lua")
+    eq(r.rc, 0, "wixr test (%s)" % r)
+    check(not os.path.exists(w.path(".wixr")), "wixr test (in-memory emulator) leaves no state folder behind")
+
+
+@test
 def an_existing_audit_file_is_appended_to_and_a_new_one_is_0600():
     os.umask(0o000)
     try:
