@@ -622,6 +622,27 @@ void journal_close(journal *j)
     free(j);
 }
 
+int journal_check_file(journal *j, char *err, size_t errlen)
+{
+    lock(j);
+    sqlite3_file *f = NULL;
+    unsigned char hdr[100];
+    int rc = sqlite3_file_control(j->db, "main", SQLITE_FCNTL_FILE_POINTER, &f);
+    if (rc != SQLITE_OK || !f || !f->pMethods) {
+        snprintf(err, errlen, "journal: the file is not open");
+        rc = -1;
+    } else if ((rc = f->pMethods->xRead(f, hdr, (int)sizeof hdr, 0)) != SQLITE_OK) {
+        snprintf(err, errlen, "journal: the file is %s", rc == SQLITE_IOERR_SHORT_READ ? "truncated (corrupted)"
+                                                                                      : "unreadable");
+        rc = -1;
+    } else if (memcmp(hdr, "SQLite format 3", 16) != 0) {
+        snprintf(err, errlen, "journal: the file is corrupted (it no longer starts as a SQLite database)");
+        rc = -1;
+    }
+    unlock(j);
+    return rc;
+}
+
 const char *journal_errmsg(journal *j)
 {
     return j ? j->err : "journal: no handle";

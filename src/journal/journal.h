@@ -91,6 +91,12 @@ int journal_observe(journal *j, const char *instance_id, const char *status, cha
 /* Small persistent settings (the poller's watermark). get: 0 found, 1 not. */
 int journal_meta_get(journal *j, const char *key, char *out, size_t n);
 int journal_meta_set(journal *j, const char *key, const char *value);
+/* Whether the file on disk still starts as a SQLite database (its 100-byte
+ * header is read through the handle's own descriptor, so no lock is
+ * disturbed): a journal overwritten or truncated under a running process
+ * would otherwise go unseen while the page cache and the WAL serve reads.
+ * 0 sound, -1 with a message in err. */
+int journal_check_file(journal *j, char *err, size_t errlen);
 /* The last error on this handle, for messages ("" when none). */
 const char *journal_errmsg(journal *j);
 /* Replaces the wall clock (ms since the epoch) used for created/updated

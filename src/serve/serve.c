@@ -1938,7 +1938,8 @@ static void snapshot(serve *s)
 }
 
 /* The main loop's look at the journal (every snapshot): the file it opened is
- * still there, and a failing journal takes a write again (the probe). */
+ * still there and still a SQLite file, and a failing journal takes a write
+ * again (the probe). */
 static void check_journal(serve *s)
 {
     struct stat st;
@@ -1947,6 +1948,13 @@ static void check_journal(serve *s)
         snprintf(why, sizeof why, "the journal file %s was %s under the service; restart it", s->journal_path,
                  errno == ENOENT ? "deleted" : "replaced");
         errno = 0;
+        journal_failed(s, why, 1);
+        return;
+    }
+    char err[256];
+    if (journal_check_file(s->jmain, err, sizeof err) < 0) {
+        char why[sizeof err + 32];
+        snprintf(why, sizeof why, "%s; restart the service", err);
         journal_failed(s, why, 1);
         return;
     }

@@ -16,7 +16,10 @@ keys on every re-run; kill -9 while events flow (nothing lost, nothing
 doubled), the attempt cap for runs that die with the process, a second service
 on the same folder; hot reload under load, with a run of the old rules in
 flight, broken scripts and configurations; chained events; the SIGTERM drain
-and its deadline; /healthz and /metrics. After each test its services are
+and its deadline; /healthz and /metrics; journal failures (a full disk on a
+small tmpfs, mounted as root; a journal deleted or overwritten under the
+service) and the files' modes; the HTTP front (answers before the body,
+ambiguous framing, NUL in a header, bidi ids). After each test its services are
 checked for crashes and sanitizer reports, and every process started is killed
 (also at exit).
 Python 3 standard library only.
@@ -2109,6 +2112,22 @@ def journal_deleted_under_the_service_answers_503():
     check("deleted" in text, "the answer says why: %r" % text)
     time.sleep(2.5)  # past a probe: a deleted file stays failed
     eq(health_raw(svc)[0], 503, "/healthz still 503 after a probe")
+    check(svc.alive(), "the service is still running")
+
+
+@test
+def journal_corrupted_under_the_service_answers_503():
+    svc = intake_service().start()
+    svc.accept("count", {"of": "before"}, "before-1")
+    svc.wait_event("before-1")
+    path = svc.state("journal.db")
+    with open(path, "r+b") as f:  # the page cache and the WAL would hide this from reads
+        f.write(os.urandom(4096))
+    h = wait_health_status(svc, 503, lambda h: "journal_failure" in h, "the journal failing", timeout=3)
+    check("corrupted" in h["journal_failure"]["error"], "/healthz says why: %r" % h)
+    eq(h["journal_failure"]["restart_needed"], True, "a corrupted journal needs a restart")
+    r = svc.post("count", {"of": "lost"}, "lost-1")
+    eq((r.status, wix_error(r.json)[0]), (503, "JOURNAL"), "intake with the journal corrupted (%s)" % r.short())
     check(svc.alive(), "the service is still running")
 
 

@@ -5,7 +5,8 @@
  * handles on one file (one writing while the other reads), reopening, and
  * a child process killed with
  * SIGKILL while it accepts events (nothing it reported is lost, the file
- * passes integrity_check).
+ * passes integrity_check); the id rule (bidi controls refused), file modes
+ * (0600), and a file overwritten or truncated under an open handle.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -907,6 +908,32 @@ static void test_file_modes(void)
     journal_close(j);
 }
 
+/* A journal overwritten or truncated under an open handle is seen. */
+static void test_check_file(void)
+{
+    char path[600], err[256];
+    new_path(path, sizeof path);
+    journal *j = open_j(path);
+    CHECK(j != NULL);
+    if (!j)
+        return;
+    CHECK_INT(journal_check_file(j, err, sizeof err), 0);
+    CHECK_INT(journal_accept(j, "c1", "e", "{}", NULL, NULL, err, sizeof err), 0);
+    CHECK_INT(journal_check_file(j, err, sizeof err), 0);
+    FILE *f = fopen(path, "r+b");
+    CHECK(f != NULL);
+    if (f) {
+        fwrite("garbage garbage garbage", 1, 23, f);
+        fclose(f);
+    }
+    CHECK_INT(journal_check_file(j, err, sizeof err), -1);
+    CHECK(strstr(err, "corrupted") != NULL);
+    CHECK(truncate(path, 10) == 0);
+    CHECK_INT(journal_check_file(j, err, sizeof err), -1);
+    CHECK(strstr(err, "truncated") != NULL);
+    journal_close(j);
+}
+
 int main(void)
 {
     if (!mkdtemp(dir)) {
@@ -926,6 +953,7 @@ int main(void)
     test_render();
     test_valid_id();
     test_file_modes();
+    test_check_file();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0)
