@@ -285,7 +285,7 @@ static int sbx_cocreate(lua_State *L)
 /* cjson for hooks: lua-cjson's encode and decode, through wixr's own
  * encoder (luajson) with its caps, and no setters. lua-cjson itself is not
  * reachable from a hook: its encode depth is settable (a deep table then
- * crashes the process in C recursion), its buffers grow outside the hook's
+ * recurses in C as deep as Lua's stack allows), its buffers grow outside the hook's
  * memory cap, and past 2 GiB its size arithmetic loops. Here the text is
  * capped by the hook's free memory (over it, the run ends as a memory
  * failure), and so is the document a text to decode parses into, nesting by
