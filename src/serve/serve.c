@@ -558,7 +558,7 @@ static int authorized(serve *s, struct MHD_Connection *c)
  * lies (for the NUL check below). */
 #define MAX_HEADERS_SEEN 256
 typedef struct header_count {
-    int content_length, transfer_encoding, n;
+    int content_length, transfer_encoding, n, total;
     const char *key[MAX_HEADERS_SEEN], *value[MAX_HEADERS_SEEN];
     size_t value_size[MAX_HEADERS_SEEN];
 } header_count;
@@ -573,6 +573,7 @@ static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const ch
         hc->content_length++;
     if (key && !strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING))
         hc->transfer_encoding++;
+    hc->total++;
     if (hc->n < MAX_HEADERS_SEEN) {
         hc->key[hc->n] = key;
         hc->value[hc->n] = value;
@@ -616,8 +617,10 @@ static int nul_in_a_value(const header_count *hc)
 static const char *ambiguous_request(struct MHD_Connection *c)
 {
     header_count hc;
-    hc.content_length = hc.transfer_encoding = hc.n = 0;
+    hc.content_length = hc.transfer_encoding = hc.n = hc.total = 0;
     MHD_get_connection_values_n(c, MHD_HEADER_KIND, count_header, &hc);
+    if (hc.total > MAX_HEADERS_SEEN)
+        return "more than 256 headers";
     if (hc.content_length > 1)
         return "more than one Content-Length header";
     if (hc.transfer_encoding > 1)

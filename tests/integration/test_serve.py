@@ -1992,6 +1992,13 @@ def http_front_answers_before_the_body_and_refuses_ambiguous_requests():
     eq(st, 400, "a NUL in a header value (%r)" % b[:200])
     st, _, b, _ = raw_request(svc.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: a\x00b")
     eq(st, 400, "a NUL in a header value of /healthz (%r)" % b[:200])
+    many = b"".join(b"\r\nX-H%d: v" % i for i in range(300))
+    st, _, b, _ = raw_request(svc.port, b"GET /healthz HTTP/1.1\r\nHost: x" + many)
+    eq(st, 400, "300 headers (%r)" % b[:200])
+    check(b"more than 256 headers" in b, "the answer says why: %r" % b[:200])
+    few = b"".join(b"\r\nX-H%d: v" % i for i in range(200))
+    st, _, b, _ = raw_request(svc.port, b"GET /healthz HTTP/1.1\r\nHost: x" + few)
+    eq(st, 200, "200 headers (%r)" % b[:200])
     # ids: a bidi control would make one id read as another
     for ident in ("abc\u202edcba", "x\u2066y", "x\u200fy"):
         r = svc.post("provision", {"of": "bidi"}, ident.encode("utf-8").decode("latin-1"))
