@@ -328,36 +328,38 @@ static int cjson_encode(lua_State *L)
     return 1;
 }
 
+int sandbox_json_fits(lua_State *L, const char *s, size_t len)
+{
+    wixr_ctx *c = ctx_of(L);
+    hook_rt *k = c ? c->hook : NULL;
+    if (!k)
+        return 1;
+    double nodes = 1;
+    int in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        if (in_string) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_string = 0;
+        } else if (ch == '"') {
+            in_string = 1;
+        } else if (ch == ',' || ch == '[' || ch == '{') {
+            nodes++;
+        }
+    }
+    size_t room = k->mem_limit > k->mem ? k->mem_limit - k->mem : 0;
+    return nodes * (double)sizeof(json_value) + (double)len <= (double)room;
+}
+
 static int cjson_decode(lua_State *L)
 {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
     sandbox_charge(L, (double)len / CJSON_BYTES_PER_UNIT);
-    /* The parsed document is C memory, outside the hook's cap, and a value
-     * of 2 bytes ("0,") is a node of sizeof(json_value): a text whose
-     * document could not fit in the hook's free memory is refused as a
-     * memory failure before it is parsed (its values would not fit either). */
-    hook_rt *k = ctx_of(L)->hook;
-    if (k) {
-        double nodes = 1;
-        int in_string = 0;
-        for (size_t i = 0; i < len; i++) {
-            char c = s[i];
-            if (in_string) {
-                if (c == '\\')
-                    i++;
-                else if (c == '"')
-                    in_string = 0;
-            } else if (c == '"') {
-                in_string = 1;
-            } else if (c == ',' || c == '[' || c == '{') {
-                nodes++;
-            }
-        }
-        size_t room = k->mem_limit > k->mem ? k->mem_limit - k->mem : 0;
-        if (nodes * (double)sizeof(json_value) + (double)len > (double)room)
-            return luajson_raise(L, "", LUAJSON_NO_MEMORY);
-    }
+    if (!sandbox_json_fits(L, s, len))
+        return luajson_raise(L, "", LUAJSON_NO_MEMORY);
     char err[300];
     if (luajson_decode(L, s, len, 0, err, sizeof err) < 0)
         return luajson_raise(L, "cjson.decode: ", err);

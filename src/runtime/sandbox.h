@@ -118,6 +118,11 @@ int sandbox_task_failed(hook_run *r, const task_outcome *o);
  * budget. begin returns 1 when it set one up (then call end). */
 int sandbox_idle_begin(lua_State *L);
 void sandbox_idle_end(lua_State *L);
+/* In a hook's state: 1 when the document a JSON text parses into (C memory,
+ * outside the hook's cap: a 2-byte value "0," is a node of sizeof(json_value))
+ * would fit in the hook's free memory, so that its values could too; 0 when it
+ * would not (the caller fails with a memory error before parsing). Elsewhere 1. */
+int sandbox_json_fits(lua_State *L, const char *s, size_t len);
 /* Tests: every allocation of k's state from the n-th on is refused (0: off). */
 void sandbox_fail_allocations(hook_rt *k, long long n);
 

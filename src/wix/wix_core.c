@@ -167,6 +167,12 @@ static int request_finish(lua_State *L, int status, lua_KContext ctx)
     luaL_checkstack(L, 6, "wix answer");
     const json_value *v = NULL;
     char bad[200] = "";
+    if (q->body_len && !sandbox_json_fits(L, q->body, q->body_len)) {
+        /* the answer's document would not fit in the hook's free memory: a
+         * memory failure of the run, before anything outside the cap is built */
+        lua_pushliteral(L, LUAJSON_NO_MEMORY);
+        return lua_error(L);
+    }
     if (q->body_len) {
         json_error jerr;
         v = json_parse(q->body, q->body_len, LUAJSON_MAX_DEPTH, &q->doc, &jerr);

@@ -722,6 +722,54 @@ def encoding_at_the_memory_cap_leaks_nothing():
 
 
 @test
+def an_answer_whose_document_cannot_fit_is_refused_before_it_is_built():
+    # An API answer is parsed into a C document before its Lua values are made: a dense answer
+    # (12 MB of "0,") is a document of ~300 MB, outside the hook's memory cap. Refused first now:
+    # the run fails with the memory limit and the process stays small.
+    import http.server
+    body = b'{"packages": [' + b"0," * (6 * 1024 * 1024) + b'0]}'
+
+    class Dense(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dense)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        script = ('local wix = require "wix"\nreturn function()\n'
+                  '  return #wix.packages.query{ limit = 1 }.packages\nend\n')
+        cfg = ("wix:\n  transport: http\n  base_url: \"http://127.0.0.1:%d\"\n  rate_limit: {requests: 0}\n"
+               "  retry: {attempts: 1}\n  account_id: %s\nruntime:\n  limits: {memory_mb: 16}\n"
+               "hooks:\n  dense:\n    - script: dense.lua\n" % (srv.server_address[1], JANE))
+        w = Work(cfg, {"dense.lua": script})
+        code = ("import resource, subprocess, sys\n"
+                "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+                "print(p.stdout)\n")
+        env = clean_env(None)
+        env["WIX_API_KEY"] = "dense-key"
+        p = subprocess.run([sys.executable, "-c", code, ARGS.wixr, "fire", "dense", "--json"], cwd=w.dir, env=env,
+                           capture_output=True, text=True, timeout=60)
+        lines = p.stdout.strip().splitlines()
+        rss_mb = int(lines[0]) / 1024
+        rep = json.loads(lines[1])
+        h = rep["hooks"][0]
+        eq(h["status"], "failed", "the run failed (%r)" % h)
+        check("memory limit exceeded (16 MB)" in h["error"], "as a memory failure: %r" % h["error"])
+        check(rss_mb < 150, "wixr fire peaked at %.0f MB for a 12 MB answer and a hook capped at 16 MB" % rss_mb)
+    finally:
+        srv.shutdown()
+
+
+@test
 def limits_wall_time_survives_pcall():
     scripts = {
         "busy_pcall": ("return function()\n  while true do\n    pcall(function()\n      while true do end\n"
