@@ -135,27 +135,37 @@ int host_load_script(wixr_host *h, const char *path)
     return luaL_loadfilex(h->L, path, "t");
 }
 
-void host_log(const char *level, const char *msg, const char *const *fields)
+json_writer *host_log_begin(host_logline *l, const char *level, const char *msg)
 {
     char ts[ISO_TIME_LEN];
     iso_format_ms(iso_now_ms(), ts);
-    buf_t b;
-    json_writer w;
-    buf_init(&b, 1024 * 1024);
-    jw_init(&w, &b);
-    jw_obj(&w);
-    jw_kstr(&w, "ts", ts);
-    jw_kstr(&w, "level", level);
-    jw_kstr(&w, "msg", msg);
-    jw_key(&w, "fields");
-    jw_obj(&w);
+    buf_init(&l->b, 1024 * 1024);
+    jw_init(&l->w, &l->b);
+    jw_obj(&l->w);
+    jw_kstr(&l->w, "ts", ts);
+    jw_kstr(&l->w, "level", level);
+    jw_kstr(&l->w, "msg", msg);
+    jw_key(&l->w, "fields");
+    jw_obj(&l->w);
+    return &l->w;
+}
+
+void host_log_end(host_logline *l)
+{
+    jw_obj_end(&l->w);
+    jw_obj_end(&l->w);
+    buf_addc(&l->b, '\n');
+    if (!l->b.failed)
+        fwrite(l->b.data, 1, l->b.len, stderr);
+    buf_free(&l->b);
+}
+
+void host_log(const char *level, const char *msg, const char *const *fields)
+{
+    host_logline l;
+    json_writer *w = host_log_begin(&l, level, msg);
     for (int i = 0; fields && fields[i]; i += 2)
         if (fields[i + 1])
-            jw_kstr(&w, fields[i], fields[i + 1]);
-    jw_obj_end(&w);
-    jw_obj_end(&w);
-    buf_addc(&b, '\n');
-    if (!b.failed)
-        fwrite(b.data, 1, b.len, stderr);
-    buf_free(&b);
+            jw_kstr(w, fields[i], fields[i + 1]);
+    host_log_end(&l);
 }

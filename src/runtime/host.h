@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "../config/config.h"
+#include "../json/json.h"
 #include "../wix/client.h"
 #include "sched.h"
 
@@ -65,6 +66,16 @@ int wix_core_log(lua_State *L);
  * slots; extra is NULL or {key, value, ..., NULL}: string pairs added to the
  * fields (the fields table is left as it was). */
 void wix_log_write(lua_State *L, int level_idx, int msg_idx, int fields_idx, const char *const *extra);
+
+/* A JSON log line {"ts","level","msg","fields":{...}} on stderr, from C alone
+ * (never touches Lua): begin opens it, the caller writes its fields with the
+ * writer begin returns, end writes the line. */
+typedef struct host_logline {
+    buf_t b;
+    json_writer w;
+} host_logline;
+json_writer *host_log_begin(host_logline *l, const char *level, const char *msg);
+void host_log_end(host_logline *l);
 
 /* One JSON log line on stderr from C text alone (never touches Lua):
  * {"ts","level","msg","fields":{...}} with fields = {key, value, ..., NULL}

@@ -12,7 +12,8 @@
 #include "sandbox.h"
 #include "../wix/luajson.h"
 
-static const char memory_text[] = "not enough memory";
+/* Lua's own message for a memory error (a caught one raised again is a string) */
+static const char memory_text[] = LUAJSON_NO_MEMORY;
 
 const char *outcome_kind_name(outcome_kind k)
 {

@@ -195,55 +195,17 @@ void serve_journal_path(const void *cfgp, char *out, unsigned long n)
  * Every line on stderr is one JSON object {"ts","level","msg","fields":{...}}
  * written by the JSON writer (never by a format string): an event id or a
  * hook's error, whatever bytes it holds, stays a string inside its line.
- * A caller opens a line, writes its fields with lg.w, and ends it. */
+ * A caller opens a line (host_log_begin, one writer with host.c's lines), writes its fields, and ends it. */
 
-typedef struct logline {
-    buf_t b;
-    json_writer w;
-} logline;
-
-static json_writer *log_begin(logline *l, const char *level, const char *msg)
-{
-    char ts[80];
-    iso_format_ms(iso_now_ms(), ts);
-    buf_init(&l->b, 0);
-    jw_init(&l->w, &l->b);
-    jw_obj(&l->w);
-    jw_kstr(&l->w, "ts", ts);
-    jw_kstr(&l->w, "level", level);
-    jw_kstr(&l->w, "msg", msg);
-    jw_key(&l->w, "fields");
-    jw_obj(&l->w);
-    return &l->w;
-}
-
-static void log_end(logline *l)
-{
-    jw_obj_end(&l->w);
-    jw_obj_end(&l->w);
-    buf_addc(&l->b, '\n');
-    if (!l->b.failed)
-        fputs(buf_cstr(&l->b), stderr);
-    buf_free(&l->b);
-}
 
 /* A URL without the user:password@ a base URL may carry: secrets stay out of logs. */
 static void log_url(json_writer *w, const char *key, const char *url)
 {
     if (!url)
         return;
-    const char *host = strstr(url, "://");
-    host = host ? host + 3 : url;
-    size_t hostlen = strcspn(host, "/?#");
-    const char *at = memchr(host, '@', hostlen);
-    if (!at) {
-        jw_kstr(w, key, url);
-        return;
-    }
     buf_t b;
     buf_init(&b, 0);
-    buf_add(&b, url, (size_t)(host - url));
-    buf_adds(&b, at + 1);
+    wix_shown_url(&b, url, NULL);
     jw_kstr(w, key, buf_cstr(&b));
     buf_free(&b);
 }
@@ -251,13 +213,13 @@ static void log_url(json_writer *w, const char *key, const char *url)
 /* A line with no fields, or with one integer field (key != NULL). */
 static void log_line(const char *level, const char *msg, const char *key, long long value)
 {
-    logline l;
-    json_writer *w = log_begin(&l, level, msg);
+    host_logline l;
+    json_writer *w = host_log_begin(&l, level, msg);
     if (key) {
         jw_key(w, key);
         jw_int(w, value);
     }
-    log_end(&l);
+    host_log_end(&l);
 }
 
 /* ---- journal failures ----
@@ -288,10 +250,10 @@ static void journal_failed(struct serve *s, const char *why, int fatal)
     s->journal_probe_at = mono_now_ms() + JOURNAL_PROBE_MS;
     pthread_mutex_unlock(&s->lock);
     if (!was || (fatal && was != 2)) {
-        logline l;
-        json_writer *w = log_begin(&l, "error", "the journal cannot be written: intake answers 503, no run starts");
+        host_logline l;
+        json_writer *w = host_log_begin(&l, "error", "the journal cannot be written: intake answers 503, no run starts");
         jw_kstr(w, "error", why);
-        log_end(&l);
+        host_log_end(&l);
     }
 }
 
@@ -1232,8 +1194,8 @@ static void count_hooks(serve *s, const event_job *j)
 static void log_failed_attempt(const running *r, const event_job *j, const failure *f, const char *code,
                                int permanent, int max_attempts, long long retry_in_ms)
 {
-    logline l;
-    json_writer *w = log_begin(&l, retry_in_ms >= 0 ? "warn" : "error", "event attempt failed");
+    host_logline l;
+    json_writer *w = host_log_begin(&l, retry_in_ms >= 0 ? "warn" : "error", "event attempt failed");
     jw_kstr(w, "id", r->id);
     jw_kstr(w, "event", j->name);
     if (f->job != j)
@@ -1253,14 +1215,14 @@ static void log_failed_attempt(const running *r, const event_job *j, const failu
         jw_key(w, "retry_in_ms");
         jw_int(w, retry_in_ms);
     }
-    log_end(&l);
+    host_log_end(&l);
 }
 
 static void log_dead(const char *id, const char *event, int attempts, const char *why, const char *code,
                      const char *error)
 {
-    logline l;
-    json_writer *w = log_begin(&l, "error", "event is dead");
+    host_logline l;
+    json_writer *w = host_log_begin(&l, "error", "event is dead");
     jw_kstr(w, "id", id);
     jw_kstr(w, "event", event);
     jw_key(w, "attempts");
@@ -1268,7 +1230,7 @@ static void log_dead(const char *id, const char *event, int attempts, const char
     jw_kstr(w, "why", why);
     jw_kstr(w, "code", code);
     jw_kstr(w, "last_error", error);
-    log_end(&l);
+    host_log_end(&l);
 }
 
 static void job_done(event_job *j, void *arg)
@@ -1445,10 +1407,10 @@ static void poll_done(sched_task *t, lua_State *co, const task_outcome *o, void 
     json_value *res = o->kind == OUTCOME_OK && o->json ? json_parse(o->json, strlen(o->json), 0, &doc, NULL) : NULL;
     if (!res || res->type != JSON_OBJECT) {
         s->poll_failures_total++;
-        logline l;
-        json_writer *w = log_begin(&l, "warn", "poll failed");
+        host_logline l;
+        json_writer *w = host_log_begin(&l, "warn", "poll failed");
         jw_kstr(w, "error", o->kind != OUTCOME_OK ? o->text : "the poller's result is not an object");
-        log_end(&l);
+        host_log_end(&l);
         json_doc_free(doc);
         return;
     }
@@ -1602,14 +1564,14 @@ static void restart_notice(serve *s, const wixr_config *nc)
 #undef CHANGED
     if (!n)
         return;
-    logline l;
-    json_writer *w = log_begin(&l, "warn", "the rules were reloaded, but changes to these settings need a restart");
+    host_logline l;
+    json_writer *w = host_log_begin(&l, "warn", "the rules were reloaded, but changes to these settings need a restart");
     jw_key(w, "restart_needed");
     jw_arr(w);
     for (int i = 0; i < n; i++)
         jw_str(w, changed[i]);
     jw_arr_end(w);
-    log_end(&l);
+    host_log_end(&l);
     snprintf(s->restart_needed, sizeof s->restart_needed, "%s", changed[0]);
     for (int i = 1; i < n; i++) {
         size_t len = strlen(s->restart_needed);
@@ -1642,14 +1604,14 @@ static void reload(serve *s, const char *why)
         s->reload_failures_total++;
         s->last_reload_ok = 0;
         snprintf(s->last_reload_error, sizeof s->last_reload_error, "%s", buf_cstr(&errors));
-        logline l;
-        json_writer *w = log_begin(&l, "error", "reload failed; the previous rules stay in force");
+        host_logline l;
+        json_writer *w = host_log_begin(&l, "error", "reload failed; the previous rules stay in force");
         jw_kstr(w, "why", why);
         jw_key(w, "error");
         jw_strn(w, buf_cstr(&errors), errors.len);
         jw_key(w, "rules_version");
         jw_int(w, s->rules_version);
-        log_end(&l);
+        host_log_end(&l);
         buf_free(&errors);
         return;
     }
@@ -1668,8 +1630,8 @@ static void reload(serve *s, const char *why)
     s->reloads_total++;
     s->last_reload_ok = 1;
     s->last_reload_error[0] = '\0';
-    logline l;
-    json_writer *w = log_begin(&l, "info", "rules reloaded");
+    host_logline l;
+    json_writer *w = host_log_begin(&l, "info", "rules reloaded");
     jw_kstr(w, "why", why);
     jw_key(w, "rules_version");
     jw_int(w, s->rules_version);
@@ -1679,7 +1641,7 @@ static void reload(serve *s, const char *why)
     jw_num(w, (double)(long long)((t1 - t0) * 100) / 100);
     jw_key(w, "swap_ms");
     jw_num(w, (double)(long long)(s->last_swap_ms * 10000) / 10000);
-    log_end(&l);
+    host_log_end(&l);
     restart_notice(s, nc);
 }
 
@@ -2057,13 +2019,13 @@ static int start_http(serve *s, const char *listen, char *err, size_t errlen)
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
     char bound[160];
     snprintf(bound, sizeof bound, "%s:%d", host, info ? info->port : (int)port);
-    logline l;
-    json_writer *w = log_begin(&l, "info", "wixr serve listening");
+    host_logline l;
+    json_writer *w = host_log_begin(&l, "info", "wixr serve listening");
     jw_kstr(w, "address", bound);
     jw_key(w, "auth");
     jw_bool(w, s->have_token);
     jw_kstr(w, "journal", s->journal_path);
-    log_end(&l);
+    host_log_end(&l);
     if (s->boot_cfg->state_dir) {
         char portfile[PATH_MAX];
         snprintf(portfile, sizeof portfile, "%s/serve.port", s->boot_cfg->state_dir);
@@ -2171,8 +2133,8 @@ int serve_main(const serve_options *o)
     {
         const wix_settings *ws = &s->boot_cfg->wix;
         int http = ws->transport == TRANSPORT_HTTP;
-        logline l;
-        json_writer *w = log_begin(&l, "info", "wixr serve starting");
+        host_logline l;
+        json_writer *w = host_log_begin(&l, "info", "wixr serve starting");
         jw_kstr(w, "config", s->boot_cfg->path);
         jw_kstr(w, "transport", http ? "http" : "sandbox");
         jw_kstr(w, "chosen_by", s->boot_transport == TRANSPORT_AUTO
@@ -2184,7 +2146,7 @@ int serve_main(const serve_options *o)
             jw_kstr(w, "sandbox_db", ws->sandbox_db);
         jw_kstr(w, "account_id", ws->account_id);
         jw_kstr(w, "journal", s->journal_path);
-        log_end(&l);
+        host_log_end(&l);
     }
     buf_t errors;
     buf_init(&errors, 0);

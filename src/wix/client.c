@@ -282,17 +282,19 @@ static void audit_line(wix_client *c, const call *q, long long now)
     buf_free(&b);
 }
 
-/* The URL of a call as it may be shown: the base URL without any
- * user:password@ it carries (secrets stay out of messages). */
-static void shown_url(const char *base, const char *path, char *out, size_t n)
+void wix_shown_url(buf_t *out, const char *base, const char *path)
 {
-    const char *p = strstr(base, "://");
-    const char *host = p ? p + 3 : base;
-    const char *slash = strchr(host, '/'), *at = strchr(host, '@');
-    if (at && (!slash || at < slash))
-        snprintf(out, n, "%.*s%s%s", (int)(host - base), base, at + 1, path);
-    else
-        snprintf(out, n, "%s%s", base, path);
+    const char *host = strstr(base, "://");
+    host = host ? host + 3 : base;
+    const char *at = memchr(host, '@', strcspn(host, "/?#"));
+    if (at) {
+        buf_add(out, base, (size_t)(host - base));
+        buf_adds(out, at + 1);
+    } else {
+        buf_adds(out, base);
+    }
+    if (path)
+        buf_adds(out, path);
 }
 
 /* ---- completion ---- */
@@ -399,9 +401,11 @@ static void http_done(sched_transfer *x, CURLcode rc)
     wix_client *c = q->c;
     if (rc != CURLE_OK) {
         q->have_error = 1;
-        char url[400];
-        shown_url(c->s->base_url, q->path, url, sizeof url);
-        snprintf(q->error, sizeof q->error, "%s (%s)", curl_easy_strerror(rc), url);
+        buf_t url;
+        buf_init(&url, 0);
+        wix_shown_url(&url, c->s->base_url, q->path);
+        snprintf(q->error, sizeof q->error, "%s (%.400s)", curl_easy_strerror(rc), buf_cstr(&url));
+        buf_free(&url);
         if (rc == CURLE_WRITE_ERROR && q->resp.failed)
             snprintf(q->error, sizeof q->error, "the answer is larger than %d bytes", CLIENT_MAX_BODY);
         q->status = 0;

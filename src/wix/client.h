@@ -15,6 +15,8 @@
 
 #include <stddef.h>
 
+#include "../util/buf.h"
+
 #include "../config/config.h"
 #include "../runtime/sched.h"
 
@@ -61,5 +63,9 @@ int wix_client_sandbox_admin(wix_client *c, const char *method, const char *path
  * returns. body may be NULL. idem_key is only for the audit line. */
 void wix_client_call(wix_client *c, const char *method, const char *path, const char *body, size_t body_len,
                      const char *account_id, const char *idem_key, wix_done_fn done, void *arg);
+
+/* Appends the URL of base + path (path may be NULL) as it may be shown: without
+ * any user:password@ the base URL carries (secrets stay out of messages and logs). */
+void wix_shown_url(buf_t *out, const char *base, const char *path);
 
 #endif
