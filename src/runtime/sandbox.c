@@ -1205,6 +1205,13 @@ static int take_handler(lua_State *L)
     return 0;
 }
 
+/* The error a failed protected call left on top of L: a message, or (a
+ * memory error's value is not always reachable as text) Lua's memory one. */
+static const char *top_error(lua_State *L)
+{
+    return lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : LUAJSON_NO_MEMORY;
+}
+
 /* Makes k's Lua state from its script's text: libraries, the sandboxed
  * environment, the handler. 0, or -1 with "where: message" in err. */
 static int state_open(hook_rt *k, char *err, size_t errlen)
@@ -1224,7 +1231,7 @@ static int state_open(hook_rt *k, char *err, size_t errlen)
     lua_pushcfunction(L, open_state);
     if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
         snprintf(err, errlen, "%s: setting up Lua: %s", def->where,
-                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "not enough memory");
+                 top_error(L));
         return -1;
     }
     char chunk[4096];
@@ -1244,13 +1251,13 @@ static int state_open(hook_rt *k, char *err, size_t errlen)
     }
     int st = luaL_loadbufferx(L, text, len, chunk, "t");
     if (st != LUA_OK) {
-        snprintf(err, errlen, "%s", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "not enough memory");
+        snprintf(err, errlen, "%s", top_error(L));
         return -1;
     }
     lua_pushcfunction(L, build_env);
     if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
         snprintf(err, errlen, "%s: building the sandbox: %s", def->where,
-                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "not enough memory");
+                 top_error(L));
         return -1;
     }
     lua_setupvalue(L, -2, 1); /* the chunk's _ENV */
