@@ -18,6 +18,7 @@
 
 #include "../json/json.h"
 #include "../runtime/hooks.h"
+#include "../runtime/host.h"
 #include "cli.h"
 #include "opts.h"
 
@@ -28,7 +29,9 @@ static const char usage[] =
     "options against the ---@option lines of their scripts) and, when it is valid, loads\n"
     "and compiles every enabled hook script in its sandbox.\n"
     "Then a serve.listen set in the file is bound and released: an address that cannot\n"
-    "be bound is a problem, one in use or needing privileges only a warning.\n"
+    "be bound is a problem, one in use or needing privileges only a warning. An\n"
+    "<state_dir>/installation.key that hook runs could not use (open to group or others,\n"
+    "another user's, not 32 bytes) is a problem.\n"
     "Every problem is listed as file:line:col: message.\n"
     "\n"
     "Options:\n"
@@ -219,6 +222,13 @@ int cmd_check(int argc, char **argv)
     buf_init(&warnings, 0);
     if (cfg.serve.listen_where)
         check_listen(cfg.serve.listen, cfg.serve.listen_where, &problems, &warnings);
+    /* The installation key as a run would read it: a bad one fails every
+     * event's first mutating call, so it fails the check instead. */
+    if (wix_install_key_check(cfg.state_dir, err, sizeof err) < 0) {
+        if (problems.len)
+            buf_addc(&problems, '\n');
+        buf_adds(&problems, err);
+    }
     if (!json && warnings.len)
         fprintf(stderr, "%s\n", buf_cstr(&warnings));
     int rc = 0;

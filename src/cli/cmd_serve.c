@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../config/config.h"
+#include "../runtime/host.h"
 #include "../serve/serve.h"
 #include "cli.h"
 #include "opts.h"
@@ -36,6 +37,26 @@ static const char serve_usage[] =
     "  -h, --help           this help\n"
     "Exit codes: 0 stopped cleanly, 1 failed, 2 usage, 3 bad configuration.\n";
 
+/* The installation key, checked before the service starts: one it could not
+ * use would fail every event's first mutating call, run after run, until it
+ * went dead. 1 (and one error log line naming the file) when refused. A
+ * configuration that does not load is left to serve_main to report. */
+static int installation_key_refused(const char *config_path)
+{
+    wixr_config cfg;
+    char err[4400];
+    if (config_load(&cfg, config_path, err, sizeof err) < 0)
+        return 0;
+    int refused = cfg.path && wix_install_key_check(cfg.state_dir, err, sizeof err) < 0;
+    config_free(&cfg);
+    if (refused) {
+        char msg[4500];
+        snprintf(msg, sizeof msg, "wixr serve: %s", err);
+        host_log("error", msg, NULL);
+    }
+    return refused;
+}
+
 int cmd_serve(int argc, char **argv)
 {
     serve_options o = {0};
@@ -49,6 +70,8 @@ int cmd_serve(int argc, char **argv)
     int rc = cli_parse(&cmd, argc, argv, NULL);
     if (rc != CLI_GO)
         return rc;
+    if (installation_key_refused(o.config_path))
+        return EXIT_WORK_FAILED;
     return serve_main(&o);
 }
 

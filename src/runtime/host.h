@@ -82,6 +82,13 @@ void host_log_end(host_logline *l);
  * (a NULL value leaves its key out). */
 void host_log(const char *level, const char *msg, const char *const *fields);
 
+/* Checks <state_dir>/installation.key (the secret of the derived idempotency
+ * keys) as a hook run reads it: 0 when it is sound or absent (the first real
+ * run makes it), -1 with one line in err naming the file and the fix when it
+ * is open to group or others, another user's, not a regular file or not 32
+ * bytes. wixr check and wixr serve call it at start. */
+int wix_install_key_check(const char *state_dir, char *err, size_t errlen);
+
 /* Opens the wix.core C module (what lua/wix.lua is built on). */
 int luaopen_wix_core(lua_State *L);
 

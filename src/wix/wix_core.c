@@ -494,6 +494,19 @@ static int install_key_read(const char *path, unsigned char key[INSTALL_KEY_LEN]
     return 1;
 }
 
+int wix_install_key_check(const char *state_dir, char *err, size_t errlen)
+{
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof path, "%s/installation.key", state_dir ? state_dir : ".wixr") >= sizeof path) {
+        snprintf(err, errlen, "runtime.state_dir: too long for the installation key's path");
+        return -1;
+    }
+    unsigned char key[INSTALL_KEY_LEN];
+    int got = install_key_read(path, key, err, errlen);
+    memset(key, 0, sizeof key);
+    return got < 0 ? -1 : 0;
+}
+
 /* Makes the secret once: written 0600 to a file of this process, then linked
  * into place, so a reader never sees half a key and two processes starting
  * at once agree on one (the loser reads the winner's). 0 or -1 with err. */

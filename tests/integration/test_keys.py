@@ -9,8 +9,8 @@ from the event id, the event name, the hook's position among the event's
 hooks and the n-th call. Checked through `wixr fire` and the audit log: the
 keys do not depend on how --config was spelled, differ between hooks and
 between installations, survive a fixed script; the secret is 32 bytes, 0600,
-refused when open to others, never made by a dry run, never printed; the
-audit file is made 0600. Python 3 standard library only.
+refused when open to others (by `wixr check` and `wixr serve` at start too),
+never made by a dry run, never printed; the audit file is made 0600. Python 3 standard library only.
 """
 import json
 import os
@@ -201,6 +201,48 @@ def the_installation_key_is_0600_and_one_open_to_others_is_refused():
     r = w.run("fire", "order.paid", "--id", "ord-3")
     eq(r.rc, 1, "fire with a truncated installation key (%s)" % r)
     check("not an installation key (5 bytes; one is 32 random bytes)" in r.err + r.out, "the error: %s" % r)
+
+
+@test
+def check_and_serve_refuse_an_unusable_installation_key_at_start():
+    w = Folder(config("  order.paid:\n    - script: create.lua\n"), {"create.lua": CREATE})
+    r = w.run("check")
+    eq(r.rc, 0, "check before any key exists: the first real run makes it (%s)" % r)
+    fire_ok(w, "order.paid", "--id", "ord-1")
+    key = w.path(".wixr/installation.key")
+    r = w.run("check")
+    eq(r.rc, 0, "check with the key a run made (%s)" % r)
+    refusals = [(0o640, None, ".wixr/installation.key: the installation key is open to group or others (mode 0640); "
+                              "chmod 600 it"),
+                (0o604, None, ".wixr/installation.key: the installation key is open to group or others (mode 0604)"),
+                (0o600, b"short", ".wixr/installation.key: not an installation key (5 bytes; one is 32 random bytes)"),
+                (0o600, b"x" * 33, ".wixr/installation.key: not an installation key (33 bytes; one is 32 random "
+                                   "bytes)")]
+    for mode, text, want in refusals:
+        if text is not None:
+            with open(key, "wb") as f:
+                f.write(text)
+        os.chmod(key, mode)
+        r = w.run("check")
+        eq(r.rc, 3, "check with a key of mode %04o, %r (%s)" % (mode, text, r))
+        eq(r.out, "", "nothing on stdout")
+        lines = r.lines()
+        eq(len(lines), 1, "one line: %r" % lines)
+        check(lines[0].startswith(want), "the line names the file and what is wrong: %r" % lines[0])
+        r = w.run("check", "--json")
+        eq(r.rc, 3, "check --json (%s)" % r)
+        check([p["message"] for p in r.json["problems"] if p["message"].startswith(want)],
+              "the problem in --json: %s" % r.out)
+        r = w.run("serve", "--insecure-no-auth", "--listen", "127.0.0.1:0", timeout=10)
+        eq(r.rc, 1, "serve refuses to start (%s)" % r)
+        logs = [json.loads(x) for x in r.err.splitlines() if x.startswith("{")]
+        eq([x["level"] for x in logs], ["error"], "one log line: %r" % r.err)
+        check(logs[0]["msg"].startswith("wixr serve: " + want), "the line names the file: %r" % logs[0]["msg"])
+        check(not os.path.exists(w.path(".wixr/serve.pid")), "the service never started")
+    with open(key, "wb") as f:
+        f.write(os.urandom(32))
+    os.chmod(key, 0o600)
+    eq(w.run("check").rc, 0, "a sound key again")
 
 
 @test
