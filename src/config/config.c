@@ -199,6 +199,7 @@ static void list_errors(char *err, size_t errlen, const char *path, const char *
 }
 
 static int resolve_path(const wixr_config *c, const char *p, char **out);
+static int resolve_in_place(const wixr_config *c, char **p);
 static int read_key_file(const char *path, char **out, char *err, size_t errlen);
 
 static int load_wix(const ydoc *d, const ynode *w, wixr_config *c, buf_t *errs, int *nerr)
@@ -257,8 +258,12 @@ static int load_wix(const ydoc *d, const ynode *w, wixr_config *c, buf_t *errs, 
         else
             s->concurrency = (int)v;
     }
-    if ((n = ymap_get(w, "audit")) && get_string(d, n, "wix.audit", &s->audit, err, errlen) < 0)
-        NOTE_ERR();
+    if ((n = ymap_get(w, "audit"))) {
+        if (get_string(d, n, "wix.audit", &s->audit, err, errlen) < 0)
+            NOTE_ERR();
+        else if (strcmp(s->audit, "-") != 0 && resolve_in_place(c, &s->audit) < 0)
+            yerr(d, n, err, errlen, "wix.audit: out of memory"), NOTE_ERR();
+    }
     if ((n = ymap_get(w, "retry"))) {
         if (ynode_expect(d, n, Y_MAP, "wix.retry", err, errlen) < 0)
             NOTE_ERR();
@@ -303,8 +308,12 @@ static int load_wix(const ydoc *d, const ynode *w, wixr_config *c, buf_t *errs, 
             NOTE_ERR();
         check_keys(d, n, sandbox_keys, "wix.sandbox", errs, nerr);
         ynode *m;
-        if ((m = ymap_get(n, "db")) && get_string(d, m, "wix.sandbox.db", &s->sandbox_db, err, errlen) < 0)
-            NOTE_ERR();
+        if ((m = ymap_get(n, "db"))) {
+            if (get_string(d, m, "wix.sandbox.db", &s->sandbox_db, err, errlen) < 0)
+                NOTE_ERR();
+            else if (strcmp(s->sandbox_db, ":memory:") != 0 && resolve_in_place(c, &s->sandbox_db) < 0)
+                yerr(d, m, err, errlen, "wix.sandbox.db: out of memory"), NOTE_ERR();
+        }
         if ((m = ymap_get(n, "catalog"))) {
             char *cat = NULL;
             if (get_string(d, m, "wix.sandbox.catalog", &cat, err, errlen) < 0) {
@@ -465,6 +474,17 @@ static int resolve_path(const wixr_config *c, const char *p, char **out)
         snprintf(full, sizeof full, "%s/%s", c->dir, p);
     *out = strdup(full);
     return *out ? 0 : -1;
+}
+
+/* *p made relative to the file's folder (freed and replaced). 0, or -1 out of memory. */
+static int resolve_in_place(const wixr_config *c, char **p)
+{
+    char *full = NULL;
+    if (resolve_path(c, *p, &full) < 0)
+        return -1;
+    free(*p);
+    *p = full;
+    return 0;
 }
 
 /* YAML options over defaults -> JSON: where both are mappings they are merged key by
@@ -1251,7 +1271,7 @@ static int load(wixr_config *c, const char *path, const char *text, size_t len, 
     c->serve.max_connections = 1024;
     c->serve.max_connections_per_ip = 256;
     c->serve.poller_interval_ms = 5000;
-    if (set_str(&c->state_dir, ".wixr") < 0 || set_str(&c->serve.listen, "127.0.0.1:8480") < 0)
+    if (set_str(&c->serve.listen, "127.0.0.1:8480") < 0)
         goto oom;
     static const char *const default_keys[] = {"external_id", "subscription_id", "account_id"};
     c->serve.order_key = calloc(3, sizeof *c->serve.order_key);
@@ -1259,7 +1279,7 @@ static int load(wixr_config *c, const char *path, const char *text, size_t len, 
         goto oom;
     for (int i = 0; i < 3; i++)
         c->serve.order_key[c->serve.norder_key++] = strdup(default_keys[i]);
-    if (set_str(&s->base_url, "https://www.wixapis.com") < 0 || set_str(&s->sandbox_db, ".wixr/sandbox.db") < 0 ||
+    if (set_str(&s->base_url, "https://www.wixapis.com") < 0 ||
         set_str(&s->sandbox_catalog, WIXR_HOME "/config/catalog.yaml") < 0)
         goto oom;
     const char *home = getenv("WIXR_HOME");
@@ -1311,6 +1331,18 @@ static int load(wixr_config *c, const char *path, const char *text, size_t len, 
             goto fail;
         }
         buf_free(&errs);
+    }
+    /* Unset, the state folder is .wixr beside the file (of the working folder
+     * when no file was read), wherever the command runs: a service started
+     * from / and a CLI run from the project folder share one journal and one
+     * installation key. The embedded emulator's state defaults into it. */
+    if (!c->state_dir && resolve_path(c, ".wixr", &c->state_dir) < 0)
+        goto oom;
+    if (!s->sandbox_db) {
+        char db[PATH_MAX];
+        snprintf(db, sizeof db, "%s/sandbox.db", c->state_dir);
+        if (set_str(&s->sandbox_db, db) < 0)
+            goto oom;
     }
 
     const char *v;

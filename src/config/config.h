@@ -33,7 +33,7 @@ typedef struct wix_settings {
     int rate_limit;               /* requests per window; 0 = off */
     long rate_window_ms;
     int concurrency;              /* requests in flight at once */
-    char *sandbox_db;
+    char *sandbox_db;             /* default <state_dir>/sandbox.db; ":memory:" for none */
     char *sandbox_catalog;
     long long sandbox_delivery_delay_ms;
     char *audit;                  /* NULL off, "-" stderr, else a file (appended) */
@@ -110,7 +110,8 @@ typedef struct wixr_config {
     int nlua_paths;
     hook_limits limits;           /* runtime.limits: defaults for every hook */
     int max_chain_depth;          /* runtime.max_chain_depth: ctx.emit depth */
-    char *state_dir;              /* runtime.state_dir: dedupe store and the like */
+    char *state_dir;              /* runtime.state_dir: journal, installation key, serve's files; default .wixr
+                                   * beside the file (of the working folder when none was read) */
     hook_def *hooks;
     int nhooks;
     serve_settings serve;

@@ -2,7 +2,9 @@
 """Integration tests of the configuration that does not repeat itself: `defaults:` under
 every hook, YAML anchors, aliases and merge keys, ${NAME:-default}, `wixr check` listing
 every problem of the file, serve.listen bound by `check`, and the option keys a policy
-declares (---@option lines) checked against its hook's options.
+declares (---@option lines) checked against its hook's options, and where the state
+folder, the embedded emulator's file and the audit file land (from the configuration
+file's folder, whatever the working folder).
 
 Usage: test_config.py --wixr PATH/wixr --catalog PATH/catalog.yaml [-k SUBSTRING]
 
@@ -14,11 +16,12 @@ import errno
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import ARGS, Folder, check, eq, parse_args, run_tests  # noqa: E402
+from testlib import ARGS, JANE, P_SERVICE, Folder, check, eq, parse_args, run_tests  # noqa: E402
 
 TESTS = []
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -179,11 +182,13 @@ def an_alias_bomb_is_refused_at_its_alias():
 
 @test
 def the_example_configuration_states_the_price_list_once():
-    path = os.path.join(ROOT, "config", "wixr.yaml")
+    w = Work()
+    for part in ("config", "lua"):  # a copy: its state folder (runtime.state_dir: ../.wixr) is the copy's
+        shutil.copytree(os.path.join(ROOT, part), w.path(part), ignore=shutil.ignore_patterns(".wixr"))
+    path = w.path("config/wixr.yaml")
     with open(path) as f:
         text = f.read()
     eq(text.count("7a1c0e52-3b4d-4f6a-9c21-0d5e8f7a1b02"), 1, "the core plan's product id in config/wixr.yaml")
-    w = Work()
     r = w.run("check", "--config", path)
     eq(r.rc, 0, "check --config config/wixr.yaml (%s)" % r)
     # a DIY order through route_order.lua, whose plans come from defaults.options
@@ -191,6 +196,7 @@ def the_example_configuration_states_the_price_list_once():
               os.path.join(ROOT, "config", "examples", "order_diy.json"))
     eq(r.rc, 0, "fire order.created with the example (%s)" % r)
     check(r.json["hooks"][0]["result"].get("package_id"), "a package was created: %s" % r.out[-300:])
+    check(os.path.exists(w.path(".wixr/journal.db")), "the run is in the journal of the folder above config/")
 
 
 # ---------------------------------------------------------------------------
@@ -386,6 +392,75 @@ def a_malformed_declaration_is_an_error_in_the_script():
     eq(errs, ["p.lua:2:18: ---@option plans: unknown type 'tabel' (any, string, number, integer, boolean, table, "
               "nil; a|b, T?, T[], table<K, V>)",
               "p.lua:3:1: ---@option: expected '---@option NAME TYPE [description]'"], "positions in the script")
+
+
+# ---------------------------------------------------------------------------
+# Paths: relative to the configuration file's folder, set or not
+# ---------------------------------------------------------------------------
+
+CREATE = """local wix = require "wix"
+return function(event, ctx)
+  return { id = wix.packages.create{ account_id = "%s",
+                                     products = {{ catalog_product_id = "%s", country_code = "DE" }} }.id }
+end
+""" % (JANE, P_SERVICE)
+
+
+def files_under(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def state_files(root):
+    """The files under root but SQLite's and the emulator's companions (-wal, -shm, .lock)."""
+    return [x for x in files_under(root) if not x.endswith(("-wal", "-shm", ".lock"))]
+
+
+@test
+def default_paths_start_at_the_configuration_files_folder():
+    w = Work(None, {"proj/wixr.yaml": "hooks:\n  order.paid:\n    - script: create.lua\n",
+                    "proj/create.lua": CREATE})
+    elsewhere = Work()
+    config = w.path("proj/wixr.yaml")
+    r = elsewhere.run("fire", "order.paid", "--config", config, "--id", "o-1", "--json")
+    eq(r.rc, 0, "fire from another working folder (%s)" % r)
+    check("using the embedded sandbox emulator (%s)" % w.path("proj/.wixr/sandbox.db") in r.err,
+          "the notice names the emulator's file beside the configuration: %r" % r.err)
+    eq(files_under(elsewhere.dir), [], "nothing in the working folder")
+    eq(state_files(w.path("proj/.wixr")), ["installation.key", "journal.db", "sandbox.db"],
+       "the state folder beside the configuration")
+    # The same file spelled from its parent folder: the same journal, key and emulator.
+    r = w.run("fire", "order.paid", "--config", "proj/wixr.yaml", "--id", "o-1", "--json")
+    eq(r.rc, 0, "fire from the parent folder (%s)" % r)
+    eq(r.json.get("skipped"), "done before", "the event done from the other folder is in the same journal: %s"
+       % r.out)
+    check(not os.path.exists(w.path(".wixr")), "no state folder in the working folder")
+    r = elsewhere.run("events", "list", "--config", config, "--json")
+    eq(r.rc, 0, "events list (%s)" % r)
+    eq([json.loads(x)["id"] for x in r.out.splitlines()], ["o-1"], "events list reads the same journal")
+    eq(elsewhere.run("check", "--config", config).rc, 0, "check with the key the run made")
+
+
+@test
+def relative_paths_set_in_the_file_start_at_its_folder():
+    hooks = "hooks:\n  order.paid:\n    - script: create.lua\n"
+    w = Work(None, {"proj/set.yaml": "runtime:\n  state_dir: st\nwix:\n  audit: logs/audit.log\n"
+                                     "  sandbox: {db: emu/e.db}\n" + hooks,
+                    "proj/logs/.keep": "", "proj/create.lua": CREATE,
+                    "proj/mem.yaml": "wix:\n  audit: \"-\"\n  sandbox: {db: \":memory:\"}\n" + hooks})
+    elsewhere = Work()
+    r = elsewhere.run("fire", "order.paid", "--config", w.path("proj/set.yaml"), "--id", "o-1", "--json")
+    eq(r.rc, 0, "fire (%s)" % r)
+    eq(files_under(elsewhere.dir), [], "nothing in the working folder")
+    eq(state_files(w.path("proj")), ["create.lua", "emu/e.db", "logs/.keep", "logs/audit.log", "mem.yaml",
+                                     "set.yaml", "st/installation.key", "st/journal.db"],
+       "runtime.state_dir, wix.sandbox.db and wix.audit, each relative to the file's folder")
+    with open(w.path("proj/logs/audit.log")) as f:
+        check('"method":"POST"' in f.read(), "the call is in the audit file")
+    # ":memory:" and "-" are not paths.
+    r = elsewhere.run("fire", "order.paid", "--config", w.path("proj/mem.yaml"), "--id", "o-1", "--json")
+    eq(r.rc, 0, "fire (%s)" % r)
+    check('"method":"POST"' in r.err, "the audit line on stderr: %r" % r.err[-300:])
+    eq([x for x in files_under(w.path("proj")) if "memory" in x], [], "no file named :memory:")
 
 
 def main():
