@@ -4,7 +4,8 @@
  * The same core serves `wixr sandbox serve` (emu_http.c puts it behind
  * libmicrohttpd) and, in-process with no socket, the `sandbox` transport of
  * the wix module. One emu_t is safe to share between threads: requests are
- * handled one at a time under its lock.
+ * handled one at a time under its lock, which a long Query hands to waiting
+ * requests between chunks of its work.
  */
 #ifndef WIXR_EMU_H
 #define WIXR_EMU_H
@@ -24,7 +25,8 @@ typedef struct emu_options {
 } emu_options;
 
 /* A filtered query's work: each package it must render counts EMU_QUERY_RENDER_UNITS, each value
- * compared one; over the budget the query is refused 400 (the emulator's lock is held meanwhile). */
+ * compared one; over the budget the query is refused 400 (other clients' requests go between its
+ * chunks, but the client waits for all of it and a CPU does it). */
 #define EMU_QUERY_BUDGET 2000000LL
 #define EMU_QUERY_RENDER_UNITS 100
 

@@ -165,6 +165,8 @@ emu_t *emu_open(const emu_options *o, char *err, size_t errlen)
     }
     e->owner_fd = -1;
     pthread_mutex_init(&e->lock, NULL);
+    atomic_init(&e->waiting, 0);
+    atomic_init(&e->turns, 0u);
     e->enable_delay_ms = o->enable_delay_ms;
     e->strict = e->strict_option = o->strict ? 1 : 0;
     e->query_budget = o->query_budget > 0 ? o->query_budget : EMU_QUERY_BUDGET;
@@ -419,15 +421,55 @@ static void new_request_id(emu_t *e, emu_response *resp)
              (unsigned long long)(e->log_seq + 1));
 }
 
+/* ---- the lock ----
+ *
+ * Requests are served one at a time, each in one transaction, so a long one
+ * (a Query evaluating its filter on thousands of packages) would hold up every
+ * other client for as long as it runs. It gives the lock away between chunks
+ * instead (emu_let_others_in): only when someone waits, so an uncontended
+ * request costs one atomic increment more. A mutex is not fair -- the thread
+ * that unlocks takes it straight back before a sleeping waiter wakes -- so
+ * the hand-over waits until a waiter has had it (a change of turns). */
+void emu_lock(emu_t *e)
+{
+    atomic_fetch_add(&e->waiting, 1);
+    pthread_mutex_lock(&e->lock);
+    atomic_fetch_sub(&e->waiting, 1);
+    atomic_fetch_add(&e->turns, 1);
+}
+
+void emu_unlock(emu_t *e)
+{
+    pthread_mutex_unlock(&e->lock);
+}
+
+int emu_let_others_in(emu_t *e)
+{
+    if (atomic_load(&e->waiting) == 0)
+        return 0;
+    emu_store_quiesce(e);
+    if (emu_commit(e) < 0)
+        emu_rollback(e);
+    unsigned seen = atomic_load(&e->turns);
+    emu_unlock(e);
+    /* Until a waiter has taken it (or, should it have given up, 20 ms). */
+    for (int i = 0; i < 400 && atomic_load(&e->turns) == seen && atomic_load(&e->waiting) > 0; i++) {
+        struct timespec ts = {0, 50000};
+        nanosleep(&ts, NULL);
+    }
+    emu_lock(e);
+    return emu_begin_read(e);
+}
+
 void emu_reject_too_large(emu_t *e, const emu_request *req, emu_response *resp)
 {
     memset(resp, 0, sizeof *resp);
-    pthread_mutex_lock(&e->lock);
+    emu_lock(e);
     new_request_id(e, resp);
     emu_error_response(resp, 413, "PAYLOAD_TOO_LARGE", "The request body is larger than %d bytes", EMU_MAX_BODY);
     if (strncmp(req->path, "/__admin", 8) != 0)
         emu_log_add(e, req, req->account_id, NULL, 413, "", "");
-    pthread_mutex_unlock(&e->lock);
+    emu_unlock(e);
 }
 
 void emu_handle(emu_t *e, const emu_request *req, emu_response *resp)
@@ -437,7 +479,7 @@ void emu_handle(emu_t *e, const emu_request *req, emu_response *resp)
     buf_init(&c.viol, 0);
     const char *fault = "";
     int fault_after = 0, fault_status = 0;
-    pthread_mutex_lock(&e->lock);
+    emu_lock(e);
     c.now = emu_now_ms();
     new_request_id(e, resp);
 
@@ -543,7 +585,7 @@ out:
     }
     if (strncmp(req->path, "/__admin", 8) != 0)
         emu_log_add(e, req, req->account_id, c.idem_key, resp->drop ? 0 : resp->status, fault, resp->warning);
-    pthread_mutex_unlock(&e->lock);
+    emu_unlock(e);
     for (int i = 0; i < c.nseg; i++)
         free(c.seg[i]);
     json_doc_free(c.doc);

@@ -6,6 +6,7 @@
 
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "../json/json.h"
@@ -89,7 +90,9 @@ typedef struct emu_ratelimit_bucket {
 } emu_ratelimit_bucket;
 
 struct emu {
-    pthread_mutex_t lock;
+    pthread_mutex_t lock;         /* one request at a time: emu_lock, emu_unlock, emu_let_others_in */
+    atomic_int waiting;           /* threads waiting for lock */
+    atomic_uint turns;            /* times lock was taken (a hand-over is seen by its change) */
     sqlite3 *db;
     int owner_fd;                 /* the state file's lock file (emu_owner.c), -1 when none */
     emu_catalog cat;
@@ -138,6 +141,15 @@ typedef struct emu_ctx {
 } emu_ctx;
 
 /* emu_core.c */
+void emu_lock(emu_t *e);
+void emu_unlock(emu_t *e);
+/* Called by a long request between chunks of its work, lock held and its
+ * transaction open: when other requests wait for the emulator, ends the
+ * transaction, hands them the lock, takes it back after them and begins a new
+ * read transaction. The state may have changed meanwhile (even every package
+ * gone, after an admin reset). 0, or -1 when no transaction could begin again
+ * (the request should answer 500). */
+int emu_let_others_in(emu_t *e);
 long long emu_now_ms(void);
 void emu_uuid(emu_t *e, char out[EMU_ID_LEN + 1]);
 uint64_t emu_rand(emu_t *e);
@@ -174,6 +186,8 @@ void emu_store_close(emu_t *e);
 int emu_store_seed(emu_t *e, char *err, size_t errlen);
 int emu_store_reset(emu_t *e);
 sqlite3_stmt *emu_stmt(emu_t *e, int which);
+/* Resets every prepared statement (none is left reading: a transaction can end). */
+void emu_store_quiesce(emu_t *e);
 int emu_begin(emu_t *e);
 int emu_begin_read(emu_t *e);
 int emu_commit(emu_t *e);

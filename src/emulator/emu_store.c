@@ -81,7 +81,7 @@ static const char *const sql[ST__COUNT] = {
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_PKG_SCOPE] = "SELECT seq, created, updated, id, account_id, external_id FROM packages"
-                     " WHERE parent_account_id = ?1",
+                     " WHERE parent_account_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     [ST_PKG_COUNT] = "SELECT count(*) FROM packages",
     [ST_NEXT_DUE] = "SELECT min(deliver_at) FROM instances WHERE status = 'PENDING' AND deliver_at IS NOT NULL",
     [ST_INST_COUNT_STATUS] = "SELECT status, count(*) FROM instances GROUP BY status ORDER BY status",
@@ -142,6 +142,12 @@ static int exec_simple(emu_t *e, int which)
     int rc = sqlite3_step(s);
     sqlite3_reset(s);
     return rc == SQLITE_DONE ? 0 : -1;
+}
+
+void emu_store_quiesce(emu_t *e)
+{
+    for (int i = 0; i < ST__COUNT; i++)
+        sqlite3_reset(e->st[i]);
 }
 
 int emu_begin(emu_t *e) { return exec_simple(e, ST_BEGIN); }
