@@ -5,6 +5,8 @@
  * Each hook gets a Lua state of its own (so memory is counted per hook and no
  * script can reach another's globals), an environment built from allowed
  * names only (no io, os.execute, debug, package, string.dump, bytecode), and
+ * per-run globals (what a run assigns to a global is its own, over the
+ * script's top-level definitions, and dropped when it ends), and
  * per-run limits: an instruction budget and a wall-clock deadline checked by
  * a count hook that re-arms on every instruction once tripped (so pcall
  * cannot swallow it), and a deadline timer that ends the run even while it
@@ -44,6 +46,12 @@ typedef struct hook_rt {
     struct hook_run *deferred_head, *deferred_tail; /* runs waiting for the state's rebuild */
     int ndeferred;
     int deferred_armed;
+    int base_ref;                 /* registry: the script's shared globals (top-level names, libraries) */
+    const void *env;              /* the environment proxy every chunk of the script has as _ENV (and _G) */
+    int loading;                  /* the script's top level runs: globals written go to the shared table */
+    int envmeta_ref, index_ref;   /* registry: the environment's metatable, its C __index */
+    int own_globals;              /* runs in flight that have globals of their own */
+    int custom_meta;              /* the top level set or fetched _G's metatable */
     long long alloc_fail_at;      /* tests: refuse every allocation from the n-th on (0 = off) */
     long long allocs;             /* allocations counted while alloc_fail_at is set */
 } hook_rt;
@@ -73,6 +81,7 @@ struct hook_run {
     int mutations;
     int idle;                     /* not a run of the handler (loading, an error made text): limits only */
     int keyseq;                   /* mutating calls that got a derived idempotency key */
+    int globals_ref;              /* registry: the globals this run wrote (0 until its first), dropped at its end */
     int finished;
     int ok;
     enum run_outcome outcome;    /* RUN_OK when ok */

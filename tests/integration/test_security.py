@@ -442,6 +442,81 @@ end
           "the allow list holds whatever the module was turned into: %r" % s.json["hooks"][0])
 
 
+# A hook run's globals: several runs of one hook are in flight together in its one Lua state (they
+# wait on API calls, the scheduler interleaves them). A forgotten `local` made 3 of 4 concurrent
+# events act for another customer; a later run saw what an earlier one left.
+RUN_GLOBALS = r"""
+local wix = require "wix"
+counter = 0                                   -- the script's own top-level globals
+function remember(c) last_customer = c end    -- a top-level function writes a global...
+function recall() return last_customer end    -- ...and another reads it, during a run
+return function(event, ctx)
+  local r = { left = tostring(customer), left_by_fn = tostring(recall()), left_raw = tostring(raw),
+              left_env = tostring(env_raw), left_meta = tostring(unknown_name) }
+  customer = event.customer                   -- the forgotten local
+  remember(event.customer)
+  rawset(_G, "raw", event.customer)
+  rawset(_ENV, "env_raw", event.customer)
+  counter = counter + 1
+  setmetatable(_ENV, { __index = function(_, k) return k .. " of " .. event.customer end })
+  wix.sleep(event.wait)                       -- the other runs go on meanwhile
+  r.customer, r.by_fn, r.raw, r.env_raw, r.counter = customer, recall(), raw, env_raw, counter
+  r.meta = unknown_name
+  r.listed = {}                               -- pairs(_G): the run's own, then the script's
+  for k, v in pairs(_G) do
+    if k == "customer" or k == "counter" or k == "recall" then r.listed[k] = type(v) == "function" and "fn" or v end
+  end
+  return r
+end
+"""
+
+
+# The script's own metatable on _G, fetched at the top level: what it stores through its table
+# argument is the run's too.
+MEMO_GLOBALS = r"""
+getmetatable(_G).__index = function(t, k) rawset(t, k, "memo of " .. k) return "memo of " .. k end
+return function(event, ctx)
+  local before = rawget(_G, "anything")
+  return { before = tostring(before), now = anything }
+end
+"""
+
+
+@test
+def escape_runs_in_flight_together_do_not_share_globals():
+    cfg = wix_block() + "hooks:\n  order:\n    - script: globals.lua\n  memo:\n    - script: memo.lua\n"
+    w = Work(cfg, {"globals.lua": RUN_GLOBALS, "memo.lua": MEMO_GLOBALS})
+    waits = [200, 50, 150, 100]
+    events = [{"event": "order", "id": "o%d" % i, "data": {"customer": "cust-%d" % i, "wait": waits[i]}}
+              for i in range(4)]
+    text = "".join(json.dumps(e) + "\n" for e in events)
+    r = w.run("fire", "--batch", "-", "--json", "--concurrency", "4", "--no-dedupe", stdin=text, timeout=20)
+    eq(r.rc, 0, "the four events ran (%s)" % r)
+    lines = [json.loads(x) for x in r.out.strip().splitlines()[:-1]]
+    eq(len(lines), 4, "a line per event: %r" % lines)
+    for line in lines:
+        want = "cust-%s" % line["id"][1:]
+        res = line["hooks"][0]["result"]
+        eq((res["customer"], res["by_fn"], res["raw"], res["env_raw"]), (want, want, want, want),
+           "event %s acts for its own customer (a global, one a top-level function set, rawset on _G and _ENV)"
+           % line["id"])
+        eq(res["counter"], 1, "a top-level global assigned in a run is the run's own (event %s)" % line["id"])
+        eq(res["meta"], "unknown_name of " + want, "a metatable set on _ENV is the run's own (event %s)" % line["id"])
+        eq(res["listed"], {"customer": want, "counter": 1, "recall": "fn"}, "pairs(_G) lists what the run sees")
+    # one after the other: the second run sees nothing the first one left
+    seq = [{"event": "order", "id": "s%d" % i, "data": {"customer": "seq-%d" % i, "wait": 1}} for i in range(2)]
+    r = w.batch(seq)
+    eq(r.rc, 0, "the two events ran (%s)" % r)
+    for line in r.event_lines:
+        res = line["hooks"][0]["result"]
+        eq((res["left"], res["left_by_fn"], res["left_raw"], res["left_env"], res["left_meta"], res["counter"]),
+           ("nil", "nil", "nil", "nil", "nil", 1), "run %s starts from the script's own globals" % line["id"])
+    r = w.batch([{"event": "memo", "id": "m%d" % i} for i in range(2)])
+    eq(r.rc, 0, "the two events ran (%s)" % r)
+    eq([line["hooks"][0]["result"] for line in r.event_lines], [{"before": "nil", "now": "memo of anything"}] * 2,
+       "what the script's __index stored in a run stays in that run")
+
+
 @test
 def escape_gc_finalizers_cannot_be_set():
     # Lua runs __gc with every hook off: one that loops would hang the process.
