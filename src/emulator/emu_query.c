@@ -734,9 +734,10 @@ void emu_api_query(emu_ctx *c)
      * then, when there is a filter, each candidate rendered and evaluated.
      * Both go in chunks, and between chunks requests waiting for the emulator
      * go first (emu_let_others_in): a long query delays others by a chunk,
-     * not by its length. The state may change in between, so each package is
-     * read as it was at some moment of the query (one deleted meanwhile, by
-     * an admin reset, is left out). The work is still budgeted, since it
+     * not by its length. The state may change in between: the query answers
+     * with the packages that existed when it began (up to their last seq),
+     * each read as it was at some moment of it (one deleted meanwhile, by an
+     * admin reset, is left out). The work is still budgeted, since it
      * holds this client's answer and a CPU: a filter whose cost over its
      * candidates would pass c->e->query_budget is refused before any is
      * rendered, and one that passes it while evaluating (more instances than
@@ -760,11 +761,15 @@ void emu_api_query(emu_ctx *c)
             goto violations;
     }
     long long after = 0; /* the last seq read: the next chunk starts past it */
+    sqlite3_stmt *ls = emu_stmt(c->e, ST_PKG_LAST_SEQ);
+    long long last = sqlite3_step(ls) == SQLITE_ROW ? sqlite3_column_int64(ls, 0) : 0;
+    sqlite3_reset(ls);
     for (;;) {
         sqlite3_stmt *s = emu_stmt(c->e, ST_PKG_SCOPE);
         sqlite3_bind_text(s, 1, c->parent, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s, 2, after);
         sqlite3_bind_int(s, 3, QUERY_SCAN_CHUNK);
+        sqlite3_bind_int64(s, 4, last);
         int rows = 0;
         while (sqlite3_step(s) == SQLITE_ROW) {
             hit h = {sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1), sqlite3_column_int64(s, 2)};

@@ -81,7 +81,8 @@ static const char *const sql[ST__COUNT] = {
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_PKG_SCOPE] = "SELECT seq, created, updated, id, account_id, external_id FROM packages"
-                     " WHERE parent_account_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                     " WHERE parent_account_id = ?1 AND seq > ?2 AND seq <= ?4 ORDER BY seq LIMIT ?3",
+    [ST_PKG_LAST_SEQ] = "SELECT coalesce(max(seq), 0) FROM packages",
     [ST_PKG_COUNT] = "SELECT count(*) FROM packages",
     [ST_NEXT_DUE] = "SELECT min(deliver_at) FROM instances WHERE status = 'PENDING' AND deliver_at IS NOT NULL",
     [ST_INST_COUNT_STATUS] = "SELECT status, count(*) FROM instances GROUP BY status ORDER BY status",
