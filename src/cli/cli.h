@@ -9,6 +9,8 @@
 
 #include <stddef.h>
 
+#include "../util/buf.h"
+
 #define EXIT_WORK_FAILED 1
 #define EXIT_USAGE 2
 #define EXIT_BAD_INPUT 3
@@ -21,6 +23,14 @@ int cmd_test(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_reload(int argc, char **argv);
 int cmd_events(int argc, char **argv);
+int cmd_worker(int argc, char **argv);   /* `wixr __worker` (serve/worker.h): not for users */
+
+/* wixr fire's text for a finished event run in a worker (cmd_fire.c): flags
+ * FIRE_RENDER_*; appended to out. */
+struct event_job;
+#define FIRE_RENDER_VERBOSE 1
+#define FIRE_RENDER_FAILURES 2
+void fire_render(const struct event_job *j, int flags, buf_t *out);
 
 /* Where shipped files (config/, lua/) live: $WIXR_HOME, else the source
  * tree the binary was built from. */

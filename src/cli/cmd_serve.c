@@ -64,6 +64,7 @@ int cmd_serve(int argc, char **argv)
         {"--config", OPT_VALUE, &o.config_path, 0, 0, NULL},
         {"--listen", OPT_VALUE, &o.listen, 0, 0, NULL},
         {"--insecure-no-auth", OPT_FLAG, &o.insecure_no_auth, 1, 0, NULL},
+        {"--test-faults", OPT_FLAG, &o.test_faults, 1, 0, NULL}, /* (hidden: the isolation tests' faults) */
         {NULL, OPT_FLAG, NULL, 0, 0, NULL},
     };
     const cli_command cmd = {"wixr serve", serve_usage, opts, NULL, 0, NULL};

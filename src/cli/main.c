@@ -112,6 +112,8 @@ int main(int argc, char **argv)
         printf("wixr %s (commit %s, built %s)\n", WIXR_VERSION, WIXR_COMMIT, WIXR_BUILD_DATE);
         return 0;
     }
+    if (!strcmp(cmd, "__worker")) /* started by serve and fire --batch only: in no list */
+        return cmd_worker(argc - 1, argv + 1);
     int k = find_command(cmd);
     if (k < 0)
         return unknown_command(cmd);

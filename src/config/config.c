@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 #include <arpa/inet.h>
 #include <sys/stat.h>
@@ -969,7 +970,8 @@ static int load_hook(const ydoc *d, const ynode *n, const char *event, int index
 static const char *const serve_keys[] = {"listen", "journal", "concurrency", "order_key", "retry",
                                          "accept_unknown_events", "max_body_kb", "request_timeout_ms",
                                          "idle_timeout_ms", "max_connections", "max_connections_per_ip",
-                                         "drain_ms", NULL};
+                                         "drain_ms", "workers", "worker_memory_mb", "hard_deadline_ms",
+                                         "poison_after", NULL};
 static const char *const serve_retry_keys[] = {"attempts", "base_ms", "max_ms", NULL};
 static const char *const poller_keys[] = {"enabled", "interval_ms", "account_id", NULL};
 
@@ -1080,6 +1082,24 @@ static void load_serve(const ydoc *d, const ynode *n, wixr_config *c, buf_t *err
         NOTE_ERR();
     if ((m = ymap_get(n, "drain_ms")) && get_long(d, m, "serve.drain_ms", 0, 3600000, &s->drain_ms, err, errlen) < 0)
         NOTE_ERR();
+    if ((m = ymap_get(n, "workers"))) {
+        if (get_long(d, m, "serve.workers", 1, 64, &v, err, errlen) < 0)
+            NOTE_ERR();
+        else
+            s->workers = (int)v;
+    }
+    if ((m = ymap_get(n, "worker_memory_mb")) &&
+        get_long(d, m, "serve.worker_memory_mb", 64, 1048576, &s->worker_memory_mb, err, errlen) < 0)
+        NOTE_ERR();
+    if ((m = ymap_get(n, "hard_deadline_ms")) &&
+        get_long(d, m, "serve.hard_deadline_ms", 100, 3600000, &s->hard_deadline_ms, err, errlen) < 0)
+        NOTE_ERR();
+    if ((m = ymap_get(n, "poison_after"))) {
+        if (get_long(d, m, "serve.poison_after", 1, 100, &v, err, errlen) < 0)
+            NOTE_ERR();
+        else
+            s->poison_after = (int)v;
+    }
     if ((m = ymap_get(n, "request_timeout_ms")) &&
         get_long(d, m, "serve.request_timeout_ms", 1000, 3600000, &s->request_timeout_ms, err, errlen) < 0)
         NOTE_ERR();
@@ -1266,6 +1286,11 @@ static int load(wixr_config *c, const char *path, const char *text, size_t len, 
     c->serve.retry_max_ms = 60000;
     c->serve.max_body_kb = 1024;
     c->serve.drain_ms = 10000;
+    {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        c->serve.workers = cores < 1 ? 1 : cores > 64 ? 64 : (int)cores;
+    }
+    c->serve.poison_after = 2;
     c->serve.request_timeout_ms = 30000;
     c->serve.idle_timeout_ms = 15000;
     c->serve.max_connections = 1024;

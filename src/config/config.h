@@ -97,6 +97,10 @@ typedef struct serve_settings {
     int max_connections;          /* open at once, in all */
     int max_connections_per_ip;   /* open at once from one address (0: no limit) */
     long drain_ms;                /* SIGTERM: how long in-flight runs may finish */
+    int workers;                  /* worker processes that run the hooks (default: the cores) */
+    long worker_memory_mb;        /* a worker's memory ceiling (0: 256 + the hooks' memory_mb) */
+    long hard_deadline_ms;        /* a worker making no progress this long is killed (0: 2 x the largest wall_ms) */
+    int poison_after;             /* worker deaths charged to an event before it is dead (poison) */
     int poller_enabled;
     long poller_interval_ms;
     char *poller_account_id;      /* default wix.account_id */

@@ -32,7 +32,7 @@
 
 #include "../json/json.h"
 
-#define JOURNAL_SCHEMA_VERSION 2
+#define JOURNAL_SCHEMA_VERSION 3
 #define PURGE_CHUNK 2000 /* rows deleted per transaction, so a big purge never holds the lock long */
 
 static const char *const state_names[EV__COUNT] = {"accepted", "running", "done", "retrying", "dead"};
@@ -56,7 +56,9 @@ static const char *const state_names[EV__COUNT] = {"accepted", "running", "done"
     " created_ms INTEGER NOT NULL,"                                                                       \
     " updated_ms INTEGER NOT NULL,"                                                                       \
     " last_error TEXT,"                                                                                   \
-    " results TEXT)"
+    " results TEXT,"                                                                                      \
+    " worker_deaths INTEGER NOT NULL DEFAULT 0,"                                                          \
+    " solo INTEGER NOT NULL DEFAULT 0)"
 #define EVENTS_INDEXES                                                                                    \
     "CREATE INDEX IF NOT EXISTS events_state_seq ON events(state, seq);"                                  \
     "CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE " PENDING ";"                         \
@@ -64,11 +66,19 @@ static const char *const state_names[EV__COUNT] = {"accepted", "running", "done"
 
 static const char *const schema = "CREATE TABLE IF NOT EXISTS events" EVENTS_COLUMNS ";" EVENTS_INDEXES;
 
+/* Format 2 had no worker_deaths (deaths of worker processes charged to the
+ * event, for the poison quarantine) nor solo (the event's next run is alone
+ * in its worker). */
+static const char *const migrate_2_to_3 =
+    "ALTER TABLE events ADD COLUMN worker_deaths INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE events ADD COLUMN solo INTEGER NOT NULL DEFAULT 0;";
+
 /* Format 1 had IN lists in the CHECK and the partial indexes: the table is
  * rebuilt with the same rows (and seq numbers; the sequence is kept). */
 static const char *const migrate_1_to_2 =
     "CREATE TABLE events_v2" EVENTS_COLUMNS ";"
-    "INSERT INTO events_v2 SELECT * FROM events;"
+    "INSERT INTO events_v2(seq, id, name, data, order_key, state, attempts, next_attempt_ms, created_ms,"
+    " updated_ms, last_error, results) SELECT * FROM events;"
     "CREATE TEMP TABLE old_seq AS SELECT seq FROM sqlite_sequence WHERE name = 'events';"
     "DROP TABLE events;"
     "ALTER TABLE events_v2 RENAME TO events;"
@@ -77,7 +87,8 @@ static const char *const migrate_1_to_2 =
     "DROP TABLE old_seq;" EVENTS_INDEXES;
 
 #define EV_COLS \
-    "seq, id, name, data, order_key, state, attempts, next_attempt_ms, created_ms, updated_ms, last_error, results"
+    "seq, id, name, data, order_key, state, attempts, next_attempt_ms, created_ms, updated_ms, last_error, results," \
+    " worker_deaths, solo"
 
 enum {
     ST_BEGIN,
@@ -99,6 +110,8 @@ enum {
     ST_LIST_STATE,
     ST_RUNNABLE,
     ST_WAITING_KEYS,
+    ST_LOST_CHARGED,
+    ST_LOST_BYSTANDER,
     ST__COUNT
 };
 
@@ -119,6 +132,10 @@ static const char *const sql[ST__COUNT] = {
                     " updated_ms = ?5 WHERE id = ?1",
     [ST_DEAD] = "UPDATE events SET state = 'dead', next_attempt_ms = 0, last_error = ?2, results = ?3,"
                 " updated_ms = ?4 WHERE id = ?1",
+    [ST_LOST_CHARGED] = "UPDATE events SET state = 'retrying', next_attempt_ms = ?2, last_error = ?3,"
+                         " worker_deaths = worker_deaths + 1, solo = 1, updated_ms = ?4 WHERE id = ?1",
+    [ST_LOST_BYSTANDER] = "UPDATE events SET state = 'retrying', next_attempt_ms = 0,"
+                           " attempts = max(attempts - 1, 0), solo = 1, updated_ms = ?4 WHERE id = ?1",
     [ST_RECOVER] = "UPDATE events SET state = 'accepted', updated_ms = ?1 WHERE state = 'running'",
     [ST_RETRY] = "UPDATE events SET state = 'accepted', attempts = 0, next_attempt_ms = 0, updated_ms = ?2"
                  " WHERE id = ?1 AND (state = 'dead' OR state = 'retrying')",
@@ -240,6 +257,8 @@ static int read_row(journal *j, sqlite3_stmt *s, journal_event *e)
     e->updated_ms = sqlite3_column_int64(s, 9);
     e->last_error = dup_col(s, 10, &oom);
     e->results_json = dup_col(s, 11, &oom);
+    e->worker_deaths = sqlite3_column_int(s, 12);
+    e->solo = sqlite3_column_int(s, 13);
     if (oom) {
         snprintf(j->err, sizeof j->err, "journal: out of memory");
         journal_event_free(e);
@@ -316,7 +335,7 @@ static int setup_schema(sqlite3 *db, const char *path, char *err, size_t errlen)
          * the loser finds the schema there and changes nothing. */
         if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
             sqlite3_exec(db, schema, NULL, NULL, &msg) != SQLITE_OK ||
-            sqlite3_exec(db, "PRAGMA user_version = 1", NULL, NULL, &msg) != SQLITE_OK ||
+            sqlite3_exec(db, "PRAGMA user_version = 3", NULL, NULL, &msg) != SQLITE_OK ||
             sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
             snprintf(err, errlen, "%s: creating the journal: %s", path, msg ? msg : sqlite3_errmsg(db));
             sqlite3_free(msg);
@@ -338,7 +357,7 @@ static int setup_schema(sqlite3 *db, const char *path, char *err, size_t errlen)
         }
         /* (another process may have upgraded it while this one waited for the lock) */
         if (version == 1 && (sqlite3_exec(db, migrate_1_to_2, NULL, NULL, &msg) != SQLITE_OK ||
-                             sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, &msg) != SQLITE_OK)) {
+                             sqlite3_exec(db, "PRAGMA user_version = 3", NULL, NULL, &msg) != SQLITE_OK)) {
             snprintf(err, errlen, "%s: upgrading the journal: %s", path, msg ? msg : sqlite3_errmsg(db));
             sqlite3_free(msg);
             sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
@@ -348,6 +367,21 @@ static int setup_schema(sqlite3 *db, const char *path, char *err, size_t errlen)
             snprintf(err, errlen, "%s: upgrading the journal: %s", path, msg ? msg : sqlite3_errmsg(db));
             sqlite3_free(msg);
             sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            return -1;
+        }
+        version = JOURNAL_SCHEMA_VERSION;
+    }
+    if (version == 2) {
+        char *msg = NULL;
+        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
+            pragma_int(db, "PRAGMA user_version", &version) < 0 ||
+            (version == 2 && (sqlite3_exec(db, migrate_2_to_3, NULL, NULL, &msg) != SQLITE_OK ||
+                              sqlite3_exec(db, "PRAGMA user_version = 3", NULL, NULL, &msg) != SQLITE_OK)) ||
+            sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
+            snprintf(err, errlen, "%s: upgrading the journal: %s", path, msg ? msg : sqlite3_errmsg(db));
+            sqlite3_free(msg);
+            if (!sqlite3_get_autocommit(db))
+                sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
             return -1;
         }
         version = JOURNAL_SCHEMA_VERSION;
@@ -924,6 +958,19 @@ int journal_mark_retry(journal *j, const char *id, long long next_attempt_ms, co
     bind_text(s, 4, results_json);
     sqlite3_bind_int64(s, 5, now_ms(j));
     int rc = update_one(j, s, "marking an event for retry");
+    unlock(j);
+    return rc;
+}
+
+int journal_mark_lost(journal *j, const char *id, int charged, long long next_attempt_ms, const char *error)
+{
+    lock(j);
+    sqlite3_stmt *s = stmt(j, charged ? ST_LOST_CHARGED : ST_LOST_BYSTANDER);
+    bind_text(s, 1, id);
+    sqlite3_bind_int64(s, 2, next_attempt_ms > 0 ? next_attempt_ms : 0);
+    bind_text(s, 3, error ? error : "");
+    sqlite3_bind_int64(s, 4, now_ms(j));
+    int rc = update_one(j, s, "marking an event whose worker died");
     unlock(j);
     return rc;
 }

@@ -56,6 +56,8 @@ typedef struct journal_event {
     long long created_ms, updated_ms;
     char *last_error;                            /* NULL when none */
     char *results_json;                          /* the last run's per-hook results (a JSON array text), NULL when none */
+    int worker_deaths;                           /* worker processes that died running it alone */
+    int solo;                                    /* its next run is alone in its worker (a worker died under it) */
 } journal_event;
 
 /* Opens (creating when missing) the journal at path; the folder must exist.
@@ -143,6 +145,11 @@ int journal_mark_done(journal *j, const char *id, const char *results_json);
 /* state retrying until next_attempt_ms */
 int journal_mark_retry(journal *j, const char *id, long long next_attempt_ms, const char *error,
                        const char *results_json);
+/* The worker process running the event died. charged (it ran alone, so the
+ * death is its doing): one more worker death, a retry at next_attempt_ms with
+ * error. Not charged (a bystander): the attempt is given back and it runs
+ * again at once. Either way its next run is alone in its worker. */
+int journal_mark_lost(journal *j, const char *id, int charged, long long next_attempt_ms, const char *error);
 int journal_mark_dead(journal *j, const char *id, const char *error, const char *results_json);
 
 /* After a crash: running -> accepted; returns how many, -1 error. */

@@ -3,6 +3,7 @@
  * and the limits of each run (see sandbox.h).
  */
 #define _GNU_SOURCE
+#include "faults.h"
 #include "sandbox.h"
 
 #include <ctype.h>
@@ -92,6 +93,7 @@ static int over_limit(hook_run *r, long long n)
 
 static void limit_hook(lua_State *L, lua_Debug *ar)
 {
+    sched_progress++; /* a run in Lua is progress (a worker stuck in C makes none) */
     hook_run *r = sandbox_current_run(L);
     if (!r || !over_limit(r, HOOK_EVERY))
         return;
@@ -390,6 +392,8 @@ static int sbx_require(lua_State *L)
     lua_pop(L, 1);
     if (!strcmp(name, "cjson")) {
         cjson_open(L);
+    } else if (faults_enabled && !strcmp(name, "wixr.fault")) {
+        faults_open(L); /* (the isolation tests only: faults.h) */
     } else if (!strcmp(name, "wix")) {
         lua_getglobal(L, "require"); /* the real one, in the hidden _G */
         lua_pushstring(L, name);

@@ -9,6 +9,8 @@
 #include <string.h>
 #include <time.h>
 
+volatile unsigned long sched_progress;
+
 struct sched_task {
     unsigned long id;
     unsigned long group;
@@ -432,6 +434,7 @@ static void run_task(sched_t *s, sched_task *t)
         return;
     }
     s->current = t;
+    sched_progress++;
     int st = lua_resume(t->co, NULL, t->nargs, &nres);
     s->current = NULL;
     t->nargs = 0;

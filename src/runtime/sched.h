@@ -96,6 +96,10 @@ int sched_watch_fd(sched_t *s, int fd);
 /* Ends a sched_run_for wait from any thread. */
 void sched_wakeup(sched_t *s);
 long long sched_now_ms(void);
+/* Bumped at every resume of a task (and by the hooks' instruction count
+ * hook): a worker process reports it, so its supervisor tells a worker that
+ * runs Lua or waits from one stuck in a C call. */
+extern volatile unsigned long sched_progress;
 int sched_tasks_alive(sched_t *s);
 
 #endif

@@ -5,6 +5,7 @@
 #include "serve.h"
 
 #include <arpa/inet.h>
+#include <poll.h>
 #include <errno.h>
 #include <limits.h>
 #include <microhttpd.h>
@@ -28,9 +29,11 @@
 #include "../json/wix_error.h"
 #include "../journal/journal.h"
 #include "../journal/journal_json.h"
-#include "../runtime/hooks.h"
+#include "../runtime/host.h"
 #include "../util/isotime.h"
-#include "../wix/luajson.h"
+#include "../wix/client.h"
+#include "workers.h"
+#include "setup.h"
 
 #define SERVE_MAX_INFLIGHT_KEYS 4096
 #define SNAPSHOT_EVERY_MS 250
@@ -52,7 +55,7 @@ typedef struct intake {
 /* An ended run's outcome, written with the others of the same loop turn. */
 typedef struct run_change {
     char *id;
-    int kind;                     /* 0 done, 1 retry, 2 dead, 3 running */
+    int kind;                     /* 0 done, 1 retry, 2 dead, 3 running, 4 lost (charged), 5 lost (a bystander) */
     long long next_attempt_ms;
     char *error, *results;
     struct run_change *next;
@@ -61,7 +64,9 @@ typedef struct run_change {
 typedef struct running {
     char *id;
     char *key;
+    char *name;
     int attempt;
+    int worker_deaths;            /* charged to it before this run */
     long long started_ms;
     struct serve *s;
 } running;
@@ -93,8 +98,13 @@ typedef struct watched {
 typedef struct serve {
     const serve_options *opt;
     wixr_config *boot_cfg;        /* the configuration at start (wix settings, state dir) */
-    wixr_host *h;
-    hook_table *table;            /* current rules */
+    wixr_config *cfg;             /* the rules in force (the workers' configuration) */
+    wixr_config *next_cfg;        /* a reload's, while its workers load it */
+    char reload_why[64];
+    double reload_t0;
+    worker_pool *pool;                   /* the worker processes: every hook runs there */
+    worker_setup ws;              /* their arguments, environment, and the emulator they share */
+    long long poison_total;
     long rules_version;
     wix_transport boot_transport; /* wix.transport as configured (boot_cfg holds it resolved) */
     journal *jmain, *jwrite, *jread;
@@ -279,19 +289,19 @@ static void publish_names(serve *s)
     for (int i = 0; i < s->nnames; i++)
         free(s->names[i]);
     free(s->names);
-    s->names = calloc((size_t)s->table->n + 1, sizeof *s->names);
+    s->names = calloc((size_t)s->cfg->nhooks + 1, sizeof *s->names);
     s->nnames = 0;
-    for (int i = 0; i < s->table->n && s->names; i++) {
-        if (!s->table->rt[i])
+    for (int i = 0; i < s->cfg->nhooks && s->names; i++) {
+        if (!s->cfg->hooks[i].enabled)
             continue;
-        const char *ev = s->table->cfg->hooks[i].event;
+        const char *ev = s->cfg->hooks[i].event;
         int dup = 0;
         for (int k = 0; k < s->nnames && !dup; k++)
             dup = !strcmp(s->names[k], ev);
         if (!dup)
             s->names[s->nnames++] = strdup(ev);
     }
-    s->accept_unknown = s->table->cfg->serve.accept_unknown_events;
+    s->accept_unknown = s->cfg->serve.accept_unknown_events;
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -922,40 +932,6 @@ static void remove_inflight(serve *s, running *r)
     }
 }
 
-/* The first hook that failed in a run (in the event's hooks, then its chained
- * events'), with the event it ran for. */
-typedef struct failure {
-    const event_job *job;
-    const hook_result *hr;
-    const hook_def *def;          /* its configuration (NULL when unknown) */
-} failure;
-
-static int first_failure(const event_job *j, failure *f)
-{
-    for (int i = 0; i < j->nidx; i++) {
-        if (j->results[i].status == HOOK_FAILED) {
-            f->job = j;
-            f->hr = &j->results[i];
-            f->def = &j->t->cfg->hooks[j->idx[i]];
-            return 1;
-        }
-    }
-    for (int i = 0; i < j->nchildren; i++)
-        if (j->children[i] && first_failure(j->children[i], f))
-            return 1;
-    return 0;
-}
-
-/* The error code of a failed hook: the code field of its error value (a
- * wix.Error's, e.g. SITE_NOT_FOUND), else what ended it: MEMORY_LIMIT, LIMIT
- * (instructions or time), or ERROR (a plain Lua error). */
-static void failure_code(const hook_result *hr, char *out, size_t n)
-{
-    snprintf(out, n, "%s", hr->code[0] ? hr->code : hr->outcome == RUN_MEMORY ? "MEMORY_LIMIT"
-                                                  : hr->outcome == RUN_LIMIT  ? "LIMIT"
-                                                                              : "ERROR");
-}
-
 static void observe(serve *s, double secs)
 {
     size_t b = 0;
@@ -1068,6 +1044,8 @@ static int apply_ops(serve *s, run_change *ops)
             rc = journal_mark_retry(s->jwrite, o->id, o->next_attempt_ms, o->error, o->results);
         else if (o->kind == 2)
             rc = journal_mark_dead(s->jwrite, o->id, o->error, o->results);
+        else if (o->kind == 4 || o->kind == 5)
+            rc = journal_mark_lost(s->jwrite, o->id, o->kind == 4, o->next_attempt_ms, o->error);
         else
             rc = journal_mark_running(s->jwrite, o->id);
         if (rc > 0)
@@ -1101,7 +1079,7 @@ static const char *const hc_names[HC__N] = {"ok", "failed", "permanent", "skippe
 
 static int configured_event(const serve *s, const char *name)
 {
-    const wixr_config *c = s->table->cfg;
+    const wixr_config *c = s->cfg;
     for (int i = 0; i < c->nhooks; i++)
         if (!strcmp(c->hooks[i].event, name))
             return 1;
@@ -1147,68 +1125,57 @@ static void count_event(serve *s, const char *event, int what)
         r->n[what]++;
 }
 
-/* The script of a hook named "event (script)" (the whole name otherwise). */
-static const char *hook_script(const char *name, size_t *len)
+/* The hook runs of an ended event, from its DONE message: a line
+ * "event\tscript\tcategory\n" per hook run (worker.h). */
+static void count_hooks(serve *s, const char *lines)
 {
-    if (!name)
-        name = "";
-    const char *open = strrchr(name, '(');
-    size_t n = open ? strlen(open) : 0; /* "(script)" */
-    if (n < 3 || open[n - 1] != ')') {
-        *len = strlen(name);
-        return name;
+    static const char *const cats[HC__N] = {"ok", "failed", "permanent", "skipped"};
+    for (const char *p = lines; *p;) {
+        const char *nl = strchr(p, '\n'), *t1 = strchr(p, '\t');
+        if (!nl)
+            break;
+        const char *t2 = t1 && t1 < nl ? memchr(t1 + 1, '\t', (size_t)(nl - t1 - 1)) : NULL;
+        if (t2) {
+            char event[256];
+            snprintf(event, sizeof event, "%.*s", (int)(t1 - p), p);
+            int cat = -1;
+            for (int k = 0; k < HC__N; k++)
+                if ((size_t)(nl - t2 - 1) == strlen(cats[k]) && !memcmp(t2 + 1, cats[k], strlen(cats[k])))
+                    cat = k;
+            label_row *r = cat >= 0 && configured_event(s, event)
+                               ? label_row_of(s, event, t1 + 1, (size_t)(t2 - t1 - 1))
+                               : NULL;
+            if (r)
+                r->n[cat]++;
+        }
+        p = nl + 1;
     }
-    *len = n - 2;
-    return open + 1;
-}
-
-/* Did the failed hook end as permanent (its error value said trying again
- * cannot succeed)? */
-static int failure_permanent(const hook_result *hr)
-{
-    return hr->status == HOOK_FAILED && hr->outcome == RUN_PERMANENT;
-}
-
-static void count_hooks(serve *s, const event_job *j)
-{
-    if (!configured_event(s, j->name))
-        return;
-    for (int i = 0; i < j->nidx; i++) {
-        const hook_result *hr = &j->results[i];
-        size_t len;
-        const char *script = hook_script(hr->hook, &len);
-        label_row *r = label_row_of(s, j->name, script, len);
-        if (r)
-            r->n[hr->status == HOOK_SKIPPED  ? HC_SKIPPED
-                 : hr->status != HOOK_FAILED ? HC_OK
-                 : failure_permanent(hr)     ? HC_PERMANENT
-                                             : HC_FAILED]++;
-    }
-    for (int i = 0; i < j->nchildren; i++)
-        if (j->children[i])
-            count_hooks(s, j->children[i]);
 }
 
 /* One log line per failed attempt: which event, which hook, the attempt, the
  * error's code and message, and what happens next. */
-static void log_failed_attempt(const running *r, const event_job *j, const failure *f, const char *code,
-                               int permanent, int max_attempts, long long retry_in_ms)
+typedef struct attempt_failure {
+    const char *event, *chained_event, *hook, *code, *error;
+    int permanent;
+} attempt_failure;
+
+static void log_failed_attempt(const running *r, const attempt_failure *f, int max_attempts, long long retry_in_ms)
 {
     host_logline l;
     json_writer *w = host_log_begin(&l, retry_in_ms >= 0 ? "warn" : "error", "event attempt failed");
     jw_kstr(w, "id", r->id);
-    jw_kstr(w, "event", j->name);
-    if (f->job != j)
-        jw_kstr(w, "chained_event", f->job->name);
-    jw_kstr(w, "hook", f->hr->hook);
+    jw_kstr(w, "event", f->event);
+    if (f->chained_event && *f->chained_event)
+        jw_kstr(w, "chained_event", f->chained_event);
+    jw_kstr(w, "hook", f->hook);
     jw_key(w, "attempt");
     jw_int(w, r->attempt);
     jw_key(w, "max_attempts");
     jw_int(w, max_attempts);
-    jw_kstr(w, "code", code);
-    jw_kstr(w, "error", f->hr->error ? f->hr->error : "failed");
+    jw_kstr(w, "code", f->code);
+    jw_kstr(w, "error", f->error);
     jw_key(w, "permanent");
-    jw_bool(w, permanent);
+    jw_bool(w, f->permanent);
     jw_key(w, "will_retry");
     jw_bool(w, retry_in_ms >= 0);
     if (retry_in_ms >= 0) {
@@ -1233,70 +1200,131 @@ static void log_dead(const char *id, const char *event, int attempts, const char
     host_log_end(&l);
 }
 
-static void job_done(event_job *j, void *arg)
+static void running_free(serve *s, running *r)
 {
-    running *r = arg;
-    serve *s = r->s;
-    buf_t res;
-    buf_init(&res, 0);
-    event_job_json(j, &res);
-    observe(s, (double)(sched_now_ms() - r->started_ms) / 1000.0);
-    count_hooks(s, j);
-    if (!j->failed) {
-        queue_outcome(s, r->id, r->key, 0, 0, NULL, buf_cstr(&res));
-        s->done_total++;
-        count_event(s, j->name, EVC_DONE);
-    } else {
-        failure f = {j, NULL, NULL};
-        static const hook_result none = {.hook = "-", .status = HOOK_FAILED, .error = (char *)"failed"};
-        if (!first_failure(j, &f))
-            f.hr = &none;
-        char code[64];
-        failure_code(f.hr, code, sizeof code);
-        int permanent = failure_permanent(f.hr);
-        /* the hook's retry: decides which failures are final (transient: the permanent ones) */
-        int mode = f.def ? f.def->retry : HOOK_RETRY_TRANSIENT;
-        int final = mode == HOOK_RETRY_NEVER || (mode == HOOK_RETRY_TRANSIENT && permanent);
-        const char *err = f.hr->error ? f.hr->error : "failed";
-        s->failed_runs_total++;
-        const serve_settings *ss = &s->table->cfg->serve;
-        if (final || r->attempt >= ss->retry_attempts) {
-            log_failed_attempt(r, j, &f, code, permanent, ss->retry_attempts, -1);
-            const char *why = final && permanent ? "a permanent failure: trying again cannot succeed"
-                              : final            ? "the hook's retry is never"
-                                                 : "its last attempt failed";
-            buf_t dead;
-            buf_init(&dead, 0);
-            if (final)
-                buf_adds(&dead, "permanent: ");
-            buf_adds(&dead, err);
-            queue_outcome(s, r->id, r->key, 2, 0, buf_cstr(&dead), buf_cstr(&res));
-            s->dead_total++;
-            if (final)
-                s->permanent_total++;
-            count_event(s, j->name, EVC_DEAD);
-            log_dead(r->id, j->name, r->attempt, why, code, err);
-            buf_free(&dead);
-        } else {
-            long long d = ss->retry_base_ms << (r->attempt - 1 < 20 ? r->attempt - 1 : 20);
-            if (d > ss->retry_max_ms)
-                d = ss->retry_max_ms;
-            d = d / 2 + (d > 1 ? rand() % (d / 2 + 1) : 0);
-            log_failed_attempt(r, j, &f, code, 0, ss->retry_attempts, d);
-            queue_outcome(s, r->id, r->key, 1, iso_now_ms() + d, err, buf_cstr(&res));
-            s->event_retries_total++;
-            count_event(s, j->name, EVC_RETRY);
-        }
-    }
-    buf_free(&res);
     remove_inflight(s, r);
     free(r->id);
     free(r->key);
+    free(r->name);
     free(r);
-    event_job_free(j);
-    sched_wakeup(s->h->sched); /* a slot (and maybe a key) is free: dispatch at once */
 }
 
+/* The delay before attempt + 1: exponential from retry.base_ms, capped at
+ * retry.max_ms, jittered in its upper half. */
+static long long retry_delay(const serve_settings *ss, int attempt)
+{
+    long long d = ss->retry_base_ms << (attempt - 1 < 20 ? attempt - 1 : 20);
+    if (d > ss->retry_max_ms)
+        d = ss->retry_max_ms;
+    return d / 2 + (d > 1 ? rand() % (d / 2 + 1) : 0);
+}
+
+/* An attempt failed (a hook failed, or its worker died under it alone):
+ * retried with backoff, or dead when final or out of attempts. */
+static void attempt_failed(serve *s, running *r, const attempt_failure *f, int final, const char *results)
+{
+    const serve_settings *ss = &s->cfg->serve;
+    s->failed_runs_total++;
+    if (final || r->attempt >= ss->retry_attempts) {
+        log_failed_attempt(r, f, ss->retry_attempts, -1);
+        const char *why = final && f->permanent ? "a permanent failure: trying again cannot succeed"
+                          : final               ? "the hook's retry is never"
+                                                : "its last attempt failed";
+        buf_t dead;
+        buf_init(&dead, 0);
+        if (final)
+            buf_adds(&dead, "permanent: ");
+        buf_adds(&dead, f->error);
+        queue_outcome(s, r->id, r->key, 2, 0, buf_cstr(&dead), results);
+        s->dead_total++;
+        if (final)
+            s->permanent_total++;
+        count_event(s, r->name, EVC_DEAD);
+        log_dead(r->id, r->name, r->attempt, why, f->code, f->error);
+        buf_free(&dead);
+    } else {
+        long long d = retry_delay(ss, r->attempt);
+        log_failed_attempt(r, f, ss->retry_attempts, d);
+        queue_outcome(s, r->id, r->key, 1, iso_now_ms() + d, f->error, results);
+        s->event_retries_total++;
+        count_event(s, r->name, EVC_RETRY);
+    }
+}
+
+/* A worker's DONE (worker.h has the fields). */
+static void run_done(void *ctx, void *arg, const wire_msg *m)
+{
+    serve *s = ctx;
+    running *r = arg;
+    const char *flags = m->f[1], *results = m->f[2];
+    observe(s, (double)(sched_now_ms() - r->started_ms) / 1000.0);
+    count_hooks(s, m->f[8]);
+    if (flags[0] != '1') {
+        queue_outcome(s, r->id, r->key, 0, 0, NULL, results);
+        s->done_total++;
+        count_event(s, r->name, EVC_DONE);
+    } else {
+        attempt_failure f = {.event = m->len[7] ? m->f[7] : r->name, .chained_event = m->f[7], .hook = m->f[4],
+                             .code = m->f[5], .error = m->len[6] ? m->f[6] : "failed", .permanent = flags[1] == '1'};
+        if (m->len[7]) /* the failure was in a chained event: the log names both */
+            f.event = r->name;
+        attempt_failed(s, r, &f, flags[2] == '1', results);
+    }
+    running_free(s, r);
+}
+
+/* The worker running the event died. Alone in it, the death is the event's:
+ * a failed attempt ("worker crashed: SIGSEGV", "hard deadline ..."), and
+ * after serve.poison_after of them it is dead (poison). As a bystander it
+ * loses nothing: it runs again at once, alone, to see whose the death was. */
+static void run_lost(void *ctx, void *arg, const char *reason, int charged)
+{
+    serve *s = ctx;
+    running *r = arg;
+    if (!charged) {
+        queue_outcome(s, r->id, r->key, 5, 0, reason, NULL);
+        host_logline l;
+        json_writer *w = host_log_begin(&l, "warn", "event run again alone: its worker died");
+        jw_kstr(w, "id", r->id);
+        jw_kstr(w, "event", r->name);
+        jw_kstr(w, "reason", reason);
+        host_log_end(&l);
+        running_free(s, r);
+        return;
+    }
+    int deaths = r->worker_deaths + 1;
+    const serve_settings *ss = &s->cfg->serve;
+    char err[256];
+    snprintf(err, sizeof err, "%s", reason);
+    if (deaths >= ss->poison_after) {
+        /* quarantined: its runs keep killing workers */
+        snprintf(err, sizeof err, "poison: %s (%d worker%s died running it)", reason, deaths, deaths == 1 ? "" : "s");
+        queue_outcome(s, r->id, NULL, 4, 0, reason, NULL);
+        queue_outcome(s, r->id, r->key, 2, 0, err, NULL);
+        s->failed_runs_total++;
+        s->dead_total++;
+        s->poison_total++;
+        count_event(s, r->name, EVC_DEAD);
+        log_dead(r->id, r->name, r->attempt, "poison: its runs keep killing worker processes", "WORKER", err);
+        running_free(s, r);
+        return;
+    }
+    attempt_failure f = {.event = r->name, .hook = "-", .code = "WORKER", .error = err};
+    if (r->attempt >= ss->retry_attempts) {
+        queue_outcome(s, r->id, NULL, 4, 0, reason, NULL);
+        attempt_failed(s, r, &f, 0, NULL);
+    } else {
+        long long d = retry_delay(ss, r->attempt);
+        log_failed_attempt(r, &f, ss->retry_attempts, d);
+        queue_outcome(s, r->id, r->key, 4, iso_now_ms() + d, reason, NULL);
+        s->failed_runs_total++;
+        s->event_retries_total++;
+        count_event(s, r->name, EVC_RETRY);
+    }
+    running_free(s, r);
+}
+
+static void dispatch_marks(serve *s);
 static void dispatch_marks(serve *s);
 
 static void dispatch(serve *s)
@@ -1309,7 +1337,7 @@ static void dispatch(serve *s)
 
 static void dispatch_marks(serve *s)
 {
-    int cap = s->table->cfg->serve.concurrency;
+    int cap = s->cfg->serve.concurrency;
     if (s->ninflight >= cap)
         return;
     pthread_mutex_lock(&s->lock);
@@ -1333,7 +1361,7 @@ static void dispatch_marks(serve *s)
     /* Keys already taken in this pass (an earlier event of the key waits or runs). */
     char **blocked = calloc((size_t)n + 1, sizeof *blocked);
     int nblocked = 0;
-    int max_attempts = s->table->cfg->serve.retry_attempts;
+    int max_attempts = s->cfg->serve.retry_attempts;
     for (int i = 0; i < n && s->ninflight < cap; i++) {
         journal_event *e = &ev[i];
         int is_blocked = 0;
@@ -1341,7 +1369,8 @@ static void dispatch_marks(serve *s)
             is_blocked = !strcmp(blocked[k], e->order_key);
         for (int k = 0; e->order_key && k < nwaiting && !is_blocked; k++)
             is_blocked = !strcmp(waiting[k], e->order_key);
-        if (is_blocked || is_inflight(s, e->id) || is_pending(s, e->id) || key_busy(s, e->order_key)) {
+        if (is_blocked || is_inflight(s, e->id) || is_pending(s, e->id) || key_busy(s, e->order_key) ||
+            !workers_has_room(s->pool, e->solo)) {
             if (e->order_key && blocked)
                 blocked[nblocked++] = e->order_key; /* later events of this key wait their turn */
             continue;
@@ -1368,17 +1397,16 @@ static void dispatch_marks(serve *s)
             break;
         }
         r->key = e->order_key ? strdup(e->order_key) : NULL;
+        r->name = strdup(e->name);
+        r->worker_deaths = e->worker_deaths;
         r->attempt = e->attempts + 1;
         r->started_ms = sched_now_ms();
         r->s = s;
         queue_outcome(s, e->id, NULL, 3, 0, NULL, NULL); /* running, attempts + 1 */
         s->inflight[s->ninflight++] = r;
-        if (!event_fire(s->table, e->name, e->id, e->data_json, job_done, r)) {
-            remove_inflight(s, r);
+        if (!r->name || workers_run(s->pool, e->id, e->name, e->data_json, e->solo, r) < 0) {
             queue_outcome(s, e->id, e->order_key, 1, iso_now_ms() + 1000, "out of memory", NULL);
-            free(r->id);
-            free(r->key);
-            free(r);
+            running_free(s, r);
         }
         if (e->order_key && blocked)
             blocked[nblocked++] = e->order_key;
@@ -1396,20 +1424,18 @@ static void dispatch_marks(serve *s)
  * task's result, {instances = {{instance_id, status, name, id, data}...},
  * watermark}, arrives as JSON (the scheduler encoded it; nothing here touches
  * the poller's Lua state). */
-static void poll_done(sched_task *t, lua_State *co, const task_outcome *o, void *arg)
+static void poll_done(void *ctx, int ok, const char *text)
 {
-    (void)t;
-    (void)co;
-    serve *s = arg;
+    serve *s = ctx;
     s->polling = 0;
     s->polls_total++;
     json_doc *doc = NULL;
-    json_value *res = o->kind == OUTCOME_OK && o->json ? json_parse(o->json, strlen(o->json), 0, &doc, NULL) : NULL;
+    json_value *res = ok ? json_parse(text, strlen(text), 0, &doc, NULL) : NULL;
     if (!res || res->type != JSON_OBJECT) {
         s->poll_failures_total++;
         host_logline l;
         json_writer *w = host_log_begin(&l, "warn", "poll failed");
-        jw_kstr(w, "error", o->kind != OUTCOME_OK ? o->text : "the poller's result is not an object");
+        jw_kstr(w, "error", !ok ? text : "the poller's result is not an object");
         host_log_end(&l);
         json_doc_free(doc);
         return;
@@ -1454,7 +1480,6 @@ static void poll_done(sched_task *t, lua_State *co, const task_outcome *o, void 
     if (wm)
         journal_meta_set(s->jmain, "poller.watermark", wm);
     json_doc_free(doc);
-    sched_wakeup(s->h->sched);
 }
 
 static void poll_start(serve *s)
@@ -1463,25 +1488,10 @@ static void poll_start(serve *s)
     if (!ss->poller_enabled || s->polling || s->draining || sched_now_ms() < s->next_poll)
         return;
     s->next_poll = sched_now_ms() + ss->poller_interval_ms;
-    lua_State *L = s->h->L;
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "wixr.poller");
-    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-        log_line("error", "the poller cannot start", NULL, 0);
-        lua_pop(L, 1);
-        return;
-    }
     char wm[64];
-    if (journal_meta_get(s->jmain, "poller.watermark", wm, sizeof wm) == 0)
-        lua_pushstring(L, wm);
-    else
-        lua_pushnil(L);
+    int have_wm = journal_meta_get(s->jmain, "poller.watermark", wm, sizeof wm) == 0;
     const char *acct = ss->poller_account_id ? ss->poller_account_id : s->boot_cfg->wix.account_id;
-    if (acct)
-        lua_pushstring(L, acct);
-    else
-        lua_pushnil(L);
-    if (sched_spawn(s->h->sched, L, 2, poll_done, s))
+    if (workers_poll(s->pool, have_wm ? wm : NULL, acct) == 0)
         s->polling = 1;
 }
 
@@ -1579,66 +1589,85 @@ static void restart_notice(serve *s, const wixr_config *nc)
     }
 }
 
-/* Builds the new rules beside the old; swaps only when all of them load. */
+static void reload_failed(serve *s, const char *why, const char *errors)
+{
+    s->reload_failures_total++;
+    s->last_reload_ok = 0;
+    snprintf(s->last_reload_error, sizeof s->last_reload_error, "%s", errors);
+    host_logline l;
+    json_writer *w = host_log_begin(&l, "error", "reload failed; the previous rules stay in force");
+    jw_kstr(w, "why", why);
+    jw_kstr(w, "error", errors);
+    jw_key(w, "rules_version");
+    jw_int(w, s->rules_version);
+    host_log_end(&l);
+}
+
+/* A reload: the configuration is read here (C only); the rules are loaded
+ * by a new generation of workers (workers_reload), which takes over only when
+ * every one of them loaded them all (reloaded, below). Runs in flight finish
+ * in the old generation, with the rules they started with. */
 static void reload(serve *s, const char *why)
 {
-    double t0 = mono_ms();
     char err[8192];
-    wixr_config *nc = calloc(1, sizeof *nc);
-    buf_t errors;
-    buf_init(&errors, 64 * 1024);
-    hook_table *nt = NULL;
     s->last_reload_ms = iso_now_ms();
+    s->reload_t0 = mono_ms();
+    wixr_config *nc = calloc(1, sizeof *nc);
     if (!nc || config_load(nc, s->boot_cfg->path, err, sizeof err) < 0) {
-        buf_adds(&errors, nc ? err : "out of memory");
+        reload_failed(s, why, nc ? err : "out of memory");
         free(nc);
-        nc = NULL;
-    } else {
-        nt = hooks_load(s->h, nc, &errors);
-    }
-    if (!nt) {
-        if (nc) {
-            config_free(nc);
-            free(nc);
-        }
-        s->reload_failures_total++;
-        s->last_reload_ok = 0;
-        snprintf(s->last_reload_error, sizeof s->last_reload_error, "%s", buf_cstr(&errors));
-        host_logline l;
-        json_writer *w = host_log_begin(&l, "error", "reload failed; the previous rules stay in force");
-        jw_kstr(w, "why", why);
-        jw_key(w, "error");
-        jw_strn(w, buf_cstr(&errors), errors.len);
-        jw_key(w, "rules_version");
-        jw_int(w, s->rules_version);
-        host_log_end(&l);
-        buf_free(&errors);
         return;
     }
-    buf_free(&errors);
+    if (s->next_cfg) { /* a reload under way is overtaken */
+        config_free(s->next_cfg);
+        free(s->next_cfg);
+    }
+    s->next_cfg = nc;
+    snprintf(s->reload_why, sizeof s->reload_why, "%s", why);
+    if (workers_reload(s->pool, (const char *const *)s->ws.args) < 0) {
+        reload_failed(s, why, "out of memory");
+        config_free(nc);
+        free(nc);
+        s->next_cfg = NULL;
+    }
+}
+
+static void reloaded(void *ctx, int ok, const char *errors)
+{
+    serve *s = ctx;
+    wixr_config *nc = s->next_cfg;
+    s->next_cfg = NULL;
+    if (!nc)
+        return;
+    if (!ok) {
+        reload_failed(s, s->reload_why, errors);
+        config_free(nc);
+        free(nc);
+        return;
+    }
     double t1 = mono_ms();
-    nt->owned_cfg = nc;
-    nt->version = ++s->rules_version;
-    hook_table *old = s->table;
-    s->table = nt; /* runs in flight keep the table they started with */
+    wixr_config *old = s->cfg;
+    s->cfg = nc;
+    s->rules_version++;
     publish_names(s);
+    if (old != s->boot_cfg) {
+        config_free(old);
+        free(old);
+    }
     s->last_swap_ms = mono_ms() - t1;
-    old->refs--; /* no longer current: freed when its last run ends (or now) */
-    if (old->refs == 0)
-        hooks_free(old);
     watch_dirs(s, nc);
     s->reloads_total++;
     s->last_reload_ok = 1;
     s->last_reload_error[0] = '\0';
     host_logline l;
     json_writer *w = host_log_begin(&l, "info", "rules reloaded");
-    jw_kstr(w, "why", why);
+    jw_kstr(w, "why", s->reload_why);
     jw_key(w, "rules_version");
     jw_int(w, s->rules_version);
     jw_key(w, "hooks");
     jw_int(w, nc->nhooks);
     jw_key(w, "build_ms");
-    jw_num(w, (double)(long long)((t1 - t0) * 100) / 100);
+    jw_num(w, (double)(long long)((t1 - s->reload_t0) * 100) / 100);
     jw_key(w, "swap_ms");
     jw_num(w, (double)(long long)(s->last_swap_ms * 10000) / 10000);
     host_log_end(&l);
@@ -1688,39 +1717,46 @@ static void metric_line(buf_t *m, const char *metric, const char *event, const c
     buf_printf(m, "\",outcome=\"%s\"} %lld\n", what, n);
 }
 
-/* Follows the rebuild counts of the current table's hooks; returns how many
- * hooks keep breaking (BREAKING_REBUILDS rebuilds within BREAKING_WINDOW_MS). */
-static int track_rebuilds(serve *s, long long now)
+/* Follows the rebuild counts of the current rules' hooks (summed over the
+ * workers); returns how many hooks keep breaking (BREAKING_REBUILDS rebuilds
+ * within BREAKING_WINDOW_MS). */
+static int track_rebuilds(serve *s, const workers_totals *t, long long now)
 {
-    const hook_table *t = s->table;
-    if (s->breaks_version != t->version || s->nbreaks != t->n) {
+    int nh = s->cfg->nhooks < WORKERS_MAX_HOOKS ? s->cfg->nhooks : WORKERS_MAX_HOOKS;
+    if (s->breaks_version != s->rules_version || s->nbreaks != nh) {
         free(s->breaks);
-        s->breaks = calloc((size_t)t->n + 1, sizeof *s->breaks);
-        s->nbreaks = s->breaks ? t->n : 0;
-        s->breaks_version = t->version;
+        s->breaks = calloc((size_t)nh + 1, sizeof *s->breaks);
+        s->nbreaks = s->breaks ? nh : 0;
+        s->breaks_version = s->rules_version;
     }
     int n = 0;
     for (int i = 0; i < s->nbreaks; i++) {
-        const hook_rt *k = t->rt[i];
         breaking *b = &s->breaks[i];
-        if (!k)
-            continue;
-        for (long long d = k->rebuilds - b->seen; d > 0; d--) {
+        for (long long d = t->rebuilds[i] - b->seen; d > 0; d--) {
             memmove(b->at + 1, b->at, sizeof b->at - sizeof b->at[0]);
             b->at[0] = now;
         }
-        b->seen = k->rebuilds;
+        b->seen = t->rebuilds[i];
         if (b->at[BREAKING_REBUILDS - 1] && now - b->at[BREAKING_REBUILDS - 1] <= BREAKING_WINDOW_MS)
             n++;
     }
     return n;
 }
 
+/* "event (script)", as the hooks name themselves in messages. */
+static void hook_name(const wixr_config *c, int i, char *out, size_t n)
+{
+    const char *script = strrchr(c->hooks[i].script, '/');
+    snprintf(out, n, "%s (%s)", c->hooks[i].event, script ? script + 1 : c->hooks[i].script);
+}
+
 static void snapshot(serve *s)
 {
     long long counts[5] = {0};
     journal_counts(s->jmain, counts);
-    const wix_stats *st = wix_client_stats(s->h->client);
+    static workers_totals T; /* (snapshots run on the main thread only) */
+    workers_totals_get(s->pool, &T);
+    const workers_totals *st = &T;
     char lr[80] = "";
     if (s->last_reload_ms)
         iso_format_ms(s->last_reload_ms, lr);
@@ -1730,7 +1766,8 @@ static void snapshot(serve *s)
     jw_init(&w, &h);
     jw_obj(&w);
     long long now = sched_now_ms();
-    int nbreaking = track_rebuilds(s, now);
+    int nbreaking = track_rebuilds(s, st, now);
+    int stalled = workers_stalled(s->pool);
     pthread_mutex_lock(&s->lock);
     int broken = s->journal_broken;
     char journal_error[sizeof s->journal_error];
@@ -1738,7 +1775,7 @@ static void snapshot(serve *s)
     pthread_mutex_unlock(&s->lock);
     jw_kstr(&w, "status", s->draining          ? "draining"
                           : broken             ? "journal_failing"
-                          : s->last_reload_ok && !nbreaking ? "ok"
+                          : s->last_reload_ok && !nbreaking && !stalled ? "ok"
                                                : "degraded");
     jw_key(&w, "rules_version");
     jw_int(&w, s->rules_version);
@@ -1761,15 +1798,16 @@ static void snapshot(serve *s)
         jw_arr(&w);
         for (int i = 0; i < s->nbreaks; i++) {
             const breaking *b = &s->breaks[i];
-            if (!s->table->rt[i] || !b->at[BREAKING_REBUILDS - 1] ||
-                now - b->at[BREAKING_REBUILDS - 1] > BREAKING_WINDOW_MS)
+            if (!b->at[BREAKING_REBUILDS - 1] || now - b->at[BREAKING_REBUILDS - 1] > BREAKING_WINDOW_MS)
                 continue;
+            char name[300];
+            hook_name(s->cfg, i, name, sizeof name);
             jw_obj(&w);
-            jw_kstr(&w, "hook", s->table->rt[i]->name);
+            jw_kstr(&w, "hook", name);
             jw_key(&w, "rebuilds");
-            jw_int(&w, s->table->rt[i]->rebuilds);
-            if (s->table->rt[i]->rebuild_error[0])
-                jw_kstr(&w, "rebuild_error", s->table->rt[i]->rebuild_error);
+            jw_int(&w, st->rebuilds[i]);
+            if (st->rebuild_errors[i][0])
+                jw_kstr(&w, "rebuild_error", st->rebuild_errors[i]);
             jw_obj_end(&w);
         }
         jw_arr_end(&w);
@@ -1780,6 +1818,14 @@ static void snapshot(serve *s)
     jw_int(&w, s->reload_failures_total);
     jw_key(&w, "in_flight");
     jw_int(&w, s->ninflight);
+    if (stalled)
+        jw_kstr(&w, "workers_stalled", "no worker process is ready, or none with work made progress in 2 s");
+    jw_key(&w, "workers");
+    workers_health_json(s->pool, &w);
+    jw_key(&w, "worker_restarts");
+    jw_int(&w, workers_restarts(s->pool));
+    jw_key(&w, "poisoned");
+    jw_int(&w, s->poison_total);
     if (broken) {
         jw_key(&w, "journal_failure");
         jw_obj(&w);
@@ -1840,8 +1886,8 @@ static void snapshot(serve *s)
                    "wixr_event_run_seconds_count %lld\n",
                cum, s->hist_sum, s->hist_count);
     buf_adds(&m, "# HELP wixr_api_calls_total Resellers API calls by endpoint and final status.\n# TYPE wixr_api_calls_total counter\n");
-    int nc;
-    const wix_call_count *cc = wix_client_call_counts(s->h->client, &nc);
+    int nc = st->ncalls;
+    const wix_call_count *cc = st->calls;
     for (int i = 0; i < nc; i++)
         buf_printf(&m, "wixr_api_calls_total{endpoint=\"%s\",status=\"%ld\"} %lld\n", cc[i].endpoint, cc[i].status,
                    cc[i].n);
@@ -1870,17 +1916,22 @@ static void snapshot(serve *s)
             metric_line(&m, "wixr_hook_runs_total", s->rows[i].event, s->rows[i].hook, hc_names[k], s->rows[i].n[k]);
     buf_adds(&m, "# HELP wixr_hook_rebuilds_total Fresh Lua states made for a hook after a run broke its memory "
                  "cap (the current rules' hooks).\n# TYPE wixr_hook_rebuilds_total counter\n");
-    for (int i = 0; i < s->table->n; i++) {
-        const hook_rt *k = s->table->rt[i];
-        if (!k)
+    for (int i = 0; i < s->cfg->nhooks && i < WORKERS_MAX_HOOKS; i++) {
+        const hook_def *k = &s->cfg->hooks[i];
+        if (!k->enabled)
             continue;
-        const char *script = strrchr(k->def->script, '/');
+        const char *script = strrchr(k->script, '/');
         buf_adds(&m, "wixr_hook_rebuilds_total{event=\"");
-        prom_label(&m, k->def->event);
+        prom_label(&m, k->event);
         buf_adds(&m, "\",hook=\"");
-        prom_label(&m, script ? script + 1 : k->def->script);
-        buf_printf(&m, "\"} %lld\n", k->rebuilds);
+        prom_label(&m, script ? script + 1 : k->script);
+        buf_printf(&m, "\"} %lld\n", st->rebuilds[i]);
     }
+    buf_printf(&m, "# HELP wixr_worker_restarts_total Worker processes replaced after they died.\n"
+                   "# TYPE wixr_worker_restarts_total counter\nwixr_worker_restarts_total %lld\n"
+                   "# HELP wixr_events_poisoned_total Events quarantined because their runs kept killing workers.\n"
+                   "# TYPE wixr_events_poisoned_total counter\nwixr_events_poisoned_total %lld\n",
+               workers_restarts(s->pool), s->poison_total);
     buf_printf(&m, "# HELP wixr_events_permanent_total Events ended dead at once by a permanent failure.\n"
                    "# TYPE wixr_events_permanent_total counter\nwixr_events_permanent_total %lld\n",
                s->permanent_total);
@@ -1895,7 +1946,7 @@ static void snapshot(serve *s)
     free(s->health);
     free(s->metrics);
     s->health = buf_steal(&h, NULL);
-    s->health_503 = s->draining || broken;
+    s->health_503 = s->draining || broken || stalled;
     s->metrics = buf_steal(&m, NULL);
     pthread_mutex_unlock(&s->lock);
     buf_free(&h);
@@ -2055,6 +2106,52 @@ static int inotify_pending(int fd)
     return any;
 }
 
+/* ---- the worker processes ---- */
+
+static int start_workers(serve *s, char *err, size_t errlen)
+{
+    const wixr_config *c = s->boot_cfg;
+    const char *extra[4];
+    int n = 0;
+    extra[n++] = "--log-prints";
+    if (s->opt->test_faults)
+        extra[n++] = "--test-faults";
+    extra[n] = NULL;
+    if (worker_setup_make(&s->ws, c, extra, err, errlen) < 0)
+        return -1;
+    int workers = c->serve.workers;
+    workers_options po = {.args = (const char *const *)s->ws.args,
+                       .env = s->ws.env,
+                       .workers = workers,
+                       .per_worker = (c->serve.concurrency + workers - 1) / workers,
+                       .memory_mb = s->ws.memory_mb,
+                       .hard_ms = s->ws.hard_ms,
+                       .rate_limit = c->wix.rate_limit,
+                       .rate_window_ms = c->wix.rate_window_ms,
+                       .cb = {.ctx = s, .done = run_done, .lost = run_lost, .polled = poll_done, .reloaded = reloaded}};
+    s->pool = workers_start(&po, 60000, err, errlen);
+    return s->pool ? 0 : -1;
+}
+
+/* Waits (at most max_ms) for the workers, a signal, intake or a file change,
+ * then serves the workers' messages. */
+static void wait_and_serve(serve *s, long max_ms)
+{
+    struct pollfd fds[2 + 130];
+    int n = 0;
+    fds[n++] = (struct pollfd){.fd = s->evfd, .events = POLLIN};
+    if (s->inotify_fd >= 0)
+        fds[n++] = (struct pollfd){.fd = s->inotify_fd, .events = POLLIN};
+    n += workers_fds(s->pool, fds + n, (int)(sizeof fds / sizeof fds[0]) - n);
+    long long wait = workers_next_ms(s->pool) - sched_now_ms();
+    if (wait > max_ms)
+        wait = max_ms;
+    if (wait < 0)
+        wait = 0;
+    poll(fds, (nfds_t)n, (int)wait);
+    workers_service(s->pool);
+}
+
 int serve_main(const serve_options *o)
 {
     serve S = {0}, *s = &S;
@@ -2123,13 +2220,7 @@ int serve_main(const serve_options *o)
     s->boot_transport = s->boot_cfg->wix.transport;
     if (s->boot_cfg->wix.transport == TRANSPORT_AUTO)
         s->boot_cfg->wix.transport = s->boot_cfg->wix.api_key ? TRANSPORT_HTTP : TRANSPORT_SANDBOX;
-    s->h = host_new(s->boot_cfg, 0, err, sizeof err);
-    if (!s->h) {
-        log_fatal("wixr serve: %s", err);
-        rc = 3;
-        goto out;
-    }
-    s->h->print_as_log = 1;
+    s->cfg = s->boot_cfg;
     {
         const wix_settings *ws = &s->boot_cfg->wix;
         int http = ws->transport == TRANSPORT_HTTP;
@@ -2146,19 +2237,16 @@ int serve_main(const serve_options *o)
             jw_kstr(w, "sandbox_db", ws->sandbox_db);
         jw_kstr(w, "account_id", ws->account_id);
         jw_kstr(w, "journal", s->journal_path);
+        jw_key(w, "workers");
+        jw_int(w, s->boot_cfg->serve.workers);
         host_log_end(&l);
     }
-    buf_t errors;
-    buf_init(&errors, 0);
-    s->table = hooks_load(s->h, s->boot_cfg, &errors);
-    if (!s->table) {
-        log_fatal("%s", buf_cstr(&errors));
-        buf_free(&errors);
+    if (start_workers(s, err, sizeof err) < 0) {
+        log_fatal("%s", err);
         rc = 3;
         goto out;
     }
-    buf_free(&errors);
-    s->table->version = s->rules_version = 1;
+    s->rules_version = 1;
     s->inflight = calloc(SERVE_MAX_INFLIGHT_KEYS, sizeof *s->inflight);
     if (s->boot_cfg->serve.concurrency > SERVE_MAX_INFLIGHT_KEYS)
         s->boot_cfg->serve.concurrency = SERVE_MAX_INFLIGHT_KEYS;
@@ -2170,11 +2258,8 @@ int serve_main(const serve_options *o)
         log_fatal("wixr serve: eventfd: %s", strerror(errno));
         goto out;
     }
-    sched_watch_fd(s->h->sched, s->evfd);
-    if (s->inotify_fd >= 0) {
-        sched_watch_fd(s->h->sched, s->inotify_fd);
+    if (s->inotify_fd >= 0)
         watch_dirs(s, s->boot_cfg);
-    }
     signal_fd = s->evfd;
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
@@ -2209,7 +2294,7 @@ int serve_main(const serve_options *o)
     for (;;) {
         poll_start(s);
         dispatch(s);
-        sched_run_for(s->h->sched, 200);
+        wait_and_serve(s, 200);
         flush_outcomes(s);
         drain_fd(s->evfd);
         take_settled(s);
@@ -2255,7 +2340,6 @@ int serve_main(const serve_options *o)
         fflush(stderr);
         _exit(0);
     }
-    sched_run_for(s->h->sched, 0); /* frees rules that were replaced */
     flush_outcomes(s);
     rc = 0;
 out:
@@ -2274,9 +2358,15 @@ out:
      * (and every Lua state) goes away with the process. */
     if (s->pid_path[0])
         unlink(s->pid_path);
-    if (!s->ninflight) {
-        hooks_unref(s->table);
-        host_free(s->h);
+    workers_free(s->pool); /* (kills what is left: their events run again at the next start) */
+    worker_setup_free(&s->ws);
+    if (s->next_cfg) {
+        config_free(s->next_cfg);
+        free(s->next_cfg);
+    }
+    if (s->cfg && s->cfg != s->boot_cfg) {
+        config_free(s->cfg);
+        free(s->cfg);
     }
     journal_close(s->jmain);
     journal_close(s->jwrite);

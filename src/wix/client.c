@@ -52,6 +52,8 @@ struct wix_client {
     sched_t *sched;
     wix_transport transport;
     emu_t *emu;
+    long long (*rate_gate)(void *arg, long long now); /* NULL: the window below */
+    void *rate_gate_arg;
     CURL *pool[CLIENT_POOL_MAX];
     int npool;
     int inflight;
@@ -523,6 +525,8 @@ static void sandbox_send(call *q)
  * to wait (0 = go, and the send is counted). */
 static long long rate_wait(wix_client *c, long long now)
 {
+    if (c->rate_gate)
+        return c->rate_gate(c->rate_gate_arg, now);
     int cap = c->s->rate_limit;
     if (cap <= 0)
         return 0;
@@ -631,4 +635,10 @@ int wix_client_sandbox_admin(wix_client *c, const char *method, const char *path
     int st = rs.status;
     emu_response_free(&rs);
     return st;
+}
+
+void wix_client_set_rate_gate(wix_client *c, long long (*gate)(void *arg, long long now), void *arg)
+{
+    c->rate_gate = gate;
+    c->rate_gate_arg = arg;
 }

@@ -55,6 +55,11 @@ const wix_call_count *wix_client_call_counts(const wix_client *c, int *n);
 /* "GET /resellers/v1/packages/{id}" for a concrete method and path. */
 void wix_endpoint_template(const char *method, const char *path, char *out, size_t n);
 
+/* Puts gate in front of every attempt instead of the client's own window
+ * (a worker process asks its supervisor, which keeps one window for all
+ * workers): it returns the ms to wait, 0 = go (the send is counted). */
+void wix_client_set_rate_gate(wix_client *c, long long (*gate)(void *arg, long long now), void *arg);
+
 /* In-process emulator only: sends an admin request (e.g. POST /__admin/reset)
  * and returns its status (-1 when the transport is not the sandbox). */
 int wix_client_sandbox_admin(wix_client *c, const char *method, const char *path, const char *body);

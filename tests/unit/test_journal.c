@@ -536,7 +536,7 @@ static void test_upgrade_from_format_1(void)
     sqlite3_stmt *st;
     CHECK_INT(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
     CHECK_INT(sqlite3_step(st), SQLITE_ROW);
-    CHECK_INT(sqlite3_column_int(st, 0), 2);
+    CHECK_INT(sqlite3_column_int(st, 0), 3);
     sqlite3_finalize(st);
     CHECK_INT(sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master WHERE sql LIKE '% IN (%'", -1, &st, NULL),
               SQLITE_OK);
