@@ -101,6 +101,8 @@ typedef struct serve {
     wixr_config *cfg;             /* the rules in force (the workers' configuration) */
     wixr_config *next_cfg;        /* a reload's, while its workers load it */
     char reload_why[64];
+    int reload_again;             /* asked for while one was loading: starts when that one ends */
+    char reload_again_why[64];
     double reload_t0;
     worker_pool *pool;                   /* the worker processes: every hook runs there */
     worker_setup ws;              /* their arguments, environment, and the emulator they share */
@@ -1609,6 +1611,13 @@ static void reload_failed(serve *s, const char *why, const char *errors)
  * in the old generation, with the rules they started with. */
 static void reload(serve *s, const char *why)
 {
+    if (s->next_cfg) {
+        /* one is loading: this request is taken by the next one, started when it ends
+         * (with the files as they are then), so a stream of requests cannot starve reloads */
+        s->reload_again = 1;
+        snprintf(s->reload_again_why, sizeof s->reload_again_why, "%s", why);
+        return;
+    }
     char err[8192];
     s->last_reload_ms = iso_now_ms();
     s->reload_t0 = mono_ms();
@@ -1617,10 +1626,6 @@ static void reload(serve *s, const char *why)
         reload_failed(s, why, nc ? err : "out of memory");
         free(nc);
         return;
-    }
-    if (s->next_cfg) { /* a reload under way is overtaken */
-        config_free(s->next_cfg);
-        free(s->next_cfg);
     }
     s->next_cfg = nc;
     snprintf(s->reload_why, sizeof s->reload_why, "%s", why);
@@ -1672,6 +1677,15 @@ static void reloaded(void *ctx, int ok, const char *errors)
     jw_num(w, (double)(long long)(s->last_swap_ms * 10000) / 10000);
     host_log_end(&l);
     restart_notice(s, nc);
+}
+
+/* A reload ended (either way): one asked for meanwhile starts now. */
+static void reload_next(serve *s)
+{
+    if (s->reload_again && !s->next_cfg) {
+        s->reload_again = 0;
+        reload(s, s->reload_again_why);
+    }
 }
 
 /* ---- snapshots for /healthz and /metrics ---- */
@@ -2295,6 +2309,7 @@ int serve_main(const serve_options *o)
         poll_start(s);
         dispatch(s);
         wait_and_serve(s, 200);
+        reload_next(s);
         flush_outcomes(s);
         drain_fd(s->evfd);
         take_settled(s);

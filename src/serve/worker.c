@@ -158,6 +158,7 @@ typedef struct wk {
     int retiring;
     int gone;                     /* the supervisor went away */
     long long next_stats;
+    long ended;                   /* events ended since the last stats */
 } wk;
 
 typedef struct slot {
@@ -288,6 +289,7 @@ static void event_done(event_job *j, void *arg)
     event_job_free(j);
     free(sl);
     k->inflight--;
+    k->ended++;
 }
 
 /* ---- the poller (wixr serve): its Lua runs here, its result goes back as JSON ---- */
@@ -520,17 +522,19 @@ int worker_main(const worker_options *o)
             k->gone = 1;
         /* what is runnable runs, its answers go out, and only then the loop waits */
         sched_run_for(k->h->sched, 0);
+        long long now = sched_now_ms();
+        /* counters go out every 500 ms, and at once when events ended and the worker is idle or 100 ms passed */
+        if (now >= k->next_stats || (k->ended && (!k->inflight || now >= k->next_stats - 400))) {
+            k->next_stats = now + 500;
+            k->ended = 0;
+            send_stats(k);
+        }
         send_or_die(k);
         log_flush();
         if (k->retiring && !k->inflight)
             break;
         sched_run_for(k->h->sched, 200);
         sched_progress++;
-        long long now = sched_now_ms();
-        if (now >= k->next_stats) {
-            k->next_stats = now + 500;
-            send_stats(k);
-        }
         send_or_die(k);
         log_flush();
         if (k->gone)

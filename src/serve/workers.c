@@ -277,8 +277,16 @@ static void take_log(worker_pool *p, pw *w, int all)
 }
 
 /* A worker is gone (reaped): its events are lost, its counters kept. */
+static void on_message(worker_pool *p, pw *w, const wire_msg *m);
+
 static void bury(worker_pool *p, pw *w, int status)
 {
+    /* what it wrote before it ended counts: an answer may still wait in the socket */
+    wire_msg m;
+    while (wire_fill(&w->w) > 0) {
+    }
+    while (w->pid && wire_next(&w->w, &m) == 1)
+        on_message(p, w, &m);
     if (w->kill_reason)
         ; /* w->reason says why it was killed */
     else if (WIFSIGNALED(status))
