@@ -529,14 +529,14 @@ int worker_main(const worker_options *o)
             k->ended = 0;
             send_stats(k);
         }
+        log_flush(); /* (the lines of an event before its answer: the answer may end the batch) */
         send_or_die(k);
-        log_flush();
         if (k->retiring && !k->inflight)
             break;
         sched_run_for(k->h->sched, 200);
         sched_progress++;
-        send_or_die(k);
         log_flush();
+        send_or_die(k);
         if (k->gone)
             _exit(0); /* nobody to answer to: the supervisor runs our events again */
         if (k->retiring && !k->inflight)

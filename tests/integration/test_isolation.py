@@ -25,9 +25,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_serve  # noqa: E402
 from test_serve import Service, test, TESTS  # noqa: E402
+import testlib  # noqa: E402
 from testlib import ARGS, check, eq, parse_args, run_tests, work_folder  # noqa: E402
 
 TESTS.clear()  # (test_serve's own tests are not run here)
+
+# Under AddressSanitizer a SIGSEGV would be its report and an abort: the faults
+# here are meant to kill the worker as they would in the release build.
+FAULT_ENV = {"ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") + ":handle_segv=0").lstrip(":")}
 
 HOSTILE = {
     "segv": "local f = require 'wixr.fault'\nreturn function(event, ctx) f.segv() end\n",
@@ -61,7 +66,7 @@ def worker_pids(svc):
 
 @test
 def hostile_hooks_cost_only_their_own_events():
-    svc = Service(config(), files())
+    svc = Service(config(), files(), env=FAULT_ENV)
     svc.start("--test-faults", timeout=30)
     pid = svc.proc.pid
     health_errors = []
@@ -132,7 +137,7 @@ def hostile_hooks_cost_only_their_own_events():
 
 @test
 def workers_are_limited():
-    svc = Service(config(workers=1), files())
+    svc = Service(config(workers=1), files(), env=FAULT_ENV)
     svc.start("--test-faults", timeout=30)
     pids = worker_pids(svc)
     eq(len(pids), 1, "one worker")
@@ -165,7 +170,8 @@ def fire_batch_runs_in_workers_and_survives_a_crash():
     lines = [json.dumps({"event": "good", "id": "g%d" % i, "data": {"n": i}}) for i in range(300)]
     lines.insert(150, json.dumps({"event": "segv", "id": "crash-1", "data": {}}))
     p = subprocess.run([ARGS.wixr, "fire", "--batch", "-", "--json", "--workers", "2", "--test-faults"], cwd=d,
-                       input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120)
+                       input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120,
+                       env=testlib.clean_env(FAULT_ENV))
     out = [json.loads(x) for x in p.stdout.splitlines() if x.strip()]
     summary = out[-1]
     eq((summary["ok"], summary["failed"]), (300, 1), "fire --batch: good events ok, the crashing one failed "
