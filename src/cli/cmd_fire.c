@@ -1014,12 +1014,14 @@ static int run_batch(const wixr_config *cfg, const char *src, int dry, int dedup
     }
     char render[16];
     snprintf(render, sizeof render, "%d", verbose ? FIRE_RENDER_VERBOSE : 0);
-    const char *extra[4] = {"--fire-render", render};
+    const char *extra[6] = {"--fire-render", render};
     int nx = 2;
     if (dry)
         extra[nx++] = "--dry-run";
     if (test_faults)
         extra[nx++] = "--test-faults";
+    if (dry && !json)
+        extra[nx++] = "--lean"; /* the reports are neither printed nor recorded */
     extra[nx] = NULL;
     worker_setup ws;
     if (worker_setup_make(&ws, cfg, extra, err, sizeof err) < 0) {

@@ -34,6 +34,8 @@ int cmd_worker(int argc, char **argv)
             o.test_faults = faults_enabled = 1;
         else if (!strcmp(a, "--log-prints"))
             o.log_prints = 1;
+        else if (!strcmp(a, "--lean"))
+            o.lean = 1;
         else {
             fprintf(stderr, "wixr __worker: unknown argument '%s' (this command is started by wixr serve and "
                             "wixr fire --batch only)\n", a);

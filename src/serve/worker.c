@@ -246,9 +246,13 @@ static void event_done(event_job *j, void *arg)
     buf_init(&ferr, 0);
     buf_init(&counts, 0);
     buf_init(&text, 0);
-    event_job_json(j, &res);
+    if (k->o->lean) {
+        buf_adds(&res, "{}");
+    } else {
+        event_job_json(j, &res);
+        hook_counts(j, &counts);
+    }
     first_error(j, &ferr);
-    hook_counts(j, &counts);
     if (k->o->render)
         k->o->render(j, k->o->render_flags, &text);
     const event_job *in = j;

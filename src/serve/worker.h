@@ -34,6 +34,7 @@ typedef struct worker_options {
     long memory_mb;               /* the address-space ceiling (0: none) */
     int test_faults;              /* hooks may require "wixr.fault" (tests only) */
     int log_prints;               /* a hook's print() is a JSON log line (wixr serve) */
+    int lean;                     /* DONE without the results and hook counts (nobody reads them) */
     /* wixr fire: appends what the front prints for a finished event (NULL: nothing) */
     void (*render)(const event_job *j, int flags, buf_t *out);
     int render_flags;
