@@ -27,6 +27,9 @@ for i in range(int(sys.argv[1])):
         "items": [{"plan": "core", "billing": "yearly"}]}}))
 PY
 printf 'return function(event, ctx)\n  return { order = event.order_id, model = event.model }\nend\n' > record.lua
+# the process boundary: a handler that does nothing, in 1 worker, against the same handler's sandboxed run in-process
+printf 'return function(event, ctx) end\n' > noop.lua
+printf 'hooks:\n  order.created:\n    - script: noop.lua\n' > noop.yaml
 printf 'hooks:\n  order.created:\n    - script: record.lua\n' > record.yaml
 rate() { sed -n 's/.* \([0-9]*\) events\/s$/\1/p' <<<"$1"; }
 # best CONFIG [FIRE OPTIONS...]: events/s, the best of 3 runs (this machine's speed varies from one run to the
@@ -49,6 +52,7 @@ store=
 dry1=$(best "$root/config/wixr.yaml" --dry-run --workers 1 --concurrency 256)
 dry=$(best "$root/config/wixr.yaml" --dry-run --workers 2 --concurrency 256)
 recorded=$(best record.yaml)
+noop1=$(best noop.yaml --dry-run --workers 1 --concurrency 256)
 # a journal that already holds as many other ids, done (every look-up of a dry run goes to it)
 sed 's/"ord-/"earlier-/g' events.ndjson > earlier.ndjson
 rm -rf .wixr
@@ -75,3 +79,10 @@ sandbox=$("$build/bench_sandbox" 200000)
 echo "$sandbox"
 read -r us bare_us ratio < <(awk '/^microseconds per run/ {print $4, $5, $6}' <<<"$sandbox")
 report hooks "sandboxed run of a trivial handler (us) vs a bare lua_pcall" "$us" "$bare_us" "$ratio" -
+# per event in a batch through 1 worker: reading and handing it out, the run, the answer, the report
+noop_us=$(echo "1000000 / $noop1" | bc -l)
+boundary_us=$(echo "$noop_us - $us" | bc -l)
+printf '%-60s %12.2f %12s\n' "us per event, a handler doing nothing, 1 worker (batched)" "$noop_us" "-"
+printf '%-60s %12.2f %12s\n' "  of which outside the sandboxed run (the process boundary)" "$boundary_us" "< 10"
+report hooks "us per event outside the sandboxed run: a no-op handler through 1 worker, batched, less the run" \
+  "$(printf %.2f "$boundary_us")" - "$(printf %.2fx "$(echo "10 / $boundary_us" | bc -l)")" "< 10"
