@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "../util/buf.h"
-#include "../yaml/ytree.h"
+#include "../util/nearest.h"
 #include "cli.h"
 #include "wixr_version.h" /* WIXR_COMMIT, WIXR_BUILD_DATE: written at build time by cmake/version.cmake */
 
@@ -80,7 +80,7 @@ static int find_command(const char *name)
 
 static int unknown_command(const char *name)
 {
-    const char *best = ytree_nearest(name, commands, NCOMMANDS, sizeof commands[0]);
+    const char *best = nearest_name(name, commands, NCOMMANDS, sizeof commands[0]);
     if (best)
         fprintf(stderr, "wixr: unknown command '%s' (did you mean '%s'?) (see 'wixr help')\n", name, best);
     else

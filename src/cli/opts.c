@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../yaml/ytree.h"
+#include "../util/nearest.h"
 #include "cli.h"
 
 int cli_usage_error(const cli_command *c, const char *fmt, ...)
@@ -36,7 +36,7 @@ static int unknown(const cli_command *c, const char *a)
     size_t n = 0;
     while (c->opts && c->opts[n].name)
         n++;
-    const char *best = ytree_nearest(name, c->opts, n, sizeof *c->opts);
+    const char *best = nearest_name(name, c->opts, n, sizeof *c->opts);
     if (best)
         return cli_usage_error(c, "unknown option '%s' (did you mean '%s'?)", name, best);
     return cli_usage_error(c, "unknown option '%s'", name);

@@ -16,6 +16,7 @@
 
 #include "../json/json.h"
 #include "../util/buf.h"
+#include "../util/nearest.h"
 #include "../yaml/ytree.h"
 
 #ifndef WIXR_HOME
@@ -529,7 +530,7 @@ static int merged_json(const ydoc *d, const ynode *own, const ynode *base, buf_t
 enum { OT_STRING = 1, OT_NUMBER = 2, OT_INTEGER = 4, OT_BOOLEAN = 8, OT_TABLE = 16, OT_NIL = 32 };
 
 typedef struct opt_decl {
-    char *name;            /* first member: ytree_nearest reads the table by it */
+    char *name;            /* first member: nearest_name reads the table by it */
     char *type_text;
     unsigned types;        /* OT_* */
 } opt_decl;
@@ -723,7 +724,7 @@ static void check_option(const ydoc *d, const hook_def *h, const opt_schema *sc,
     if (!o) {
         if (!mine)
             return;
-        const char *best = ytree_nearest(key, sc->v, (size_t)sc->n, sizeof sc->v[0]);
+        const char *best = nearest_name(key, sc->v, (size_t)sc->n, sizeof sc->v[0]);
         if (best)
             yerr(d, mine->key, err, errlen, "options: '%s' is not an option %s declares (did you mean '%s'?)", key,
                  base_name(h->script), best);
@@ -784,7 +785,7 @@ static void check_default_options(const ydoc *d, const ynode *base, const opt_sc
         int found = 0;
         for (int i = 0; i < n && !found; i++) {
             found = schema_find(&schemas[i], k->key->str) != NULL;
-            const char *near = ytree_nearest(k->key->str, schemas[i].v, (size_t)schemas[i].n, sizeof schemas[i].v[0]);
+            const char *near = nearest_name(k->key->str, schemas[i].v, (size_t)schemas[i].n, sizeof schemas[i].v[0]);
             if (near && !best)
                 best = near;
         }
@@ -834,7 +835,7 @@ static void load_hook_fields(const ydoc *d, const ynode *n, const char *where, h
                 if (!strcmp(v, op_names[i].name))
                     ops = op_names[i].ops;
             if (!ops) {
-                const char *best = ytree_nearest(v, op_names, NOP_NAMES, sizeof op_names[0]);
+                const char *best = nearest_name(v, op_names, NOP_NAMES, sizeof op_names[0]);
                 if (best)
                     yerr(d, k, err, errlen, "allow: unknown operation '%s' (did you mean '%s'?)", v, best);
                 else

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../yaml/ytree.h"
+#include "../util/nearest.h"
 #include "emu_internal.h"
 
 /* ---- request log ---- */
@@ -153,7 +153,7 @@ static int check_keys(emu_ctx *c, const json_value *obj, const char *const *allo
         char key[64], field[96];
         snprintf(key, sizeof key, "%.*s", (int)(m->keylen < 60 ? m->keylen : 60), m->key);
         snprintf(field, sizeof field, "%s%s%s", at, *at ? "." : "", key);
-        const char *near = ytree_nearest(key, allowed, n, sizeof *allowed);
+        const char *near = nearest_name(key, allowed, n, sizeof *allowed);
         if (near)
             emu_violation(c, field, "UNKNOWN_FIELD", "unknown key %s (did you mean %s?)", field, near);
         else if (n)

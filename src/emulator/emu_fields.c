@@ -14,13 +14,13 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../yaml/ytree.h"
+#include "../util/nearest.h"
 #include "emu_internal.h"
 
 typedef struct emu_schema emu_schema;
 
 typedef struct emu_field {
-    const char *name;              /* lowerCamelCase, as Wix documents it; first member for ytree_nearest */
+    const char *name;              /* lowerCamelCase, as Wix documents it; first member for nearest_name */
     const char *proto;             /* the original proto name; NULL when it is the same word */
     const emu_schema *sub;         /* members of an object, or of each object of an array; NULL: a leaf */
 } emu_field;
@@ -162,7 +162,7 @@ static void walk(emu_ctx *c, json_value *obj, const emu_schema *s, const char *a
             if (!c->e->strict) {
                 note_unknown(warn, path);
             } else if (c->nviol < 50) {
-                const char *near = ytree_nearest(key, s->f, s->n, sizeof *s->f);
+                const char *near = nearest_name(key, s->f, s->n, sizeof *s->f);
                 emu_violation(c, path, "UNKNOWN_FIELD", "%s is not a field of this request%s%s%s", path,
                               near ? " (did you mean " : "", near ? near : "", near ? "?)" : "");
             }

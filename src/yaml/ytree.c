@@ -10,6 +10,8 @@
 #include <string.h>
 #include <yaml.h>
 
+#include "../util/nearest.h"
+
 #define YTREE_MAX_DEPTH 64
 /* What aliases may add to a document in all: past either cap a file is refused at the
  * alias that crosses it, so a few lines of nested aliases (an "alias bomb") cannot
@@ -578,47 +580,6 @@ int ynode_bool(const ydoc *d, const ynode *n, const char *field, int *out, char 
     return yerr(d, n, err, errlen, "%s: expected true or false, got '%s'", field, n->str);
 }
 
-int ytree_distance(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b);
-    if (la > 64 || lb > 64)
-        return 99;
-    int row[65];
-    for (size_t j = 0; j <= lb; j++)
-        row[j] = (int)j;
-    for (size_t i = 1; i <= la; i++) {
-        int prev = row[0];
-        row[0] = (int)i;
-        for (size_t j = 1; j <= lb; j++) {
-            int cur = row[j];
-            int cost = a[i - 1] == b[j - 1] ? 0 : 1;
-            int best = prev + cost;
-            if (row[j] + 1 < best)
-                best = row[j] + 1;
-            if (row[j - 1] + 1 < best)
-                best = row[j - 1] + 1;
-            row[j] = best;
-            prev = cur;
-        }
-    }
-    return row[lb];
-}
-
-const char *ytree_nearest(const char *word, const void *table, size_t n, size_t stride)
-{
-    const char *best = NULL;
-    int bestd = 3;
-    for (size_t i = 0; i < n; i++) {
-        const char *name = *(const char *const *)((const char *)table + i * stride);
-        int d = ytree_distance(name, word);
-        if (d < bestd) {
-            bestd = d;
-            best = name;
-        }
-    }
-    return best;
-}
-
 /* The message for one key of map that is not in allowed; 0 when it is allowed. */
 static int check_key(const ydoc *d, const ynode *v, const char *const *allowed, size_t nallowed, const char *where,
                      char *err, size_t errlen)
@@ -627,7 +588,7 @@ static int check_key(const ydoc *d, const ynode *v, const char *const *allowed, 
     for (size_t i = 0; i < nallowed; i++)
         if (!strcmp(allowed[i], k))
             return 0;
-    const char *best = ytree_nearest(k, allowed, nallowed, sizeof *allowed);
+    const char *best = nearest_name(k, allowed, nallowed, sizeof *allowed);
     if (best)
         return yerr(d, v->key, err, errlen, "unknown key '%s' in %s (did you mean '%s'?)", k, where, best);
     return yerr(d, v->key, err, errlen, "unknown key '%s' in %s", k, where);

@@ -60,11 +60,4 @@ int ymap_check_keys_each(const ydoc *d, const ynode *map, const char *const *all
 /* Writes "file:line:col: " + message. Always returns -1. */
 int yerr(const ydoc *d, const ynode *n, char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
-/* Edit distance, for "did you mean". */
-int ytree_distance(const char *a, const char *b);
-/* The name nearest to word (an edit distance under 3) among n table entries
- * whose first member is their name, stride bytes apart (a list of strings:
- * stride sizeof(char *)); NULL when none is that near. For "did you mean". */
-const char *ytree_nearest(const char *word, const void *table, size_t n, size_t stride);
-
 #endif

@@ -1,11 +1,14 @@
 /*
- * test_util.c -- the small-object pool, the ISO-8601 time formatter, and
- * SHA-256 / HMAC-SHA256 against the FIPS 180-2 and RFC 4231 vectors.
+ * test_util.c -- the small-object pool, the ISO-8601 time formatter,
+ * SHA-256 / HMAC-SHA256 against the FIPS 180-2 and RFC 4231 vectors, the
+ * backoff rule and "did you mean".
  */
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "../../src/util/backoff.h"
 #include "../../src/util/isotime.h"
+#include "../../src/util/nearest.h"
 #include "../../src/util/pool.h"
 #include "../../src/util/sha256.h"
 #include "check.h"
@@ -161,11 +164,62 @@ static void test_sha256_vectors(void)
     CHECK_STR(hx, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
 }
 
+/* Every wait lies in the upper half of its cap, the cap doubles per attempt
+ * up to max, and one seed gives one sequence (the client's and the service's
+ * retries both draw from it). */
+static void test_backoff(void)
+{
+    uint64_t rng = 42;
+    for (int attempt = 1; attempt <= 40; attempt++) {
+        long long cap = attempt > 12 ? 3000 : 1LL << (attempt - 1);
+        if (cap > 3000)
+            cap = 3000;
+        for (int i = 0; i < 200; i++) {
+            long long d = backoff_ms(1, 3000, attempt, &rng);
+            CHECK(d >= cap / 2 && d <= cap);
+        }
+    }
+    /* both ends of [cap/2, cap] come up */
+    int lo = 0, hi = 0;
+    for (int i = 0; i < 2000; i++) {
+        long long d = backoff_ms(100, 30000, 1, &rng);
+        lo += d == 50;
+        hi += d == 100;
+    }
+    CHECK(lo > 0 && hi > 0);
+    /* a cap past 20 doublings, or past LLONG_MAX, stays at max */
+    CHECK(backoff_ms(1LL << 60, 1LL << 62, 30, &rng) <= 1LL << 62);
+    CHECK(backoff_ms(1000, 5000, 1000, &rng) >= 2500);
+    CHECK_INT(backoff_ms(0, 5000, 3, &rng), 0);
+    CHECK_INT(backoff_ms(100, 0, 3, &rng), 0);
+    uint64_t a = 7, b = 7;
+    for (int i = 1; i < 10; i++)
+        CHECK(backoff_ms(100, 60000, i, &a) == backoff_ms(100, 60000, i, &b));
+}
+
+static void test_nearest(void)
+{
+    CHECK_INT(nearest_distance("memory", "memroy"), 2);
+    CHECK_INT(nearest_distance("script", "script"), 0);
+    CHECK_INT(nearest_distance("", "abc"), 3);
+    static const char *const names[] = {"fire", "run", "serve", "sandbox"};
+    CHECK_STR(nearest_name("serv", names, 4, sizeof names[0]), "serve");
+    CHECK_STR(nearest_name("rnu", names, 4, sizeof names[0]), "run");
+    CHECK(nearest_name("checkout", names, 4, sizeof names[0]) == NULL);
+    struct opt {
+        const char *name;
+        int v;
+    } opts[] = {{"--verbose", 1}, {"--json", 2}};
+    CHECK_STR(nearest_name("--jsno", opts, 2, sizeof opts[0]), "--json");
+}
+
 int main(void)
 {
     test_pool_reuse_and_growth();
     test_pool_many_blocks();
     test_isotime();
     test_sha256_vectors();
+    test_backoff();
+    test_nearest();
     return check_report();
 }

@@ -216,13 +216,6 @@ static void test_alias_bomb(void)
     CHECK(strstr(err, "alias *a: nesting too deep once expanded") != NULL);
 }
 
-static void test_distance(void)
-{
-    CHECK_INT(ytree_distance("memory", "memroy"), 2);
-    CHECK_INT(ytree_distance("script", "script"), 0);
-    CHECK_INT(ytree_distance("", "abc"), 3);
-}
-
 /* A hook's options become JSON the sandbox decodes: plain scalars keep their type
  * only when JSON has the same number, so the text always parses. */
 static void test_config_options(void)
@@ -416,7 +409,6 @@ int main(void)
     test_anchors();
     test_merge_keys();
     test_alias_bomb();
-    test_distance();
     test_config_options();
     test_config_defaults();
     test_config_env_defaults();
