@@ -11,7 +11,7 @@
 
 #include "../json/json.h"
 #include "../runtime/host.h"
-#include "../wix/luajson.h"
+#include "../json/luajson.h"
 #include "cli.h"
 #include "opts.h"
 

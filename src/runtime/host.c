@@ -12,7 +12,7 @@
 #include "../json/json.h"
 #include "../util/buf.h"
 #include "../util/isotime.h"
-#include "../wix/luajson.h"
+#include "../json/luajson.h"
 #include "embedded_lua.h"
 
 #ifndef WIXR_HOME

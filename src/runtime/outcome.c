@@ -10,7 +10,7 @@
 
 #include "../util/buf.h"
 #include "sandbox.h"
-#include "../wix/luajson.h"
+#include "../json/luajson.h"
 
 /* Lua's own message for a memory error (a caught one raised again is a string) */
 static const char memory_text[] = LUAJSON_NO_MEMORY;

@@ -18,7 +18,7 @@
 #include <time.h>
 
 #include "../json/json.h"
-#include "../wix/luajson.h"
+#include "../json/luajson.h"
 
 #define HOOK_EVERY 1000       /* instructions between limit checks */
 

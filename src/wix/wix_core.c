@@ -22,7 +22,7 @@
 #include "../json/json.h"
 #include "../util/isotime.h"
 #include "../util/sha256.h"
-#include "luajson.h"
+#include "../json/luajson.h"
 
 static wixr_host *need_task(lua_State *L, const char *what)
 {

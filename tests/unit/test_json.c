@@ -6,7 +6,7 @@
 
 #include "check.h"
 #include "json/json.h"
-#include "wix/luajson.h"
+#include "json/luajson.h"
 
 static json_value *parse(const char *s, json_doc **d, json_error *e)
 {

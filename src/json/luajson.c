@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../json/json.h"
+#include "json.h"
 
 size_t luajson_snake_to_camel(const char *in, size_t n, char *out, size_t outlen)
 {
