@@ -16,9 +16,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "../app/app.h"
+#include "../hooks/hooks.h"
+#include "../hooks/keys.h"
 #include "../json/json.h"
-#include "../runtime/hooks.h"
-#include "../runtime/host.h"
 #include "cli.h"
 #include "opts.h"
 
@@ -224,7 +225,7 @@ int cmd_check(int argc, char **argv)
         check_listen(cfg.serve.listen, cfg.serve.listen_where, &problems, &warnings);
     /* The installation key as a run would read it: a bad one fails every
      * event's first mutating call, so it fails the check instead. */
-    if (wix_install_key_check(cfg.state_dir, err, sizeof err) < 0) {
+    if (hooks_install_key_check(cfg.state_dir, err, sizeof err) < 0) {
         if (problems.len)
             buf_addc(&problems, '\n');
         buf_adds(&problems, err);

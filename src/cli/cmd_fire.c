@@ -14,9 +14,10 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include "../app/app.h"
+#include "../hooks/hooks.h"
 #include "../journal/journal.h"
 #include "../json/json.h"
-#include "../runtime/hooks.h"
 #include "../serve/workers.h"
 #include "../serve/setup.h"
 #include "../serve/serve.h"

@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../app/app.h"
 #include "../json/json.h"
-#include "../runtime/host.h"
 #include "../json/luajson.h"
 #include "cli.h"
 #include "opts.h"

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../config/config.h"
+#include "../hooks/keys.h"
 #include "../runtime/host.h"
 #include "../serve/serve.h"
 #include "cli.h"
@@ -47,7 +48,7 @@ static int installation_key_refused(const char *config_path)
     char err[4400];
     if (config_load(&cfg, config_path, err, sizeof err) < 0)
         return 0;
-    int refused = cfg.path && wix_install_key_check(cfg.state_dir, err, sizeof err) < 0;
+    int refused = cfg.path && hooks_install_key_check(cfg.state_dir, err, sizeof err) < 0;
     config_free(&cfg);
     if (refused) {
         char msg[4500];

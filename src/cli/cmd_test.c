@@ -28,8 +28,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../runtime/host.h"
-#include "../runtime/sandbox.h"
+#include "../app/app.h"
+#include "../hooks/sandbox.h"
 #include "../util/buf.h"
 #include "cli.h"
 #include "opts.h"

@@ -12,7 +12,6 @@
 #include "../json/json.h"
 #include "../util/buf.h"
 #include "../util/isotime.h"
-#include "../json/luajson.h"
 #include "embedded_lua.h"
 
 #ifndef WIXR_HOME
@@ -43,14 +42,16 @@ static int load_embedded(lua_State *L)
     return luaL_error(L, "no embedded module %s", name);
 }
 
-/* Registers wix.core, cjson and the embedded Lua modules in package.preload
- * and puts the shipped lua/ folder first on package.path. */
+/* Registers the host's preloads, cjson and the embedded Lua modules in
+ * package.preload and puts the shipped lua/ folder first on package.path. */
 void host_register_modules(lua_State *L)
 {
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "preload");
-    lua_pushcfunction(L, luaopen_wix_core);
-    lua_setfield(L, -2, "wix.core");
+    for (const luaL_Reg *m = host_of(L)->preload; m && m->name; m++) {
+        lua_pushcfunction(L, m->func);
+        lua_setfield(L, -2, m->name);
+    }
     lua_pushcfunction(L, luaopen_cjson);
     lua_setfield(L, -2, "cjson");
     for (const embedded_lua *m = embedded_lua_modules; m->name; m++) {
@@ -76,7 +77,7 @@ static int setup(lua_State *L)
     return 0;
 }
 
-wixr_host *host_new(const wixr_config *cfg, int dry_run, char *err, size_t errlen)
+wixr_host *host_open(const wixr_config *cfg, int dry_run, const luaL_Reg *preload, char *err, size_t errlen)
 {
     wixr_host *h = calloc(1, sizeof *h);
     if (!h) {
@@ -85,6 +86,7 @@ wixr_host *host_new(const wixr_config *cfg, int dry_run, char *err, size_t errle
     }
     h->cfg = cfg;
     h->dry_run = dry_run;
+    h->preload = preload;
     h->L = luaL_newstate();
     if (!h->L) {
         snprintf(err, errlen, "cannot create a Lua state");
@@ -96,7 +98,7 @@ wixr_host *host_new(const wixr_config *cfg, int dry_run, char *err, size_t errle
     lua_pushcfunction(h->L, setup);
     if (lua_pcall(h->L, 0, 0, 0) != LUA_OK) {
         snprintf(err, errlen, "setting up Lua: %s", lua_tostring(h->L, -1));
-        host_free(h);
+        host_close(h);
         return NULL;
     }
     lua_newtable(h->L);
@@ -104,30 +106,86 @@ wixr_host *host_new(const wixr_config *cfg, int dry_run, char *err, size_t errle
     h->sched = sched_new(h->L);
     if (!h->sched) {
         snprintf(err, errlen, "cannot start the scheduler");
-        host_free(h);
+        host_close(h);
         return NULL;
     }
-    h->client = wix_client_new(&cfg->wix, h->sched, err, errlen);
-    if (!h->client) {
-        host_free(h);
-        return NULL;
-    }
-    if (cfg->wix.transport == TRANSPORT_AUTO && wix_client_transport(h->client) == TRANSPORT_SANDBOX)
-        fprintf(stderr, "wixr: no Wix API key configured (WIX_API_KEY); using the embedded sandbox emulator (%s)\n",
-                cfg->wix.sandbox_db);
     return h;
 }
 
-void host_free(wixr_host *h)
+void host_close(wixr_host *h)
 {
     if (!h)
         return;
     /* Tasks hold Lua references: the scheduler goes before the state. */
     sched_free(h->sched);
-    wix_client_free(h->client);
     if (h->L)
         lua_close(h->L);
     free(h);
+}
+
+/* ---- the guard: what hook runs answer, and the answers outside them ---- */
+
+static const host_guard *guard_of(lua_State *L)
+{
+    wixr_ctx *c = ctx_of(L);
+    return c && c->host ? c->host->guard : NULL;
+}
+
+int host_permit(lua_State *L, unsigned op, int mutating, char *err, size_t errlen)
+{
+    const host_guard *g = guard_of(L);
+    return g ? g->permit(L, op, mutating, err, errlen) : 0;
+}
+
+int host_json_fits(lua_State *L, const char *s, size_t len)
+{
+    const host_guard *g = guard_of(L);
+    return g ? g->json_fits(L, s, len) : 1;
+}
+
+void host_adopt_thread(lua_State *parent, lua_State *child)
+{
+    const host_guard *g = guard_of(parent);
+    if (g)
+        g->adopt_thread(parent, child);
+}
+
+int host_task_failed(lua_State *co, const task_outcome *o)
+{
+    const host_guard *g = guard_of(co);
+    return g ? g->task_failed(co, o) : 0;
+}
+
+int host_next_key(lua_State *L)
+{
+    const host_guard *g = guard_of(L);
+    return g ? g->next_key(L) : 0;
+}
+
+int host_plan(lua_State *L, int idx)
+{
+    const host_guard *g = guard_of(L);
+    return g ? g->plan(L, idx) : 0;
+}
+
+int host_run_names(lua_State *L, const char **hook, const char **event_id)
+{
+    const host_guard *g = guard_of(L);
+    *hook = *event_id = NULL;
+    return g ? g->names(L, hook, event_id) : 0;
+}
+
+int host_idle_begin(lua_State *L)
+{
+    const host_guard *g = guard_of(L);
+    return g ? g->idle_begin(L) : 0;
+}
+
+void host_idle_end(lua_State *L)
+{
+    const host_guard *g = guard_of(L);
+    if (g)
+        g->idle_end(L);
 }
 
 int host_load_script(wixr_host *h, const char *path)

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "../util/buf.h"
-#include "sandbox.h"
+#include "host.h"
 #include "../json/luajson.h"
 
 /* Lua's own message for a memory error (a caught one raised again is a string) */
@@ -167,13 +167,13 @@ static void error_text(lua_State *co, task_outcome *o)
     int saved_mask = lua_gethookmask(M), saved_count = lua_gethookcount(M);
     lua_sethook(M, bound_hook, LUA_MASKCOUNT, OUTCOME_TOSTRING_STEPS);
     /* a hook's state: the coroutines and library calls of __tostring answer to the hook's limits */
-    int idle = sandbox_idle_begin(M);
+    int idle = host_idle_begin(M);
     lua_pushcfunction(M, describe);
     lua_xmove(co, M, 1);
     lua_pushlightuserdata(M, o);
     int st = lua_pcall(M, 2, 0, 0);
     if (idle)
-        sandbox_idle_end(M);
+        host_idle_end(M);
     lua_sethook(M, saved, saved_mask, saved_count);
     if (st != LUA_OK) {
         const char *why = st == LUA_ERRMEM ? "it ran out of memory"

@@ -30,6 +30,7 @@
 #include "../journal/journal.h"
 #include "../journal/journal_json.h"
 #include "../runtime/host.h"
+#include "../util/backoff.h"
 #include "../util/isotime.h"
 #include "../wix/client.h"
 #include "workers.h"
@@ -1215,10 +1216,7 @@ static void running_free(serve *s, running *r)
  * retry.max_ms, jittered in its upper half. */
 static long long retry_delay(const serve_settings *ss, int attempt)
 {
-    long long d = ss->retry_base_ms << (attempt - 1 < 20 ? attempt - 1 : 20);
-    if (d > ss->retry_max_ms)
-        d = ss->retry_max_ms;
-    return d / 2 + (d > 1 ? rand() % (d / 2 + 1) : 0);
+    return backoff_ms(ss->retry_base_ms, ss->retry_max_ms, attempt, NULL);
 }
 
 /* An attempt failed (a hook failed, or its worker died under it alone):

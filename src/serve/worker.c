@@ -22,6 +22,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "../app/app.h"
 #include "../json/json.h"
 #include "../wix/client.h"
 #include "wire.h"

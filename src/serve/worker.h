@@ -20,7 +20,7 @@
 #ifndef WIXR_WORKER_H
 #define WIXR_WORKER_H
 
-#include "../runtime/hooks.h"
+#include "../hooks/hooks.h"
 #include "../util/buf.h"
 
 #define WORKER_FD 3

@@ -1,31 +1,27 @@
 /*
- * client.c -- transports, retries, rate limit, audit (see client.h).
+ * client.c -- retries, rate limit, the bound in flight, audit (see client.h);
+ * the attempts themselves go over the client's wire.
  */
 #define _GNU_SOURCE
 #include "client.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "../emulator/emu.h"
 #include "../json/json.h"
+#include "../util/backoff.h"
 #include "../util/buf.h"
 #include "../util/isotime.h"
 
 #define CLIENT_MAX_BODY (16 * 1024 * 1024)
-#define CLIENT_POOL_MAX 256
 
 typedef struct call call;
 struct call {
-    sched_transfer xfer;         /* first: CURLOPT_PRIVATE points here */
+    wix_attempt a;               /* first: wix_attempt_done finds the call from it */
     wix_client *c;
     char method[8];
     char *path, *body, *account, *idem;
@@ -34,36 +30,23 @@ struct call {
     void *arg;
     int attempt;
     long long t_start, t_attempt;
-    /* the current attempt */
-    CURL *easy;
-    struct curl_slist *hdrs;
-    buf_t resp;
-    long status;
-    char request_id[64];
-    long retry_after_ms;
-    char error[600];
-    int have_error;
-    int final;                    /* an error that trying again cannot mend: no more attempts */
+    buf_t resp;                   /* the current attempt's answer */
     call *next_queued;
 };
 
 struct wix_client {
     const wix_settings *s;
     sched_t *sched;
-    wix_transport transport;
-    emu_t *emu;
+    wix_wire wire;
     long long (*rate_gate)(void *arg, long long now); /* NULL: the window below */
     void *rate_gate_arg;
-    CURL *pool[CLIENT_POOL_MAX];
-    int npool;
     int inflight;
     call *queue_head, *queue_tail;
     long long *rl;               /* ring of send times within the window */
     int rl_head, rl_count;
     FILE *audit;
     int audit_owned;
-    char *auth;                  /* "Authorization: <key>" (secret) */
-    uint64_t rng;
+    uint64_t rng;                /* the backoff's jitter */
     wix_stats stats;
     wix_call_count counts[WIX_MAX_CALL_COUNTS];
     int ncounts;
@@ -90,31 +73,24 @@ static FILE *audit_open(const char *path)
     return f;
 }
 
-wix_client *wix_client_new(const wix_settings *s, sched_t *sched, char *err, size_t errlen)
+wix_transport wix_resolve_transport(const wix_settings *s)
+{
+    if (s->transport != TRANSPORT_AUTO)
+        return s->transport;
+    return s->api_key ? TRANSPORT_HTTP : TRANSPORT_SANDBOX;
+}
+
+wix_client *wix_client_new(const wix_settings *s, sched_t *sched, const wix_wire *wire, char *err, size_t errlen)
 {
     wix_client *c = calloc(1, sizeof *c);
     if (!c) {
         snprintf(err, errlen, "out of memory");
+        wire->close(wire->self);
         return NULL;
     }
     c->s = s;
     c->sched = sched;
-    c->transport = s->transport;
-    if (c->transport == TRANSPORT_AUTO)
-        c->transport = s->api_key ? TRANSPORT_HTTP : TRANSPORT_SANDBOX;
-    if (c->transport == TRANSPORT_HTTP) {
-        if (!s->api_key) {
-            snprintf(err, errlen, "wix.transport is http but no API key is set (WIX_API_KEY or wix.api_key_file)");
-            free(c);
-            return NULL;
-        }
-        if (asprintf(&c->auth, "Authorization: %s", s->api_key) < 0) {
-            c->auth = NULL;
-            snprintf(err, errlen, "out of memory");
-            free(c);
-            return NULL;
-        }
-    }
+    c->wire = *wire;
     if (s->rate_limit > 0 && !(c->rl = calloc((size_t)s->rate_limit, sizeof *c->rl))) {
         snprintf(err, errlen, "out of memory");
         wix_client_free(c);
@@ -131,8 +107,7 @@ wix_client *wix_client_new(const wix_settings *s, sched_t *sched, char *err, siz
             c->audit_owned = 1;
         }
     }
-    if (getrandom(&c->rng, sizeof c->rng, 0) != sizeof c->rng)
-        c->rng = (uint64_t)sched_now_ms() * 2654435761u;
+    c->rng = backoff_seed();
     return c;
 }
 
@@ -140,23 +115,15 @@ void wix_client_free(wix_client *c)
 {
     if (!c)
         return;
-    for (int i = 0; i < c->npool; i++)
-        curl_easy_cleanup(c->pool[i]);
-    if (c->emu)
-        emu_close(c->emu);
+    if (c->wire.close)
+        c->wire.close(c->wire.self);
     if (c->audit_owned)
         fclose(c->audit);
-    if (c->auth) {
-        volatile char *p = c->auth;
-        while (*p)
-            *p++ = 0;
-        free(c->auth);
-    }
     free(c->rl);
     free(c);
 }
 
-wix_transport wix_client_transport(const wix_client *c) { return c->transport; }
+wix_transport wix_client_transport(const wix_client *c) { return c->wire.kind; }
 const char *wix_client_default_account(const wix_client *c) { return c->s->account_id; }
 const wix_stats *wix_client_stats(const wix_client *c) { return &c->stats; }
 
@@ -201,49 +168,6 @@ static void count_call(wix_client *c, const char *method, const char *path, long
     }
 }
 
-static uint64_t rnd(wix_client *c)
-{
-    uint64_t z = (c->rng += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-/* Opens the in-process emulator on first use. */
-static int sandbox_open(wix_client *c, char *err, size_t errlen)
-{
-    if (c->emu)
-        return 0;
-    const char *db = c->s->sandbox_db;
-    if (strcmp(db, ":memory:") != 0) {
-        const char *slash = strrchr(db, '/');
-        if (slash && slash != db) {
-            char dir[4096];
-            snprintf(dir, sizeof dir, "%.*s", (int)(slash - db), db);
-            if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
-                snprintf(err, errlen, "sandbox: cannot create %.200s: %s", dir, strerror(errno));
-                return -1;
-            }
-        }
-    }
-    /* The catalog named by default (WIXR_HOME's config/catalog.yaml) is the one compiled in:
-     * a binary copied elsewhere needs no source tree. A configured wix.sandbox.catalog is read. */
-    const char *catalog = c->s->sandbox_catalog, *home = getenv("WIXR_HOME");
-    char home_catalog[4200];
-    snprintf(home_catalog, sizeof home_catalog, "%s/config/catalog.yaml", home && *home ? home : WIXR_HOME);
-    if (catalog && !strcmp(catalog, home_catalog))
-        catalog = NULL;
-    emu_options o = {.db_path = db, .catalog_path = catalog, .enable_delay_ms = c->s->sandbox_delivery_delay_ms};
-    char e[512];
-    c->emu = emu_open(&o, e, sizeof e);
-    if (!c->emu) {
-        snprintf(err, errlen, "sandbox: %.400s%s", e,
-                 strstr(e, "locked") ? " (is a 'wixr sandbox serve' using the same file?)" : "");
-        return -1;
-    }
-    return 0;
-}
-
 /* ---- audit ---- */
 
 static void audit_line(wix_client *c, const call *q, long long now)
@@ -258,11 +182,11 @@ static void audit_line(wix_client *c, const call *q, long long now)
     iso_format_ms(iso_now_ms(), when);
     jw_obj(&w);
     jw_kstr(&w, "ts", when);
-    jw_kstr(&w, "transport", c->transport == TRANSPORT_HTTP ? "http" : "sandbox");
+    jw_kstr(&w, "transport", c->wire.kind == TRANSPORT_HTTP ? "http" : "sandbox");
     jw_kstr(&w, "method", q->method);
     jw_kstr(&w, "path", q->path);
     jw_key(&w, "status");
-    jw_int(&w, q->status);
+    jw_int(&w, q->a.status);
     jw_key(&w, "duration_ms");
     jw_int(&w, now - q->t_attempt);
     jw_key(&w, "attempt");
@@ -271,10 +195,10 @@ static void audit_line(wix_client *c, const call *q, long long now)
         jw_kstr(&w, "account_id", q->account);
     if (q->idem)
         jw_kstr(&w, "idempotency_key", q->idem);
-    if (q->request_id[0])
-        jw_kstr(&w, "request_id", q->request_id);
-    if (q->have_error)
-        jw_kstr(&w, "error", q->error);
+    if (q->a.request_id[0])
+        jw_kstr(&w, "request_id", q->a.request_id);
+    if (q->a.have_error)
+        jw_kstr(&w, "error", q->a.error);
     jw_obj_end(&w);
     buf_addc(&b, '\n');
     if (!b.failed) {
@@ -313,14 +237,14 @@ static void call_free(call *q)
 
 static void complete(call *q)
 {
-    count_call(q->c, q->method, q->path, q->status);
+    count_call(q->c, q->method, q->path, q->a.status);
     wix_result r = {
-        .status = q->status,
+        .status = q->a.status,
         .body = q->resp.data ? q->resp.data : "",
         .body_len = q->resp.len,
-        .request_id = q->request_id,
+        .request_id = q->a.request_id,
         .attempts = q->attempt,
-        .error = q->have_error ? q->error : NULL,
+        .error = q->a.have_error ? q->a.error : NULL,
     };
     q->done(q->arg, &r);
     call_free(q);
@@ -328,7 +252,7 @@ static void complete(call *q)
 
 static int retryable(const call *q)
 {
-    return !q->final && (q->have_error || q->status == 429 || q->status >= 500);
+    return !q->a.final && (q->a.have_error || q->a.status == 429 || q->a.status >= 500);
 }
 
 static void release_slot(wix_client *c)
@@ -348,15 +272,12 @@ static void finish_attempt(call *q)
     wix_client *c = q->c;
     long long now = sched_now_ms();
     audit_line(c, q, now);
-    if (q->have_error)
+    if (q->a.have_error)
         c->stats.transport_errors++;
     if (retryable(q) && q->attempt < c->s->retry_attempts) {
-        long long cap = c->s->retry_base_ms << (q->attempt - 1 < 20 ? q->attempt - 1 : 20);
-        if (cap > c->s->retry_max_ms)
-            cap = c->s->retry_max_ms;
-        long long delay = cap / 2 + (cap > 1 ? (long long)(rnd(c) % (uint64_t)(cap - cap / 2 + 1)) : 0);
-        if (q->retry_after_ms > delay)
-            delay = q->retry_after_ms;
+        long long delay = backoff_ms(c->s->retry_base_ms, c->s->retry_max_ms, q->attempt, &c->rng);
+        if (q->a.retry_after_ms > delay)
+            delay = q->a.retry_after_ms;
         if (now + delay - q->t_start <= c->s->retry_total_ms) {
             c->stats.retries++;
             sched_timer(c->sched, now + delay, start_attempt, q);
@@ -364,159 +285,6 @@ static void finish_attempt(call *q)
         }
     }
     complete(q);
-}
-
-/* ---- http transport ---- */
-
-static size_t on_body(char *p, size_t size, size_t n, void *arg)
-{
-    call *q = arg;
-    return buf_add(&q->resp, p, size * n) < 0 ? 0 : size * n;
-}
-
-static size_t on_header(char *p, size_t size, size_t n, void *arg)
-{
-    call *q = arg;
-    size_t len = size * n;
-    if (len > 17 && !strncasecmp(p, "x-wix-request-id:", 17)) {
-        const char *v = p + 17;
-        while (*v == ' ')
-            v++;
-        size_t k = 0;
-        while (v + k < p + len && v[k] != '\r' && v[k] != '\n' && k < sizeof q->request_id - 1)
-            k++;
-        memcpy(q->request_id, v, k);
-        q->request_id[k] = '\0';
-    } else if (len > 12 && !strncasecmp(p, "retry-after:", 12)) {
-        const char *v = p + 12;
-        while (*v == ' ')
-            v++;
-        if (isdigit((unsigned char)*v))
-            q->retry_after_ms = strtol(v, NULL, 10) * 1000;
-    }
-    return len;
-}
-
-static void http_done(sched_transfer *x, CURLcode rc)
-{
-    call *q = (call *)x;
-    wix_client *c = q->c;
-    if (rc != CURLE_OK) {
-        q->have_error = 1;
-        buf_t url;
-        buf_init(&url, 0);
-        wix_shown_url(&url, c->s->base_url, q->path);
-        snprintf(q->error, sizeof q->error, "%s (%.400s)", curl_easy_strerror(rc), buf_cstr(&url));
-        buf_free(&url);
-        if (rc == CURLE_WRITE_ERROR && q->resp.failed)
-            snprintf(q->error, sizeof q->error, "the answer is larger than %d bytes", CLIENT_MAX_BODY);
-        q->status = 0;
-    } else {
-        curl_easy_getinfo(q->easy, CURLINFO_RESPONSE_CODE, &q->status);
-    }
-    curl_slist_free_all(q->hdrs);
-    q->hdrs = NULL;
-    if (c->npool < CLIENT_POOL_MAX)
-        c->pool[c->npool++] = q->easy;
-    else
-        curl_easy_cleanup(q->easy);
-    q->easy = NULL;
-    /* Some errors will not go away by trying again. */
-    if (rc == CURLE_URL_MALFORMAT || rc == CURLE_UNSUPPORTED_PROTOCOL || rc == CURLE_WRITE_ERROR)
-        q->final = 1;
-    release_slot(c);
-    finish_attempt(q);
-}
-
-static int http_send(call *q)
-{
-    wix_client *c = q->c;
-    CURL *e = c->npool ? c->pool[--c->npool] : curl_easy_init();
-    if (!e)
-        return -1;
-    curl_easy_reset(e);
-    q->easy = e;
-    q->xfer.done = http_done;
-    char *url = NULL;
-    if (asprintf(&url, "%s%s", c->s->base_url, q->path) < 0)
-        return -1;
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    free(url); /* libcurl keeps its own copy */
-    curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)&q->xfer);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, q);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, q);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, c->s->timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->s->connect_timeout_ms);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "wixr/0.1");
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    struct curl_slist *h = NULL;
-    h = curl_slist_append(h, c->auth);
-    if (q->account) {
-        char acc[160];
-        snprintf(acc, sizeof acc, "wix-account-id: %s", q->account);
-        h = curl_slist_append(h, acc);
-    }
-    h = curl_slist_append(h, "Accept: application/json");
-    h = curl_slist_append(h, "Expect:");
-    if (q->body)
-        h = curl_slist_append(h, "Content-Type: application/json");
-    q->hdrs = h;
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-    if (!strcmp(q->method, "GET")) {
-        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-    } else {
-        if (strcmp(q->method, "POST") != 0)
-            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, q->method);
-        if (q->body || strcmp(q->method, "DELETE") != 0) {
-            curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)(q->body ? q->body_len : 0));
-            curl_easy_setopt(e, CURLOPT_POSTFIELDS, q->body ? q->body : "");
-        }
-    }
-    return sched_add_transfer(c->sched, e);
-}
-
-/* ---- sandbox transport ---- */
-
-static void sandbox_finish(void *arg)
-{
-    call *q = arg;
-    release_slot(q->c);
-    finish_attempt(q);
-}
-
-static void sandbox_send(call *q)
-{
-    wix_client *c = q->c;
-    char err[512];
-    if (sandbox_open(c, err, sizeof err) < 0) {
-        q->have_error = 1;
-        snprintf(q->error, sizeof q->error, "%.500s", err);
-        q->final = 1; /* nothing to retry: the state file is not ours */
-        sandbox_finish(q);
-        return;
-    }
-    emu_request rq = {.method = q->method, .path = q->path, .authorization = "sandbox", .account_id = q->account,
-                      .body = q->body, .body_len = q->body_len};
-    emu_response rs;
-    emu_handle(c->emu, &rq, &rs);
-    q->status = rs.drop ? 0 : rs.status;
-    if (rs.drop) {
-        q->have_error = 1;
-        snprintf(q->error, sizeof q->error, "connection closed without an answer (emulated)");
-    } else {
-        buf_add(&q->resp, rs.body, rs.body_len);
-    }
-    snprintf(q->request_id, sizeof q->request_id, "%s", rs.request_id);
-    q->retry_after_ms = rs.retry_after * 1000L;
-    int latency = rs.latency_ms;
-    emu_response_free(&rs);
-    if (latency > 0)
-        sched_timer(c->sched, sched_now_ms() + latency, sandbox_finish, q);
-    else
-        sandbox_finish(q);
 }
 
 /* ---- one attempt ---- */
@@ -566,26 +334,21 @@ static void start_attempt(void *arg)
     c->stats.attempts++;
     q->t_attempt = now;
     buf_reset(&q->resp);
-    q->status = 0;
-    q->request_id[0] = '\0';
-    q->retry_after_ms = 0;
-    q->have_error = 0;
-    if (c->transport == TRANSPORT_SANDBOX) {
-        sandbox_send(q);
-        return;
-    }
-    if (http_send(q) < 0) {
-        q->have_error = 1;
-        snprintf(q->error, sizeof q->error, "could not start the HTTP request");
-        if (q->easy) {
-            curl_slist_free_all(q->hdrs);
-            q->hdrs = NULL;
-            curl_easy_cleanup(q->easy);
-            q->easy = NULL;
-        }
-        release_slot(c);
-        finish_attempt(q);
-    }
+    q->a.status = 0;
+    q->a.request_id[0] = '\0';
+    q->a.retry_after_ms = 0;
+    q->a.have_error = 0;
+    q->a.final = 0;
+    c->wire.send(c->wire.self, &q->a);
+}
+
+/* The wire is done with the attempt: its slot is free, and the call is
+ * retried or completed. */
+void wix_attempt_done(wix_attempt *a)
+{
+    call *q = (call *)a;
+    release_slot(q->c);
+    finish_attempt(q);
 }
 
 void wix_client_call(wix_client *c, const char *method, const char *path, const char *body, size_t body_len,
@@ -612,6 +375,12 @@ void wix_client_call(wix_client *c, const char *method, const char *path, const 
         goto oom;
     }
     buf_init(&q->resp, CLIENT_MAX_BODY);
+    q->a.method = q->method;
+    q->a.path = q->path;
+    q->a.body = q->body;
+    q->a.body_len = q->body_len;
+    q->a.account = q->account;
+    q->a.resp = &q->resp;
     q->done = done;
     q->arg = arg;
     q->t_start = sched_now_ms();
@@ -626,15 +395,7 @@ oom: {
 
 int wix_client_sandbox_admin(wix_client *c, const char *method, const char *path, const char *body)
 {
-    char err[512];
-    if (c->transport != TRANSPORT_SANDBOX || sandbox_open(c, err, sizeof err) < 0)
-        return -1;
-    emu_request rq = {.method = method, .path = path, .body = body, .body_len = body ? strlen(body) : 0};
-    emu_response rs;
-    emu_handle(c->emu, &rq, &rs);
-    int st = rs.status;
-    emu_response_free(&rs);
-    return st;
+    return c->wire.admin ? c->wire.admin(c->wire.self, method, path, body) : -1;
 }
 
 void wix_client_set_rate_gate(wix_client *c, long long (*gate)(void *arg, long long now), void *arg)

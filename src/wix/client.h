@@ -4,11 +4,13 @@
  * Retry-After) within a number of attempts and a time budget, throttled by a
  * client-side sliding-window rate limit and a bound on requests in flight.
  *
- * Two transports behind one interface: "http" (libcurl multi on the
- * scheduler, keep-alive connections reused) and "sandbox" (the emulator
- * in-process, no socket). Every attempt writes one audit line when an audit
- * sink is configured. The API key goes into the Authorization header and
- * nowhere else.
+ * The attempts go over a wire (wix_wire: send one attempt, close), given to
+ * the client by whoever makes it: "http" (http.c: libcurl multi on the
+ * scheduler, keep-alive connections reused) lives here; "sandbox" (the
+ * emulator in-process, no socket) is plugged in from above (app/), so the
+ * client never links the emulator. Every attempt writes one audit line when
+ * an audit sink is configured. The API key goes into the Authorization
+ * header and nowhere else.
  */
 #ifndef WIXR_CLIENT_H
 #define WIXR_CLIENT_H
@@ -21,6 +23,44 @@
 #include "../runtime/sched.h"
 
 typedef struct wix_client wix_client;
+
+/* One attempt of a call as a wire sees it: the request, and the answer the
+ * wire fills in before it calls wix_attempt_done. */
+typedef struct wix_attempt {
+    const char *method, *path;
+    const char *body;            /* NULL: no body */
+    size_t body_len;
+    const char *account;         /* wix-account-id, or NULL */
+    buf_t *resp;                 /* the answer's body goes here (capped: failed when too large) */
+    long status;                 /* HTTP status; 0 when no answer came */
+    char request_id[64];         /* x-wix-request-id, or "" */
+    long retry_after_ms;         /* Retry-After, or 0 */
+    int have_error;              /* no answer: error says why */
+    char error[600];             /* (never a secret: URLs as wix_shown_url shows them) */
+    int final;                   /* an error that trying again cannot mend: no more attempts */
+} wix_attempt;
+
+/* A transport: what carries attempts. send fills in a's answer and calls
+ * wix_attempt_done(a) exactly once, before it returns or later from the
+ * scheduler; it never fails otherwise. admin (NULL when the wire has none)
+ * is the emulator's /__admin/ API: its status, or -1. close frees self. */
+typedef struct wix_wire {
+    wix_transport kind;          /* TRANSPORT_HTTP or TRANSPORT_SANDBOX: audit lines, wix.settings() */
+    void *self;
+    void (*send)(void *self, wix_attempt *a);
+    int (*admin)(void *self, const char *method, const char *path, const char *body);
+    void (*close)(void *self);
+} wix_wire;
+
+/* The wire has filled in a's answer: the client retries or completes the call. */
+void wix_attempt_done(wix_attempt *a);
+
+/* The transport s names: auto is http with an API key, else sandbox. */
+wix_transport wix_resolve_transport(const wix_settings *s);
+
+/* The http wire: libcurl easy handles on the scheduler's multi handle, reused.
+ * 0, or -1 with err (no API key). */
+int wix_http_wire(wix_wire *w, const wix_settings *s, sched_t *sched, char *err, size_t errlen);
 
 typedef struct wix_result {
     long status;                 /* HTTP status; 0 when no answer came */
@@ -45,8 +85,9 @@ typedef struct wix_call_count {
 } wix_call_count;
 #define WIX_MAX_CALL_COUNTS 96
 
-/* Resolves the transport (auto: http with an API key, else sandbox). */
-wix_client *wix_client_new(const wix_settings *s, sched_t *sched, char *err, size_t errlen);
+/* A client whose attempts go over wire (which it owns from now on, and
+ * closes with the client, or at once when this fails). NULL with err. */
+wix_client *wix_client_new(const wix_settings *s, sched_t *sched, const wix_wire *wire, char *err, size_t errlen);
 void wix_client_free(wix_client *c);
 wix_transport wix_client_transport(const wix_client *c);
 const char *wix_client_default_account(const wix_client *c);
@@ -61,7 +102,7 @@ void wix_endpoint_template(const char *method, const char *path, char *out, size
 void wix_client_set_rate_gate(wix_client *c, long long (*gate)(void *arg, long long now), void *arg);
 
 /* In-process emulator only: sends an admin request (e.g. POST /__admin/reset)
- * and returns its status (-1 when the transport is not the sandbox). */
+ * and returns its status (-1 when the wire has no admin API). */
 int wix_client_sandbox_admin(wix_client *c, const char *method, const char *path, const char *body);
 
 /* Starts one call; done is called exactly once, possibly before this

@@ -17,12 +17,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../runtime/host.h"
-#include "../runtime/sandbox.h"
 #include "../json/json.h"
-#include "../util/isotime.h"
-#include "../util/sha256.h"
 #include "../json/luajson.h"
+#include "../runtime/host.h"
+#include "../util/isotime.h"
+#include "client.h"
+#include "wix_core.h"
 
 static wixr_host *need_task(lua_State *L, const char *what)
 {
@@ -67,9 +67,7 @@ static unsigned op_of(const char *method, const char *path, int *mutating)
     return WIX_OP_GET;
 }
 
-/* Inside a hook run: raises unless the hook may make this call. */
-/* The script's own position ("policy.lua:12: "), skipping the wix module's frames. */
-static void script_where(lua_State *L, char *out, size_t n)
+void wix_script_where(lua_State *L, char *out, size_t n)
 {
     lua_Debug ar;
     out[0] = '\0';
@@ -81,16 +79,14 @@ static void script_where(lua_State *L, char *out, size_t n)
     }
 }
 
+/* Inside a hook run: raises unless the hook may make this call. */
 static void check_permit(lua_State *L, const char *method, const char *path)
 {
-    hook_run *r = sandbox_current_run(L);
-    if (!r)
-        return;
     int mutating;
     unsigned op = op_of(method, path, &mutating);
     char err[512], where[300];
-    if (sandbox_permit(r, op, mutating, err, sizeof err) < 0) {
-        script_where(L, where, sizeof where);
+    if (host_permit(L, op, mutating, err, sizeof err) < 0) {
+        wix_script_where(L, where, sizeof where);
         lua_pushfstring(L, "%s%s", where, err);
         lua_error(L);
     }
@@ -167,7 +163,7 @@ static int request_finish(lua_State *L, int status, lua_KContext ctx)
     luaL_checkstack(L, 6, "wix answer");
     const json_value *v = NULL;
     char bad[200] = "";
-    if (q->body_len && !sandbox_json_fits(L, q->body, q->body_len)) {
+    if (q->body_len && !host_json_fits(L, q->body, q->body_len)) {
         /* the answer's document would not fit in the hook's free memory: a
          * memory failure of the run, before anything outside the cap is built */
         lua_pushliteral(L, LUAJSON_NO_MEMORY);
@@ -247,18 +243,11 @@ static void spawn_done(sched_task *t, lua_State *co, const task_outcome *o, void
     (void)arg;
     if (o->kind == OUTCOME_OK)
         return;
-    hook_run *r = ctx_of(co)->run;
-    if (r && sandbox_task_failed(r, o))
-        return; /* a limit or the memory cap: the whole run ended */
-    /* Nobody waits for this task (a waited one reports to its waiter): say so in the log,
-     * as a warning when the run ended before it did. */
-    int stopped = r && r->finished;
-    const char *fields[] = {"error", o->text, "hook", r ? r->hook->name : NULL, "event_id", r ? r->event_id : NULL,
-                            NULL};
-    host_log("warn",
-             stopped ? "a task started with wix.spawn was stopped: the run ended before it"
-                     : "a task started with wix.spawn failed",
-             fields);
+    if (host_task_failed(co, o))
+        return; /* a hook run's task: the run ended, or its log line names the run */
+    /* Nobody waits for this task (a waited one reports to its waiter): say so in the log. */
+    const char *fields[] = {"error", o->text, NULL};
+    host_log("warn", "a task started with wix.spawn failed", fields);
 }
 
 static int l_spawn(lua_State *L)
@@ -277,7 +266,7 @@ static int l_spawn(lua_State *L)
     if (!t)
         return luaL_error(L, "out of memory");
     /* A hook run's limits and permissions follow it into the tasks it starts. */
-    sandbox_adopt_thread(L, sched_task_thread(t));
+    host_adopt_thread(L, sched_task_thread(t));
     lua_pushinteger(L, (lua_Integer)sched_task_id(t));
     return 1;
 }
@@ -437,228 +426,14 @@ static int l_uuid(lua_State *L)
 }
 
 /* next_key(): the idempotency key for a mutating call that was given none.
- * Inside a hook run for an event with an id, it is derived, so running the
- * same event again -- after a crash, a retry, a restart, a reload that fixed
- * the script -- sends the same keys and provisions nothing twice; elsewhere
- * it is a fresh random GUID. The derivation is HMAC-SHA256 keyed by the
- * installation's secret (<state_dir>/installation.key, 32 random bytes, 0600)
- * over (event id, event name, the hook's `id:` or else its position among
- * that event's hooks, n-th mutating call of the run): nothing that depends
- * on how a path was spelled, and nothing another hook -- which never sees
- * the secret -- can compute. The script's text is left out on purpose: a fixed script that
- * runs a failed event again must send the keys of the calls it already made.
- * docs/SECURITY.md ("Derived idempotency keys") argues the choice. */
-#define INSTALL_KEY_LEN 32
-static const char install_key_slot = 0; /* registry key of the state's copy of the secret */
-
-/* 1 read, 0 no such file, -1 with err. */
-static int install_key_read(const char *path, unsigned char key[INSTALL_KEY_LEN], char *err, size_t errlen)
-{
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ENOENT)
-            return 0;
-        snprintf(err, errlen, "%s: cannot open the installation key: %s", path, strerror(errno));
-        return -1;
-    }
-    struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "%s: the installation key is not a regular file", path);
-        close(fd);
-        return -1;
-    }
-    if (st.st_mode & 077) {
-        snprintf(err, errlen,
-                 "%s: the installation key is open to group or others (mode %04o); chmod 600 it "
-                 "(removing it makes a new one, and every derived idempotency key changes)",
-                 path, (unsigned)(st.st_mode & 07777));
-        close(fd);
-        return -1;
-    }
-    if (st.st_uid != geteuid()) {
-        snprintf(err, errlen, "%s: the installation key belongs to another user (uid %u)", path,
-                 (unsigned)st.st_uid);
-        close(fd);
-        return -1;
-    }
-    unsigned char extra;
-    ssize_t n = read(fd, key, INSTALL_KEY_LEN);
-    ssize_t more = n == INSTALL_KEY_LEN ? read(fd, &extra, 1) : 0;
-    close(fd);
-    if (n != INSTALL_KEY_LEN || more != 0) {
-        memset(key, 0, INSTALL_KEY_LEN);
-        snprintf(err, errlen, "%s: not an installation key (%lld bytes; one is %d random bytes)", path,
-                 (long long)st.st_size, INSTALL_KEY_LEN);
-        return -1;
-    }
-    return 1;
-}
-
-int wix_install_key_check(const char *state_dir, char *err, size_t errlen)
-{
-    char path[4096];
-    if ((size_t)snprintf(path, sizeof path, "%s/installation.key", state_dir ? state_dir : ".wixr") >= sizeof path) {
-        snprintf(err, errlen, "runtime.state_dir: too long for the installation key's path");
-        return -1;
-    }
-    unsigned char key[INSTALL_KEY_LEN];
-    int got = install_key_read(path, key, err, errlen);
-    memset(key, 0, sizeof key);
-    return got < 0 ? -1 : 0;
-}
-
-/* Makes the secret once: written 0600 to a file of this process, then linked
- * into place, so a reader never sees half a key and two processes starting
- * at once agree on one (the loser reads the winner's). 0 or -1 with err. */
-static int install_key_make(const char *dir, const char *path, unsigned char key[INSTALL_KEY_LEN], char *err,
-                            size_t errlen)
-{
-    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
-        snprintf(err, errlen, "%s: cannot create the state folder: %s", dir, strerror(errno));
-        return -1;
-    }
-    if (getrandom(key, INSTALL_KEY_LEN, 0) != INSTALL_KEY_LEN) {
-        snprintf(err, errlen, "no randomness available for the installation key");
-        return -1;
-    }
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        snprintf(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
-        return -1;
-    }
-    int ok = write(fd, key, INSTALL_KEY_LEN) == INSTALL_KEY_LEN && fsync(fd) == 0;
-    int werr = errno;
-    close(fd);
-    if (!ok) {
-        unlink(tmp);
-        snprintf(err, errlen, "%s: cannot write: %s", tmp, strerror(werr));
-        return -1;
-    }
-    int linked = link(tmp, path);
-    int lerr = errno;
-    unlink(tmp);
-    if (linked < 0 && lerr == EEXIST) /* another process made it first: theirs is the one */
-        return install_key_read(path, key, err, errlen) == 1 ? 0 : -1;
-    if (linked < 0) {
-        snprintf(err, errlen, "%s: cannot create: %s", path, strerror(lerr));
-        return -1;
-    }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    return 0;
-}
-
-/* Raises msg at the script's line (not the wix module's). */
-static void install_key_raise(lua_State *L, const char *msg)
-{
-    char where[300];
-    script_where(L, where, sizeof where);
-    lua_pushfstring(L, "%s%s", where, msg);
-    lua_error(L);
-}
-
-/* Pushes the secret the derived keys of this state use (a Lua string kept in
- * the registry, which scripts cannot reach). A dry run reads the installed
- * secret but never makes one, and the in-memory sandbox (wixr test) has
- * nothing that outlives the process: both use one of their own, at random. */
-static void install_key_push(lua_State *L, wixr_host *h, const hook_rt *k)
-{
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &install_key_slot) == LUA_TSTRING)
-        return;
-    lua_pop(L, 1);
-    unsigned char key[INSTALL_KEY_LEN];
-    char err[4400];
-    const char *dir = k->cfg->state_dir ? k->cfg->state_dir : ".wixr";
-    const char *db = h->cfg->wix.sandbox_db;
-    int in_memory = wix_client_transport(h->client) == TRANSPORT_SANDBOX && db && !strcmp(db, ":memory:");
-    int got = 0;
-    if (!in_memory) {
-        char path[4096];
-        if ((size_t)snprintf(path, sizeof path, "%s/installation.key", dir) >= sizeof path)
-            install_key_raise(L, "runtime.state_dir: too long for the installation key's path");
-        got = install_key_read(path, key, err, sizeof err);
-        if (got == 0 && !h->dry_run)
-            got = install_key_make(dir, path, key, err, sizeof err) == 0;
-        if (got < 0)
-            install_key_raise(L, err);
-    }
-    if (!got && getrandom(key, sizeof key, 0) != (ssize_t)sizeof key)
-        luaL_error(L, "no randomness available");
-    lua_pushlstring(L, (const char *)key, sizeof key);
-    memset(key, 0, sizeof key);
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &install_key_slot);
-}
-
-/* The hook's identity among its event's hooks: its declared `id:`, else its
- * position in the file (from 1; disabled ones count, so disabling one keeps
- * the others' keys). The prefixes keep the two kinds apart. */
-static void hook_identity(const hook_rt *k, char *out, size_t n)
-{
-    const wixr_config *c = k->cfg;
-    const hook_def *d = k->def;
-    if (d->id) {
-        snprintf(out, n, "id:%s", d->id);
-        return;
-    }
-    int pos = 0;
-    if (c && d >= c->hooks && d < c->hooks + c->nhooks) {
-        pos = 1;
-        for (const hook_def *e = c->hooks; e < d; e++)
-            pos += !strcmp(e->event, d->event);
-    }
-    snprintf(out, n, "position:%d", pos);
-}
-
-static void mac_field(hmac_sha256_ctx *m, const char *s)
-{
-    size_t n = strlen(s);
-    unsigned char len[4] = {(unsigned char)(n >> 24), (unsigned char)(n >> 16), (unsigned char)(n >> 8),
-                            (unsigned char)n};
-    hmac_sha256_update(m, len, sizeof len); /* length-prefixed: no two field lists read alike */
-    hmac_sha256_update(m, s, n);
-}
-
+ * Inside a hook run for an event with an id it is derived (the hooks layer:
+ * hooks/keys.c), so running the same event again sends the same keys;
+ * elsewhere it is a fresh random GUID. */
 static int l_next_key(lua_State *L)
 {
-    hook_run *r = sandbox_current_run(L);
-    if (!r || !r->event_id)
-        return l_uuid(L);
-    wixr_host *h = host_of(L);
-    install_key_push(L, h, r->hook);
-    size_t klen;
-    const char *secret = lua_tolstring(L, -1, &klen);
-    char pos[96], seq[32];
-    hook_identity(r->hook, pos, sizeof pos);
-    snprintf(seq, sizeof seq, "%d", ++r->keyseq);
-    hmac_sha256_ctx m;
-    hmac_sha256_init(&m, secret, klen);
-    lua_pop(L, 1);
-    mac_field(&m, "wixr idempotency key v2");
-    mac_field(&m, r->event_id);
-    mac_field(&m, r->hook->def->event);
-    mac_field(&m, pos);
-    mac_field(&m, seq);
-    unsigned char x[SHA256_LEN];
-    hmac_sha256_final(&m, x);
-    x[6] = (unsigned char)((x[6] & 0x0F) | 0x80); /* version 8: custom (RFC 9562) */
-    x[8] = (unsigned char)((x[8] & 0x3F) | 0x80);
-    static const char hex[] = "0123456789abcdef";
-    char out[36];
-    int k = 0;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            out[k++] = '-';
-        out[k++] = hex[x[i] >> 4];
-        out[k++] = hex[x[i] & 15];
-    }
-    lua_pushlstring(L, out, 36);
-    return 1;
+    if (host_next_key(L))
+        return 1;
+    return l_uuid(L);
 }
 
 static int l_encode(lua_State *L)
@@ -713,17 +488,8 @@ static int l_plan(lua_State *L)
     lua_getfield(L, 1, "path");
     check_permit(L, luaL_checkstring(L, -2), luaL_checkstring(L, -1));
     lua_pop(L, 2);
-    hook_run *r = sandbox_current_run(L);
-    if (r && r->idle)
-        return luaL_error(L, "wix: a call can only be planned by a run of the handler");
-    if (r) {
-        char err[256];
-        if (r->nplan++)
-            buf_addc(&r->plan, ',');
-        if (luajson_encode(L, 1, &r->plan, LUAJSON_CAMEL | LUAJSON_SORTED, err, sizeof err) < 0)
-            return luajson_raise(L, "plan: ", err);
-        return 0;
-    }
+    if (host_plan(L, 1))
+        return 0; /* kept by the hook run */
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->plan_ref);
     lua_pushvalue(L, 1);
     lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
@@ -828,9 +594,10 @@ void wix_log_write(lua_State *L, int level_idx, int msg_idx, int fields_idx, con
 int wix_core_log(lua_State *L)
 {
     /* Inside a hook run (a task nobody waited for failed, say) the line names the run. */
-    hook_run *r = sandbox_current_run(L);
-    const char *extra[] = {"hook", r ? r->hook->name : NULL, "event_id", r ? r->event_id : NULL, NULL};
-    wix_log_write(L, 1, 2, 3, r ? extra : NULL);
+    const char *hook, *event_id;
+    int in_run = host_run_names(L, &hook, &event_id);
+    const char *extra[] = {"hook", hook, "event_id", event_id, NULL};
+    wix_log_write(L, 1, 2, 3, in_run ? extra : NULL);
     return 0;
 }
 

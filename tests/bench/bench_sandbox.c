@@ -11,7 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "runtime/hooks.h"
+#include "app/app.h"
+#include "hooks/hooks.h"
 
 static const char handler[] = "return function(event, ctx) return { ok = true, n = event.n } end\n";
 

@@ -26,8 +26,8 @@
 
 #include "config/config.h"
 #include "json/json.h"
-#include "runtime/hooks.h"
-#include "runtime/host.h"
+#include "app/app.h"
+#include "hooks/hooks.h"
 #include "runtime/sched.h"
 #include "wix/client.h"
 

@@ -26,8 +26,8 @@
 #include "config/config.h"
 #include "emulator/emu.h"
 #include "emulator/emu_http.h"
-#include "runtime/host.h"
-#include "runtime/sandbox.h"
+#include "app/app.h"
+#include "hooks/sandbox.h"
 
 static char dir[] = "/tmp/wixr-boundary-XXXXXX";
 

@@ -3,7 +3,7 @@
  * and the limits of each run (see sandbox.h).
  */
 #define _GNU_SOURCE
-#include "faults.h"
+#include "../runtime/faults.h"
 #include "sandbox.h"
 
 #include <ctype.h>
@@ -19,6 +19,8 @@
 
 #include "../json/json.h"
 #include "../json/luajson.h"
+#include "../wix/wix_core.h"
+#include "guard.h"
 
 #define HOOK_EVERY 1000       /* instructions between limit checks */
 
@@ -1679,6 +1681,7 @@ hook_rt *hook_load(wixr_host *h, const wixr_config *cfg, const hook_def *def, ch
         return NULL;
     }
     luajson_charge = sandbox_charge; /* the encoder's walk counts against the run's budget */
+    h->guard = &hooks_guard;         /* what wix.core asks of this host's runs */
     k->def = def;
     k->cfg = cfg;
     k->ctx.host = h;

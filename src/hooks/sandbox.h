@@ -11,7 +11,8 @@
  * a count hook that re-arms on every instruction once tripped (so pcall
  * cannot swallow it), and a deadline timer that ends the run even while it
  * waits on the network. Which wix operations a run may call, and how many
- * mutating calls, is checked in C (wix_core.c) against hook_run.
+ * mutating calls, is checked in C (wix_core.c asks through the host's guard,
+ * guard.c) against hook_run.
  */
 #ifndef WIXR_SANDBOX_H
 #define WIXR_SANDBOX_H
@@ -22,7 +23,7 @@
 #include "../config/config.h"
 #include "../util/buf.h"
 #include "../util/pool.h"
-#include "host.h"
+#include "../runtime/host.h"
 
 typedef struct hook_rt {
     wixr_ctx ctx;                 /* {host, this, NULL}: the state's main thread */
@@ -55,10 +56,6 @@ typedef struct hook_rt {
     long long alloc_fail_at;      /* tests: refuse every allocation from the n-th on (0 = off) */
     long long allocs;             /* allocations counted while alloc_fail_at is set */
 } hook_rt;
-
-/* A log message (ctx.log, wix.log, print) longer than this is cut at a
- * character's start, with a marker saying how many bytes were left out. */
-#define WIX_LOG_MSG_MAX (64 * 1024)
 
 #define HOOK_RESULT_MAX (16 * 1024 * 1024)  /* a handler's result, as JSON */
 

@@ -8,7 +8,7 @@
 #define WIXR_HOOKS_H
 
 #include "../util/buf.h"
-#include "host.h"
+#include "../runtime/host.h"
 #include "sandbox.h"
 
 typedef struct hook_table {

@@ -1,0 +1,68 @@
+# The include rule of the layers (CMakeLists.txt, wixr_layer): every file of
+# src/<folder>/ may include headers of <folder> and of the folders its
+# library links, directly or through others; an include of any other folder
+# of src/ is an error, one line per include, and the build stops.
+#   cmake -DSRC=<src dir> -DRULES=<rules file> -P layers.cmake
+# RULES has one line per folder: "<folder>: <folder> <allowed> ...".
+# A quoted include is looked for beside the including file, then under SRC;
+# one found in neither (a generated header) is not src/'s, and not checked.
+# Each error is one line on stderr; then the count, and the script fails.
+if(NOT SRC OR NOT RULES)
+  message(FATAL_ERROR "layers.cmake: needs -DSRC=<src dir> -DRULES=<rules file>")
+endif()
+file(STRINGS ${RULES} lines)
+set(folders "")
+foreach(line ${lines})
+  if(line MATCHES "^([a-z_]+): (.*)$")
+    set(f ${CMAKE_MATCH_1})
+    string(REPLACE " " ";" allowed_${f} "${CMAKE_MATCH_2}")
+    list(APPEND folders ${f})
+  endif()
+endforeach()
+
+set(errors 0)
+file(GLOB_RECURSE files RELATIVE ${SRC} ${SRC}/*.c ${SRC}/*.h)
+list(SORT files)
+foreach(rel ${files})
+  string(REGEX REPLACE "/.*" "" folder ${rel})
+  if(NOT rel MATCHES "/")
+    message(NOTICE "src/${rel}: a file of src/ belongs in a folder (a layer)")
+    math(EXPR errors "${errors} + 1")
+    continue()
+  endif()
+  list(FIND folders ${folder} known)
+  if(known LESS 0)
+    message(NOTICE "src/${rel}: folder ${folder} is no layer: add it with wixr_layer() in CMakeLists.txt")
+    math(EXPR errors "${errors} + 1")
+    continue()
+  endif()
+  get_filename_component(dir ${SRC}/${rel} DIRECTORY)
+  file(STRINGS ${SRC}/${rel} includes REGEX "^[ \t]*#[ \t]*include[ \t]*\"")
+  set(n 0)
+  foreach(inc ${includes})
+    string(REGEX REPLACE "^[ \t]*#[ \t]*include[ \t]*\"([^\"]+)\".*" "\\1" path "${inc}")
+    if(EXISTS ${dir}/${path})
+      get_filename_component(target ${dir}/${path} ABSOLUTE)
+    elseif(EXISTS ${SRC}/${path})
+      get_filename_component(target ${SRC}/${path} ABSOLUTE)
+    else()
+      continue()
+    endif()
+    file(RELATIVE_PATH trel ${SRC} ${target})
+    if(trel MATCHES "^\\.\\./")
+      continue() # outside src/
+    endif()
+    string(REGEX REPLACE "/.*" "" tfolder ${trel})
+    list(FIND allowed_${folder} ${tfolder} ok)
+    if(ok LESS 0)
+      list(JOIN allowed_${folder} ", " may)
+      message(NOTICE "src/${rel}: includes \"${path}\" (${tfolder}/), a layer ${folder}/ may not use "
+                     "(it may include: ${may})")
+      math(EXPR errors "${errors} + 1")
+    endif()
+  endforeach()
+endforeach()
+if(errors GREATER 0)
+  message(NOTICE "${errors} include(s) against the layers (docs/ARCHITECTURE.md, \"Layers\")")
+  message(FATAL_ERROR "the include rule of the layers is broken")
+endif()

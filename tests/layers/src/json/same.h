@@ -1,0 +1,1 @@
+/* a json/ header */
