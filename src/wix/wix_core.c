@@ -7,15 +7,10 @@
  */
 #define _GNU_SOURCE
 #include <lauxlib.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "../json/json.h"
 #include "../json/luajson.h"
