@@ -72,14 +72,14 @@ typedef struct wixr_host {
     wixr_ctx ctx;                 /* the main state's context */
     lua_State *L;
     sched_t *sched;
-    struct wix_client *client;    /* the wix module's wire (wix/client.h): set by app/app.c */
+    struct wix_client *client;    /* the wix module's client (wix/client.h): set by app/app.c */
     const luaL_Reg *preload;      /* modules every state of the host preloads ({NULL, NULL} ends it) */
     const host_guard *guard;      /* hook runs' answers (set by the hooks layer), or NULL */
     const wixr_config *cfg;
     int dry_run;
     int print_as_log;             /* a hook's print() writes a JSON log line (wixr serve) */
     int plan_ref;                 /* registry: list of planned calls (dry-run) */
-    struct hook_run *active_runs; /* hook runs in flight (sandbox.c) */
+    struct hook_run *active_runs; /* hook runs in flight (hooks/: the watchdog's list) */
     uint64_t rng[4];          /* wix.uuid's generator (wix_core.c) */
     int rng_seeded;
     int watchdog_armed;
