@@ -13,6 +13,12 @@
  * waits on the network. Which wix operations a run may call, and how many
  * mutating calls, is checked in C (wix_core.c asks through the host's guard,
  * guard.c) against hook_run.
+ *
+ * Three files, one concern each: env.c builds the environment (the
+ * allow-list, the wrapped functions, the globals); limits.c holds the
+ * allocator, the count hook and the library calls charged or bounded; run.c
+ * makes states and runs hooks in them. What they share and nothing else
+ * uses is in sandbox_internal.h.
  */
 #ifndef WIXR_SANDBOX_H
 #define WIXR_SANDBOX_H
