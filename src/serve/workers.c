@@ -706,7 +706,7 @@ void workers_service(worker_pool *p)
         take_log(p, w, 0);
         int r = wire_fill(&w->w);
         wire_msg m;
-        int got;
+        int got = 0;
         while (w->pid && (got = wire_next(&w->w, &m)) == 1)
             on_message(p, w, &m);
         if (!w->pid)
@@ -716,7 +716,7 @@ void workers_service(worker_pool *p)
         if (wire_flush(&w->w) < 0 || r < 0) {
             /* its end of the socket closed: it is ending (reap it below) */
             if (!w->kill_reason)
-                kill(w->pid, SIGKILL), (void)0;
+                kill(w->pid, SIGKILL);
         }
     }
     long long now = sched_now_ms();
