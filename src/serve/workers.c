@@ -276,6 +276,20 @@ static void take_log(worker_pool *p, pw *w, int all)
     w->err.len -= n;
 }
 
+/* Passes on a gone worker's last log lines and lets go of its fds and buffers. */
+static void release(worker_pool *p, pw *w)
+{
+    take_log(p, w, 1);
+    if (w->efd >= 0)
+        close(w->efd);
+    buf_free(&w->err);
+    close(w->pfd);
+    close(w->w.fd);
+    wire_free(&w->w);
+    free(w->stats);
+    w->stats = NULL;
+}
+
 /* A worker is gone (reaped): its events are lost, its counters kept. */
 static void on_message(worker_pool *p, pw *w, const wire_msg *m);
 
@@ -305,14 +319,7 @@ static void bury(worker_pool *p, pw *w, int status)
     int expected = w->retiring && !w->inflight && WIFEXITED(status) && WEXITSTATUS(status) == 0;
     int was_pending_gen = p->pending_gen && w->gen == p->pending_gen;
     int failed_load = w->failed_load;
-    take_log(p, w, 1);
-    if (w->efd >= 0)
-        close(w->efd);
-    buf_free(&w->err);
-    close(w->pfd);
-    close(w->w.fd);
-    wire_free(&w->w);
-    free(w->stats);
+    release(p, w);
     char reason[sizeof w->reason];
     snprintf(reason, sizeof reason, "%s", w->reason);
     pid_t pid = w->pid;
@@ -584,15 +591,7 @@ void workers_free(worker_pool *p)
             continue;
         kill(w->pid, SIGKILL);
         waitpid(w->pid, NULL, 0);
-        if (w->efd >= 0) {
-            take_log(p, w, 1);
-            close(w->efd);
-        }
-        buf_free(&w->err);
-        close(w->pfd);
-        close(w->w.fd);
-        wire_free(&w->w);
-        free(w->stats);
+        release(p, w);
         for (pev *e = w->evs, *n; e; e = n) {
             n = e->next;
             free(e);
