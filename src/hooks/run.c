@@ -270,12 +270,15 @@ void hook_free(hook_rt *k)
 static void active_remove(hook_run *r)
 {
     wixr_host *h = r->ctx.host;
-    for (hook_run **p = (hook_run **)&h->active_runs; *p; p = &(*p)->next_active) {
-        if (*p == r) {
-            *p = r->next_active;
-            break;
-        }
-    }
+    if (r->prev_active)
+        r->prev_active->next_active = r->next_active;
+    else if (h->active_runs == r)
+        h->active_runs = r->next_active;
+    else
+        return; /* (never started) */
+    if (r->next_active)
+        r->next_active->prev_active = r->prev_active;
+    r->next_active = r->prev_active = NULL;
 }
 
 /* Ends the run (once): every task of the run stops, the outcome is recorded,
@@ -702,7 +705,10 @@ static void start_run(hook_run *r, const char *event_json)
     lua_State *co = sched_task_thread(t);
     *(wixr_ctx **)lua_getextraspace(co) = &r->ctx;
     lua_sethook(co, limits_count_hook, LUA_MASKCOUNT, LIMITS_HOOK_EVERY);
+    r->prev_active = NULL;
     r->next_active = h->active_runs;
+    if (r->next_active)
+        r->next_active->prev_active = r;
     h->active_runs = r;
     arm_watchdog(h, r->deadline_ms);
 }

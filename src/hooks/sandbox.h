@@ -103,7 +103,7 @@ struct hook_run {
     const char *event_name;       /* for ctx.event */
     const char *event_id;
     int depth;                    /* chain depth of the event */
-    hook_run *next_active;        /* the host's list of runs in flight */
+    hook_run *next_active, *prev_active; /* the host's list of runs in flight */
     const char *chain;            /* "a>b>c": the events that led here */
 };
 

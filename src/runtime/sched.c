@@ -28,7 +28,12 @@ struct sched_task {
     void *done_arg;
     sched_task *next_ready;
     sched_task *next_all, *prev_all;
+    sched_task *next_in_bucket, *prev_in_bucket; /* the tasks whose group hashes alike (group != 0) */
 };
+
+/* Tasks by group, so ending a run's group costs its own tasks, not a walk
+ * over every task in flight: a bucket holds the tasks whose group falls in it. */
+#define GROUP_BUCKETS 1024
 
 typedef struct timer {
     long long at;
@@ -46,6 +51,7 @@ struct sched {
     int transfers;
     sched_task *ready_head, *ready_tail;
     sched_task *all;
+    sched_task *by_group[GROUP_BUCKETS];
     sched_task *current;
     unsigned long next_id, next_group;
     int ntasks;
@@ -89,6 +95,14 @@ static void task_release(sched_t *s, sched_task *t, int unref)
         s->all = t->next_all;
     if (t->next_all)
         t->next_all->prev_all = t->prev_all;
+    if (t->group) {
+        if (t->prev_in_bucket)
+            t->prev_in_bucket->next_in_bucket = t->next_in_bucket;
+        else
+            s->by_group[t->group % GROUP_BUCKETS] = t->next_in_bucket;
+        if (t->next_in_bucket)
+            t->next_in_bucket->prev_in_bucket = t->prev_in_bucket;
+    }
     if (unref)
         luaL_unref(t->L, LUA_REGISTRYINDEX, t->ref);
     if (t->payload && t->payload_free)
@@ -139,7 +153,7 @@ void sched_kill_group(sched_t *s, unsigned long group, const char *msg)
 {
     if (!group)
         return;
-    for (sched_task *t = s->all; t; t = t->next_all) {
+    for (sched_task *t = s->by_group[group % GROUP_BUCKETS]; t; t = t->next_in_bucket) {
         if (t->group != group || t->killed)
             continue;
         int was_parked = t->parked;
@@ -257,6 +271,13 @@ sched_task *sched_spawn_in(sched_t *s, lua_State *L, int nargs, unsigned long gr
     if (s->all)
         s->all->prev_all = t;
     s->all = t;
+    if (group) {
+        sched_task **b = &s->by_group[group % GROUP_BUCKETS];
+        t->next_in_bucket = *b;
+        if (*b)
+            (*b)->prev_in_bucket = t;
+        *b = t;
+    }
     s->ntasks++;
     push_ready(s, t);
     return t;
