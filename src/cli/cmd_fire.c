@@ -21,6 +21,7 @@
 #include "../serve/workers.h"
 #include "../serve/setup.h"
 #include "../serve/serve.h"
+#include "batch_input.h"
 #include "cli.h"
 #include "opts.h"
 
@@ -41,7 +42,8 @@ static const char usage[] =
     "  --config FILE       configuration (default: $WIXR_CONFIG, ./wixr.yaml or ./config/wixr.yaml)\n"
     "  --data FILE.json    the event's data ('-' reads standard input; default {})\n"
     "  --id ID             the event's id (an id that is done is not run again)\n"
-    "  --batch [FILE]      NDJSON events from FILE or standard input ('-', the default)\n"
+    "  --batch [FILE]      NDJSON events from FILE or standard input ('-', the default), run\n"
+    "                      as they are read (a line over serve.max_body_kb is skipped)\n"
     "  --concurrency N     events in flight at once in a batch (default 64)\n"
     "  --workers N         with --batch: worker processes that run the hooks (default:\n"
     "                      serve.workers, the number of cores)\n"
@@ -100,7 +102,7 @@ typedef struct store {
     journal *j;                   /* NULL: a dry run with no journal yet */
     int record, dedupe;
     char path[4096];
-    const char **set;             /* ids claimed by this run (open addressing; the strings are the caller's) */
+    char **set;                   /* ids claimed by this run (open addressing; copies) */
     size_t setcap, setn;
     pending_run *pend;
     int npend;
@@ -219,7 +221,7 @@ static int set_add(store *s, const char *id)
 {
     if (2 * (s->setn + 1) > s->setcap) {
         size_t cap = s->setcap ? s->setcap * 2 : 1024;
-        const char **nset = calloc(cap, sizeof *nset);
+        char **nset = calloc(cap, sizeof *nset);
         if (!nset)
             return 1;
         for (size_t i = 0; i < s->setcap; i++) {
@@ -240,14 +242,14 @@ static int set_add(store *s, const char *id)
             return 0;
         k = (k + 1) & (s->setcap - 1);
     }
-    s->set[k] = id;
+    if (!(s->set[k] = strdup(id)))
+        return 1;
     s->setn++;
     return 1;
 }
 
 /* May this run run the event? CLAIM_*. state is the id's state in the
- * journal (-1: not there; see store_states). The id must stay valid while
- * the store is open. */
+ * journal (-1: not there; see store_states). */
 static int store_claim(store *s, const char *id, int state)
 {
     if (!s->dedupe || !id)
@@ -346,6 +348,8 @@ static void store_close(store *s)
     if (s->j)
         store_flush(s);
     free(s->pend);
+    for (size_t i = 0; i < s->setcap; i++)
+        free(s->set[i]);
     free(s->set);
     journal_close(s->j);
     s->j = NULL;
@@ -586,29 +590,27 @@ static void bar_stop(bar *b)
 
 /* ---- running events ---- */
 
-typedef struct fire_event {
-    long line;
-    char *name, *id, *data;
-    int state;                    /* the id's state in the journal (-1: not there), once looked up */
-} fire_event;
+/* Events are read a window at a time (at most LOOKUP_GROUP): their ids are
+ * looked up in the journal together, and each leaves the window when it
+ * starts or is skipped. A batch frees an event when it ends. */
+#define LOOKUP_GROUP 4096
 
 typedef struct run {
     hook_table *t;                /* one event: in this process */
     const wixr_config *cfg;
     worker_pool *pool;                   /* a batch: the worker processes */
-    fire_event **again;           /* bystanders of a worker's death, to run again alone */
+    batch_input *in;              /* a batch's events, read as they are needed */
+    batch_event **again;          /* bystanders of a worker's death, to run again alone */
     long nagain;
     store st;
     int batch, dry, json, verbose;
-    fire_event *ev;
+    batch_event *ev[LOOKUP_GROUP]; /* the window: events read, not started yet */
     long nev, next, inflight, concurrency;
-    long looked_up;               /* events whose state was read from the journal */
     long ok, failed, skipped, duplicates, queued, malformed;
     buf_t failures;               /* text: "  event id: error" lines; JSON: the reports, comma-separated */
     int nfailures;
     double t0;
     bar bar;
-    const char *src;
     event_job *single;            /* one event: its job, kept for the report */
     const char *single_skip;      /* one event: why it did not run */
 } run;
@@ -625,22 +627,33 @@ static void draw(run *r, int final)
     fflush(stderr); /* what waits goes first (it erases the bar) */
     if (!b->at_line_start && !final)
         return;
-    long done = r->ok + r->failed + r->skipped;
-    long total = r->nev + r->malformed;
-    int width = 30, fill = total ? (int)(width * (done + r->malformed) / total) : width;
-    char line[256], barc[64];
-    for (int i = 0; i < width; i++)
-        barc[i] = i < fill ? '#' : '.';
-    barc[width] = '\0';
-    int n = snprintf(line, sizeof line, "%s\r\033[K[%s] %ld/%ld  ok %ld  failed %ld  skipped %ld  %.1fs%s",
-                     b->at_line_start ? "" : "\n", barc, done + r->malformed, total, r->ok, r->failed,
-                     r->skipped + r->malformed, t - r->t0, final ? "\n" : "");
+    long done = r->ok + r->failed + r->skipped + batch_input_malformed(r->in);
+    /* how far: the share of the file read (a pipe's end is not known: no bar) */
+    double read = final ? 1 : batch_input_done(r->in);
+    char line[256], barc[64] = "";
+    if (read >= 0) {
+        int width = 30, fill = (int)(width * read);
+        barc[0] = '[';
+        for (int i = 0; i < width; i++)
+            barc[1 + i] = i < fill ? '#' : '.';
+        memcpy(barc + 1 + width, "] ", 3);
+    }
+    int n = snprintf(line, sizeof line, "%s\r\033[K%s%ld events  ok %ld  failed %ld  skipped %ld  %.1fs%s",
+                     b->at_line_start ? "" : "\n", barc, done, r->ok, r->failed,
+                     r->skipped + batch_input_malformed(r->in), t - r->t0, final ? "\n" : "");
     write_all(2, line, (size_t)n);
     b->shown = !final;
     b->at_line_start = final;
 }
 
-static void skip_event(run *r, const fire_event *e, const char *why)
+/* An event of a batch is done with (one event is its caller's). */
+static void event_end(run *r, batch_event *e)
+{
+    if (r->batch)
+        batch_event_free(e);
+}
+
+static void skip_event(run *r, batch_event *e, const char *why)
 {
     r->skipped++;
     if (!r->batch) {
@@ -657,6 +670,7 @@ static void skip_event(run *r, const fire_event *e, const char *why)
     } else if (r->verbose) {
         printf("  %-9s %-22s %-24s skipped: %s\n", e->id ? e->id : "-", e->name, "-", why);
     }
+    event_end(r, e);
 }
 
 static void start_more(run *r);
@@ -674,29 +688,43 @@ static void event_done(event_job *j, void *arg)
     r->single = j;
 }
 
-/* Reads the journal states of the next events' ids: one read transaction
- * per LOOKUP_GROUP events, not one per event. */
-#define LOOKUP_GROUP 4096
-
+/* Reads the journal states of the window's ids: one read transaction per
+ * window, not one per event. */
 static void look_up(run *r)
 {
-    long n = r->nev - r->looked_up < LOOKUP_GROUP ? r->nev - r->looked_up : LOOKUP_GROUP;
+    if (!r->st.j || !r->st.dedupe)
+        return; /* (each event's state is -1 already) */
     const char *ids[LOOKUP_GROUP];
     int states[LOOKUP_GROUP];
-    for (long i = 0; i < n; i++)
-        ids[i] = r->st.dedupe ? r->ev[r->looked_up + i].id : NULL;
+    for (long i = 0; i < r->nev; i++)
+        ids[i] = r->ev[i]->id;
     char err[1024];
-    if (r->st.j && r->st.dedupe && journal_states(r->st.j, ids, (int)n, states, err, sizeof err) < 0) {
+    if (journal_states(r->st.j, ids, (int)r->nev, states, err, sizeof err) < 0) {
         fprintf(stderr, "wixr fire: %s: %s (these events run without a look-up)\n", r->st.path, err);
-        for (long i = 0; i < n; i++)
-            states[i] = -1;
-    } else if (!r->st.j || !r->st.dedupe) {
-        for (long i = 0; i < n; i++)
-            states[i] = -1;
+        return;
     }
-    for (long i = 0; i < n; i++)
-        r->ev[r->looked_up + i].state = states[i];
-    r->looked_up += n;
+    for (long i = 0; i < r->nev; i++)
+        r->ev[i]->state = states[i];
+}
+
+/* The next event to start, or NULL when none is read yet (or the input ended). */
+static batch_event *next_event(run *r)
+{
+    if (r->next == r->nev && r->in) {
+        r->next = r->nev = 0;
+        batch_event *e;
+        /* (no more than the free places at a time: reading is the loop's work, and a long read keeps
+         * the workers' answers waiting) */
+        long want = r->concurrency - r->inflight < 64 ? 64 : r->concurrency - r->inflight;
+        while (r->nev < LOOKUP_GROUP && r->nev < want && batch_input_next(r->in, &e) == 1)
+            r->ev[r->nev++] = e;
+        look_up(r);
+    }
+    if (r->next == r->nev)
+        return NULL;
+    batch_event *e = r->ev[r->next];
+    r->ev[r->next++] = NULL;
+    return e;
 }
 
 static int hooks_for(const run *r, const char *name)
@@ -712,7 +740,7 @@ static int hooks_for(const run *r, const char *name)
 static void start_more(run *r)
 {
     while (r->pool && r->nagain && workers_has_room(r->pool, 1)) {
-        fire_event *e = r->again[--r->nagain];
+        batch_event *e = r->again[--r->nagain];
         if (workers_run(r->pool, e->id, e->name, e->data, 1, e) == 0)
             r->inflight++;
         else
@@ -720,10 +748,8 @@ static void start_more(run *r)
         if (!r->inflight)
             break;
     }
-    while (r->inflight < r->concurrency && r->next < r->nev && (!r->pool || workers_has_room(r->pool, 0))) {
-        if (r->next >= r->looked_up)
-            look_up(r);
-        fire_event *e = &r->ev[r->next++];
+    batch_event *e;
+    while (r->inflight < r->concurrency && (!r->pool || workers_has_room(r->pool, 0)) && (e = next_event(r))) {
         if (!hooks_for(r, e->name)) {
             skip_event(r, e, "no hook"); /* nothing to run, nothing to remember */
             continue;
@@ -743,6 +769,7 @@ static void start_more(run *r)
         if (!e->id && r->st.record && !(e->id = new_event_id())) {
             r->failed++;
             fprintf(stderr, "wixr fire: no randomness for an event id\n");
+            event_end(r, e);
             continue;
         }
         r->inflight++;
@@ -750,6 +777,7 @@ static void start_more(run *r)
                     : !event_fire(r->t, e->name, e->id, e->data, event_done, r)) {
             r->inflight--;
             r->failed++;
+            event_end(r, e);
         }
     }
 }
@@ -779,7 +807,7 @@ static void batch_log(void *ctx, const char *lines, size_t len)
 static void batch_done(void *ctx, void *arg, const wire_msg *m)
 {
     run *r = ctx;
-    fire_event *e = arg;
+    batch_event *e = arg;
     r->inflight--;
     int failed = m->f[1][0] == '1';
     store_finish_raw(&r->st, e->id, e->name, e->data, failed ? m->f[3] : NULL, m->f[2]);
@@ -806,6 +834,7 @@ static void batch_done(void *ctx, void *arg, const wire_msg *m)
         if (failed && sep)
             add_failure_notes(r, sep + 1);
     }
+    batch_event_free(e);
     draw(r, 0);
 }
 
@@ -814,10 +843,10 @@ static void batch_done(void *ctx, void *arg, const wire_msg *m)
 static void batch_lost(void *ctx, void *arg, const char *reason, int charged)
 {
     run *r = ctx;
-    fire_event *e = arg;
+    batch_event *e = arg;
     r->inflight--;
     if (!charged) {
-        fire_event **na = realloc(r->again, (size_t)(r->nagain + 1) * sizeof *na);
+        batch_event **na = realloc(r->again, (size_t)(r->nagain + 1) * sizeof *na);
         if (na) {
             r->again = na;
             r->again[r->nagain++] = e;
@@ -855,91 +884,18 @@ static void batch_lost(void *ctx, void *arg, const char *reason, int charged)
         }
         buf_free(&b);
     }
+    batch_event_free(e);
     draw(r, 0);
-}
-
-/* Splits NDJSON into events; malformed lines are reported and counted. */
-static void parse_batch(run *r, char *text, size_t len)
-{
-    long cap = 1024, line = 0;
-    r->ev = malloc((size_t)cap * sizeof *r->ev);
-    char *p = text, *end = text + len;
-    while (p < end && r->ev) {
-        char *nl = memchr(p, '\n', (size_t)(end - p));
-        char *le = nl ? nl : end;
-        line++;
-        size_t n = (size_t)(le - p);
-        int blank = 1;
-        for (size_t i = 0; i < n; i++)
-            if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r')
-                blank = 0;
-        if (!blank) {
-            json_doc *doc;
-            json_error e;
-            json_value *v = json_parse(p, n, 0, &doc, &e);
-            const char *why = NULL;
-            char msg[200];
-            json_value *name = v ? json_get(v, "event") : NULL, *id = v ? json_get(v, "id") : NULL;
-            json_value *data = v ? json_get(v, "data") : NULL;
-            if (!v) {
-                snprintf(msg, sizeof msg, "column %d: %s", e.col, e.msg);
-                why = msg;
-            } else if (v->type != JSON_OBJECT) {
-                why = "a line must be a JSON object";
-            } else if (!name || name->type != JSON_STRING || !name->u.str.len) {
-                why = "\"event\" (a non-empty string) is required";
-            } else if (id && id->type != JSON_STRING && id->type != JSON_NUMBER && id->type != JSON_NULL) {
-                why = "\"id\" must be a string or a number";
-            } else if (id && id->type == JSON_STRING && !journal_valid_id(id->u.str.s, id->u.str.len)) {
-                why = "\"id\" must be " JOURNAL_ID_RULE;
-            } else if (data && data->type != JSON_OBJECT && data->type != JSON_NULL) {
-                why = "\"data\" must be an object";
-            }
-            if (why) {
-                fprintf(stderr, "%s:%ld: %s (line skipped)\n", r->src, line, why);
-                r->malformed++;
-            } else {
-                if (r->nev == cap) {
-                    cap *= 2;
-                    fire_event *ne = realloc(r->ev, (size_t)cap * sizeof *ne);
-                    if (!ne) {
-                        json_doc_free(doc);
-                        break;
-                    }
-                    r->ev = ne;
-                }
-                fire_event *ev = &r->ev[r->nev++];
-                ev->line = line;
-                ev->name = strndup(name->u.str.s, name->u.str.len);
-                ev->id = NULL;
-                if (id && id->type == JSON_STRING)
-                    ev->id = strndup(id->u.str.s, id->u.str.len);
-                else if (id && id->type == JSON_NUMBER && asprintf(&ev->id, "%.17g", id->u.number) < 0)
-                    ev->id = NULL;
-                buf_t d;
-                buf_init(&d, 0);
-                json_writer w;
-                jw_init(&w, &d);
-                if (data && data->type == JSON_OBJECT)
-                    jw_value(&w, data);
-                else
-                    buf_adds(&d, "{}");
-                ev->data = buf_steal(&d, NULL);
-            }
-            json_doc_free(doc);
-        }
-        p = nl ? nl + 1 : end;
-    }
 }
 
 static void run_free(run *r)
 {
-    for (long i = 0; i < r->nev; i++) {
-        free(r->ev[i].name);
-        free(r->ev[i].id);
-        free(r->ev[i].data);
-    }
-    free(r->ev);
+    for (long i = r->next; i < r->nev; i++)
+        event_end(r, r->ev[i]);
+    for (long i = 0; i < r->nagain; i++)
+        event_end(r, r->again[i]);
+    free(r->again);
+    batch_input_close(r->in);
     buf_free(&r->failures);
     store_close(&r->st);
 }
@@ -998,19 +954,17 @@ static void print_summary(run *r, double secs)
 static int run_batch(const wixr_config *cfg, const char *src, int dry, int dedupe, long concurrency, int json,
                      int verbose, int quiet, int workers, int test_faults)
 {
-    run r = {.cfg = cfg, .batch = 1, .dry = dry, .json = json, .verbose = verbose, .concurrency = concurrency,
-             .src = strcmp(src, "-") ? src : "<stdin>"};
+    run r = {.cfg = cfg, .batch = 1, .dry = dry, .json = json, .verbose = verbose, .concurrency = concurrency};
     buf_init(&r.failures, 0);
-    size_t len;
-    char *text = cli_read_file(src, &len);
-    if (!text) {
-        fprintf(stderr, "wixr fire: %s: %s\n", src, strerror(errno));
+    char err[8192];
+    /* a line is an event: the cap of an event posted to wixr serve holds for it too */
+    if (!(r.in = batch_input_open(src, (size_t)cfg->serve.max_body_kb * 1024, err, sizeof err))) {
+        fprintf(stderr, "wixr fire: %s\n", err);
         return EXIT_BAD_INPUT;
     }
-    char err[8192];
     if (store_open(&r.st, cfg, dry, dedupe, err, sizeof err) < 0) {
         fprintf(stderr, "wixr fire: %s\n", err);
-        free(text);
+        run_free(&r);
         return EXIT_WORK_FAILED;
     }
     char render[16];
@@ -1027,7 +981,6 @@ static int run_batch(const wixr_config *cfg, const char *src, int dry, int dedup
     worker_setup ws;
     if (worker_setup_make(&ws, cfg, extra, err, sizeof err) < 0) {
         fprintf(stderr, "wixr fire: %s\n", err);
-        free(text);
         run_free(&r);
         return EXIT_WORK_FAILED;
     }
@@ -1039,47 +992,61 @@ static int run_batch(const wixr_config *cfg, const char *src, int dry, int dedup
                        .hard_ms = ws.hard_ms,
                        .rate_limit = cfg->wix.rate_limit,
                        .rate_window_ms = cfg->wix.rate_window_ms,
-                       .cb = {.ctx = &r, .done = batch_done, .lost = batch_lost, .log = batch_log}};
+                       .cb = {.ctx = &r, .done = batch_done, .lost = batch_lost}};
+    /* With a progress bar, the workers' log lines come through here (the bar is erased before
+     * them); without one, they write to standard error themselves, each line whole. */
+    r.bar.on = !quiet && !json && !verbose && isatty(2);
+    if (r.bar.on)
+        po.cb.log = batch_log;
     r.pool = workers_start(&po, 60000, err, sizeof err);
     if (!r.pool) {
         fprintf(stderr, "%s\n", err);
         worker_setup_free(&ws);
-        free(text);
         run_free(&r);
         return EXIT_BAD_INPUT;
     }
-    r.bar.on = !quiet && !json && !verbose && isatty(2);
     static char errbuf[1 << 16];
     if (r.bar.on)
         bar_start(&r.bar);
     else
         setvbuf(stderr, errbuf, _IOFBF, sizeof errbuf);
     r.t0 = now_s();
-    parse_batch(&r, text, len);
-    free(text);
     start_more(&r);
     long long stalled_since = 0;
-    while (r.inflight || r.nagain || r.next < r.nev) {
-        struct pollfd fds[130];
-        int n = workers_fds(r.pool, fds, 130);
+    while (r.inflight || r.nagain || r.next < r.nev || batch_input_fd(r.in) >= 0) {
+        struct pollfd fds[131];
+        int n = workers_fds(r.pool, fds, 130), in = batch_input_fd(r.in);
+        if (in >= 0 && r.inflight < r.concurrency)
+            fds[n++] = (struct pollfd){.fd = in, .events = POLLIN};
         long long wait = workers_next_ms(r.pool) - sched_now_ms();
         poll(fds, (nfds_t)n, (int)(wait < 0 ? 0 : wait > 200 ? 200 : wait));
+        if (in >= 0 && fds[n - 1].fd == in && fds[n - 1].revents)
+            batch_input_readable(r.in);
         workers_service(r.pool);
         start_more(&r);
+        /* what this turn ended is out now (a reader of a pipe sees each event as it ends), in one
+         * write however many ended */
+        fflush(stdout);
+        fflush(stderr);
         if (!workers_stalled(r.pool))
             stalled_since = 0;
         else if (!stalled_since)
             stalled_since = sched_now_ms();
         else if (sched_now_ms() - stalled_since > 60000) {
-            fprintf(stderr, "wixr fire: no worker process could run events for 60 s; %ld events not run\n",
-                    r.nev - r.next + r.inflight + r.nagain);
+            fprintf(stderr, "wixr fire: no worker process could run events for 60 s; %ld events not run, "
+                    "the rest of %s not read\n", r.nev - r.next + r.inflight + r.nagain, batch_input_name(r.in));
             r.failed += r.nev - r.next + r.inflight + r.nagain;
             break;
         }
     }
     workers_free(r.pool);
     worker_setup_free(&ws);
-    free(r.again);
+    r.malformed = batch_input_malformed(r.in);
+    if (*batch_input_error(r.in)) {
+        fprintf(stderr, "wixr fire: %s: %s (the rest of it not read)\n", batch_input_name(r.in),
+                batch_input_error(r.in));
+        r.failed++;
+    }
     store_flush(&r.st);
     draw(&r, 1);
     bar_stop(&r.bar);
@@ -1097,24 +1064,26 @@ static int run_single(wixr_host *h, hook_table *t, const wixr_config *cfg, const
 {
     run r = {.t = t, .dry = dry, .json = json, .concurrency = 1};
     buf_init(&r.failures, 0);
-    fire_event e = {.name = strdup(name), .id = id ? strdup(id) : NULL, .data = data};
-    r.ev = malloc(sizeof *r.ev);
-    if (!e.name || (id && !e.id) || !r.ev) {
+    batch_event e = {.name = strdup(name), .id = id ? strdup(id) : NULL, .data = data, .state = -1};
+    if (!e.name || (id && !e.id)) {
         free(e.name);
         free(e.id);
         free(e.data);
-        free(r.ev);
         fprintf(stderr, "wixr fire: out of memory\n");
         return EXIT_WORK_FAILED;
     }
-    r.ev[0] = e;
+    r.ev[0] = &e;
     r.nev = 1;
     char err[1024];
     if (store_open(&r.st, cfg, dry, dedupe, err, sizeof err) < 0) {
         fprintf(stderr, "wixr fire: %s\n", err);
+        free(e.name);
+        free(e.id);
+        free(e.data);
         run_free(&r);
         return EXIT_WORK_FAILED;
     }
+    look_up(&r);
     start_more(&r);
     if (r.inflight)
         sched_run(h->sched);
@@ -1122,7 +1091,7 @@ static int run_single(wixr_host *h, hook_table *t, const wixr_config *cfg, const
     int rc;
     if (r.single_skip) {
         int queued = r.queued > 0;
-        fprintf(stderr, "wixr fire: event %s %s; not run%s\n", r.ev[0].id,
+        fprintf(stderr, "wixr fire: event %s %s; not run%s\n", e.id,
                 queued ? (strcmp(r.single_skip, "running in wixr serve") ? "is queued in the journal for wixr serve"
                                                                          : "is running in wixr serve")
                        : "is done (recorded in the journal)",
@@ -1132,7 +1101,7 @@ static int run_single(wixr_host *h, hook_table *t, const wixr_config *cfg, const
             buf_init(&b, 0);
             json_writer w;
             jw_init(&w, &b);
-            write_skipped(&w, r.ev[0].name, r.ev[0].id, r.single_skip, dry);
+            write_skipped(&w, e.name, e.id, r.single_skip, dry);
             put_line(&b);
         }
         rc = queued ? EXIT_WORK_FAILED : 0;
@@ -1154,6 +1123,9 @@ static int run_single(wixr_host *h, hook_table *t, const wixr_config *cfg, const
         event_job_free(r.single);
     }
     run_free(&r);
+    free(e.name);
+    free(e.id);
+    free(e.data);
     return rc;
 }
 

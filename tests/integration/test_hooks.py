@@ -1191,6 +1191,53 @@ end
 
 
 @test
+def batch_runs_events_as_they_arrive_on_a_pipe():
+    """The batch is read as it comes: an event runs, and its report is out, while the writer of the
+    pipe has not closed it; the process never waits for the end of the input to start."""
+    import select
+    import subprocess
+    from testlib import clean_env
+    w = batch_work()
+    p = subprocess.Popen([ARGS.wixr, "fire", "--batch", "-", "--json"], cwd=w.dir, env=clean_env(),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for n in (1, 2, 3):
+            p.stdin.write((json.dumps({"event": "order", "id": "p%d" % n, "data": {"n": n}}) + "\n").encode())
+            p.stdin.flush()
+            ready, _, _ = select.select([p.stdout], [], [], 20)
+            check(ready, "event %d's report came while the input was still open" % n)
+            rep = json.loads(p.stdout.readline())
+            eq((rep["id"], rep["ok"]), ("p%d" % n, True), "the report of event %d" % n)
+        p.stdin.close()
+        rest = p.stdout.read().decode()
+        eq(p.wait(timeout=20), 0, "exit status")
+        eq(json.loads(rest.splitlines()[-1])["ok"], 3, "the summary counts the three events")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+        p.stderr.close()
+
+
+@test
+def batch_lines_over_the_event_cap_are_skipped():
+    """A line is an event: one longer than serve.max_body_kb (the service's cap on an event) is
+    malformed, whether it ends within one read or spans several; the lines after it keep their
+    numbers and run, and a last line without a newline runs too."""
+    w = Work("serve: {max_body_kb: 1}\nhooks:\n  order:\n    - script: ev.lua\n", {"ev.lua": EV})
+    line = lambda n, pad=0: json.dumps({"event": "order", "id": "l%d" % n, "data": {"n": n, "pad": "x" * pad}})
+    w.write("events.ndjson", "\n".join([line(1), line(2, 2000), line(3), line(4, 700 * 1024), line(5)]))
+    r = w.fire("--batch", "events.ndjson", "--quiet")
+    eq(r.rc, 1, "exit status: malformed lines (%s)" % r)
+    eq([x for x in r.lines() if "(line skipped)" in x],
+       ["events.ndjson:2: longer than 1024 bytes (line skipped)",
+        "events.ndjson:4: longer than 1024 bytes (line skipped)"], "the long lines, with their numbers")
+    check(any(re.match(r"3 events: 3 ok, 0 failed, 0 skipped .* 2 malformed lines", x) for x in r.lines()),
+          "the others ran: %r" % r.lines())
+
+
+@test
 def progress_bar_never_shares_a_line_with_log_lines():
     import pty
     import subprocess
