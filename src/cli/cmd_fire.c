@@ -102,8 +102,9 @@ typedef struct store {
     journal *j;                   /* NULL: a dry run with no journal yet */
     int record, dedupe;
     char path[4096];
-    char **set;                   /* ids claimed by this run (open addressing; copies) */
+    char **set;                   /* ids claimed by this run (open addressing), copied into ... */
     size_t setcap, setn;
+    struct id_block *ids;         /* ... these blocks: a batch's memory grows by its ids' bytes, no more */
     pending_run *pend;
     int npend;
     double last_flush;
@@ -216,6 +217,31 @@ static size_t str_hash(const char *p)
     return h;
 }
 
+#define ID_BLOCK (64 * 1024)
+typedef struct id_block {
+    struct id_block *next;
+    size_t used;
+    char text[ID_BLOCK];
+} id_block;
+
+/* (every id is at most JOURNAL_ID_MAX bytes: parse_line and new_event_id see to it) */
+static char *keep_id(store *s, const char *id)
+{
+    size_t n = strnlen(id, JOURNAL_ID_MAX) + 1;
+    if (!s->ids || ID_BLOCK - s->ids->used < n) {
+        id_block *b = malloc(sizeof *b);
+        if (!b)
+            return NULL;
+        b->next = s->ids;
+        b->used = 0;
+        s->ids = b;
+    }
+    char *p = memcpy(s->ids->text + s->ids->used, id, n - 1);
+    p[n - 1] = '\0';
+    s->ids->used += n;
+    return p;
+}
+
 /* Adds id to the set of this run's ids; 0 when it was there already. */
 static int set_add(store *s, const char *id)
 {
@@ -242,7 +268,7 @@ static int set_add(store *s, const char *id)
             return 0;
         k = (k + 1) & (s->setcap - 1);
     }
-    if (!(s->set[k] = strdup(id)))
+    if (!(s->set[k] = keep_id(s, id)))
         return 1;
     s->setn++;
     return 1;
@@ -348,9 +374,12 @@ static void store_close(store *s)
     if (s->j)
         store_flush(s);
     free(s->pend);
-    for (size_t i = 0; i < s->setcap; i++)
-        free(s->set[i]);
     free(s->set);
+    while (s->ids) {
+        id_block *b = s->ids->next;
+        free(s->ids);
+        s->ids = b;
+    }
     journal_close(s->j);
     s->j = NULL;
 }

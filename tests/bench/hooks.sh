@@ -18,7 +18,8 @@ n=${BENCH_EVENTS:-100000}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-python3 - "$n" > events.ndjson <<'PY'
+orders() { # orders N: N order events as NDJSON on standard output
+python3 - "$1" <<'PY'
 import json, sys
 for i in range(int(sys.argv[1])):
     print(json.dumps({"event": "order.created", "id": "ord-%d" % i, "data": {
@@ -26,6 +27,8 @@ for i in range(int(sys.argv[1])):
         "account_id": "33333333-4444-4555-8666-777777777777" if i % 3 else None, "country_code": "DE",
         "items": [{"plan": "core", "billing": "yearly"}]}}))
 PY
+}
+orders "$n" > events.ndjson
 printf 'return function(event, ctx)\n  return { order = event.order_id, model = event.model }\nend\n' > record.lua
 # the process boundary: a handler that does nothing, in 1 worker, against the same handler's sandboxed run in-process
 printf 'return function(event, ctx) end\n' > noop.lua
@@ -40,7 +43,9 @@ best() {
   for _ in 1 2 3; do
     rm -rf .wixr
     [[ -z ${store:-} ]] || cp -r "$store" .wixr
-    out=$("$build/wixr" fire --batch events.ndjson --quiet "$@" --config "$cfg" 2>&1 | tail -1)
+    # (standard error, a log line per event, goes to a file: a reader on a pipe would share the cores)
+    "$build/wixr" fire --batch events.ndjson --quiet "$@" --config "$cfg" >/dev/null 2>stderr.log || true
+    out=$(tail -1 stderr.log)
     grep -q " 0 failed" <<<"$out" || { echo "benchmark run failed: $out" >&2; exit 1; }
     r=$(rate "$out")
     ((r > b)) && b=$r
@@ -86,3 +91,33 @@ printf '%-60s %12.2f %12s\n' "us per event, a handler doing nothing, 1 worker (b
 printf '%-60s %12.2f %12s\n' "  of which outside the sandboxed run (the process boundary)" "$boundary_us" "< 10"
 report hooks "us per event outside the sandboxed run: a no-op handler through 1 worker, batched, less the run" \
   "$(printf %.2f "$boundary_us")" - "$(printf %.2fx "$(echo "10 / $boundary_us" | bc -l)")" "< 10"
+
+# a batch streams: events/s and the fire process's own peak memory (VmHWM, its workers not counted) at 10k, 100k and
+# 1M events (one run each), route_order.lua, dry-run, 2 workers
+scale() { # scale N: prints "EVENTS_PER_S PEAK_MB"
+  orders "$1" > scale.ndjson
+  python3 - "$build/wixr" "$root/config/wixr.yaml" <<'PY'
+import re, subprocess, sys, time
+p = subprocess.Popen([sys.argv[1], "fire", "--batch", "scale.ndjson", "--quiet", "--dry-run", "--workers", "2",
+                      "--concurrency", "256", "--config", sys.argv[2]], stdout=subprocess.DEVNULL,
+                     stderr=open("scale.log", "w"))
+peak = 0
+while p.poll() is None:
+    try:
+        peak = max(peak, int(re.search(r"VmHWM:\s*(\d+)", open("/proc/%d/status" % p.pid).read()).group(1)))
+    except (OSError, AttributeError):
+        pass
+    time.sleep(0.02)
+last = open("scale.log").read().splitlines()[-1]
+assert p.returncode == 0 and " 0 failed" in last, last
+print(re.search(r"(\d+) events/s$", last).group(1), "%.1f" % (peak / 1024))
+PY
+}
+printf '\n%-60s %12s %12s\n' "a batch streams (route_order.lua, dry-run, 2 workers)" "events/s" "peak MB"
+for size in 10000 100000 1000000; do
+  read -r eps mb < <(scale "$size")
+  printf '%-60s %12s %12s\n' "$size events" "$eps" "$mb"
+  report hooks "fire --batch of $size events, route_order.lua, dry-run, 2 workers: events/s" "$eps" - - -
+  report hooks "fire --batch of $size events: the fire process's peak RSS (MB; 731 at 1M when it loaded the file)" \
+    "$mb" - - -
+done
