@@ -627,6 +627,7 @@ static void bar_stop(bar *b)
 typedef struct run {
     hook_table *t;                /* one event: in this process */
     const wixr_config *cfg;
+    name_index events;            /* a batch: the event names with an enabled hook */
     worker_pool *pool;                   /* a batch: the worker processes */
     batch_input *in;              /* a batch's events, read as they are needed */
     batch_event **again;          /* bystanders of a worker's death, to run again alone */
@@ -760,9 +761,8 @@ static int hooks_for(const run *r, const char *name)
 {
     if (r->t)
         return hooks_count_for(r->t, name);
-    int n = 0;
-    for (int i = 0; i < r->cfg->nhooks; i++)
-        n += r->cfg->hooks[i].enabled && !strcmp(r->cfg->hooks[i].event, name);
+    int n;
+    name_index_find(&r->events, name, &n);
     return n;
 }
 
@@ -925,6 +925,7 @@ static void run_free(run *r)
         event_end(r, r->again[i]);
     free(r->again);
     batch_input_close(r->in);
+    name_index_free(&r->events);
     buf_free(&r->failures);
     store_close(&r->st);
 }
@@ -990,6 +991,11 @@ static int run_batch(const wixr_config *cfg, const char *src, int dry, int dedup
     if (!(r.in = batch_input_open(src, (size_t)cfg->serve.max_body_kb * 1024, err, sizeof err))) {
         fprintf(stderr, "wixr fire: %s\n", err);
         return EXIT_BAD_INPUT;
+    }
+    if (config_index_events(cfg, &r.events) < 0) {
+        fprintf(stderr, "wixr fire: out of memory\n");
+        run_free(&r);
+        return EXIT_WORK_FAILED;
     }
     if (store_open(&r.st, cfg, dry, dedupe, err, sizeof err) < 0) {
         fprintf(stderr, "wixr fire: %s\n", err);

@@ -31,6 +31,20 @@ static const char *const retry_keys[] = {"attempts", "base_ms", "max_ms", "total
 static const char *const rate_keys[] = {"requests", "per_seconds", NULL};
 static const char *const sandbox_keys[] = {"db", "catalog", "delivery_delay_ms", NULL};
 
+int config_index_events(const wixr_config *c, name_index *x)
+{
+    const char **names = calloc(c->nhooks ? (size_t)c->nhooks : 1, sizeof *names);
+    if (!names) {
+        memset(x, 0, sizeof *x);
+        return -1;
+    }
+    for (int i = 0; i < c->nhooks; i++)
+        names[i] = c->hooks[i].enabled ? c->hooks[i].event : NULL;
+    int rc = name_index_build(x, names, c->nhooks);
+    free(names);
+    return rc;
+}
+
 const char *config_transport_name(wix_transport t)
 {
     return t == TRANSPORT_HTTP ? "http" : t == TRANSPORT_SANDBOX ? "sandbox" : "auto";

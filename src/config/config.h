@@ -18,6 +18,8 @@
 
 #include <stddef.h>
 
+#include "../util/name_index.h"
+
 typedef enum { TRANSPORT_AUTO, TRANSPORT_HTTP, TRANSPORT_SANDBOX } wix_transport;
 
 typedef struct wix_settings {
@@ -135,5 +137,7 @@ int config_load(wixr_config *c, const char *path, char *err, size_t errlen);
 int config_load_string(wixr_config *c, const char *name, const char *text, size_t len, char *err, size_t errlen);
 void config_free(wixr_config *c);
 const char *config_transport_name(wix_transport t);
+/* Indexes the events of c's enabled hooks (position i: c->hooks[i]); 0, or -1 out of memory. */
+int config_index_events(const wixr_config *c, name_index *x);
 
 #endif

@@ -37,7 +37,10 @@ hook_table *hooks_load(wixr_host *h, const wixr_config *cfg, buf_t *errors)
             bad++;
         }
     }
-    if (bad) {
+    /* (every enabled hook has its rt: the same positions) */
+    if (bad || config_index_events(cfg, &t->by_event) < 0) {
+        if (!bad)
+            buf_adds(errors, "out of memory");
         hooks_free(t);
         return NULL;
     }
@@ -51,6 +54,7 @@ void hooks_free(hook_table *t)
     for (int i = 0; i < t->n; i++)
         hook_free(t->rt[i]);
     free(t->rt);
+    name_index_free(&t->by_event);
     if (t->owned_cfg) {
         config_free(t->owned_cfg);
         free(t->owned_cfg);
@@ -84,10 +88,8 @@ static void hooks_unref_later(hook_table *t)
 
 int hooks_count_for(const hook_table *t, const char *event)
 {
-    int n = 0;
-    for (int i = 0; i < t->n; i++)
-        if (t->rt[i] && !strcmp(t->cfg->hooks[i].event, event))
-            n++;
+    int n;
+    name_index_find(&t->by_event, event, &n);
     return n;
 }
 
@@ -139,9 +141,10 @@ static event_job *job_new(hook_table *t, const char *name, const char *id, const
     }
     j->done = done;
     j->arg = arg;
-    for (int i = 0; i < t->n && j->nidx < (int)(sizeof j->idx / sizeof j->idx[0]); i++)
-        if (t->rt[i] && !strcmp(t->cfg->hooks[i].event, name))
-            j->idx[j->nidx++] = i;
+    int nhooks;
+    const int *hooks = name_index_find(&t->by_event, name, &nhooks);
+    for (int i = 0; i < nhooks && j->nidx < (int)(sizeof j->idx / sizeof j->idx[0]); i++)
+        j->idx[j->nidx++] = hooks[i];
     j->results = calloc(j->nidx ? (size_t)j->nidx : 1, sizeof *j->results);
     if (!j->name || !j->data_json || !j->chain || !j->results || (id && !j->id)) {
         event_job_free(j);

@@ -8,6 +8,7 @@
 #define WIXR_HOOKS_H
 
 #include "../util/buf.h"
+#include "../util/name_index.h"
 #include "../runtime/host.h"
 #include "sandbox.h"
 
@@ -16,6 +17,7 @@ typedef struct hook_table {
     const wixr_config *cfg;
     hook_rt **rt;                 /* one per cfg->hooks[i]; NULL when disabled */
     int n;
+    name_index by_event;          /* an event name -> its enabled hooks, in order */
     int refs;                     /* event jobs using this table, plus one while it is current */
     wixr_config *owned_cfg;       /* freed with the table (tables built by a reload) */
     long version;

@@ -8,6 +8,7 @@
 
 #include "../../src/util/backoff.h"
 #include "../../src/util/isotime.h"
+#include "../../src/util/name_index.h"
 #include "../../src/util/nearest.h"
 #include "../../src/util/pool.h"
 #include "../../src/util/sha256.h"
@@ -213,6 +214,43 @@ static void test_nearest(void)
     CHECK_STR(nearest_name("--jsno", opts, 2, sizeof opts[0]), "--json");
 }
 
+static void test_name_index(void)
+{
+    const char *names[] = {"order", "cancel", NULL, "order", "move", "cancel", "order"};
+    name_index x;
+    CHECK_INT(name_index_build(&x, names, 7), 0);
+    CHECK_INT(x.distinct, 3);
+    int n;
+    const int *p = name_index_find(&x, "order", &n);
+    CHECK_INT(n, 3);
+    CHECK(p && p[0] == 0 && p[1] == 3 && p[2] == 6); /* in list order */
+    p = name_index_find(&x, "cancel", &n);
+    CHECK(n == 2 && p[0] == 1 && p[1] == 5);
+    CHECK(name_index_find(&x, "nothing", &n) == NULL && n == 0);
+    CHECK(name_index_find(&x, NULL, &n) == NULL);
+    name_index_free(&x);
+    /* thousands of names: each found, with its own position */
+    static char buf[5000][16];
+    static const char *many[5000];
+    for (int i = 0; i < 5000; i++) {
+        snprintf(buf[i], sizeof buf[i], "event.%d", i % 2500);
+        many[i] = buf[i];
+    }
+    CHECK_INT(name_index_build(&x, many, 5000), 0);
+    CHECK_INT(x.distinct, 2500);
+    int good = 1;
+    for (int i = 0; i < 2500; i++) {
+        p = name_index_find(&x, buf[i], &n);
+        good = good && n == 2 && p[0] == i && p[1] == i + 2500;
+    }
+    CHECK(good);
+    name_index_free(&x);
+    /* an empty list */
+    CHECK_INT(name_index_build(&x, NULL, 0), 0);
+    CHECK(name_index_find(&x, "order", &n) == NULL);
+    name_index_free(&x);
+}
+
 int main(void)
 {
     test_pool_reuse_and_growth();
@@ -221,5 +259,6 @@ int main(void)
     test_sha256_vectors();
     test_backoff();
     test_nearest();
+    test_name_index();
     return check_report();
 }
