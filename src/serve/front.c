@@ -5,39 +5,23 @@
  * deadline of slow clients, and the listening socket.
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 
+#include "../http/http.h"
 #include "../json/json.h"
 #include "../json/wix_error.h"
 #include "../runtime/host.h"
-#include "../util/isotime.h"
 #include "serve_internal.h"
-
-typedef struct conn {
-    buf_t body;
-    int too_big;
-} conn;
 
 /* A JSON answer; allow is the Allow header of a 405 (else NULL). */
 static enum MHD_Result reply_allow(struct MHD_Connection *c, unsigned status, buf_t *b, const char *allow)
 {
-    struct MHD_Response *r = MHD_create_response_from_buffer(b->len, b->data ? b->data : (void *)"",
-                                                             MHD_RESPMEM_MUST_COPY);
+    enum MHD_Result ok = http_reply(c, status, b->data ? b->data : "", b->len, "application/json", allow);
     buf_free(b);
-    if (!r)
-        return MHD_NO;
-    MHD_add_response_header(r, "Content-Type", "application/json");
-    if (allow)
-        MHD_add_response_header(r, "Allow", allow);
-    enum MHD_Result ok = MHD_queue_response(c, status, r);
-    MHD_destroy_response(r);
     return ok;
 }
 
@@ -48,13 +32,7 @@ enum MHD_Result reply(struct MHD_Connection *c, unsigned status, buf_t *b)
 
 static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, const char *text, const char *type)
 {
-    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
-    if (!r)
-        return MHD_NO;
-    MHD_add_response_header(r, "Content-Type", type);
-    enum MHD_Result ok = MHD_queue_response(c, status, r);
-    MHD_destroy_response(r);
-    return ok;
+    return http_reply(c, status, text, strlen(text), type, NULL);
 }
 
 /* Errors answer in the Wix shape (resellers-api.md §4.0), like the API wixr fronts:
@@ -211,7 +189,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 {
     (void)version;
     serve *s = cls;
-    conn *st = *con_cls;
+    http_body *st = *con_cls;
     /* HEAD is GET without the body (libmicrohttpd leaves the body out). */
     int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     if (!st) {
@@ -226,23 +204,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         int healthz = !strcmp(url, "/healthz");
         if (!healthz && !authorized(s, c))
             return reply_error(c, 401, "UNAUTHENTICATED", "send Authorization: Bearer <WIXR_TOKEN>");
-        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (!healthz && cl && strtoull(cl, NULL, 10) > (unsigned long long)s->max_body)
+        if (!healthz && http_announced_over(c, (size_t)s->max_body))
             return reply_error(c, 413, "PAYLOAD_TOO_LARGE", "the body is larger than %ld bytes", s->max_body);
         if (!healthz && (strncmp(url, "/v1/events/", 11) != 0 || strcmp(method, "POST") != 0)) {
             /* the routes that take no body */
         } else if (!healthz) {
-            st = calloc(1, sizeof *st);
+            st = http_body_new((size_t)s->max_body);
             if (!st)
                 return MHD_NO;
-            buf_init(&st->body, (size_t)s->max_body);
             *con_cls = st;
             return MHD_YES;
         }
     } else if (*upload_size) {
-        if (!st->too_big && buf_add(&st->body, upload, *upload_size) < 0)
-            st->too_big = 1;
-        *upload_size = 0;
+        http_body_add(st, upload, upload_size);
         return MHD_YES;
     }
     if (!strcmp(url, "/healthz")) {
@@ -273,7 +247,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     if (!strncmp(url, "/v1/events/", 11) && url[11] && !strchr(url + 11, '/')) {
         if (!strcmp(method, "POST"))
-            return post_event(s, c, url + 11, &st->body);
+            return post_event(s, c, url + 11, &st->buf);
         if (get)
             return get_event(s, c, url + 11);
         return reply_405(c, "GET, HEAD, POST");
@@ -282,130 +256,60 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                             "/healthz, /metrics)", method, url);
 }
 
-/* ---- slow clients ----
- *
- * libmicrohttpd's timeout counts idle time only: a client sending one header
- * line every few seconds keeps its connection (and its thread) for ever, and
- * a thousand such clients fill every slot. Each connection is watched from the
- * moment it opens: its request must be complete within
- * serve.request_timeout_ms of the connection opening or of its previous request
- * completing, or the main loop shuts the socket down (the connection's thread
- * then sees it closed and ends it). The slot is freed in the CLOSED
- * notification, which libmicrohttpd sends before it closes the socket, under
- * the same lock: a shutdown never reaches a descriptor already reused. */
-static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
-                          enum MHD_ConnectionNotificationCode code)
-{
-    serve *s = cls;
-    pthread_mutex_lock(&s->conns_lock);
-    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
-        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-        for (int i = 0; ci && i < s->nconns; i++) {
-            if (s->conns[i].fd < 0) {
-                s->conns[i] = (watched){.fd = ci->connect_fd, .since_ms = iso_now_ms(), .cut = 0};
-                *socket_context = &s->conns[i];
-                break;
-            }
-        }
-    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
-        ((watched *)*socket_context)->fd = -1;
-        *socket_context = NULL;
-    }
-    pthread_mutex_unlock(&s->conns_lock);
-}
-
+/* Connections whose request is not whole within serve.request_timeout_ms
+ * are cut off at the main loop's tick (http.h has why). */
 void cut_slow_requests(serve *s)
 {
-    long long now = iso_now_ms(), limit = s->boot_cfg->serve.request_timeout_ms;
-    pthread_mutex_lock(&s->conns_lock);
-    for (int i = 0; i < s->nconns; i++) {
-        watched *w = &s->conns[i];
-        if (w->fd >= 0 && !w->cut && now - w->since_ms > limit) {
-            shutdown(w->fd, SHUT_RDWR);
-            w->cut = 1;
-            s->slow_cut_total++;
-        }
-    }
-    pthread_mutex_unlock(&s->conns_lock);
+    s->slow_cut_total += http_watch_cut(s->watch, s->boot_cfg->serve.request_timeout_ms);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
     serve *s = cls;
     (void)toe;
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    if (ci && ci->socket_context) {
-        pthread_mutex_lock(&s->conns_lock);
-        ((watched *)ci->socket_context)->since_ms = iso_now_ms(); /* the next request's time starts now */
-        pthread_mutex_unlock(&s->conns_lock);
-    }
-    conn *st = *con_cls;
-    if (st) {
-        buf_free(&st->body);
-        free(st);
-        *con_cls = NULL;
-    }
-}
-
-static int is_loopback(const char *host)
-{
-    return !strcmp(host, "127.0.0.1") || !strncmp(host, "127.", 4) || !strcmp(host, "localhost");
+    http_watch_mark(s->watch, c, 0);
+    http_body_free(*con_cls);
+    *con_cls = NULL;
 }
 
 int start_http(serve *s, const char *listen, char *err, size_t errlen)
 {
     char host[128];
-    const char *colon = strrchr(listen, ':');
-    if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof host) {
-        snprintf(err, errlen, "listen: expected HOST:PORT, got '%s'", listen);
+    int port;
+    int bad = http_listen_parse(listen, host, sizeof host, &port);
+    if (bad) {
+        snprintf(err, errlen, bad == -1 ? "listen: expected HOST:PORT, got '%s'" : "listen: bad port in '%s'", listen);
         return -1;
     }
-    memcpy(host, listen, (size_t)(colon - listen));
-    host[colon - listen] = '\0';
-    if (!strcmp(host, "localhost"))
-        strcpy(host, "127.0.0.1");
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || port < 0 || port > 65535) {
-        snprintf(err, errlen, "listen: bad port in '%s'", listen);
-        return -1;
-    }
-    if (!s->have_token && !(s->opt->insecure_no_auth && is_loopback(host))) {
+    if (!s->have_token && !(s->opt->insecure_no_auth && http_is_loopback(host))) {
         snprintf(err, errlen, "%s", s->opt->insecure_no_auth
                                         ? "--insecure-no-auth is only allowed on a loopback address"
                                         : "WIXR_TOKEN is not set: set it (clients send Authorization: Bearer <token>), "
                                           "or pass --insecure-no-auth to serve unauthenticated on loopback only");
         return -1;
     }
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
+    struct sockaddr_in addr;
+    if (http_ipv4(host, port, &addr) < 0) {
         snprintf(err, errlen, "listen: '%s' is not an IPv4 address", host);
         return -1;
     }
     const serve_settings *ss = &s->boot_cfg->serve;
-    s->conns = malloc((size_t)ss->max_connections * sizeof *s->conns);
-    if (!s->conns) {
+    if (!(s->watch = http_watch_new(ss->max_connections))) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    s->nconns = ss->max_connections;
-    for (int i = 0; i < s->nconns; i++)
-        s->conns[i].fd = -1;
-    s->mhd = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
-                              (uint16_t)port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)((ss->idle_timeout_ms + 999) / 1000),
-                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)ss->max_connections,
-                              MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)ss->max_connections_per_ip,
-                              MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U,
-                              MHD_OPTION_END);
+    http_daemon_options d = {.addr = &addr, .handler = on_request, .completed = on_completed, .cls = s,
+                             .watch = s->watch, .idle_timeout_s = (unsigned)((ss->idle_timeout_ms + 999) / 1000),
+                             .max_connections = (unsigned)ss->max_connections,
+                             .max_per_ip = (unsigned)ss->max_connections_per_ip};
+    s->mhd = http_start(&d);
     if (!s->mhd) {
         snprintf(err, errlen, "cannot listen on %s (in use, or not permitted)", listen);
         return -1;
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    port = http_bound_port(s->mhd, port);
     char bound[160];
-    snprintf(bound, sizeof bound, "%s:%d", host, info ? info->port : (int)port);
+    snprintf(bound, sizeof bound, "%s:%d", host, port);
     host_logline l;
     json_writer *w = host_log_begin(&l, "info", "wixr serve listening");
     jw_kstr(w, "address", bound);
@@ -418,7 +322,7 @@ int start_http(serve *s, const char *listen, char *err, size_t errlen)
         snprintf(portfile, sizeof portfile, "%s/serve.port", s->boot_cfg->state_dir);
         FILE *pf = fopen_private(portfile);
         if (pf) {
-            fprintf(pf, "%d\n", info ? info->port : (int)port);
+            fprintf(pf, "%d\n", port);
             fclose(pf);
         }
     }

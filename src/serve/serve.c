@@ -183,7 +183,6 @@ int serve_main(const serve_options *o)
     s->inotify_fd = -1;
     s->last_reload_ok = 1;
     pthread_mutex_init(&s->lock, NULL);
-    pthread_mutex_init(&s->conns_lock, NULL);
     pthread_cond_init(&s->queued, NULL);
     int rc = 1;
     char err[8192];
@@ -420,7 +419,7 @@ out:
     for (int i = 0; i < s->nsettled; i++)
         free(s->settled[i]);
     free(s->settled);
-    free(s->conns);
+    http_watch_free(s->watch);
     if (!s->ninflight) {
         config_free(s->boot_cfg);
         free(s->boot_cfg);

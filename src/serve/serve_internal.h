@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+#include "../http/http.h"
 #include "../journal/journal.h"
 #include "../util/buf.h"
 #include "serve.h"
@@ -75,13 +76,6 @@ typedef struct breaking {
     long long at[BREAKING_REBUILDS]; /* monotonic ms of the latest rebuilds, newest first (0: none) */
 } breaking;
 
-/* An open connection, for the request deadline (see cut_slow_requests). */
-typedef struct watched {
-    int fd;                       /* -1: the slot is free */
-    long long since_ms;           /* when its current request began (opened, or the last one completed) */
-    int cut;
-} watched;
-
 typedef struct serve {
     const serve_options *opt;
     wixr_config *boot_cfg;        /* the configuration at start (wix settings, state dir) */
@@ -121,10 +115,8 @@ typedef struct serve {
     int health_503;               /* the health snapshot was taken while draining or with the journal failing */
     char *metrics;
     long long accepted_total, duplicates_total;
-    pthread_mutex_t conns_lock;   /* guards conns */
-    watched *conns;               /* serve.max_connections slots */
-    int nconns;
-    long long slow_cut_total;     /* connections cut off at the request deadline */
+    http_watch *watch;            /* the open connections, for the request deadline */
+    long long slow_cut_total;     /* connections cut off at the request deadline (main thread) */
 
     struct MHD_Daemon *mhd;
     int evfd;

@@ -337,13 +337,10 @@ void snapshot(serve *s)
                    "# HELP wixr_events_duplicate_total Events sent again with a known id.\n# TYPE wixr_events_duplicate_total counter\n"
                    "wixr_events_duplicate_total %lld\n",
                acc, dup);
-    pthread_mutex_lock(&s->conns_lock);
-    long long cut = s->slow_cut_total;
-    pthread_mutex_unlock(&s->conns_lock);
     buf_printf(&m, "# HELP wixr_http_slow_requests_cut_total Connections cut off because their request took longer than "
                    "serve.request_timeout_ms.\n# TYPE wixr_http_slow_requests_cut_total counter\n"
                    "wixr_http_slow_requests_cut_total %lld\n",
-               cut);
+               s->slow_cut_total);
     buf_printf(&m, "# HELP wixr_event_runs_failed_total Event runs in which a hook failed.\n# TYPE wixr_event_runs_failed_total counter\n"
                    "wixr_event_runs_failed_total %lld\n"
                    "# HELP wixr_event_retries_total Event runs scheduled again after a failure.\n# TYPE wixr_event_retries_total counter\n"
