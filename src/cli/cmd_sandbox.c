@@ -12,6 +12,7 @@
 
 #include "../emulator/emu.h"
 #include "../emulator/emu_http.h"
+#include "../http/http.h"
 #include "cli.h"
 #include "opts.h"
 
@@ -42,23 +43,6 @@ static const char usage[] =
     "\n"
     "The admin API lives under /__admin/ (see README). Stop with Ctrl-C or SIGTERM.\n";
 
-static int parse_listen(const char *s, char *host, size_t hostlen, int *port)
-{
-    const char *colon = strrchr(s, ':');
-    if (!colon || colon == s || (size_t)(colon - s) >= hostlen)
-        return -1;
-    char *end;
-    long p = strtol(colon + 1, &end, 10);
-    if (*end || colon[1] == '\0' || p < 0 || p > 65535)
-        return -1;
-    memcpy(host, s, (size_t)(colon - s));
-    host[colon - s] = '\0';
-    if (!strcmp(host, "localhost"))
-        strcpy(host, "127.0.0.1");
-    *port = (int)p;
-    return 0;
-}
-
 static int serve(int argc, char **argv)
 {
     char host[64] = "127.0.0.1", err[1024];
@@ -86,7 +70,7 @@ static int serve(int argc, char **argv)
     int prc = cli_parse(&cmd, argc, argv, NULL);
     if (prc != CLI_GO)
         return prc;
-    if (listen && parse_listen(listen, host, sizeof host, &port) < 0)
+    if (listen && http_listen_parse(listen, host, sizeof host, &port) < 0)
         return cli_usage_error(&cmd, "--listen: expected HOST:PORT, got '%s'", listen);
     o.enable_delay_ms = delay;
     o.query_budget = budget;

@@ -6,51 +6,36 @@
  * connections are closed after 10 s, at most 512 connections at once and
  * --max-connections-per-ip from one address (256: on loopback every client
  * shares one), and each request must arrive whole within --request-timeout
- * (10 s, see the watcher below).
+ * (10 s; a watcher thread cuts slow clients off, http.h).
  * The path is passed to the core still percent-encoded, so an externalId
  * holding "%2F" stays one path segment.
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <microhttpd.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 
+#include "../http/http.h"
 #include "../util/buf.h"
 #include "emu_http.h"
 
 #define EMU_HTTP_TIMEOUT_S 10
-
-/* An open connection, for the request deadline. */
-typedef struct watched {
-    int fd;                       /* -1: the slot is free */
-    long long since_ms;           /* when its current request began (opened, or the last one answered) */
-    int answering;                /* the request is whole and being answered: not cut */
-    int cut;
-} watched;
 
 struct emu_server {
     struct MHD_Daemon *d;
     emu_t *e;
     int port;
     long long request_timeout_ms;
-    pthread_mutex_t lock;         /* guards conns and stop */
+    http_watch *watch;            /* the open connections, for the request deadline */
+    pthread_mutex_t lock;         /* guards stop */
     pthread_cond_t wake;
-    watched conns[EMU_HTTP_MAX_CONNECTIONS];
     int stop;
     pthread_t watcher;
     int watcher_started;
 };
-
-typedef struct conn_state {
-    buf_t body;
-    int too_big;
-} conn_state;
 
 static size_t keep_escaped(void *cls, struct MHD_Connection *c, char *s)
 {
@@ -75,15 +60,13 @@ static enum MHD_Result add_arg(void *cls, enum MHD_ValueKind kind, const char *k
 
 static enum MHD_Result send_json(struct MHD_Connection *conn, emu_response *r)
 {
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(r->body_len, r->body, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *resp = http_response(r->body, r->body_len, MHD_RESPMEM_MUST_FREE,
+                                              r->body_len ? "application/json" : NULL, r->allow[0] ? r->allow : NULL);
     if (!resp) {
         emu_response_free(r);
         return MHD_NO;
     }
     r->body = NULL;
-    if (r->body_len)
-        MHD_add_response_header(resp, "Content-Type", "application/json");
     if (r->retry_after > 0) {
         char ra[16];
         snprintf(ra, sizeof ra, "%d", r->retry_after);
@@ -91,69 +74,12 @@ static enum MHD_Result send_json(struct MHD_Connection *conn, emu_response *r)
     }
     if (r->request_id[0])
         MHD_add_response_header(resp, "x-wix-request-id", r->request_id);
-    if (r->allow[0])
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
     if (r->warning[0])
         MHD_add_response_header(resp, "x-wixr-warning", r->warning);
-    enum MHD_Result ok = MHD_queue_response(conn, (unsigned)r->status, resp);
-    MHD_destroy_response(resp);
-    return ok;
+    return http_send(conn, (unsigned)r->status, resp);
 }
 
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* ---- slow clients ----
- *
- * libmicrohttpd's timeout counts idle time only: a client sending one header
- * byte a second keeps its connection (and its thread) for ever, and 512 such
- * clients fill every slot. So each connection is watched from the moment it
- * opens: its request must be whole within the request timeout of the
- * connection opening or of its previous answer, or the watcher shuts the
- * socket down (the connection's thread then sees it closed and ends it). A
- * request being answered (an injected latency included) is not cut. The slot
- * is freed in the CLOSED notification, which libmicrohttpd sends before it
- * closes the socket, under the same lock: a shutdown never reaches a
- * descriptor already reused. */
-static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
-                          enum MHD_ConnectionNotificationCode code)
-{
-    emu_server *s = cls;
-    pthread_mutex_lock(&s->lock);
-    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
-        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-        for (int i = 0; ci && i < EMU_HTTP_MAX_CONNECTIONS; i++) {
-            if (s->conns[i].fd < 0) {
-                s->conns[i] = (watched){.fd = ci->connect_fd, .since_ms = now_ms()};
-                *socket_context = &s->conns[i];
-                break;
-            }
-        }
-    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
-        ((watched *)*socket_context)->fd = -1;
-        *socket_context = NULL;
-    }
-    pthread_mutex_unlock(&s->lock);
-}
-
-/* Marks the connection's request as whole (answering) or answered (its next one's time starts now). */
-static void mark(emu_server *s, struct MHD_Connection *c, int answering)
-{
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    if (!ci || !ci->socket_context)
-        return;
-    pthread_mutex_lock(&s->lock);
-    watched *w = ci->socket_context;
-    w->answering = answering;
-    if (!answering)
-        w->since_ms = now_ms();
-    pthread_mutex_unlock(&s->lock);
-}
-
+/* Cuts slow clients off (http.h) every tick until the server stops. */
 static void *watch_slow(void *arg)
 {
     emu_server *s = arg;
@@ -168,14 +94,7 @@ static void *watch_slow(void *arg)
         ts.tv_sec += ts.tv_nsec / 1000000000L;
         ts.tv_nsec %= 1000000000L;
         pthread_cond_timedwait(&s->wake, &s->lock, &ts);
-        long long now = now_ms();
-        for (int i = 0; i < EMU_HTTP_MAX_CONNECTIONS; i++) {
-            watched *w = &s->conns[i];
-            if (w->fd >= 0 && !w->cut && !w->answering && now - w->since_ms > s->request_timeout_ms) {
-                shutdown(w->fd, SHUT_RDWR);
-                w->cut = 1;
-            }
-        }
+        http_watch_cut(s->watch, s->request_timeout_ms);
     }
     pthread_mutex_unlock(&s->lock);
     return NULL;
@@ -187,25 +106,20 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 {
     (void)version;
     emu_server *srv = cls;
-    conn_state *st = *con_cls;
+    http_body *st = *con_cls;
     if (!st) {
-        st = calloc(1, sizeof *st);
+        st = http_body_new(EMU_MAX_BODY);
         if (!st)
             return MHD_NO;
-        buf_init(&st->body, EMU_MAX_BODY);
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > EMU_MAX_BODY)
-            st->too_big = 1;
+        st->too_big = http_announced_over(conn, EMU_MAX_BODY);
         *con_cls = st;
         return MHD_YES;
     }
     if (*upload_data_size) {
-        if (!st->too_big && buf_add(&st->body, upload_data, *upload_data_size) < 0)
-            st->too_big = 1;
-        *upload_data_size = 0;
+        http_body_add(st, upload_data, upload_data_size);
         return MHD_YES;
     }
-    mark(srv, conn, 1);
+    http_watch_mark(srv->watch, conn, 1);
     emu_response r;
     buf_t q;
     buf_init(&q, 4096);
@@ -216,8 +130,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         .query = buf_cstr(&q),
         .authorization = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"),
         .account_id = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "wix-account-id"),
-        .body = st->body.data,
-        .body_len = st->body.len,
+        .body = st->buf.data,
+        .body_len = st->buf.len,
     };
     if (st->too_big)
         emu_reject_too_large(srv->e, &req, &r);
@@ -237,14 +151,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 
 static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
+    emu_server *s = cls;
     (void)toe;
-    mark(cls, conn, 0);
-    conn_state *st = *con_cls;
-    if (st) {
-        buf_free(&st->body);
-        free(st);
-        *con_cls = NULL;
-    }
+    http_watch_mark(s->watch, conn, 0);
+    http_body_free(*con_cls);
+    *con_cls = NULL;
 }
 
 static void server_free(emu_server *s)
@@ -258,6 +169,7 @@ static void server_free(emu_server *s)
     }
     pthread_cond_destroy(&s->wake);
     pthread_mutex_destroy(&s->lock);
+    http_watch_free(s->watch);
     free(s);
 }
 
@@ -280,21 +192,21 @@ emu_server *emu_http_start_limits(emu_t *e, const char *host, int port, const em
                                                              : (unsigned)EMU_HTTP_MAX_PER_IP;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->wake, NULL);
-    for (int i = 0; i < EMU_HTTP_MAX_CONNECTIONS; i++)
-        s->conns[i].fd = -1;
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
+    if (!(s->watch = http_watch_new(EMU_HTTP_MAX_CONNECTIONS))) {
+        snprintf(err, errlen, "out of memory");
+        server_free(s);
+        return NULL;
+    }
+    struct sockaddr_in addr;
+    if (http_ipv4(host, port, &addr) < 0) {
         snprintf(err, errlen, "--listen: '%s' is not an IPv4 address", host);
         server_free(s);
         return NULL;
     }
-    s->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
-                            (uint16_t)port, NULL, NULL, handler, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)EMU_HTTP_TIMEOUT_S,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)EMU_HTTP_MAX_CONNECTIONS,
-                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-                            MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped,
-                            NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U, MHD_OPTION_END);
+    http_daemon_options d = {.addr = &addr, .handler = handler, .completed = completed, .cls = s, .watch = s->watch,
+                             .idle_timeout_s = EMU_HTTP_TIMEOUT_S, .max_connections = EMU_HTTP_MAX_CONNECTIONS,
+                             .max_per_ip = per_ip, .unescape = keep_escaped};
+    s->d = http_start(&d);
     if (!s->d) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use or not permitted)", host, port);
         server_free(s);
@@ -307,8 +219,7 @@ emu_server *emu_http_start_limits(emu_t *e, const char *host, int port, const em
         return NULL;
     }
     s->watcher_started = 1;
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
-    s->port = info ? info->port : port;
+    s->port = http_bound_port(s->d, port);
     return s;
 }
 

@@ -32,7 +32,7 @@
 #include "wix/client.h"
 
 #define HOOKS WIXR_SOURCE_DIR "/tests/fuzz/support/event_hooks.yaml"
-#define INTAKE_MAX_DEPTH 64 /* serve.c's intake cap */
+#define INTAKE_MAX_DEPTH 64 /* serve/intake.c's intake cap */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -1,0 +1,139 @@
+/*
+ * writer.c -- the journal writer thread: it commits every intake waiting in
+ * one transaction with one fsync (group commit) and wakes each waiting
+ * connection, and commits the run outcomes the main loop hands it.
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "serve_internal.h"
+
+/* Writer thread: applies state changes (one transaction, no fsync needed:
+ * see journal_set_durable). Returns the list of ids settled. */
+static int apply_ops(serve *s, run_change *ops)
+{
+    journal_set_durable(s->jwrite, 0);
+    int rc = journal_begin(s->jwrite);
+    for (run_change *o = ops; o && rc == 0; o = o->next) {
+        if (o->kind == 0)
+            rc = journal_mark_done(s->jwrite, o->id, o->results);
+        else if (o->kind == 1)
+            rc = journal_mark_retry(s->jwrite, o->id, o->next_attempt_ms, o->error, o->results);
+        else if (o->kind == 2)
+            rc = journal_mark_dead(s->jwrite, o->id, o->error, o->results);
+        else if (o->kind == 4 || o->kind == 5)
+            rc = journal_mark_lost(s->jwrite, o->id, o->kind == 4, o->next_attempt_ms, o->error);
+        else
+            rc = journal_mark_running(s->jwrite, o->id);
+        if (rc > 0)
+            rc = 0; /* the event is gone (purged by `wixr events`): nothing to mark */
+    }
+    if (rc == 0) {
+        rc = journal_commit(s->jwrite);
+        if (rc < 0)
+            journal_failed(s, journal_errmsg(s->jwrite), 0);
+    } else {
+        char why[512];
+        snprintf(why, sizeof why, "%s", journal_errmsg(s->jwrite));
+        journal_commit(s->jwrite); /* ends the transaction; the error kept is the write's */
+        journal_failed(s, why, 0);
+    }
+    journal_set_durable(s->jwrite, 1);
+    return rc;
+}
+
+void *writer_main(void *arg)
+{
+    serve *s = arg;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (!s->qhead && !s->wops_head && !s->writer_stop)
+            pthread_cond_wait(&s->queued, &s->lock);
+        if (!s->qhead && !s->wops_head && s->writer_stop)
+            break;
+        intake *batch = s->qhead;
+        s->qhead = s->qtail = NULL;
+        run_change *ops = s->wops_head;
+        s->wops_head = s->wops_tail = NULL;
+        pthread_mutex_unlock(&s->lock);
+        if (ops) {
+            apply_ops(s, ops);
+            pthread_mutex_lock(&s->lock);
+            for (run_change *o = ops, *next; o; o = next) {
+                next = o->next;
+                if (o->kind != 3) {
+                    if (s->nsettled == s->capsettled) {
+                        s->capsettled = s->capsettled ? s->capsettled * 2 : 64;
+                        char **ns = realloc(s->settled, (size_t)s->capsettled * sizeof *ns);
+                        if (ns)
+                            s->settled = ns;
+                    }
+                    if (s->nsettled < s->capsettled) {
+                        s->settled[s->nsettled++] = o->id;
+                        o->id = NULL;
+                    }
+                }
+                free(o->id);
+                free(o->error);
+                free(o->results);
+                free(o);
+            }
+            pthread_mutex_unlock(&s->lock);
+            uint64_t one = 1;
+            if (write(s->evfd, &one, sizeof one) < 0) {
+                /* the main loop polls anyway */
+            }
+        }
+        if (!batch) {
+            pthread_mutex_lock(&s->lock);
+            continue;
+        }
+
+        int n = 0;
+        for (intake *q = batch; q; q = q->next)
+            n++;
+        journal_new *items = calloc((size_t)n, sizeof *items);
+        char err[256] = "";
+        int rc = -1;
+        if (items) {
+            int i = 0;
+            for (intake *q = batch; q; q = q->next)
+                items[i++] = q->item;
+            rc = journal_accept_many(s->jwrite, items, n, err, sizeof err);
+            if (rc < 0)
+                journal_failed(s, err, 0);
+        }
+        pthread_mutex_lock(&s->lock);
+        int i = 0;
+        for (intake *q = batch; q; q = q->next, i++) {
+            q->done = 1;
+            if (rc < 0) {
+                q->status = -1;
+                snprintf(q->err, sizeof q->err, "%s", err[0] ? err : "out of memory");
+            } else {
+                q->status = items[i].result;
+                q->item.existing = items[i].existing;
+                if (q->status == 0)
+                    s->accepted_total++;
+                else if (q->status == 1)
+                    s->duplicates_total++;
+                else
+                    snprintf(q->err, sizeof q->err, "refused by the journal");
+            }
+        }
+        free(items);
+        for (intake *q = batch, *next; q; q = next) {
+            next = q->next; /* q may be gone once its waiter runs */
+            pthread_cond_signal(&q->wake);
+        }
+        uint64_t one = 1;
+        if (write(s->evfd, &one, sizeof one) < 0) {
+            /* the main loop polls anyway */
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
