@@ -17,34 +17,25 @@
 
 /* ---- names and order keys ---- */
 
+/* The names of s->cfg (current): built before the lock is taken, swapped
+ * under it (the index points into the configuration, which outlives it). */
 void publish_names(serve *s)
 {
+    name_index next, old;
+    config_index_events(s->cfg, &next); /* (out of memory: an empty index, every name unknown) */
     pthread_mutex_lock(&s->lock);
-    for (int i = 0; i < s->nnames; i++)
-        free(s->names[i]);
-    free(s->names);
-    s->names = calloc((size_t)s->cfg->nhooks + 1, sizeof *s->names);
-    s->nnames = 0;
-    for (int i = 0; i < s->cfg->nhooks && s->names; i++) {
-        if (!s->cfg->hooks[i].enabled)
-            continue;
-        const char *ev = s->cfg->hooks[i].event;
-        int dup = 0;
-        for (int k = 0; k < s->nnames && !dup; k++)
-            dup = !strcmp(s->names[k], ev);
-        if (!dup)
-            s->names[s->nnames++] = strdup(ev);
-    }
+    old = s->names;
+    s->names = next;
     s->accept_unknown = s->cfg->serve.accept_unknown_events;
     pthread_mutex_unlock(&s->lock);
+    name_index_free(&old);
 }
 
 int known_name(serve *s, const char *name)
 {
+    int n;
     pthread_mutex_lock(&s->lock);
-    int ok = s->accept_unknown;
-    for (int i = 0; i < s->nnames && !ok; i++)
-        ok = !strcmp(s->names[i], name);
+    int ok = s->accept_unknown || name_index_find(&s->names, name, &n);
     pthread_mutex_unlock(&s->lock);
     return ok;
 }

@@ -398,9 +398,7 @@ out:
         close(s->evfd);
     if (s->inotify_fd >= 0)
         close(s->inotify_fd);
-    for (int i = 0; i < s->nnames; i++)
-        free(s->names[i]);
-    free(s->names);
+    name_index_free(&s->names);
     free(s->health);
     free(s->metrics);
     free(s->inflight);

@@ -107,8 +107,7 @@ typedef struct serve {
     int writer_stop;
     pthread_t writer;
     int writer_started;
-    char **names;                 /* event names with hooks (for 404s) */
-    int nnames;
+    name_index names;             /* event names with hooks (for 404s) */
     int accept_unknown;
     int draining;
     char *health;                 /* snapshots served by the HTTP threads */

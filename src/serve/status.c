@@ -75,13 +75,11 @@ enum { HC_OK, HC_FAILED, HC_PERMANENT, HC_SKIPPED, HC__N };
 static const char *const hc_names[HC__N] = {"ok", "failed", "permanent", "skipped"};
 #define MAX_LABEL_ROWS 1024
 
+/* (the main thread swaps s->names: it reads them without the lock) */
 static int configured_event(const serve *s, const char *name)
 {
-    const wixr_config *c = s->cfg;
-    for (int i = 0; i < c->nhooks; i++)
-        if (!strcmp(c->hooks[i].event, name))
-            return 1;
-    return 0;
+    int n;
+    return name_index_find(&s->names, name, &n) != NULL;
 }
 
 static label_row *label_row_of(serve *s, const char *event, const char *hook, size_t hooklen)
