@@ -10,7 +10,91 @@
 
 #include "../json/json.h"
 
+/* The place of c->hooks[i] among the hooks of its event (from 1; disabled ones count), as keys.c
+ * names a hook without an id: byevent indexes every hook's event. */
+static int place_in_event(const name_index *byevent, const wixr_config *c, int i)
+{
+    int n;
+    const int *pos = name_index_find(byevent, c->hooks[i].event, &n);
+    int lo = 0, hi = n - 1;
+    while (lo < hi) { /* (positions are in list order) */
+        int mid = (lo + hi) / 2;
+        if (pos[mid] < i)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo + 1;
+}
+
+static int same_text(const char *a, const char *b)
+{
+    return a == b || (a && b && !strcmp(a, b));
+}
+
+/* Do a and b (c->hooks[i], f->hooks[j]) define the same hook, as far as its state is concerned? */
+static int same_def(const hook_def *a, int aplace, const hook_def *b, int bplace)
+{
+    return !strcmp(a->event, b->event) && same_text(a->id, b->id) && (a->id || aplace == bplace) &&
+           !strcmp(a->script, b->script) && same_text(a->options_json, b->options_json) &&
+           a->limits.instructions == b->limits.instructions && a->limits.memory_mb == b->limits.memory_mb &&
+           a->limits.wall_ms == b->limits.wall_ms && a->allow == b->allow && a->max_mutations == b->max_mutations;
+}
+
+/* Indexes of every hook's event and script, for the look-ups of a reload. */
+typedef struct def_index {
+    name_index event, script;
+} def_index;
+
+static int def_index_build(def_index *x, const wixr_config *c)
+{
+    const char **ev = calloc(c->nhooks ? (size_t)c->nhooks : 1, sizeof *ev);
+    const char **sc = calloc(c->nhooks ? (size_t)c->nhooks : 1, sizeof *sc);
+    int rc = ev && sc ? 0 : -1;
+    for (int i = 0; !rc && i < c->nhooks; i++) {
+        ev[i] = c->hooks[i].event;
+        sc[i] = c->hooks[i].script;
+    }
+    if (!rc && (name_index_build(&x->event, ev, c->nhooks) < 0 || name_index_build(&x->script, sc, c->nhooks) < 0))
+        rc = -1;
+    free(ev);
+    free(sc);
+    if (rc < 0) {
+        name_index_free(&x->event);
+        name_index_free(&x->script);
+    }
+    return rc;
+}
+
+/* The state of `from` that def (c->hooks[i]) may keep, or NULL. */
+static hook_rt *kept_state(const hook_table *from, const def_index *fx, const wixr_config *c, const def_index *cx,
+                           int i)
+{
+    const hook_def *d = &c->hooks[i];
+    int n;
+    const int *cand = name_index_find(&fx->script, d->script, &n);
+    int place = place_in_event(&cx->event, c, i);
+    for (int k = 0; k < n; k++) {
+        int j = cand[k];
+        hook_rt *rt = from->rt[j];
+        if (rt && same_def(d, place, &from->cfg->hooks[j], place_in_event(&fx->event, from->cfg, j))) {
+            char err[64];
+            size_t len;
+            char *text = hook_read_script(d, &len, err, sizeof err);
+            int same = text && len == rt->source_len && !memcmp(text, rt->source, len);
+            free(text);
+            return same ? rt : NULL;
+        }
+    }
+    return NULL;
+}
+
 hook_table *hooks_load(wixr_host *h, const wixr_config *cfg, buf_t *errors)
+{
+    return hooks_load_from(h, cfg, NULL, errors, NULL);
+}
+
+hook_table *hooks_load_from(wixr_host *h, const wixr_config *cfg, const hook_table *from, buf_t *errors, int *kept)
 {
     hook_table *t = calloc(1, sizeof *t);
     if (!t)
@@ -25,10 +109,26 @@ hook_table *hooks_load(wixr_host *h, const wixr_config *cfg, buf_t *errors)
         return NULL;
     }
     int bad = 0;
+    def_index fx, cx;
+    int indexed = from && def_index_build(&fx, from->cfg) == 0;
+    if (indexed && def_index_build(&cx, cfg) < 0) {
+        name_index_free(&fx.event);
+        name_index_free(&fx.script);
+        indexed = 0; /* (out of memory: everything is built anew) */
+    }
+    if (kept)
+        *kept = 0;
     for (int i = 0; i < cfg->nhooks; i++) {
         if (!cfg->hooks[i].enabled)
             continue;
+        if (indexed && (t->rt[i] = kept_state(from, &fx, cfg, &cx, i))) {
+            t->rt[i]->refs++;
+            if (kept)
+                (*kept)++;
+            continue;
+        }
         char err[2048];
+        sched_progress++; /* (a worker loading many scripts is making progress) */
         t->rt[i] = hook_load(h, cfg, &cfg->hooks[i], err, sizeof err);
         if (!t->rt[i]) {
             if (errors->len)
@@ -36,6 +136,12 @@ hook_table *hooks_load(wixr_host *h, const wixr_config *cfg, buf_t *errors)
             buf_adds(errors, err);
             bad++;
         }
+    }
+    if (indexed) {
+        name_index_free(&fx.event);
+        name_index_free(&fx.script);
+        name_index_free(&cx.event);
+        name_index_free(&cx.script);
     }
     /* (every enabled hook has its rt: the same positions) */
     if (bad || config_index_events(cfg, &t->by_event) < 0) {
@@ -45,6 +151,16 @@ hook_table *hooks_load(wixr_host *h, const wixr_config *cfg, buf_t *errors)
         return NULL;
     }
     return t;
+}
+
+void hooks_adopt(hook_table *t)
+{
+    for (int i = 0; i < t->n; i++) {
+        if (t->rt[i]) {
+            t->rt[i]->def = &t->cfg->hooks[i];
+            t->rt[i]->cfg = t->cfg;
+        }
+    }
 }
 
 void hooks_free(hook_table *t)

@@ -26,6 +26,17 @@ typedef struct hook_table {
 /* Loads every enabled hook's script. On errors, NULL, with one line per
  * problem appended to errors (every script is tried). */
 hook_table *hooks_load(wixr_host *h, const wixr_config *cfg, buf_t *errors);
+/* The same for a reload: a hook of `from` whose definition (event, id or
+ * place among its event's hooks, script, options, limits, permissions) and
+ * script text are unchanged keeps its state -- only what changed is built.
+ * *kept (may be NULL) counts them. Until hooks_adopt, the kept states still
+ * answer to from's definitions, so the new table may be dropped (hooks_free)
+ * and nothing changes. */
+hook_table *hooks_load_from(wixr_host *h, const wixr_config *cfg, const hook_table *from, buf_t *errors,
+                            int *kept);
+/* t takes over from the table it was loaded from: its kept states answer to
+ * t's definitions from now on. */
+void hooks_adopt(hook_table *t);
 void hooks_free(hook_table *t);
 /* Reference counting for atomic reloads: a job holds its table until it ends. */
 void hooks_ref(hook_table *t);

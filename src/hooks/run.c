@@ -175,19 +175,10 @@ hook_rt *hook_load(wixr_host *h, const wixr_config *cfg, const hook_def *def, ch
     const char *base = strrchr(def->script, '/');
     snprintf(k->name, sizeof k->name, "%s (%s)", def->event, base ? base + 1 : def->script);
     k->mem_limit = (size_t)def->limits.memory_mb * 1024 * 1024;
+    k->refs = 1;
     /* The text is kept: a state rebuilt after a broken memory cap runs the
      * code that was loaded, whatever the file holds by then. */
-    FILE *f = fopen(def->script, "rb");
-    if (!f) {
-        snprintf(err, errlen, "cannot open %s: %s", def->script, strerror(errno));
-        free(k);
-        return NULL;
-    }
-    int too_large;
-    k->source = buf_read_stream(f, 64 * 1024 * 1024, &k->source_len, &too_large);
-    fclose(f);
-    if (!k->source) {
-        snprintf(err, errlen, "%s: %s", def->script, too_large ? "larger than 64 MB" : "cannot be read");
+    if (!(k->source = hook_read_script(def, &k->source_len, err, errlen))) {
         free(k);
         return NULL;
     }
@@ -255,9 +246,24 @@ void sandbox_run_abort(hook_run *r, const char *msg)
     finish(r, 0, NULL, msg);
 }
 
+char *hook_read_script(const hook_def *def, size_t *len, char *err, size_t errlen)
+{
+    FILE *f = fopen(def->script, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot open %s: %s", def->script, strerror(errno));
+        return NULL;
+    }
+    int too_large;
+    char *text = buf_read_stream(f, 64 * 1024 * 1024, len, &too_large);
+    fclose(f);
+    if (!text)
+        snprintf(err, errlen, "%s: %s", def->script, too_large ? "larger than 64 MB" : "cannot be read");
+    return text;
+}
+
 void hook_free(hook_rt *k)
 {
-    if (!k)
+    if (!k || --k->refs > 0)
         return;
     state_close(k);
     free(k->source);

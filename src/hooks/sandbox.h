@@ -32,6 +32,7 @@
 #include "../runtime/host.h"
 
 typedef struct hook_rt {
+    int refs;                     /* hook tables holding it (a reload keeps an unchanged hook's state) */
     wixr_ctx ctx;                 /* {host, this, NULL}: the state's main thread */
     lua_State *L;
     const hook_def *def;
@@ -110,7 +111,10 @@ struct hook_run {
 /* Loads def's script into a new sandboxed state; the chunk must return the
  * handler function. NULL with "where: message" in err. */
 hook_rt *hook_load(wixr_host *h, const wixr_config *cfg, const hook_def *def, char *err, size_t errlen);
+/* Drops a table's hold on k: freed with the last. */
 void hook_free(hook_rt *k);
+/* The script's text, read as hook_load reads it: NULL with err filled. */
+char *hook_read_script(const hook_def *def, size_t *len, char *err, size_t errlen);
 
 /* Starts handler(event, ctx) on the scheduler. event_json is the event's data.
  * done is called exactly once; then free the run with hook_run_free. */

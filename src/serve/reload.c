@@ -1,7 +1,8 @@
 /*
- * reload.c -- reloading the rules: the folders watched for changes, a new
- * generation of workers loading the new configuration, the swap when they
- * have, and the notice of changed settings that wait for a restart.
+ * reload.c -- reloading the rules: the folders watched for changes, the
+ * workers loading the new configuration beside the rules in force (keeping
+ * every unchanged hook's state), the swap when all have, and the notice of
+ * changed settings that wait for a restart.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -122,10 +123,11 @@ static void reload_failed(serve *s, const char *why, const char *errors)
     host_log_end(&l);
 }
 
-/* A reload: the configuration is read here (C only); the rules are loaded
- * by a new generation of workers (workers_reload), which takes over only when
- * every one of them loaded them all (reloaded, below). Runs in flight finish
- * in the old generation, with the rules they started with. */
+/* A reload: the configuration is read here (C only); the workers load its
+ * rules beside those in force, building only the hooks that changed
+ * (workers_reload); the new rules take over in every worker at once when all
+ * have loaded them (reloaded, below). Runs in flight finish with the rules
+ * they started with. */
 void reload(serve *s, const char *why)
 {
     if (s->next_cfg) {
@@ -192,6 +194,8 @@ void reloaded(void *ctx, int ok, const char *errors)
     jw_num(w, (double)(long long)((t1 - s->reload_t0) * 100) / 100);
     jw_key(w, "swap_ms");
     jw_num(w, (double)(long long)(s->last_swap_ms * 10000) / 10000);
+    jw_key(w, "kept");
+    jw_int(w, workers_reload_kept(s->pool));
     host_log_end(&l);
     restart_notice(s, nc);
 }

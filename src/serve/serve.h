@@ -7,7 +7,7 @@
  * the main thread is the supervisor: it takes pending events from the
  * journal, hands them to the worker processes (workers.h; events sharing an
  * order key one at a time, in order), records outcomes, retries with backoff,
- * reloads rules (a new generation of workers), and publishes /healthz and
+ * reloads rules (in the workers, only the hooks that changed), and publishes /healthz and
  * /metrics snapshots. No Lua runs in this process: hooks run in the workers.
  */
 #ifndef WIXR_SERVE_H

@@ -9,7 +9,7 @@
  *   writer.c    the journal writer thread: group commit of intake and of run outcomes
  *   dispatch.c  runs: handing events to the workers, outcomes, retries, lost runs
  *   poller.c    polling the API for changes Wix does not push
- *   reload.c    reloads: watched folders, a new generation of workers, restart notices
+ *   reload.c    reloads: watched folders, the workers' reload, restart notices
  *   status.c    journal failures and the probe, counts, /healthz and /metrics snapshots
  */
 #ifndef WIXR_SERVE_INTERNAL_H

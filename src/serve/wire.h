@@ -25,6 +25,11 @@ enum wire_type {
     WIRE_RATE_ANSWER, /* supervisor -> worker: the wait in ms ("0": go, counted) */
     WIRE_STATS,       /* worker -> supervisor: a JSON object of counters */
     WIRE_RETIRE,      /* supervisor -> worker: take no more work; leave when idle */
+    WIRE_LOAD,        /* supervisor -> worker: a reload: load the configuration's rules again, beside those
+                         in force: gen */
+    WIRE_LOADED,      /* worker -> supervisor: gen, ok ("1"/"0"), the load errors, hooks kept ("12") */
+    WIRE_SWAP,        /* supervisor -> worker: the rules loaded for gen are in force from the next RUN */
+    WIRE_DROP,        /* supervisor -> worker: the rules loaded for gen are dropped */
 };
 
 #define WIRE_MAX_FIELDS 12

@@ -154,6 +154,8 @@ typedef struct wk {
     wixr_config cfg;
     wixr_host *h;
     hook_table *t;
+    hook_table *next_t;           /* a reload's rules, loaded and not yet in force (WIRE_LOAD) */
+    char next_gen[24];
     wire w;
     int inflight;
     int retiring;
@@ -426,6 +428,36 @@ static void *progress_main(void *arg)
     }
 }
 
+/* A reload: the configuration read again and its rules loaded beside those
+ * in force, keeping the state of every hook that did not change; they take
+ * over at WIRE_SWAP (every worker loaded them) or go at WIRE_DROP. */
+static void load_rules(wk *k, const char *gen)
+{
+    char err[8192], kept_n[16] = "0";
+    buf_t errors;
+    buf_init(&errors, 64 * 1024);
+    hooks_unref(k->next_t); /* (one overtaken by this one) */
+    k->next_t = NULL;
+    wixr_config *nc = calloc(1, sizeof *nc);
+    if (!nc || config_load(nc, k->o->config_path, err, sizeof err) < 0) {
+        buf_adds(&errors, nc ? err : "out of memory");
+        free(nc);
+    } else {
+        int kept = 0;
+        if ((k->next_t = hooks_load_from(k->h, nc, k->t, &errors, &kept))) {
+            k->next_t->owned_cfg = nc; /* freed with the table */
+            snprintf(k->next_gen, sizeof k->next_gen, "%s", gen);
+            snprintf(kept_n, sizeof kept_n, "%d", kept);
+        } else {
+            config_free(nc);
+            free(nc);
+        }
+    }
+    const char *f[4] = {gen, k->next_t ? "1" : "0", buf_cstr(&errors), kept_n};
+    wire_put(&k->w, WIRE_LOADED, 4, f, NULL);
+    buf_free(&errors);
+}
+
 static void handle(wk *k, const wire_msg *m)
 {
     if (m->type == WIRE_RUN) {
@@ -448,6 +480,20 @@ static void handle(wk *k, const wire_msg *m)
         poll_start(k, m);
     } else if (m->type == WIRE_RETIRE) {
         k->retiring = 1;
+    } else if (m->type == WIRE_LOAD) {
+        load_rules(k, m->f[0]);
+    } else if (m->type == WIRE_SWAP || m->type == WIRE_DROP) {
+        if (!k->next_t || strcmp(k->next_gen, m->f[0]))
+            return; /* (a worker started during the reload loaded the files itself) */
+        hook_table *t = k->next_t;
+        k->next_t = NULL;
+        if (m->type == WIRE_DROP) {
+            hooks_unref(t);
+            return;
+        }
+        hooks_adopt(t);
+        hooks_unref(k->t); /* runs in flight finish with it; it goes with the last */
+        k->t = t;
     }
 }
 
@@ -551,6 +597,7 @@ int worker_main(const worker_options *o)
     send_or_die(k);
     sched_run_for(k->h->sched, 0);
     log_flush();
+    hooks_unref(k->next_t);
     hooks_unref(k->t);
     host_free(k->h);
     config_free(&k->cfg);

@@ -38,6 +38,7 @@ typedef struct pw {
     wire w;
     int gen;
     int ready, retiring, failed_load;
+    int loading, loaded;          /* a reload's WIRE_LOAD sent, its answer not in yet / in, ok */
     long long started_ms;
     unsigned long progress;
     long long progress_ms;        /* when progress last moved */
@@ -50,10 +51,9 @@ typedef struct pw {
 
 struct worker_pool {
     workers_options o;
-    char **args;                  /* current generation's args (owned copies) */
-    char **pending_args;          /* a reload's */
-    pw w[MAX_WORKERS * 2];        /* current and, during a reload, the next generation */
-    int gen, pending_gen;         /* pending_gen 0: no reload under way */
+    char **args;                  /* the workers' args (owned copies) */
+    pw w[MAX_WORKERS * 2];        /* (twice: the replacements of workers still being reaped) */
+    int gen, pending_gen;         /* the rules in force, and a reload's (0: none under way) */
     unsigned long long seq;
     long long next_check;
     long long respawn_at;
@@ -65,6 +65,7 @@ struct worker_pool {
     /* counters of workers gone */
     workers_totals gone;
     int retired_all;
+    int kept;                     /* hooks a worker kept at the last reload it loaded */
 };
 
 static char **dup_args(const char *const *a)
@@ -187,22 +188,16 @@ static pw *free_slot(worker_pool *p)
     return NULL;
 }
 
-/* Tops the current generation (and a reload's) up to o.workers. */
+/* Tops the workers up to o.workers (a new one loads the rules as the files are now). */
 static void fill(worker_pool *p)
 {
     long long now = sched_now_ms();
     if (p->retired_all || now < p->respawn_at)
         return;
-    int gens[2] = {p->gen, p->pending_gen};
-    char **args[2] = {p->args, p->pending_args};
-    for (int g = 0; g < 2; g++) {
-        if (!gens[g])
-            continue;
-        for (int k = count_gen(p, gens[g], 0); k < p->o.workers; k++) {
-            pw *w = free_slot(p);
-            if (!w || spawn(p, w, gens[g], args[g]) < 0)
-                return;
-        }
+    for (int k = count_gen(p, p->gen, 0); k < p->o.workers; k++) {
+        pw *w = free_slot(p);
+        if (!w || spawn(p, w, p->gen, p->args) < 0)
+            return;
     }
 }
 
@@ -292,6 +287,7 @@ static void release(worker_pool *p, pw *w)
 
 /* A worker is gone (reaped): its events are lost, its counters kept. */
 static void on_message(worker_pool *p, pw *w, const wire_msg *m);
+static void reload_settle(worker_pool *p);
 
 static void bury(worker_pool *p, pw *w, int status)
 {
@@ -317,7 +313,7 @@ static void bury(worker_pool *p, pw *w, int status)
     int had_poll = w->polling;
     int young = sched_now_ms() - w->started_ms < YOUNG_MS;
     int expected = w->retiring && !w->inflight && WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    int was_pending_gen = p->pending_gen && w->gen == p->pending_gen;
+    int was_loading = p->pending_gen && w->loading;
     int failed_load = w->failed_load;
     release(p, w);
     char reason[sizeof w->reason];
@@ -331,7 +327,7 @@ static void bury(worker_pool *p, pw *w, int status)
         fprintf(stderr, "{\"level\":\"error\",\"msg\":\"worker process ended\",\"fields\":{\"pid\":%ld,\"reason\":\"%s\"}}\n",
                 (long)pid, reason);
     }
-    if (was_pending_gen && !failed_load && !p->reload_errors[0])
+    if (was_loading && !p->reload_errors[0])
         snprintf(p->reload_errors, sizeof p->reload_errors, "a worker loading the new rules ended: %s", reason);
     for (pev *n; e; e = n) {
         n = e->next;
@@ -341,6 +337,8 @@ static void bury(worker_pool *p, pw *w, int status)
     }
     if (had_poll && p->o.cb.polled)
         p->o.cb.polled(p->o.cb.ctx, 0, reason);
+    if (was_loading)
+        reload_settle(p);
 }
 
 static void kill_worker(pw *w, const char *reason)
@@ -383,38 +381,44 @@ static long long rate_wait(worker_pool *p, long long now)
     return 0;
 }
 
+/* A reload ends: the rules every worker loaded take over in all of them at
+ * once (WIRE_SWAP: events handed out from now on run under them), or, when
+ * one could not load them, are dropped in all (WIRE_DROP). */
 static void finish_reload(worker_pool *p, int ok)
 {
-    int gen = p->pending_gen;
-    p->pending_gen = 0;
+    char gen[24];
+    snprintf(gen, sizeof gen, "%d", p->pending_gen);
+    const char *f[1] = {gen};
+    for (size_t i = 0; i < sizeof p->w / sizeof p->w[0]; i++) {
+        pw *w = &p->w[i];
+        if (!w->pid)
+            continue;
+        if (w->loading || w->loaded)
+            wire_put(&w->w, ok ? WIRE_SWAP : WIRE_DROP, 1, f, NULL);
+        if (ok)
+            w->gen = p->pending_gen; /* (one started meanwhile loaded the files itself) */
+        w->loading = w->loaded = 0;
+    }
     if (ok) {
-        for (size_t i = 0; i < sizeof p->w / sizeof p->w[0]; i++) {
-            pw *w = &p->w[i];
-            if (w->pid && w->gen != gen && !w->retiring) {
-                w->retiring = 1;
-                wire_put(&w->w, WIRE_RETIRE, 0, NULL, NULL);
-            }
-        }
-        free_args(p->args);
-        p->args = p->pending_args;
-        p->pending_args = NULL;
-        p->gen = gen;
+        p->gen = p->pending_gen;
         memset(p->gone.rebuilds, 0, sizeof p->gone.rebuilds);
         memset(p->gone.rebuild_errors, 0, sizeof p->gone.rebuild_errors);
-    } else {
-        for (size_t i = 0; i < sizeof p->w / sizeof p->w[0]; i++) {
-            pw *w = &p->w[i];
-            if (w->pid && w->gen == gen) {
-                w->failed_load = 1;
-                kill_worker(w, "its rules were not taken");
-            }
-        }
-        free_args(p->pending_args);
-        p->pending_args = NULL;
     }
+    p->pending_gen = 0;
     if (p->o.cb.reloaded)
         p->o.cb.reloaded(p->o.cb.ctx, ok, p->reload_errors);
     p->reload_errors[0] = '\0';
+}
+
+/* A reload ends once no worker is still loading: failed when one could not load the rules (or died). */
+static void reload_settle(worker_pool *p)
+{
+    if (!p->pending_gen)
+        return;
+    for (size_t i = 0; i < sizeof p->w / sizeof p->w[0]; i++)
+        if (p->w[i].pid && p->w[i].loading && !p->reload_errors[0])
+            return;
+    finish_reload(p, !p->reload_errors[0]);
 }
 
 static void on_message(worker_pool *p, pw *w, const wire_msg *m)
@@ -423,20 +427,24 @@ static void on_message(worker_pool *p, pw *w, const wire_msg *m)
     case WIRE_HELLO:
         if (m->f[0][0] == '1') {
             w->ready = 1;
-            if (p->pending_gen && w->gen == p->pending_gen &&
-                count_gen(p, p->pending_gen, 1) >= p->o.workers)
-                finish_reload(p, 1);
         } else {
+            /* a worker could not load the rules in force (files changed on disk since they were taken) */
             w->failed_load = 1;
-            if (p->pending_gen && w->gen == p->pending_gen) {
-                snprintf(p->reload_errors, sizeof p->reload_errors, "%s", m->f[1]);
-                finish_reload(p, 0);
-            } else {
-                /* a replacement could not load the rules in force (files changed on disk meanwhile) */
-                p->respawn_at = sched_now_ms() + RESPAWN_PAUSE_MS;
-                fprintf(stderr, "{\"level\":\"error\",\"msg\":\"a worker could not load the rules; trying again\"}\n");
-            }
+            p->respawn_at = sched_now_ms() + RESPAWN_PAUSE_MS;
+            fprintf(stderr, "{\"level\":\"error\",\"msg\":\"a worker could not load the rules; trying again\"}\n");
         }
+        break;
+    case WIRE_LOADED:
+        if (!p->pending_gen || !w->loading || atoi(m->f[0]) != p->pending_gen)
+            break; /* (an answer to a reload that ended or was overtaken) */
+        w->loading = 0;
+        if (m->f[1][0] == '1') {
+            w->loaded = 1;
+            p->kept = atoi(m->f[3]);
+        } else if (!p->reload_errors[0]) {
+            snprintf(p->reload_errors, sizeof p->reload_errors, "%s", m->f[2]);
+        }
+        reload_settle(p);
         break;
     case WIRE_DONE: {
         unsigned long long seq = strtoull(m->f[0], NULL, 10);
@@ -598,7 +606,6 @@ void workers_free(worker_pool *p)
         }
     }
     free_args(p->args);
-    free_args(p->pending_args);
     free(p->rl);
     free(p);
 }
@@ -729,23 +736,37 @@ void workers_service(worker_pool *p)
     fill(p);
 }
 
+/* Each worker loads the rules again beside those in force, keeping the
+ * state of every hook that did not change (worker.c, load_rules); they take
+ * over when all have (finish_reload). A reload under way is overtaken: the
+ * workers load again and their answers to it are ignored. */
 int workers_reload(worker_pool *p, const char *const *args)
 {
-    if (p->pending_gen) {
-        /* a reload under way is overtaken: its workers go */
-        for (size_t i = 0; i < sizeof p->w / sizeof p->w[0]; i++)
-            if (p->w[i].pid && p->w[i].gen == p->pending_gen) {
-                p->w[i].failed_load = 1;
-                kill_worker(&p->w[i], "overtaken by a newer reload");
-            }
-        free_args(p->pending_args);
-    }
-    if (!(p->pending_args = dup_args(args)))
+    char **na = dup_args(args);
+    if (!na)
         return -1;
+    free_args(p->args);
+    p->args = na;
     p->pending_gen = (p->gen > p->pending_gen ? p->gen : p->pending_gen) + 1;
     p->reload_errors[0] = '\0';
-    fill(p);
+    char gen[24];
+    snprintf(gen, sizeof gen, "%d", p->pending_gen);
+    const char *f[1] = {gen};
+    for (size_t i = 0; i < sizeof p->w / sizeof p->w[0]; i++) {
+        pw *w = &p->w[i];
+        w->loading = w->loaded = 0;
+        if (!w->pid || w->retiring || w->kill_reason || w->failed_load)
+            continue;
+        if (wire_put(&w->w, WIRE_LOAD, 1, f, NULL) == 0)
+            w->loading = 1;
+    }
+    reload_settle(p);
     return 0;
+}
+
+int workers_reload_kept(const worker_pool *p)
+{
+    return p->kept;
 }
 
 void workers_retire(worker_pool *p)
@@ -792,8 +813,8 @@ void workers_health_json(worker_pool *p, json_writer *jw)
         jw_obj(jw);
         jw_key(jw, "pid");
         jw_int(jw, w->pid);
-        jw_kstr(jw, "state", !w->ready ? "starting" : w->retiring ? "retiring" : w->gen != p->gen ? "next_rules"
-                                                                                                   : "ready");
+        jw_kstr(jw, "state", !w->ready ? "starting" : w->retiring ? "retiring" : w->loading ? "loading_rules"
+                                                                                                 : "ready");
         jw_key(jw, "in_flight");
         jw_int(jw, w->inflight);
         jw_key(jw, "last_progress_ms_ago");

@@ -11,9 +11,10 @@
  * bystander: the caller runs it again, alone, to find out). A worker that dies
  * is replaced at once (after a pause when it died young).
  *
- * Reloads start a new generation of workers with the new rules; it takes
- * over only when every one of them loaded them, and the old generation
- * finishes its events and leaves.
+ * A reload has every worker load the new rules beside those in force,
+ * keeping the state of each hook that did not change; the new rules take
+ * over in all workers at once when every one has loaded them. Events in
+ * flight finish under the rules they started with.
  */
 #ifndef WIXR_WORKERS_H
 #define WIXR_WORKERS_H
@@ -35,7 +36,7 @@ typedef struct workers_callbacks {
     void (*lost)(void *ctx, void *arg, const char *reason, int charged);
     /* A poll ended: ok, and the result JSON or the error. */
     void (*polled)(void *ctx, int ok, const char *text);
-    /* A reload's generation loaded (ok) or did not (errors). */
+    /* A reload's rules were loaded by every worker and took over (ok), or were not (errors). */
     void (*reloaded)(void *ctx, int ok, const char *errors);
     /* Whole lines a worker wrote to its standard error (NULL: they go to
      * this process's standard error directly). */
@@ -75,8 +76,13 @@ long long workers_next_ms(const worker_pool *p);
  * ceilings, sends queued messages. Calls the callbacks. */
 void workers_service(worker_pool *p);
 
-/* A new generation with new arguments (the rules may have changed). */
+/* A reload: every worker loads the configuration's rules again beside those
+ * in force, keeping the state of each hook that did not change; the new rules
+ * take over in all workers at once when all have loaded them, else they are
+ * dropped in all (cb.reloaded says which). args: what replacements start with. */
 int workers_reload(worker_pool *p, const char *const *args);
+/* Hooks whose state the last reload a worker loaded kept. */
+int workers_reload_kept(const worker_pool *p);
 /* Takes no more work; workers leave when their events are done. */
 void workers_retire(worker_pool *p);
 
