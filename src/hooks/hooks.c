@@ -78,11 +78,16 @@ static hook_rt *kept_state(const hook_table *from, const def_index *fx, const wi
         int j = cand[k];
         hook_rt *rt = from->rt[j];
         if (rt && same_def(d, place, &from->cfg->hooks[j], place_in_event(&fx->event, from->cfg, j))) {
+            if (hook_script_unchanged(d->script, &rt->stamp))
+                return rt;
             char err[64];
             size_t len;
-            char *text = hook_read_script(d, &len, err, sizeof err);
+            script_stamp stamp;
+            char *text = hook_read_script(d, &len, &stamp, err, sizeof err);
             int same = text && len == rt->source_len && !memcmp(text, rt->source, len);
             free(text);
+            if (same)
+                rt->stamp = stamp; /* (the same text: next time its times may tell) */
             return same ? rt : NULL;
         }
     }

@@ -123,11 +123,11 @@ static void reload_failed(serve *s, const char *why, const char *errors)
     host_log_end(&l);
 }
 
-/* A reload: the configuration is read here (C only); the workers load its
- * rules beside those in force, building only the hooks that changed
- * (workers_reload); the new rules take over in every worker at once when all
- * have loaded them (reloaded, below). Runs in flight finish with the rules
- * they started with. */
+/* A reload: the workers load the configuration's rules beside those in
+ * force, building only the hooks that changed (workers_reload), while the
+ * configuration is read here too (C only); the new rules take over in every
+ * worker at once when all have loaded them (reloaded, below: never before
+ * this returns). Runs in flight finish with the rules they started with. */
 void reload(serve *s, const char *why)
 {
     if (s->next_cfg) {
@@ -140,20 +140,19 @@ void reload(serve *s, const char *why)
     char err[8192];
     s->last_reload_ms = iso_now_ms();
     s->reload_t0 = mono_ms();
+    if (workers_reload(s->pool, (const char *const *)s->ws.args) < 0) {
+        reload_failed(s, why, "out of memory");
+        return;
+    }
     wixr_config *nc = calloc(1, sizeof *nc);
     if (!nc || config_load(nc, s->boot_cfg->path, err, sizeof err) < 0) {
+        workers_reload_abort(s->pool); /* (they found the same errors, or the file changed meanwhile) */
         reload_failed(s, why, nc ? err : "out of memory");
         free(nc);
         return;
     }
     s->next_cfg = nc;
     snprintf(s->reload_why, sizeof s->reload_why, "%s", why);
-    if (workers_reload(s->pool, (const char *const *)s->ws.args) < 0) {
-        reload_failed(s, why, "out of memory");
-        config_free(nc);
-        free(nc);
-        s->next_cfg = NULL;
-    }
 }
 
 void reloaded(void *ctx, int ok, const char *errors)
@@ -174,11 +173,11 @@ void reloaded(void *ctx, int ok, const char *errors)
     s->cfg = nc;
     s->rules_version++;
     publish_names(s);
+    s->last_swap_ms = mono_ms() - t1; /* (the new rules are in force: the old ones are freed after) */
     if (old != s->boot_cfg) {
         config_free(old);
         free(old);
     }
-    s->last_swap_ms = mono_ms() - t1;
     watch_dirs(s, nc);
     s->reloads_total++;
     s->last_reload_ok = 1;

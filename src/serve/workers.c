@@ -66,6 +66,7 @@ struct worker_pool {
     workers_totals gone;
     int retired_all;
     int kept;                     /* hooks a worker kept at the last reload it loaded */
+    int settle_due;               /* a reload to settle at the next workers_service */
 };
 
 static char **dup_args(const char *const *a)
@@ -731,6 +732,10 @@ void workers_service(worker_pool *p)
         check(p);
     }
     reap(p);
+    if (p->settle_due) {
+        p->settle_due = 0;
+        reload_settle(p);
+    }
     if (p->respawn_at && now >= p->respawn_at)
         p->respawn_at = 0;
     fill(p);
@@ -760,8 +765,26 @@ int workers_reload(worker_pool *p, const char *const *args)
         if (wire_put(&w->w, WIRE_LOAD, 1, f, NULL) == 0)
             w->loading = 1;
     }
-    reload_settle(p);
+    p->settle_due = 1; /* (with no worker loading, it ends at the next service: the caller is ready then) */
     return 0;
+}
+
+void workers_reload_abort(worker_pool *p)
+{
+    if (!p->pending_gen)
+        return;
+    char gen[24];
+    snprintf(gen, sizeof gen, "%d", p->pending_gen);
+    const char *f[1] = {gen};
+    for (size_t i = 0; i < sizeof p->w / sizeof p->w[0]; i++) {
+        pw *w = &p->w[i];
+        if (w->pid && (w->loading || w->loaded))
+            wire_put(&w->w, WIRE_DROP, 1, f, NULL);
+        w->loading = w->loaded = 0;
+    }
+    p->pending_gen = 0;
+    p->settle_due = 0;
+    p->reload_errors[0] = '\0';
 }
 
 int workers_reload_kept(const worker_pool *p)

@@ -79,8 +79,12 @@ void workers_service(worker_pool *p);
 /* A reload: every worker loads the configuration's rules again beside those
  * in force, keeping the state of each hook that did not change; the new rules
  * take over in all workers at once when all have loaded them, else they are
- * dropped in all (cb.reloaded says which). args: what replacements start with. */
+ * dropped in all (cb.reloaded says which, from workers_service, never from
+ * here). args: what replacements start with. */
 int workers_reload(worker_pool *p, const char *const *args);
+/* The reload under way is given up: the workers drop what they loaded (no
+ * callback). */
+void workers_reload_abort(worker_pool *p);
 /* Hooks whose state the last reload a worker loaded kept. */
 int workers_reload_kept(const worker_pool *p);
 /* Takes no more work; workers leave when their events are done. */

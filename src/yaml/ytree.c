@@ -278,6 +278,50 @@ static int apply_merge(loader *l, ynode *map, const ynode *src)
     return 0;
 }
 
+/* The keys of a mapping being loaded, hashed: a mapping of thousands of keys
+ * (hooks of as many events) would otherwise compare each with every earlier one. */
+typedef struct keyset {
+    const char **slot;
+    size_t cap, n;
+} keyset;
+
+static size_t key_hash(const char *s)
+{
+    size_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* 1 added, 0 there already, -1 out of memory. */
+static int keyset_add(keyset *k, const char *key)
+{
+    if (2 * (k->n + 1) > k->cap) {
+        size_t cap = k->cap ? 2 * k->cap : 16;
+        const char **ns = calloc(cap, sizeof *ns);
+        if (!ns)
+            return -1;
+        for (size_t i = 0; i < k->cap; i++) {
+            if (!k->slot[i])
+                continue;
+            size_t j = key_hash(k->slot[i]) & (cap - 1);
+            while (ns[j])
+                j = (j + 1) & (cap - 1);
+            ns[j] = k->slot[i];
+        }
+        free(k->slot);
+        k->slot = ns;
+        k->cap = cap;
+    }
+    size_t j = key_hash(key) & (k->cap - 1);
+    for (; k->slot[j]; j = (j + 1) & (k->cap - 1))
+        if (!strcmp(k->slot[j], key))
+            return 0;
+    k->slot[j] = key;
+    k->n++;
+    return 1;
+}
+
 /* Consumes events until the matching end event; ev is the start event. */
 static ynode *load_collection(loader *l, yaml_event_t *start, ytype t)
 {
@@ -292,6 +336,7 @@ static ynode *load_collection(loader *l, yaml_event_t *start, ytype t)
     }
     ynode **tail = &coll->head;
     ynode *merge = NULL; /* the value of its "<<" key */
+    keyset keys = {0};
     yaml_event_type_t end = t == Y_MAP ? YAML_MAPPING_END_EVENT : YAML_SEQUENCE_END_EVENT;
     for (;;) {
         yaml_event_t ev;
@@ -313,8 +358,9 @@ static ynode *load_collection(loader *l, yaml_event_t *start, ytype t)
                 goto fail;
             }
             int is_merge = key->plain && !strcmp(key->str, "<<");
-            if (is_merge ? merge != NULL : ymap_get(coll, key->str) != NULL) {
-                mark_err(l, key, "duplicate key", key->str);
+            int added = is_merge ? merge == NULL : keyset_add(&keys, key->str);
+            if (added <= 0) {
+                mark_err(l, key, added < 0 ? "out of memory" : "duplicate key", added < 0 ? NULL : key->str);
                 node_free(key);
                 goto fail;
             }
@@ -348,11 +394,14 @@ static ynode *load_collection(loader *l, yaml_event_t *start, ytype t)
         tail = &val->next;
         coll->n++;
     }
+    free(keys.slot);
+    keys.slot = NULL;
     if (merge && apply_merge(l, coll, merge) < 0)
         goto fail;
     l->depth--;
     return coll;
 fail:
+    free(keys.slot);
     node_free(coll);
     return NULL;
 }

@@ -1232,6 +1232,18 @@ def reload_builds_only_the_hooks_that_changed():
         check(time.time() < deadline, "the reload did not add a's second hook in 10 s")
         time.sleep(0.1)
     eq([x["result"]["runs"] for x in run("a")], [2, 2], "both hooks of a are new states (this is their 2nd run)")
+    # a script changed in place, to text of the same length, a while after it was read: its file's times tell
+    time.sleep(1.2)
+    before = svc.health()["reloads"]
+    svc.signal(signal.SIGHUP)  # (c.lua is read again, found the same, and its times noted)
+    svc.wait_health(lambda h: h["reloads"] > before, "the reload on SIGHUP", timeout=10)
+    eq(run("c")[0]["result"]["runs"], 2, "c kept its state")
+    time.sleep(1.2)
+    svc.write("c.lua", COUNTER_LUA % "C")
+    deadline = time.time() + 10
+    while run("c")[0]["result"]["tag"] != "C":
+        check(time.time() < deadline, "the reload did not take the new c.lua in 10 s")
+        time.sleep(0.1)
     eq(svc.health()["reload_failures"], 0, "no reload failed")
 
 

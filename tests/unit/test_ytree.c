@@ -40,6 +40,19 @@ static void test_errors(void)
     CHECK(strncmp(err, "t.yaml:", 7) == 0 && strstr(err, ":0:0") == NULL);
     CHECK(load("a: 1\na: 2\n", err, sizeof err) == NULL);
     CHECK_STR(err, "t.yaml:2:1: duplicate key: a");
+    /* a mapping of thousands of keys (hooks of as many events): every key is told apart, the
+     * duplicate found wherever it is */
+    buf_t many;
+    buf_init(&many, 0);
+    for (int i = 0; i < 3000; i++)
+        buf_printf(&many, "e%d: %d\n", i, i);
+    ydoc *md = load(buf_cstr(&many), err, sizeof err);
+    CHECK(md && md->root->n == 3000 && ymap_get(md->root, "e2999"));
+    ytree_free(md);
+    buf_adds(&many, "e1234: again\n");
+    CHECK(load(buf_cstr(&many), err, sizeof err) == NULL);
+    CHECK_STR(err, "t.yaml:3001:1: duplicate key: e1234");
+    buf_free(&many);
 
     ydoc *d = load("limits:\n  memroy: 10\n  count: ten\n", err, sizeof err);
     CHECK(d != NULL);
