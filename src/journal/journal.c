@@ -9,11 +9,15 @@
  * ... COMMIT where two statements must agree (accept). synchronous=FULL
  * makes each commit fsync the WAL before it returns.
  *
- * Indexes: id is UNIQUE; (state, seq) serves list-by-state and counts; a
- * partial index on seq over the unfinished states serves journal_pending
- * in order without a sort; a partial index on updated_ms over the finished
- * states serves purge. Both partial indexes are named with INDEXED BY: the
- * planner, without statistics, would rather sort or scan a state.
+ * Indexes: id is UNIQUE; (state, seq) serves list-by-state; a partial index
+ * on seq over the unfinished states serves journal_pending in order without
+ * a sort; one over the accepted events and one on next_attempt_ms over the
+ * retrying ones serve a dispatch (journal_runnable, journal_waiting_keys) in
+ * the events it may start, however long the backlog; a partial index on
+ * updated_ms over the finished states serves purge. The partial indexes are
+ * named with INDEXED BY: the planner, without statistics, would rather sort
+ * or scan a state. The counts by state are a table kept by triggers
+ * (journal_counts reads five rows, never the events).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "journal.h"
@@ -32,7 +36,7 @@
 
 #include "../json/json.h"
 
-#define JOURNAL_SCHEMA_VERSION 3
+#define JOURNAL_SCHEMA_VERSION 4
 #define PURGE_CHUNK 2000 /* rows deleted per transaction, so a big purge never holds the lock long */
 
 static const char *const state_names[EV__COUNT] = {"accepted", "running", "done", "retrying", "dead"};
@@ -65,6 +69,25 @@ static const char *const state_names[EV__COUNT] = {"accepted", "running", "done"
     "CREATE INDEX IF NOT EXISTS events_finished ON events(updated_ms) WHERE " FINISHED ";"
 
 static const char *const schema = "CREATE TABLE IF NOT EXISTS events" EVENTS_COLUMNS ";" EVENTS_INDEXES;
+
+/* Format 3 had no counts by state (a /healthz snapshot counted every row, four
+ * times a second), and found runnable events and the keys waiting for a retry
+ * through the index of every pending event (a dispatch walked the backlog):
+ * the counts are kept by triggers, exactly, whoever writes (serve, fire, the
+ * CLI); accepted events and retries have indexes of their own. */
+static const char *const migrate_3_to_4 =
+    "CREATE TABLE counts(state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;"
+    "INSERT INTO counts SELECT column1, (SELECT count(*) FROM events WHERE state = column1)"
+    " FROM (VALUES ('accepted'), ('running'), ('done'), ('retrying'), ('dead'));"
+    "CREATE TRIGGER events_count_insert AFTER INSERT ON events BEGIN"
+    " UPDATE counts SET n = n + 1 WHERE state = NEW.state; END;"
+    "CREATE TRIGGER events_count_delete AFTER DELETE ON events BEGIN"
+    " UPDATE counts SET n = n - 1 WHERE state = OLD.state; END;"
+    "CREATE TRIGGER events_count_update AFTER UPDATE OF state ON events WHEN OLD.state <> NEW.state BEGIN"
+    " UPDATE counts SET n = n - 1 WHERE state = OLD.state;"
+    " UPDATE counts SET n = n + 1 WHERE state = NEW.state; END;"
+    "CREATE INDEX events_accepted ON events(seq) WHERE state = 'accepted';"
+    "CREATE INDEX events_retrying ON events(next_attempt_ms) WHERE state = 'retrying';";
 
 /* Format 2 had no worker_deaths (deaths of worker processes charged to the
  * event, for the poison quarantine) nor solo (the event's next run is alone
@@ -109,6 +132,8 @@ enum {
     ST_LIST_ANY,
     ST_LIST_STATE,
     ST_RUNNABLE,
+    ST_RUNNING_ROWS,
+    ST_DUE,
     ST_WAITING_KEYS,
     ST_LOST_CHARGED,
     ST_LOST_BYSTANDER,
@@ -143,14 +168,20 @@ static const char *const sql[ST__COUNT] = {
                       " WHERE state = 'dead'",
     [ST_PURGE] = "DELETE FROM events WHERE seq IN (SELECT seq FROM events INDEXED BY events_finished"
                  " WHERE " FINISHED " AND updated_ms < ?1 LIMIT ?2)",
-    [ST_COUNTS] = "SELECT state, count(*) FROM events GROUP BY state",
+    [ST_COUNTS] = "SELECT state, n FROM counts",
     [ST_LIST_ANY] = "SELECT " EV_COLS " FROM events ORDER BY seq DESC LIMIT ?1",
     [ST_LIST_STATE] = "SELECT " EV_COLS " FROM events WHERE state = ?1 ORDER BY seq DESC LIMIT ?2",
-    [ST_RUNNABLE] = "SELECT " EV_COLS " FROM events INDEXED BY events_pending WHERE " PENDING
-                    " AND (state <> 'retrying' OR next_attempt_ms <= ?2) ORDER BY seq LIMIT ?1",
+    /* runnable: the accepted ones, the retries that are due and the running ones (merged by seq in
+     * journal_runnable; a running one the caller does not hold lost its outcome: it runs again) */
+    [ST_RUNNABLE] = "SELECT " EV_COLS " FROM events INDEXED BY events_accepted WHERE state = 'accepted'"
+                    " ORDER BY seq LIMIT ?1",
+    [ST_RUNNING_ROWS] = "SELECT " EV_COLS " FROM events INDEXED BY events_state_seq WHERE state = 'running'"
+                        " ORDER BY seq LIMIT ?1",
+    [ST_DUE] = "SELECT " EV_COLS " FROM events INDEXED BY events_retrying WHERE state = 'retrying'"
+               " AND next_attempt_ms <= ?2 ORDER BY seq LIMIT ?1",
     /* (no DISTINCT: it would build a temporary b-tree each time; the caller skips repeats) */
-    [ST_WAITING_KEYS] = "SELECT order_key FROM events INDEXED BY events_pending WHERE " PENDING
-                        " AND state = 'retrying' AND next_attempt_ms > ?1 AND order_key IS NOT NULL",
+    [ST_WAITING_KEYS] = "SELECT order_key FROM events INDEXED BY events_retrying WHERE state = 'retrying'"
+                        " AND next_attempt_ms > ?1 AND order_key IS NOT NULL",
 };
 
 struct journal {
@@ -329,62 +360,27 @@ static int setup_schema(sqlite3 *db, const char *path, char *err, size_t errlen)
     long long version = 0;
     if (pragma_int(db, "PRAGMA user_version", &version) < 0)
         goto sqlerr;
-    if (version == 0) {
+    if (version < JOURNAL_SCHEMA_VERSION) {
+        /* Made or upgraded in one transaction. Two processes may do it at once: the
+         * write lock decides, the other finds the new format and changes nothing. */
         char *msg = NULL;
-        /* Two processes may create the file at once: the write lock decides,
-         * the loser finds the schema there and changes nothing. */
-        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
-            sqlite3_exec(db, schema, NULL, NULL, &msg) != SQLITE_OK ||
-            sqlite3_exec(db, "PRAGMA user_version = 3", NULL, NULL, &msg) != SQLITE_OK ||
-            sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
-            snprintf(err, errlen, "%s: creating the journal: %s", path, msg ? msg : sqlite3_errmsg(db));
+        int ok = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) == SQLITE_OK &&
+                 pragma_int(db, "PRAGMA user_version", &version) == 0;
+        const char *const steps[] = {[0] = schema, [1] = migrate_1_to_2, [2] = migrate_2_to_3}; /* (each -> 3) */
+        if (ok && version < 3)
+            ok = sqlite3_exec(db, steps[version], NULL, NULL, &msg) == SQLITE_OK;
+        if (ok && version < 4)
+            ok = sqlite3_exec(db, migrate_3_to_4, NULL, NULL, &msg) == SQLITE_OK &&
+                 sqlite3_exec(db, "PRAGMA user_version = 4", NULL, NULL, &msg) == SQLITE_OK;
+        if (!ok || sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
+            snprintf(err, errlen, "%s: %s the journal: %s", path, version ? "upgrading" : "creating",
+                     msg ? msg : sqlite3_errmsg(db));
             sqlite3_free(msg);
             if (!sqlite3_get_autocommit(db))
                 sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
             return -1;
         }
-        version = JOURNAL_SCHEMA_VERSION;
-    }
-    if (version == 1) {
-        char *msg = NULL;
-        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
-            pragma_int(db, "PRAGMA user_version", &version) < 0) {
-            snprintf(err, errlen, "%s: upgrading the journal: %s", path, msg ? msg : sqlite3_errmsg(db));
-            sqlite3_free(msg);
-            if (!sqlite3_get_autocommit(db))
-                sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-            return -1;
-        }
-        /* (another process may have upgraded it while this one waited for the lock) */
-        if (version == 1 && (sqlite3_exec(db, migrate_1_to_2, NULL, NULL, &msg) != SQLITE_OK ||
-                             sqlite3_exec(db, "PRAGMA user_version = 3", NULL, NULL, &msg) != SQLITE_OK)) {
-            snprintf(err, errlen, "%s: upgrading the journal: %s", path, msg ? msg : sqlite3_errmsg(db));
-            sqlite3_free(msg);
-            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-            return -1;
-        }
-        if (sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
-            snprintf(err, errlen, "%s: upgrading the journal: %s", path, msg ? msg : sqlite3_errmsg(db));
-            sqlite3_free(msg);
-            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-            return -1;
-        }
-        version = JOURNAL_SCHEMA_VERSION;
-    }
-    if (version == 2) {
-        char *msg = NULL;
-        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
-            pragma_int(db, "PRAGMA user_version", &version) < 0 ||
-            (version == 2 && (sqlite3_exec(db, migrate_2_to_3, NULL, NULL, &msg) != SQLITE_OK ||
-                              sqlite3_exec(db, "PRAGMA user_version = 3", NULL, NULL, &msg) != SQLITE_OK)) ||
-            sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
-            snprintf(err, errlen, "%s: upgrading the journal: %s", path, msg ? msg : sqlite3_errmsg(db));
-            sqlite3_free(msg);
-            if (!sqlite3_get_autocommit(db))
-                sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-            return -1;
-        }
-        version = JOURNAL_SCHEMA_VERSION;
+        version = version < JOURNAL_SCHEMA_VERSION ? JOURNAL_SCHEMA_VERSION : version;
     }
     if (version != JOURNAL_SCHEMA_VERSION) {
         snprintf(err, errlen, "%s: journal format %lld is not the one this wixr knows (%d)%s", path, version,
@@ -515,17 +511,51 @@ int journal_checkpoint(journal *j)
     return sqlite3_wal_checkpoint_v2(j->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL) == SQLITE_OK ? 0 : -1;
 }
 
+/* Each list is in seq order, and the first limit of their merge are what a
+ * dispatch may start: three index walks of at most limit rows each, however
+ * long the backlog or the queue of retries. */
 int journal_runnable(journal *j, long long now_ms, int limit, journal_event **out, int *n)
 {
     *out = NULL;
     *n = 0;
+    static const int which[3] = {ST_RUNNABLE, ST_DUE, ST_RUNNING_ROWS};
+    journal_event *part[3] = {NULL, NULL, NULL};
+    int np[3] = {0, 0, 0}, rc = 0, total = 0;
     lock(j);
-    sqlite3_stmt *st = stmt(j, ST_RUNNABLE);
-    sqlite3_bind_int(st, 1, limit > 0 ? limit : -1);
-    sqlite3_bind_int64(st, 2, now_ms);
-    int rc = collect(j, st, out, n);
+    for (int i = 0; i < 3 && rc == 0; i++) {
+        sqlite3_stmt *st = stmt(j, which[i]);
+        sqlite3_bind_int(st, 1, limit > 0 ? limit : -1);
+        if (which[i] == ST_DUE)
+            sqlite3_bind_int64(st, 2, now_ms);
+        rc = collect(j, st, &part[i], &np[i]);
+        total += np[i];
+    }
     unlock(j);
-    return rc;
+    journal_event *all = rc == 0 && total ? malloc((size_t)total * sizeof *all) : NULL;
+    if (rc == 0 && total && !all) {
+        snprintf(j->err, sizeof j->err, "journal: out of memory");
+        rc = -1;
+    }
+    if (rc < 0) {
+        for (int i = 0; i < 3; i++)
+            journal_events_free(part[i], np[i]);
+        return -1;
+    }
+    int at[3] = {0, 0, 0}, keep = limit > 0 && limit < total ? limit : total;
+    for (int k = 0; k < total; k++) {
+        int best = -1;
+        for (int i = 0; i < 3; i++)
+            if (at[i] < np[i] && (best < 0 || part[i][at[i]].seq < part[best][at[best]].seq))
+                best = i;
+        all[k] = part[best][at[best]++];
+    }
+    for (int k = keep; k < total; k++)
+        journal_event_free(&all[k]);
+    for (int i = 0; i < 3; i++)
+        free(part[i]);
+    *out = all;
+    *n = keep;
+    return 0;
 }
 
 int journal_waiting_keys(journal *j, long long now_ms, char ***keys, int *n)

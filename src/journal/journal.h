@@ -81,8 +81,10 @@ int journal_begin(journal *j);
 int journal_commit(journal *j);
 
 /* Events that may run now (accepted, running, or retrying and due), in seq
- * order, at most limit; and the order keys held by retrying events that are
- * not due yet (their later events must wait). */
+ * order, at most limit (the cost is in limit, not in the backlog; a running
+ * one the caller does not hold lost its outcome and runs again); and the
+ * order keys held by retrying events that are not due yet (their later
+ * events must wait). */
 int journal_runnable(journal *j, long long now_ms, int limit, journal_event **out, int *n);
 int journal_waiting_keys(journal *j, long long now_ms, char ***keys, int *n);
 

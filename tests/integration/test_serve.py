@@ -2120,7 +2120,7 @@ def journal_disk_full_answers_503_and_resumes_when_there_is_room():
         # a run in flight when the disk fills: its outcome cannot be written
         svc.accept("slow", {"ms": 1500}, "slow-1")
         svc.wait_event("slow-1", ("running",))
-        with open(os.path.join(jfs, "filler"), "wb") as f:
+        with open(os.path.join(jfs, "filler"), "wb", buffering=0) as f:  # (unbuffered: nothing left to write at close)
             try:
                 while True:
                     f.write(b"\0" * 65536)

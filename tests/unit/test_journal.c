@@ -530,13 +530,17 @@ static void test_upgrade_from_format_1(void)
         CHECK_STR(list[1].id, "u4");
     }
     journal_events_free(list, n);
+    /* the counts by state were taken at the upgrade, and kept since */
+    long long c[5];
+    CHECK_INT(journal_counts(j, c), 0);
+    CHECK(c[EV_RETRYING] == 1 && c[EV_DONE] == 1 && c[EV_ACCEPTED] == 1 && c[EV_RUNNING] == 0 && c[EV_DEAD] == 0);
     journal_close(j);
 
     CHECK_INT(sqlite3_open(path, &db), SQLITE_OK);
     sqlite3_stmt *st;
     CHECK_INT(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
     CHECK_INT(sqlite3_step(st), SQLITE_ROW);
-    CHECK_INT(sqlite3_column_int(st, 0), 3);
+    CHECK_INT(sqlite3_column_int(st, 0), 4);
     sqlite3_finalize(st);
     CHECK_INT(sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master WHERE sql LIKE '% IN (%'", -1, &st, NULL),
               SQLITE_OK);
@@ -934,6 +938,54 @@ static void test_check_file(void)
     journal_close(j);
 }
 
+/* What a dispatch may start: accepted, running (the caller skips those it holds) and due
+ * events, in seq order, not retries still waiting (their keys are waiting keys); the counts
+ * follow every change. */
+static void test_runnable_and_counts(void)
+{
+    char path[300], err[256];
+    snprintf(path, sizeof path, "%s/runnable.db", dir);
+    journal *j = open_j(path);
+    CHECK(j != NULL);
+    if (!j)
+        return;
+    const char *ids[] = {"r1", "r2", "r3", "r4", "r5"};
+    for (int i = 0; i < 5; i++)
+        CHECK_INT(journal_accept(j, ids[i], "ev", "{}", i >= 3 ? "K" : NULL, NULL, err, sizeof err), 0);
+    long long now = journal_now_ms();
+    CHECK_INT(journal_mark_running(j, "r2"), 0);
+    CHECK_INT(journal_mark_running(j, "r3"), 0);
+    CHECK_INT(journal_mark_retry(j, "r3", now - 1000, "boom", NULL), 0); /* due */
+    CHECK_INT(journal_mark_running(j, "r4"), 0);
+    CHECK_INT(journal_mark_retry(j, "r4", now + 60000, "boom", NULL), 0); /* waiting, holds K */
+    journal_event *list;
+    int n;
+    CHECK_INT(journal_runnable(j, now, 10, &list, &n), 0);
+    CHECK_INT(n, 4);
+    if (n == 4)
+        CHECK(!strcmp(list[0].id, "r1") && !strcmp(list[1].id, "r2") && !strcmp(list[2].id, "r3") &&
+              !strcmp(list[3].id, "r5"));
+    journal_events_free(list, n);
+    CHECK_INT(journal_runnable(j, now, 2, &list, &n), 0);
+    CHECK(n == 2 && !strcmp(list[0].id, "r1") && !strcmp(list[1].id, "r2"));
+    journal_events_free(list, n);
+    char **keys;
+    CHECK_INT(journal_waiting_keys(j, now, &keys, &n), 0);
+    CHECK(n == 1 && !strcmp(keys[0], "K"));
+    for (int i = 0; i < n; i++)
+        free(keys[i]);
+    free(keys);
+    long long c[5];
+    CHECK_INT(journal_counts(j, c), 0);
+    CHECK(c[EV_ACCEPTED] == 2 && c[EV_RUNNING] == 1 && c[EV_RETRYING] == 2 && c[EV_DONE] == 0 && c[EV_DEAD] == 0);
+    CHECK_INT(journal_mark_done(j, "r2", "[]"), 0);
+    CHECK_INT(journal_mark_dead(j, "r3", "no", NULL), 0);
+    CHECK_INT(journal_purge(j, journal_now_ms() + 1000), 2);
+    CHECK_INT(journal_counts(j, c), 0);
+    CHECK(c[EV_ACCEPTED] == 2 && c[EV_RUNNING] == 0 && c[EV_RETRYING] == 1 && c[EV_DONE] == 0 && c[EV_DEAD] == 0);
+    journal_close(j);
+}
+
 int main(void)
 {
     if (!mkdtemp(dir)) {
@@ -954,6 +1006,7 @@ int main(void)
     test_valid_id();
     test_file_modes();
     test_check_file();
+    test_runnable_and_counts();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0)
