@@ -986,7 +986,7 @@ static const char *const serve_keys[] = {"listen", "journal", "concurrency", "or
                                          "accept_unknown_events", "max_body_kb", "request_timeout_ms",
                                          "idle_timeout_ms", "max_connections", "max_connections_per_ip",
                                          "drain_ms", "workers", "worker_memory_mb", "hard_deadline_ms",
-                                         "poison_after", NULL};
+                                         "poison_after", "journal_wal_mb", NULL};
 static const char *const serve_retry_keys[] = {"attempts", "base_ms", "max_ms", NULL};
 static const char *const poller_keys[] = {"enabled", "interval_ms", "account_id", NULL};
 
@@ -1105,6 +1105,9 @@ static void load_serve(const ydoc *d, const ynode *n, wixr_config *c, buf_t *err
     }
     if ((m = ymap_get(n, "worker_memory_mb")) &&
         get_long(d, m, "serve.worker_memory_mb", 64, 1048576, &s->worker_memory_mb, err, errlen) < 0)
+        NOTE_ERR();
+    if ((m = ymap_get(n, "journal_wal_mb")) &&
+        get_long(d, m, "serve.journal_wal_mb", 1, 65536, &s->journal_wal_mb, err, errlen) < 0)
         NOTE_ERR();
     if ((m = ymap_get(n, "hard_deadline_ms")) &&
         get_long(d, m, "serve.hard_deadline_ms", 100, 3600000, &s->hard_deadline_ms, err, errlen) < 0)
@@ -1306,6 +1309,7 @@ static int load(wixr_config *c, const char *path, const char *text, size_t len, 
         c->serve.workers = cores < 1 ? 1 : cores > 64 ? 64 : (int)cores;
     }
     c->serve.poison_after = 2;
+    c->serve.journal_wal_mb = 64;
     c->serve.request_timeout_ms = 30000;
     c->serve.idle_timeout_ms = 15000;
     c->serve.max_connections = 1024;

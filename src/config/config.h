@@ -103,6 +103,7 @@ typedef struct serve_settings {
     long worker_memory_mb;        /* a worker's memory ceiling (0: 256 + the hooks' memory_mb) */
     long hard_deadline_ms;        /* a worker making no progress this long is killed (0: 2 x the largest wall_ms) */
     int poison_after;             /* worker deaths charged to an event before it is dead (poison) */
+    long journal_wal_mb;          /* past this, the writer checkpoints the journal's WAL and truncates it */
     int poller_enabled;
     long poller_interval_ms;
     char *poller_account_id;      /* default wix.account_id */

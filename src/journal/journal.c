@@ -185,6 +185,7 @@ static const char *const sql[ST__COUNT] = {
 };
 
 struct journal {
+    char wal_path[PATH_MAX];
     sqlite3 *db;
     sqlite3_stmt *st[ST__COUNT];
     pthread_mutex_t mu;
@@ -404,6 +405,7 @@ journal *journal_open(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "%s: out of memory", path);
         return NULL;
     }
+    snprintf(j->wal_path, sizeof j->wal_path, "%s-wal", path);
     if (pthread_mutex_init(&j->mu, NULL) != 0) {
         snprintf(err, errlen, "%s: cannot create a mutex", path);
         free(j);
@@ -509,6 +511,24 @@ int journal_commit(journal *j)
 int journal_checkpoint(journal *j)
 {
     return sqlite3_wal_checkpoint_v2(j->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL) == SQLITE_OK ? 0 : -1;
+}
+
+long long journal_wal_size(journal *j)
+{
+    struct stat st;
+    return stat(j->wal_path, &st) == 0 ? (long long)st.st_size : 0;
+}
+
+int journal_checkpoint_truncate(journal *j)
+{
+    lock(j);
+    sqlite3_busy_timeout(j->db, 250); /* (a reader in the way: next time; the caller's writes wait meanwhile) */
+    int rc = sqlite3_wal_checkpoint_v2(j->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL) == SQLITE_OK ? 0 : -1;
+    if (rc < 0)
+        set_err(j, "checkpointing the WAL");
+    sqlite3_busy_timeout(j->db, 5000);
+    unlock(j);
+    return rc;
 }
 
 /* Each list is in seq order, and the first limit of their merge are what a

@@ -75,6 +75,11 @@ int journal_set_durable(journal *j, int full);
  * one); the owner then calls journal_checkpoint from time to time. */
 int journal_set_manual_checkpoints(journal *j);
 int journal_checkpoint(journal *j);
+/* The size of the journal's WAL file in bytes (0 when there is none). */
+long long journal_wal_size(journal *j);
+/* Copies the whole WAL into the database and truncates it to nothing, waiting
+ * (the busy timeout) for readers to leave it; 0, or -1 (they did not). */
+int journal_checkpoint_truncate(journal *j);
 /* Groups the next writes of this handle in one transaction (mark_* calls;
  * not accept, which opens its own). */
 int journal_begin(journal *j);

@@ -328,8 +328,13 @@ void snapshot(serve *s)
     for (int i = 0; i < 5; i++)
         buf_printf(&m, "wixr_events{state=\"%s\"} %lld\n", journal_state_name((ev_state)i), counts[i]);
     pthread_mutex_lock(&s->lock);
-    long long acc = s->accepted_total, dup = s->duplicates_total;
+    long long acc = s->accepted_total, dup = s->duplicates_total, truncations = s->wal_truncations;
     pthread_mutex_unlock(&s->lock);
+    buf_printf(&m, "# HELP wixr_journal_wal_bytes The journal's write-ahead log (bounded by serve.journal_wal_mb).\n"
+                   "# TYPE wixr_journal_wal_bytes gauge\nwixr_journal_wal_bytes %lld\n"
+                   "# HELP wixr_journal_wal_truncations_total Times the writer truncated the WAL past its bound.\n"
+                   "# TYPE wixr_journal_wal_truncations_total counter\nwixr_journal_wal_truncations_total %lld\n",
+               journal_wal_size(s->jmain), truncations);
     buf_printf(&m, "# HELP wixr_events_accepted_total Events accepted over HTTP.\n# TYPE wixr_events_accepted_total counter\n"
                    "wixr_events_accepted_total %lld\n"
                    "# HELP wixr_events_duplicate_total Events sent again with a known id.\n# TYPE wixr_events_duplicate_total counter\n"

@@ -45,9 +45,29 @@ static int apply_ops(serve *s, run_change *ops)
     return rc;
 }
 
+/* The WAL grows while readers keep the passive checkpoints of the main loop
+ * from starting it over: past serve.journal_wal_mb the writer, between two
+ * group commits (no write of its own in flight), copies it into the database
+ * and truncates it. Looked at every 50 ms at most. */
+static void bound_wal(serve *s, long long *next_look)
+{
+    long long now = sched_now_ms();
+    if (now < *next_look)
+        return;
+    *next_look = now + 50;
+    if (journal_wal_size(s->jwrite) <= s->boot_cfg->serve.journal_wal_mb * 1024 * 1024)
+        return;
+    if (journal_checkpoint_truncate(s->jwrite) == 0) {
+        pthread_mutex_lock(&s->lock);
+        s->wal_truncations++;
+        pthread_mutex_unlock(&s->lock);
+    }
+}
+
 void *writer_main(void *arg)
 {
     serve *s = arg;
+    long long next_look = 0;
     pthread_mutex_lock(&s->lock);
     for (;;) {
         while (!s->qhead && !s->wops_head && !s->writer_stop)
@@ -88,6 +108,7 @@ void *writer_main(void *arg)
             }
         }
         if (!batch) {
+            bound_wal(s, &next_look);
             pthread_mutex_lock(&s->lock);
             continue;
         }
@@ -133,6 +154,9 @@ void *writer_main(void *arg)
         if (write(s->evfd, &one, sizeof one) < 0) {
             /* the main loop polls anyway */
         }
+        pthread_mutex_unlock(&s->lock);
+        bound_wal(s, &next_look);
+        pthread_mutex_lock(&s->lock);
     }
     pthread_mutex_unlock(&s->lock);
     return NULL;

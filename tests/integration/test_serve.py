@@ -2214,6 +2214,50 @@ def journal_corrupted_under_the_service_answers_503():
 
 
 @test
+def journal_wal_stays_under_its_bound_under_sustained_intake():
+    """Readers under load keep the passive checkpoints from starting the WAL over: past
+    serve.journal_wal_mb the writer truncates it between group commits, so intake as fast as
+    it goes cannot grow it without end (it grew by 12-53 KB an event, for ever)."""
+    svc = intake_service("  accept_unknown_events: true\n  journal_wal_mb: 2\n").start()
+    wal = os.path.join(svc.dir, ".wixr", "journal.db-wal")
+    stop = time.time() + 8
+    errors = []
+
+    def poster(t):
+        ka = KeepAlive(svc)
+        i = 0
+        try:
+            while time.time() < stop:
+                st, body = ka.post("bulk", {"n": i, "pad": "x" * 4000}, "w%d-%d" % (t, i))
+                if st != 202:
+                    errors.append((st, body[:200]))
+                    return
+                i += 1
+        finally:
+            ka.close()
+
+    threads = [threading.Thread(target=poster, args=(t,), daemon=True) for t in range(4)]
+    for th in threads:
+        th.start()
+    biggest = 0
+    while any(th.is_alive() for th in threads):
+        try:
+            biggest = max(biggest, os.stat(wal).st_size)
+        except OSError:
+            pass
+        time.sleep(0.02)
+    check(not errors, "intake failed: %r" % errors[:3])
+    m = parse_metrics(svc.metrics())
+    accepted = m.get("wixr_events_accepted_total", 0)
+    check(accepted > 2000, "only %d events accepted in 8 s" % accepted)
+    check(m.get("wixr_journal_wal_truncations_total", 0) >= 1, "the WAL was never truncated: %r"
+          % {k: v for k, v in m.items() if "wal" in k})
+    # the bound, plus what the group commits of one look (50 ms) can add
+    check(biggest < 6 * 1024 * 1024, "the WAL reached %.1f MB (bound 2 MB) after %d events"
+          % (biggest / 1048576, accepted))
+
+
+@test
 def journal_and_state_files_are_private():
     old = os.umask(0o022)
     try:
