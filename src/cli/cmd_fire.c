@@ -105,6 +105,7 @@ typedef struct store {
     char **set;                   /* ids claimed by this run (open addressing), copied into ... */
     size_t setcap, setn;
     struct id_block *ids;         /* ... these blocks: a batch's memory grows by its ids' bytes, no more */
+    long keep_days, keep_events;  /* the journal's retention (serve.journal_keep_*), applied at close */
     pending_run *pend;
     int npend;
     double last_flush;
@@ -206,6 +207,8 @@ static int store_open(store *s, const wixr_config *cfg, int dry, int dedupe, cha
     journal_set_durable(s->j, 0);
     if (!dry)
         import_events_db(s, cfg->state_dir);
+    s->keep_days = cfg->serve.journal_keep_days;
+    s->keep_events = cfg->serve.journal_keep_events;
     return 0;
 }
 
@@ -373,6 +376,12 @@ static void store_close(store *s)
 {
     if (s->j)
         store_flush(s);
+    /* the retention wixr serve keeps in the background, for a journal only fire writes (a bounded
+     * amount a run: what is left goes next time) */
+    long long cut = s->keep_days ? journal_now_ms() - s->keep_days * 86400000LL : 0;
+    for (int i = 0; s->j && s->record && (cut || s->keep_events) && i < 20; i++)
+        if (journal_retain(s->j, cut, s->keep_events, 500) < 500)
+            break;
     free(s->pend);
     free(s->set);
     while (s->ids) {

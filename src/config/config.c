@@ -986,7 +986,8 @@ static const char *const serve_keys[] = {"listen", "journal", "concurrency", "or
                                          "accept_unknown_events", "max_body_kb", "request_timeout_ms",
                                          "idle_timeout_ms", "max_connections", "max_connections_per_ip",
                                          "drain_ms", "workers", "worker_memory_mb", "hard_deadline_ms",
-                                         "poison_after", "journal_wal_mb", NULL};
+                                         "poison_after", "journal_wal_mb", "journal_keep_days",
+                                         "journal_keep_events", NULL};
 static const char *const serve_retry_keys[] = {"attempts", "base_ms", "max_ms", NULL};
 static const char *const poller_keys[] = {"enabled", "interval_ms", "account_id", NULL};
 
@@ -1105,6 +1106,12 @@ static void load_serve(const ydoc *d, const ynode *n, wixr_config *c, buf_t *err
     }
     if ((m = ymap_get(n, "worker_memory_mb")) &&
         get_long(d, m, "serve.worker_memory_mb", 64, 1048576, &s->worker_memory_mb, err, errlen) < 0)
+        NOTE_ERR();
+    if ((m = ymap_get(n, "journal_keep_days")) &&
+        get_long(d, m, "serve.journal_keep_days", 0, 36500, &s->journal_keep_days, err, errlen) < 0)
+        NOTE_ERR();
+    if ((m = ymap_get(n, "journal_keep_events")) &&
+        get_long(d, m, "serve.journal_keep_events", 0, 1000000000, &s->journal_keep_events, err, errlen) < 0)
         NOTE_ERR();
     if ((m = ymap_get(n, "journal_wal_mb")) &&
         get_long(d, m, "serve.journal_wal_mb", 1, 65536, &s->journal_wal_mb, err, errlen) < 0)
@@ -1310,6 +1317,7 @@ static int load(wixr_config *c, const char *path, const char *text, size_t len, 
     }
     c->serve.poison_after = 2;
     c->serve.journal_wal_mb = 64;
+    c->serve.journal_keep_days = 7;
     c->serve.request_timeout_ms = 30000;
     c->serve.idle_timeout_ms = 15000;
     c->serve.max_connections = 1024;

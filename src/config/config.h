@@ -104,6 +104,8 @@ typedef struct serve_settings {
     long hard_deadline_ms;        /* a worker making no progress this long is killed (0: 2 x the largest wall_ms) */
     int poison_after;             /* worker deaths charged to an event before it is dead (poison) */
     long journal_wal_mb;          /* past this, the writer checkpoints the journal's WAL and truncates it */
+    long journal_keep_days;       /* finished events older than this are purged in the background (0: kept) */
+    long journal_keep_events;     /* and the oldest beyond this many finished ones (0: no cap) */
     int poller_enabled;
     long poller_interval_ms;
     char *poller_account_id;      /* default wix.account_id */

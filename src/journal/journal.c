@@ -128,6 +128,7 @@ enum {
     ST_RETRY,
     ST_RETRY_DEAD,
     ST_PURGE,
+    ST_TRIM,
     ST_COUNTS,
     ST_LIST_ANY,
     ST_LIST_STATE,
@@ -168,6 +169,9 @@ static const char *const sql[ST__COUNT] = {
                       " WHERE state = 'dead'",
     [ST_PURGE] = "DELETE FROM events WHERE seq IN (SELECT seq FROM events INDEXED BY events_finished"
                  " WHERE " FINISHED " AND updated_ms < ?1 LIMIT ?2)",
+    [ST_TRIM] = "DELETE FROM events WHERE seq IN (SELECT seq FROM events INDEXED BY events_finished"
+                " WHERE " FINISHED " ORDER BY updated_ms LIMIT max(0, min(?2, (SELECT coalesce(sum(n), 0)"
+                " FROM counts WHERE state = 'done' OR state = 'dead') - ?1)))",
     [ST_COUNTS] = "SELECT state, n FROM counts",
     [ST_LIST_ANY] = "SELECT " EV_COLS " FROM events ORDER BY seq DESC LIMIT ?1",
     [ST_LIST_STATE] = "SELECT " EV_COLS " FROM events WHERE state = ?1 ORDER BY seq DESC LIMIT ?2",
@@ -1086,6 +1090,27 @@ int journal_purge(journal *j, long long older_than_ms)
         total += n;
         if (n < PURGE_CHUNK)
             break;
+    }
+    unlock(j);
+    return total;
+}
+
+int journal_retain(journal *j, long long older_than_ms, long long keep, int chunk)
+{
+    int total = 0;
+    lock(j);
+    if (older_than_ms > 0) {
+        sqlite3_stmt *s = stmt(j, ST_PURGE);
+        sqlite3_bind_int64(s, 1, older_than_ms);
+        sqlite3_bind_int(s, 2, chunk);
+        total = run_write(j, s, "purging old events");
+    }
+    if (total >= 0 && total < chunk && keep > 0) {
+        sqlite3_stmt *s = stmt(j, ST_TRIM);
+        sqlite3_bind_int64(s, 1, keep);
+        sqlite3_bind_int(s, 2, chunk - total);
+        int n = run_write(j, s, "purging events beyond the count kept");
+        total = n < 0 ? -1 : total + n;
     }
     unlock(j);
     return total;

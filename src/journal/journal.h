@@ -170,6 +170,11 @@ int journal_retry_dead(journal *j);
 /* Deletes done and dead events last updated before older_than_ms (wall
  * clock); returns how many, -1 error. */
 int journal_purge(journal *j, long long older_than_ms);
+/* Retention, a chunk at a time (one short transaction): deletes at most chunk
+ * finished events, those last updated before older_than_ms (0: none by age)
+ * first, then the oldest beyond keep of them (0: no cap). Returns how many,
+ * -1 error. */
+int journal_retain(journal *j, long long older_than_ms, long long keep, int chunk);
 /* counts[state] for every ev_state; 0 or -1. */
 int journal_counts(journal *j, long long counts[5]);
 /* Newest first (by seq), state -1 = any, at most limit (<= 0: all). 0 or -1. */

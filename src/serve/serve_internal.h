@@ -117,6 +117,7 @@ typedef struct serve {
     http_watch *watch;            /* the open connections, for the request deadline */
     long long slow_cut_total;     /* connections cut off at the request deadline (main thread) */
     long long wal_truncations;    /* the writer truncated the WAL past serve.journal_wal_mb (under lock) */
+    long long purged_total;       /* finished events the writer's retention deleted (under lock) */
 
     struct MHD_Daemon *mhd;
     int evfd;

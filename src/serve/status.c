@@ -329,7 +329,10 @@ void snapshot(serve *s)
         buf_printf(&m, "wixr_events{state=\"%s\"} %lld\n", journal_state_name((ev_state)i), counts[i]);
     pthread_mutex_lock(&s->lock);
     long long acc = s->accepted_total, dup = s->duplicates_total, truncations = s->wal_truncations;
+    long long purged = s->purged_total;
     pthread_mutex_unlock(&s->lock);
+    buf_printf(&m, "# HELP wixr_events_purged_total Finished events deleted by the journal's retention.\n"
+                   "# TYPE wixr_events_purged_total counter\nwixr_events_purged_total %lld\n", purged);
     buf_printf(&m, "# HELP wixr_journal_wal_bytes The journal's write-ahead log (bounded by serve.journal_wal_mb).\n"
                    "# TYPE wixr_journal_wal_bytes gauge\nwixr_journal_wal_bytes %lld\n"
                    "# HELP wixr_journal_wal_truncations_total Times the writer truncated the WAL past its bound.\n"

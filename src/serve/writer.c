@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <stdint.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -64,14 +65,44 @@ static void bound_wal(serve *s, long long *next_look)
     }
 }
 
+/* Retention: finished events past serve.journal_keep_days, or beyond
+ * serve.journal_keep_events, are deleted a chunk at a time between group
+ * commits: once a second, or at once again while there is more. */
+#define RETAIN_CHUNK 500
+static void retain(serve *s, long long *next_retain)
+{
+    const serve_settings *ss = &s->boot_cfg->serve;
+    long long now = sched_now_ms();
+    if (now < *next_retain || (!ss->journal_keep_days && !ss->journal_keep_events))
+        return;
+    long long cut = ss->journal_keep_days ? journal_now_ms() - ss->journal_keep_days * 86400000LL : 0;
+    int n = journal_retain(s->jwrite, cut, ss->journal_keep_events, RETAIN_CHUNK);
+    *next_retain = now + (n == RETAIN_CHUNK ? 20 : 1000);
+    if (n > 0) {
+        pthread_mutex_lock(&s->lock);
+        s->purged_total += n;
+        pthread_mutex_unlock(&s->lock);
+    }
+}
+
 void *writer_main(void *arg)
 {
     serve *s = arg;
-    long long next_look = 0;
+    long long next_look = 0, next_retain = 0;
     pthread_mutex_lock(&s->lock);
     for (;;) {
-        while (!s->qhead && !s->wops_head && !s->writer_stop)
-            pthread_cond_wait(&s->queued, &s->lock);
+        while (!s->qhead && !s->wops_head && !s->writer_stop) {
+            /* idle: the retention's next chunk is due within a second */
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 1;
+            if (pthread_cond_timedwait(&s->queued, &s->lock, &until) != 0 && !s->qhead && !s->wops_head &&
+                !s->writer_stop) {
+                pthread_mutex_unlock(&s->lock);
+                retain(s, &next_retain);
+                pthread_mutex_lock(&s->lock);
+            }
+        }
         if (!s->qhead && !s->wops_head && s->writer_stop)
             break;
         intake *batch = s->qhead;
@@ -109,6 +140,7 @@ void *writer_main(void *arg)
         }
         if (!batch) {
             bound_wal(s, &next_look);
+            retain(s, &next_retain);
             pthread_mutex_lock(&s->lock);
             continue;
         }
@@ -156,6 +188,7 @@ void *writer_main(void *arg)
         }
         pthread_mutex_unlock(&s->lock);
         bound_wal(s, &next_look);
+        retain(s, &next_retain);
         pthread_mutex_lock(&s->lock);
     }
     pthread_mutex_unlock(&s->lock);

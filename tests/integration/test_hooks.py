@@ -974,6 +974,20 @@ def dry_run_uses_up_no_event_id():
 
 
 @test
+def fire_applies_the_journal_retention():
+    """A journal only wixr fire writes is kept as wixr serve keeps it: after a batch, finished
+    events beyond serve.journal_keep_events (oldest first) are deleted."""
+    w = Work("serve: {journal_keep_events: 3}\n" + ORDER_CFG, {"ev.lua": EV, "second.lua": SECOND})
+    r = w.batch([{"event": "order", "id": "keep-%d" % i, "data": {"n": i}} for i in range(8)], "--quiet",
+                "--concurrency", "1")
+    eq(r.rc, 0, "the batch (%s)" % r)
+    r = w.run("events", "list", "--json")
+    ids = sorted(json.loads(line)["id"] for line in r.out.splitlines())
+    eq(len(ids), 3, "three events kept: %r" % ids)
+    check("keep-7" in ids, "the last one is kept: %r" % ids)
+
+
+@test
 def events_list_and_show_see_fire_events():
     w = Work(ORDER_CFG, {"ev.lua": EV, "second.lua": SECOND})
     eq(w.fire("order", "--id", "e-ok", "--data", "-", stdin='{"n": 1}').rc, 0, "e-ok")

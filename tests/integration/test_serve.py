@@ -2258,6 +2258,23 @@ def journal_wal_stays_under_its_bound_under_sustained_intake():
 
 
 @test
+def journal_retention_keeps_the_newest_finished_events():
+    """serve.journal_keep_events: the writer deletes the oldest finished events beyond the count,
+    in the background; unfinished ones are never touched, and the counts follow."""
+    svc = Service(serve_config(serve="  journal_keep_events: 5\n  concurrency: 1\n",
+                               hooks="  count:\n    - script: count.lua\n"), {"count.lua": COUNT_LUA}).start()
+    for i in range(12):
+        svc.accept("count", {"of": i}, "keep-%02d" % i)
+    h = svc.wait_health(lambda h: h["journal"]["done"] == 5 and h["journal"]["accepted"] == 0
+                        and h["journal"]["running"] == 0, "5 done events kept", timeout=20)
+    eq(h["journal"]["dead"], 0, "no dead events")
+    ids = [e["id"] for e in svc.events_json()]
+    eq(len(ids), 5, "five events in the journal: %r" % ids)
+    check("keep-11" in ids, "the last one finished is kept: %r" % ids)
+    eq(parse_metrics(svc.metrics()).get("wixr_events_purged_total"), 7.0, "wixr_events_purged_total")
+
+
+@test
 def journal_and_state_files_are_private():
     old = os.umask(0o022)
     try:

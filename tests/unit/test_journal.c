@@ -986,6 +986,38 @@ static void test_runnable_and_counts(void)
     journal_close(j);
 }
 
+/* Retention a chunk at a time: by age first, then the oldest beyond a count; unfinished events
+ * are never touched. */
+static void test_retain(void)
+{
+    char path[300], err[256];
+    snprintf(path, sizeof path, "%s/retain.db", dir);
+    journal *j = open_j(path);
+    CHECK(j != NULL);
+    if (!j)
+        return;
+    journal_set_clock(j, fake_clock, NULL);
+    for (int i = 0; i < 10; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "t%d", i);
+        fake_now = 1000 + i * 100; /* t0 finished at 1000, t9 at 1900 */
+        CHECK_INT(journal_accept(j, id, "ev", "{}", NULL, NULL, err, sizeof err), 0);
+        CHECK_INT(journal_mark_done(j, id, "[]"), 0);
+    }
+    CHECK_INT(journal_accept(j, "open", "ev", "{}", NULL, NULL, err, sizeof err), 0); /* never purged */
+    CHECK_INT(journal_retain(j, 1250, 0, 2), 2);  /* by age, two at a time: t0, t1 */
+    CHECK_INT(journal_retain(j, 1250, 0, 2), 1);  /* t2 */
+    CHECK_INT(journal_retain(j, 1250, 0, 2), 0);
+    CHECK_INT(journal_retain(j, 0, 4, 100), 3);  /* beyond 4 kept: t3, t4, t5 (the oldest) */
+    CHECK_INT(journal_retain(j, 0, 4, 100), 0);
+    long long c[5];
+    CHECK_INT(journal_counts(j, c), 0);
+    CHECK(c[EV_DONE] == 4 && c[EV_ACCEPTED] == 1);
+    CHECK(state_of(j, "t5") == (ev_state)-1);
+    CHECK(state_of(j, "t6") == EV_DONE && state_of(j, "open") == EV_ACCEPTED);
+    journal_close(j);
+}
+
 int main(void)
 {
     if (!mkdtemp(dir)) {
@@ -1007,6 +1039,7 @@ int main(void)
     test_file_modes();
     test_check_file();
     test_runnable_and_counts();
+    test_retain();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0)
