@@ -2258,10 +2258,14 @@ def g11_huge_query_is_refused_and_does_not_hold_up_others():
         check("--query-budget" in r.violations[0]["description"], "names the budget: %r" % r.violations[0])
         check(spent < 2, "the refusal took %.3f s" % spent)
         check(worst < 0.2, "a Get waited %.3f s behind the huge query" % worst)
-        # A plain filter over every package is refused too; bounded by a top-level createdDate range it is
-        # answered, evaluated in full on what the range leaves.
+        # A plain filter over every package is refused too when the answer needs all of it (offset paging
+        # counts the total); a cursor page of it evaluates the page's packages only, and is answered.
+        # Bounded by a top-level createdDate range it is answered, evaluated in full on what the range leaves.
         plain = {"externalId": {"$ne": "ext-3"}}
-        violation(Client(srv).query({"filter": plain}), "query.filter", "$ne over %d packages" % BIG_PACKAGES)
+        violation(Client(srv).query({"filter": plain, "paging": {"limit": 5}}), "query.filter",
+                  "$ne over %d packages, offset paging" % BIG_PACKAGES)
+        eq(ok(Client(srv).query({"filter": plain, "cursorPaging": {"limit": 5}}))["metadata"]["count"], 5,
+           "a cursor page of the same")
         bounded = dict(plain, createdDate={"$lt": "2023-11-14T22:13:20.010Z"})  # the first 10
         body = ok(Client(srv).query({"filter": bounded, "paging": {"limit": 50}}), "a bounded filter")
         eq(body["metadata"]["total"], 9, "ten in the range, less ext-3")
