@@ -223,6 +223,9 @@ int emu_instance_get(emu_t *e, const char *instance_id, emu_instance *out);
 /* emu_api.c */
 void emu_api_dispatch(emu_ctx *c, int route);
 /* emu_query.c */
+/* A filter's instance values fewer instances have than this lead its walk:
+ * their packages, found by index, are read and sorted (prefilter_lead). */
+#define EMU_QUERY_LEAD_MAX 1024
 void emu_api_query(emu_ctx *c);
 int emu_filter_validate(const json_value *filter, char *field, size_t fieldlen, char *msg, size_t msglen);
 int emu_filter_match(const json_value *filter, const json_value *pkg);

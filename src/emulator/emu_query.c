@@ -19,9 +19,10 @@
 #define QUERY_MAX_CURSOR_LIMIT 100
 #define QUERY_MAX_OFFSET_LIMIT 1000
 #define QUERY_MAX_SORT 2
-/* Packages read (the scan) or evaluated (the filter) between two chances for
- * other requests to take the emulator's lock: about 1 ms and 0.5 ms of work. */
-#define QUERY_SCAN_CHUNK 4096
+/* Packages read (the walk, an instance probe each when the filter has one) or
+ * evaluated (the filter) between two chances for other requests to take the
+ * emulator's lock: about 1 ms and 0.5 ms of work. */
+#define QUERY_SCAN_CHUNK 1024
 #define QUERY_EVAL_CHUNK 64
 
 enum { OP_EQ = 1, OP_NE = 2, OP_IN = 4, OP_EXISTS = 8, OP_CMP = 16, OP_HAS = 32 };
@@ -420,18 +421,21 @@ static const char *const pre_text_cols[PRE_TEXTS] = {"id", "account_id", "extern
 
 static const struct inst_col {
     const char *field, *col;
+    int indexed;                  /* the instances with a value are found by index (a walk may be led by them) */
 } inst_cols[] = {
-    {"productInstances.instanceId", "instance_id"},
-    {"productInstances.siteId", "site_id"},
-    {"productInstances.catalogProductId", "catalog_product_id"},
-    {"productInstances.status", "status"},
-    {"productInstances.countryCode", "country_code"},
+    {"productInstances.instanceId", "instance_id", 1},
+    {"productInstances.siteId", "site_id", 1},
+    {"productInstances.catalogProductId", "catalog_product_id", 0},
+    {"productInstances.status", "status", 1},
+    {"productInstances.countryCode", "country_code", 0},
 };
 
 typedef struct inst_term {
     const char *col;
+    int indexed;
     int all;                      /* $hasAll (its first PRE_HASALL values), else $hasSome */
     const json_value *values;     /* a non-empty array of strings */
+    int param;                    /* the SQL parameter of its first value */
 } inst_term;
 
 typedef struct prefilter {
@@ -440,6 +444,7 @@ typedef struct prefilter {
     size_t eqlen[PRE_TEXTS];
     inst_term inst[PRE_INST];
     int ninst;
+    int lead;                     /* the instance term whose packages the walk reads, -1: the reseller's all */
 } prefilter;
 
 static void bound(prefilter *pf, int which, const char *op, size_t oplen, const json_value *arg)
@@ -481,17 +486,17 @@ static size_t inst_term_values(const inst_term *t)
  * equals anything else; a $hasSome of none matches nothing, left as it is). */
 static void inst_read(prefilter *pf, const json_value *k, size_t *nvalues)
 {
-    const char *col = NULL;
+    const struct inst_col *col = NULL;
     for (size_t i = 0; i < sizeof inst_cols / sizeof inst_cols[0] && !col; i++)
         if (field_is(k, inst_cols[i].field))
-            col = inst_cols[i].col;
+            col = &inst_cols[i];
     if (!col || !operators_of(k))
         return;
     for (const json_value *o = k->u.kids.head; o && pf->ninst < PRE_INST; o = o->next) {
         int all = field_is(o, "$hasAll");
         if ((!all && !field_is(o, "$hasSome")) || o->type != JSON_ARRAY || !o->u.kids.n || !all_strings(o))
             continue;
-        inst_term t = {col, all, o};
+        inst_term t = {col->col, col->indexed, all, o, 20 + (int)*nvalues};
         if (*nvalues + inst_term_values(&t) > PRE_INST_VALUES)
             continue;
         *nvalues += inst_term_values(&t);
@@ -503,6 +508,7 @@ static void prefilter_read(prefilter *pf, const json_value *filter)
 {
     size_t nvalues = 0;
     memset(pf, 0, sizeof *pf);
+    pf->lead = -1;
     pf->lo[0] = pf->lo[1] = LLONG_MIN;
     pf->hi[0] = pf->hi[1] = LLONG_MAX;
     for (const json_value *k = filter ? filter->u.kids.head : NULL; k; k = k->next) {
@@ -531,6 +537,55 @@ static void prefilter_read(prefilter *pf, const json_value *filter)
 static int bounded(const prefilter *pf, int which)
 {
     return pf->lo[which] != LLONG_MIN || pf->hi[which] != LLONG_MAX;
+}
+
+/* " IN (?20, ?21)": the values of an instance term in SQL (of a $hasAll, its first). */
+static void inst_values_sql(const inst_term *t, buf_t *b)
+{
+    size_t n = t->all ? 1 : inst_term_values(t);
+    buf_adds(b, " IN (");
+    for (size_t v = 0; v < n; v++)
+        buf_printf(b, "%s?%d", v ? ", " : "", t->param + (int)v);
+    buf_adds(b, ")");
+}
+
+/* How many instances have one of the term's values, counted by index up to EMU_QUERY_LEAD_MAX. */
+static long long instances_with(emu_t *e, const inst_term *t)
+{
+    buf_t b;
+    buf_init(&b, 0);
+    buf_printf(&b, "SELECT count(*) FROM (SELECT 1 FROM instances WHERE %s", t->col);
+    inst_values_sql(t, &b);
+    buf_printf(&b, " LIMIT %d)", EMU_QUERY_LEAD_MAX);
+    sqlite3_stmt *s = NULL;
+    long long n = EMU_QUERY_LEAD_MAX;
+    if (!b.failed && sqlite3_prepare_v2(e->db, b.data, (int)b.len, &s, NULL) == SQLITE_OK) {
+        size_t v = 0;
+        for (const json_value *x = t->values->u.kids.head; x && v < (t->all ? 1 : inst_term_values(t)); x = x->next)
+            sqlite3_bind_text(s, t->param + (int)v++, x->u.str.s, (int)x->u.str.len, SQLITE_STATIC);
+        if (sqlite3_step(s) == SQLITE_ROW)
+            n = sqlite3_column_int64(s, 0);
+        e->query_vm_steps += sqlite3_stmt_status(s, SQLITE_STMTSTATUS_VM_STEP, 0);
+    }
+    sqlite3_finalize(s);
+    buf_free(&b);
+    return n;
+}
+
+/* Picks the instance term with the fewest instances, when they are few: the
+ * walk then reads their packages (by index) and sorts them, rather than
+ * reading the reseller's packages in order until enough have one. Not with
+ * an id or externalId to equal (fewer still). */
+static void prefilter_lead(emu_t *e, prefilter *pf)
+{
+    long long fewest = EMU_QUERY_LEAD_MAX;
+    for (int t = 0; t < pf->ninst && !pf->eq[0] && !pf->eq[2]; t++) {
+        long long n = pf->inst[t].indexed ? instances_with(e, &pf->inst[t]) : EMU_QUERY_LEAD_MAX;
+        if (n < fewest) {
+            fewest = n;
+            pf->lead = t;
+        }
+    }
 }
 
 /* ---- base64url for cursors ---- */
@@ -605,7 +660,7 @@ typedef struct walk {
     long long skip, limit;        /* matches passed over (offset paging), then shown */
     int to_end;                   /* read on past the page, counting matches (offset paging's total) */
     int from_cursor;              /* went on from a next cursor: there are packages before the page */
-    sqlite3_stmt *st;
+    sqlite3_stmt *st[2];          /* see keyset_sql; [0] NULL with two sort keys */
     long long matched, evaluated, work, shown;
     int more;                     /* a match after the page */
     qpos first, last;             /* of the packages shown, in walk order */
@@ -619,22 +674,27 @@ static int key_desc(const walk *w, int i)
     return w->keys[i < w->nkeys ? i : 0].desc ^ w->back;
 }
 
+/* A sort key's column; "+" keeps SQLite from reading its index when the walk is led by instances. */
 static const char *key_col(const walk *w, int i)
 {
-    return w->keys[i].updated ? "updated" : "created";
+    static const char *const cols[2][2] = {{"created", "updated"}, {"+created", "+updated"}};
+    return cols[w->pf->lead >= 0][w->keys[i].updated];
 }
 
-/* Past w->at in walk order: a row value when every key goes the same way
- * (the index search starts there exactly), else the lexicographic terms,
- * the first key's bound leading the index search. */
-static void keyset_sql(const walk *w, buf_t *b)
+/* Past w->at in walk order. With one sort key, in two statements, each an
+ * index search that starts there exactly (SQLite seeks a row value on its
+ * first column only, and would read again the packages of the same ms
+ * before the position): [0] the rest of w->at's key, [1] the keys past it.
+ * With two, the lexicographic terms, the first key's bound leading the index
+ * search (the second key is sorted within a first key's packages anyway). */
+static void keyset_sql(const walk *w, int which, buf_t *b)
 {
     const char *lt0 = key_desc(w, 0) ? "<" : ">";
-    if (w->nkeys == 1 || key_desc(w, 0) == key_desc(w, 1)) {
-        buf_adds(b, " AND (");
-        for (int i = 0; i < w->nkeys; i++)
-            buf_printf(b, "%s, ", key_col(w, i));
-        buf_printf(b, "seq) %s (?10, %s?12)", lt0, w->nkeys == 2 ? "?11, " : "");
+    if (w->nkeys == 1) {
+        if (which == 0)
+            buf_printf(b, " AND %s = ?10 AND seq %s ?12", key_col(w, 0), lt0);
+        else
+            buf_printf(b, " AND %s %s ?10", key_col(w, 0), lt0);
         return;
     }
     const char *c0 = key_col(w, 0), *c1 = key_col(w, 1), *lt1 = key_desc(w, 1) ? "<" : ">";
@@ -642,55 +702,56 @@ static void keyset_sql(const walk *w, buf_t *b)
                lt0, c0, lt0, c0, c1, lt1, c1, lt0);
 }
 
-static void inst_sql(const prefilter *pf, buf_t *b, int *param)
+static void inst_sql(const prefilter *pf, buf_t *b)
 {
     static const char exists[] = " AND EXISTS(SELECT 1 FROM instances WHERE package_seq = packages.seq AND ";
     for (int t = 0; t < pf->ninst; t++) {
         const inst_term *it = &pf->inst[t];
         size_t n = inst_term_values(it);
         for (size_t v = 0; it->all && v < n; v++)
-            buf_printf(b, "%s%s = ?%d)", exists, it->col, (*param)++);
+            buf_printf(b, "%s%s = ?%d)", exists, it->col, it->param + (int)v);
         if (it->all)
             continue;
-        buf_printf(b, "%s%s IN (", exists, it->col);
-        for (size_t v = 0; v < n; v++)
-            buf_printf(b, "%s?%d", v ? ", " : "", (*param)++);
-        buf_adds(b, "))");
+        buf_printf(b, "%s%s", exists, it->col);
+        inst_values_sql(it, b);
+        buf_adds(b, ")");
     }
 }
 
 /* SELECT seq, created, updated, passes: the parameters are ?1 the reseller,
  * ?2-?5 the date bounds, ?6-?8 id, accountId, externalId, ?9 the chunk, ?10-?12
  * the position, ?13 the newest seq, ?20 on the instance values. */
-static void walk_sql(const walk *w, buf_t *b)
+static void walk_sql(const walk *w, int which, buf_t *b)
 {
     const prefilter *pf = w->pf;
     int k0 = w->keys[0].updated;
     int by_id = pf->eq[0] || pf->eq[2];          /* one package or a few: their own index, then sorted */
-    int acct = pf->eq[1] && !by_id && !k0;        /* (account_id, created) serves the search */
     buf_adds(b, "SELECT seq, created, updated, 1");
     if (bounded(pf, !k0))
         buf_printf(b, " AND %s BETWEEN ?%d AND ?%d", k0 ? "created" : "updated", k0 ? 2 : 4, k0 ? 3 : 5);
-    if (pf->eq[1] && !acct)
+    if (pf->eq[1])
         buf_adds(b, " AND account_id = ?7");
-    int param = 20;
-    inst_sql(pf, b, &param);
-    buf_printf(b, " FROM packages WHERE %sparent_account_id = ?1", by_id ? "+" : "");
+    inst_sql(pf, b);
+    buf_printf(b, " FROM packages WHERE %sparent_account_id = ?1", by_id || pf->lead >= 0 ? "+" : "");
+    if (pf->lead >= 0) {
+        buf_printf(b, " AND seq IN (SELECT package_seq FROM instances WHERE %s", pf->inst[pf->lead].col);
+        inst_values_sql(&pf->inst[pf->lead], b);
+        buf_adds(b, ")");
+    }
     if (bounded(pf, k0))
-        buf_printf(b, " AND %s BETWEEN ?%d AND ?%d", k0 ? "updated" : "created", k0 ? 4 : 2, k0 ? 5 : 3);
-    for (int t = 0; t < PRE_TEXTS; t++)
-        if (pf->eq[t] && (t != 1 || acct))
+        buf_printf(b, " AND %s BETWEEN ?%d AND ?%d", key_col(w, 0), k0 ? 4 : 2, k0 ? 5 : 3);
+    for (int t = 0; t < PRE_TEXTS; t += 2)
+        if (pf->eq[t])
             buf_printf(b, " AND %s = ?%d", pre_text_cols[t], 6 + t);
-    keyset_sql(w, b);
+    keyset_sql(w, which, b);
     buf_adds(b, " AND seq <= ?13 ORDER BY ");
     for (int i = 0; i < w->nkeys; i++)
         buf_printf(b, "%s %s, ", key_col(w, i), key_desc(w, i) ? "DESC" : "ASC");
     buf_printf(b, "seq %s LIMIT ?9", key_desc(w, 0) ? "DESC" : "ASC");
 }
 
-static void walk_bind(walk *w)
+static void walk_bind(walk *w, sqlite3_stmt *s)
 {
-    sqlite3_stmt *s = w->st;
     const prefilter *pf = w->pf;
     sqlite3_bind_text(s, 1, w->c->parent, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 13, w->newest);
@@ -701,11 +762,10 @@ static void walk_bind(walk *w)
     for (int t = 0; t < PRE_TEXTS; t++)
         if (pf->eq[t])
             sqlite3_bind_text(s, 6 + t, pf->eq[t], (int)pf->eqlen[t], SQLITE_STATIC);
-    int param = 20;
     for (int t = 0; t < pf->ninst; t++) {
         size_t n = inst_term_values(&pf->inst[t]), v = 0;
         for (const json_value *x = pf->inst[t].values->u.kids.head; v < n; x = x->next, v++)
-            sqlite3_bind_text(s, param++, x->u.str.s, (int)x->u.str.len, SQLITE_STATIC);
+            sqlite3_bind_text(s, pf->inst[t].param + (int)v, x->u.str.s, (int)x->u.str.len, SQLITE_STATIC);
     }
 }
 
@@ -741,25 +801,30 @@ static int walk_open(walk *w, emu_ctx *c, const json_value *filter, const prefil
     buf_init(&w->page, 0);
     buf_init(&w->scratch, 0);
     walk_start(w);
-    walk_sql(w, &w->scratch);
-    int rc = w->scratch.failed ? SQLITE_NOMEM
-                               : sqlite3_prepare_v2(c->e->db, w->scratch.data, (int)w->scratch.len, &w->st, NULL);
-    buf_reset(&w->scratch);
-    if (rc != SQLITE_OK) {
-        emu_error_response(c->resp, 500, "INTERNAL", "preparing the query: %s", sqlite3_errmsg(c->e->db));
-        return -1;
+    for (int which = nkeys == 1 ? 0 : 1; which < 2; which++) {
+        walk_sql(w, which, &w->scratch);
+        int rc = w->scratch.failed ? SQLITE_NOMEM
+                                   : sqlite3_prepare_v2(c->e->db, w->scratch.data, (int)w->scratch.len,
+                                                        &w->st[which], NULL);
+        buf_reset(&w->scratch);
+        if (rc != SQLITE_OK) {
+            emu_error_response(c->resp, 500, "INTERNAL", "preparing the query: %s", sqlite3_errmsg(c->e->db));
+            return -1;
+        }
+        walk_bind(w, w->st[which]);
     }
-    walk_bind(w);
     return 0;
 }
 
 static void walk_close(walk *w)
 {
-    sqlite3_finalize(w->st);
+    for (int i = 0; i < 2; i++) {
+        sqlite3_finalize(w->st[i]);
+        w->st[i] = NULL;
+    }
     buf_free(&w->page);
     buf_free(&w->scratch);
     free(w->cut);
-    w->st = NULL;
     w->cut = NULL;
 }
 
@@ -815,33 +880,42 @@ static int walk_package(walk *w, long long seq)
     return walk_show(w, seq, w->filter != NULL) < 0 ? WALK_FAILED : WALK_ON;
 }
 
-/* One chunk from w->at: up to QUERY_SCAN_CHUNK rows, QUERY_EVAL_CHUNK of them evaluated. */
-static int walk_chunk(walk *w, int *end)
+/* Reads one statement's rows from w->at until the chunk is done (*rows read,
+ * or QUERY_EVAL_CHUNK packages evaluated since `evaluated`) or *r is not
+ * WALK_ON. 1 when the statement ran out of rows. */
+static int walk_rows(walk *w, sqlite3_stmt *s, int *rows, long long evaluated, int *r)
 {
-    sqlite3_stmt *s = w->st;
     sqlite3_reset(s);
     for (int i = 0; i < w->nkeys; i++)
         sqlite3_bind_int64(s, 10 + i, w->at.key[i]);
     sqlite3_bind_int64(s, 12, w->at.seq);
-    sqlite3_bind_int(s, 9, QUERY_SCAN_CHUNK);
-    int r = WALK_ON, rc = SQLITE_DONE, rows = 0;
-    long long evaluated = w->evaluated;
-    while (r == WALK_ON && w->evaluated - evaluated < QUERY_EVAL_CHUNK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        rows++;
+    sqlite3_bind_int(s, 9, QUERY_SCAN_CHUNK - *rows);
+    int rc = SQLITE_DONE;
+    while (*r == WALK_ON && *rows < QUERY_SCAN_CHUNK && w->evaluated - evaluated < QUERY_EVAL_CHUNK &&
+           (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        ++*rows;
         w->at.seq = sqlite3_column_int64(s, 0);
         for (int i = 0; i < w->nkeys; i++)
             w->at.key[i] = sqlite3_column_int64(s, 1 + w->keys[i].updated);
         if (sqlite3_column_int(s, 3))
-            r = walk_package(w, w->at.seq);
+            *r = walk_package(w, w->at.seq);
     }
-    *end = r == WALK_ON && w->evaluated - evaluated < QUERY_EVAL_CHUNK && rows < QUERY_SCAN_CHUNK;
-    if (*end && rc != SQLITE_DONE) {
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
         emu_error_response(w->c->resp, 500, "INTERNAL", "reading packages: %s", sqlite3_errmsg(w->c->e->db));
-        r = WALK_FAILED;
+        *r = WALK_FAILED;
     }
     w->c->e->query_vm_steps += sqlite3_stmt_status(s, SQLITE_STMTSTATUS_VM_STEP, 1);
     w->c->e->query_fullscan_steps += sqlite3_stmt_status(s, SQLITE_STMTSTATUS_FULLSCAN_STEP, 1);
     sqlite3_reset(s);
+    return *r == WALK_ON && rc == SQLITE_DONE;
+}
+
+/* One chunk from w->at: up to QUERY_SCAN_CHUNK rows, QUERY_EVAL_CHUNK of them evaluated. */
+static int walk_chunk(walk *w, int *end)
+{
+    int r = WALK_ON, rows = 0;
+    long long evaluated = w->evaluated;
+    *end = (!w->st[0] || walk_rows(w, w->st[0], &rows, evaluated, &r)) && walk_rows(w, w->st[1], &rows, evaluated, &r);
     return r;
 }
 
@@ -1214,6 +1288,7 @@ void emu_api_query(emu_ctx *c)
     c->newest = newest_seq(c->e);
     prefilter pf;
     prefilter_read(&pf, filter);
+    prefilter_lead(c->e, &pf);
     int r = filter ? refuse_foreseen(c, filter, &pf, keys, nkeys, offset_mode) : 0;
     if (r < 0)
         goto done;

@@ -22,7 +22,6 @@ static const char *const schema =
     "DROP INDEX IF EXISTS packages_scope;"
     "CREATE INDEX IF NOT EXISTS packages_created ON packages(parent_account_id, created);"
     "CREATE INDEX IF NOT EXISTS packages_updated ON packages(parent_account_id, updated);"
-    "CREATE INDEX IF NOT EXISTS packages_account ON packages(account_id, created);"
     "CREATE INDEX IF NOT EXISTS packages_external ON packages(external_id) WHERE external_id IS NOT NULL;"
     "CREATE TABLE IF NOT EXISTS instances(instance_id TEXT PRIMARY KEY, package_seq INTEGER NOT NULL,"
     " pos INTEGER NOT NULL, site_id TEXT, catalog_product_id TEXT NOT NULL, product_type TEXT NOT NULL,"
@@ -33,9 +32,8 @@ static const char *const schema =
     "CREATE INDEX IF NOT EXISTS instances_pkg ON instances(package_seq, pos);"
     "CREATE INDEX IF NOT EXISTS instances_site ON instances(site_id) WHERE site_id IS NOT NULL;"
     "CREATE INDEX IF NOT EXISTS instances_due ON instances(deliver_at) WHERE status = 'PENDING';"
-    /* A query's $hasSome on status or product: one seek per value and package. */
+    /* A query's $hasSome on status: the few instances with a value, or one seek per value and package. */
     "CREATE INDEX IF NOT EXISTS instances_status ON instances(status, package_seq);"
-    "CREATE INDEX IF NOT EXISTS instances_product ON instances(catalog_product_id, package_seq);"
     "CREATE TABLE IF NOT EXISTS idempotency(account_id TEXT NOT NULL, key TEXT NOT NULL, route TEXT NOT NULL,"
     " status INTEGER NOT NULL, body TEXT NOT NULL, created INTEGER NOT NULL, PRIMARY KEY(account_id, key));";
 
