@@ -19,11 +19,12 @@
 #define QUERY_MAX_CURSOR_LIMIT 100
 #define QUERY_MAX_OFFSET_LIMIT 1000
 #define QUERY_MAX_SORT 2
-/* Packages read (the walk, an instance probe each when the filter has one) or
- * evaluated (the filter) between two chances for other requests to take the
+/* Packages read (the walk, an instance probe each when the filter has one),
+ * or work units of evaluation (emu.h: 64 packages of a plain filter, fewer of
+ * a heavy one), between two chances for other requests to take the
  * emulator's lock: about 1 ms and 0.5 ms of work. */
 #define QUERY_SCAN_CHUNK 1024
-#define QUERY_EVAL_CHUNK 64
+#define QUERY_EVAL_CHUNK (64 * EMU_QUERY_RENDER_UNITS)
 
 enum { OP_EQ = 1, OP_NE = 2, OP_IN = 4, OP_EXISTS = 8, OP_CMP = 16, OP_HAS = 32 };
 
@@ -634,7 +635,8 @@ static int b64_decode(buf_t *out, const char *s, size_t n)
  * key, an id or externalId) narrow the index search; the others come back as
  * a column, so that a chunk reads a bounded number of rows whatever the
  * filter. The packages that pass are rendered, and evaluated when there is a
- * filter. */
+ * filter. An instance term that few instances match leads instead
+ * (prefilter_lead): the packages are those its index gives, sorted. */
 
 typedef struct sortkey {
     int updated;   /* 0 = createdDate, 1 = updatedDate */
@@ -881,9 +883,9 @@ static int walk_package(walk *w, long long seq)
 }
 
 /* Reads one statement's rows from w->at until the chunk is done (*rows read,
- * or QUERY_EVAL_CHUNK packages evaluated since `evaluated`) or *r is not
- * WALK_ON. 1 when the statement ran out of rows. */
-static int walk_rows(walk *w, sqlite3_stmt *s, int *rows, long long evaluated, int *r)
+ * or QUERY_EVAL_CHUNK units of work since `work`) or *r is not WALK_ON. 1 when
+ * the statement ran out of rows. */
+static int walk_rows(walk *w, sqlite3_stmt *s, int *rows, long long work, int *r)
 {
     sqlite3_reset(s);
     for (int i = 0; i < w->nkeys; i++)
@@ -891,7 +893,7 @@ static int walk_rows(walk *w, sqlite3_stmt *s, int *rows, long long evaluated, i
     sqlite3_bind_int64(s, 12, w->at.seq);
     sqlite3_bind_int(s, 9, QUERY_SCAN_CHUNK - *rows);
     int rc = SQLITE_DONE;
-    while (*r == WALK_ON && *rows < QUERY_SCAN_CHUNK && w->evaluated - evaluated < QUERY_EVAL_CHUNK &&
+    while (*r == WALK_ON && *rows < QUERY_SCAN_CHUNK && w->work - work < QUERY_EVAL_CHUNK &&
            (rc = sqlite3_step(s)) == SQLITE_ROW) {
         ++*rows;
         w->at.seq = sqlite3_column_int64(s, 0);
@@ -910,12 +912,12 @@ static int walk_rows(walk *w, sqlite3_stmt *s, int *rows, long long evaluated, i
     return *r == WALK_ON && rc == SQLITE_DONE;
 }
 
-/* One chunk from w->at: up to QUERY_SCAN_CHUNK rows, QUERY_EVAL_CHUNK of them evaluated. */
+/* One chunk from w->at: up to QUERY_SCAN_CHUNK rows and QUERY_EVAL_CHUNK units of evaluation. */
 static int walk_chunk(walk *w, int *end)
 {
     int r = WALK_ON, rows = 0;
-    long long evaluated = w->evaluated;
-    *end = (!w->st[0] || walk_rows(w, w->st[0], &rows, evaluated, &r)) && walk_rows(w, w->st[1], &rows, evaluated, &r);
+    long long work = w->work;
+    *end = (!w->st[0] || walk_rows(w, w->st[0], &rows, work, &r)) && walk_rows(w, w->st[1], &rows, work, &r);
     return r;
 }
 
