@@ -720,15 +720,19 @@ static void inst_sql(const prefilter *pf, buf_t *b)
     }
 }
 
-/* SELECT seq, created, updated, passes: the parameters are ?1 the reseller,
- * ?2-?5 the date bounds, ?6-?8 id, accountId, externalId, ?9 the chunk, ?10-?12
- * the position, ?13 the newest seq, ?20 on the instance values. */
+/* SELECT seq, the sort keys, passes: what the index holds, so that a walk
+ * with nothing else to check reads no table row. The parameters are ?1 the
+ * reseller, ?2-?5 the date bounds, ?6-?8 id, accountId, externalId, ?9 the
+ * chunk, ?10-?12 the position, ?13 the newest seq, ?20 on the instance values. */
 static void walk_sql(const walk *w, int which, buf_t *b)
 {
     const prefilter *pf = w->pf;
     int k0 = w->keys[0].updated;
     int by_id = pf->eq[0] || pf->eq[2];          /* one package or a few: their own index, then sorted */
-    buf_adds(b, "SELECT seq, created, updated, 1");
+    buf_adds(b, "SELECT seq, ");
+    for (int i = 0; i < w->nkeys; i++)
+        buf_printf(b, "%s, ", key_col(w, i));
+    buf_adds(b, "1");
     if (bounded(pf, !k0))
         buf_printf(b, " AND %s BETWEEN ?%d AND ?%d", k0 ? "created" : "updated", k0 ? 2 : 4, k0 ? 3 : 5);
     if (pf->eq[1])
@@ -898,8 +902,8 @@ static int walk_rows(walk *w, sqlite3_stmt *s, int *rows, long long work, int *r
         ++*rows;
         w->at.seq = sqlite3_column_int64(s, 0);
         for (int i = 0; i < w->nkeys; i++)
-            w->at.key[i] = sqlite3_column_int64(s, 1 + w->keys[i].updated);
-        if (sqlite3_column_int(s, 3))
+            w->at.key[i] = sqlite3_column_int64(s, 1 + i);
+        if (sqlite3_column_int(s, 1 + w->nkeys))
             *r = walk_package(w, w->at.seq);
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
