@@ -115,6 +115,8 @@ struct emu {
     long long log_seq;
 
     sqlite3_stmt *st[48];         /* prepared statements, see emu_store.c */
+    long long query_vm_steps;     /* SQLite's steps in the last Query Packages' walks (tests bound a page by them) */
+    long long query_fullscan_steps; /* ...of them, steps of a full table scan */
 };
 
 enum emu_route {
@@ -138,6 +140,7 @@ typedef struct emu_ctx {
     char first_viol[160];          /* the field of the first, for the message */
     int nviol;
     const char *idem_key;          /* body idempotencyKey, if any */
+    long long newest;              /* Query Packages: the last package seq when it began */
 } emu_ctx;
 
 /* emu_core.c */
@@ -177,8 +180,7 @@ enum {
     ST_INST_OF_PKG, ST_INST_GET, ST_INST_INSERT, ST_INST_SET_STATUS, ST_INST_SET_SITE,
     ST_INST_ADJUST, ST_INST_MARK_REF, ST_INST_LIVE_ON_SITE, ST_INST_COUNT_PRODUCT,
     ST_DUE_PKG, ST_DUE_INST, ST_IDEM_GET, ST_IDEM_PUT, ST_BEGIN, ST_BEGIN_READ, ST_COMMIT, ST_ROLLBACK,
-    ST_PKG_SCOPE, ST_PKG_COUNT, ST_NEXT_DUE, ST_INST_COUNT_STATUS, ST_ACCOUNT_LIST, ST_SITE_LIST,
-    ST_PKG_SCOPE_COUNT, ST_PKG_SCOPE_COUNT_ALL, ST_PKG_LAST_SEQ,
+    ST_PKG_LAST_SEQ, ST_PKG_COUNT, ST_NEXT_DUE, ST_INST_COUNT_STATUS, ST_ACCOUNT_LIST, ST_SITE_LIST,
     ST__COUNT
 };
 int emu_store_open(emu_t *e, const char *path, char *err, size_t errlen);
@@ -221,6 +223,9 @@ int emu_instance_get(emu_t *e, const char *instance_id, emu_instance *out);
 /* emu_api.c */
 void emu_api_dispatch(emu_ctx *c, int route);
 /* emu_query.c */
+/* A filter's instance values fewer instances have than this lead its walk:
+ * their packages, found by index, are read and sorted (prefilter_lead). */
+#define EMU_QUERY_LEAD_MAX 1024
 void emu_api_query(emu_ctx *c);
 int emu_filter_validate(const json_value *filter, char *field, size_t fieldlen, char *msg, size_t msglen);
 int emu_filter_match(const json_value *filter, const json_value *pkg);

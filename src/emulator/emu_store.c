@@ -18,7 +18,11 @@ static const char *const schema =
     "CREATE TABLE IF NOT EXISTS packages(seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
     " account_id TEXT NOT NULL, parent_account_id TEXT NOT NULL, external_id TEXT,"
     " created INTEGER NOT NULL, updated INTEGER NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS packages_scope ON packages(parent_account_id);"
+    /* Query Packages reads a page in its sort order from these (seq, the rowid, ends each key). */
+    "DROP INDEX IF EXISTS packages_scope;"
+    "CREATE INDEX IF NOT EXISTS packages_created ON packages(parent_account_id, created);"
+    "CREATE INDEX IF NOT EXISTS packages_updated ON packages(parent_account_id, updated);"
+    "CREATE INDEX IF NOT EXISTS packages_external ON packages(external_id) WHERE external_id IS NOT NULL;"
     "CREATE TABLE IF NOT EXISTS instances(instance_id TEXT PRIMARY KEY, package_seq INTEGER NOT NULL,"
     " pos INTEGER NOT NULL, site_id TEXT, catalog_product_id TEXT NOT NULL, product_type TEXT NOT NULL,"
     " status TEXT NOT NULL, failure_code TEXT, failure_message TEXT,"
@@ -28,6 +32,8 @@ static const char *const schema =
     "CREATE INDEX IF NOT EXISTS instances_pkg ON instances(package_seq, pos);"
     "CREATE INDEX IF NOT EXISTS instances_site ON instances(site_id) WHERE site_id IS NOT NULL;"
     "CREATE INDEX IF NOT EXISTS instances_due ON instances(deliver_at) WHERE status = 'PENDING';"
+    /* A query's $hasSome on status: the few instances with a value, or one seek per value and package. */
+    "CREATE INDEX IF NOT EXISTS instances_status ON instances(status, package_seq);"
     "CREATE TABLE IF NOT EXISTS idempotency(account_id TEXT NOT NULL, key TEXT NOT NULL, route TEXT NOT NULL,"
     " status INTEGER NOT NULL, body TEXT NOT NULL, created INTEGER NOT NULL, PRIMARY KEY(account_id, key));";
 
@@ -80,17 +86,12 @@ static const char *const sql[ST__COUNT] = {
     [ST_BEGIN_READ] = "BEGIN",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
-    [ST_PKG_SCOPE] = "SELECT seq, created, updated, id, account_id, external_id FROM packages"
-                     " WHERE parent_account_id = ?1 AND seq > ?2 AND seq <= ?4 ORDER BY seq LIMIT ?3",
     [ST_PKG_LAST_SEQ] = "SELECT coalesce(max(seq), 0) FROM packages",
     [ST_PKG_COUNT] = "SELECT count(*) FROM packages",
     [ST_NEXT_DUE] = "SELECT min(deliver_at) FROM instances WHERE status = 'PENDING' AND deliver_at IS NOT NULL",
     [ST_INST_COUNT_STATUS] = "SELECT status, count(*) FROM instances GROUP BY status ORDER BY status",
     [ST_ACCOUNT_LIST] = "SELECT id, parent_id, type, name FROM accounts ORDER BY rowid",
     [ST_SITE_LIST] = "SELECT id, account_id, name FROM sites ORDER BY rowid",
-    [ST_PKG_SCOPE_COUNT] = "SELECT count(*) FROM packages WHERE parent_account_id = ?1"
-                           " AND created BETWEEN ?2 AND ?3 AND updated BETWEEN ?4 AND ?5",
-    [ST_PKG_SCOPE_COUNT_ALL] = "SELECT count(*) FROM packages WHERE parent_account_id = ?1",
 };
 
 int emu_store_open(emu_t *e, const char *path, char *err, size_t errlen)

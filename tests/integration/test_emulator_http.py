@@ -1233,6 +1233,55 @@ def g4_cursor_paging_walk():
     eq(qids(c, {"cursorPaging": {"cursor": nxt}}), full[4:], "cursor without limit")
 
 
+def _walk(c, first, between=None):
+    """Pages through a query by its next cursors; `between` runs after each page. Returns the ids and the
+    pages' metadata."""
+    ids, mds, q = [], [], first
+    while True:
+        j = ok(c.query(q), "page %d" % len(mds))
+        ids += [p["id"] for p in j["packages"]]
+        mds.append(j["metadata"])
+        nxt = j["metadata"]["cursors"].get("next")
+        if not nxt or len(mds) > 50:
+            return ids, mds
+        if between:
+            between()
+        q = {"cursorPaging": {"limit": first["cursorPaging"]["limit"], "cursor": nxt}}
+
+
+@test
+def g4_cursor_walk_with_creates_between_pages():
+    """A cursor carries where its page ended: packages created between pages neither repeat nor shift the
+    rest (newest first they come before the walk; oldest first, after what there was, once each)."""
+    c = client()
+    made = _many(c, 9)
+    ids, _ = _walk(c, {"cursorPaging": {"limit": 2}}, lambda: _many(c, 1, prefix="new"))
+    eq(ids, made[::-1], "every package there was, once, newest first")
+    asc = [{"fieldName": "createdDate", "order": "ASC"}]
+    ids, _ = _walk(c, {"sort": asc, "cursorPaging": {"limit": 4}}, lambda: _many(c, 1, prefix="late"))
+    eq(ids[:9], made, "oldest first: what there was, in order")
+    eq(len(ids), len(set(ids)), "then the ones created meanwhile, once each")
+
+
+@test
+def g4_cursor_walk_on_a_status_few_instances_have():
+    """A status few instances have is found by its index, then sorted: the walk pages through exactly them,
+    and a prev cursor goes back."""
+    c = client()
+    made = _many(c, 9)
+    failed = made[1], made[4], made[7]
+    for pid in failed:
+        iid = ok(c.get(pid))["package"]["productInstances"][0]["instanceId"]
+        ok(c.admin("POST", "instances/%s/status" % iid, {"status": "FAILED"}), "force FAILED")
+    q = {"filter": {"productInstances.status": {"$hasSome": ["FAILED", "AWAITING_ACTION"]}},
+         "cursorPaging": {"limit": 2}}
+    ids, mds = _walk(c, q)
+    eq(ids, list(failed[::-1]), "the FAILED ones, newest first")
+    eq(len(mds), 2, "in two pages")
+    back = ok(c.query({"cursorPaging": {"limit": 2, "cursor": mds[1]["cursors"]["prev"]}}), "prev of page 2")
+    eq([p["id"] for p in back["packages"]], ids[:2], "prev gives page 1")
+
+
 @test
 def g4_cursor_carries_filter_and_sort():
     c = client()
@@ -2258,10 +2307,14 @@ def g11_huge_query_is_refused_and_does_not_hold_up_others():
         check("--query-budget" in r.violations[0]["description"], "names the budget: %r" % r.violations[0])
         check(spent < 2, "the refusal took %.3f s" % spent)
         check(worst < 0.2, "a Get waited %.3f s behind the huge query" % worst)
-        # A plain filter over every package is refused too; bounded by a top-level createdDate range it is
-        # answered, evaluated in full on what the range leaves.
+        # A plain filter over every package is refused too when the answer needs all of it (offset paging
+        # counts the total); a cursor page of it evaluates the page's packages only, and is answered.
+        # Bounded by a top-level createdDate range it is answered, evaluated in full on what the range leaves.
         plain = {"externalId": {"$ne": "ext-3"}}
-        violation(Client(srv).query({"filter": plain}), "query.filter", "$ne over %d packages" % BIG_PACKAGES)
+        violation(Client(srv).query({"filter": plain, "paging": {"limit": 5}}), "query.filter",
+                  "$ne over %d packages, offset paging" % BIG_PACKAGES)
+        eq(ok(Client(srv).query({"filter": plain, "cursorPaging": {"limit": 5}}))["metadata"]["count"], 5,
+           "a cursor page of the same")
         bounded = dict(plain, createdDate={"$lt": "2023-11-14T22:13:20.010Z"})  # the first 10
         body = ok(Client(srv).query({"filter": bounded, "paging": {"limit": 50}}), "a bounded filter")
         eq(body["metadata"]["total"], 9, "ten in the range, less ext-3")
