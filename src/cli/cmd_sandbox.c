@@ -35,8 +35,9 @@ static const char usage[] =
     "  --port-file FILE       write the port actually bound to FILE once listening\n"
     "  --request-timeout MS   a request must arrive whole within MS of its connection opening\n"
     "                         (or of its previous answer), else the connection is closed (default 10000)\n"
+    "  --max-connections N    connections open at once, in all (default 512)\n"
     "  --max-connections-per-ip N\n"
-    "                         connections from one address at once (default 256; 512 in all)\n"
+    "                         connections from one address at once (default 256)\n"
     "  --query-budget N       work units one Query Packages may spend under the emulator's lock\n"
     "                         before it is refused 400 (default 2000000; see README)\n"
     "  -h, --help             this help\n"
@@ -51,6 +52,7 @@ static int serve(int argc, char **argv)
     emu_options o = {0};
     const char *listen = NULL, *seed = NULL;
     long long delay = 0, req_timeout = EMU_HTTP_REQUEST_TIMEOUT_MS, per_ip = EMU_HTTP_MAX_PER_IP;
+    long long total = EMU_HTTP_MAX_CONNECTIONS;
     long long budget = EMU_QUERY_BUDGET;
     const cli_opt opts[] = {
         {"--listen", OPT_VALUE, &listen, 0, 0, NULL},
@@ -62,7 +64,8 @@ static int serve(int argc, char **argv)
         {"--port-file", OPT_VALUE, &port_file, 0, 0, NULL},
         {"--strict", OPT_FLAG, &o.strict, 1, 0, NULL},
         {"--request-timeout", OPT_NUMBER, &req_timeout, 100, 3600000, NULL},
-        {"--max-connections-per-ip", OPT_NUMBER, &per_ip, 1, EMU_HTTP_MAX_CONNECTIONS, NULL},
+        {"--max-connections", OPT_NUMBER, &total, 1, 65536, NULL},
+        {"--max-connections-per-ip", OPT_NUMBER, &per_ip, 1, 65536, NULL},
         {"--query-budget", OPT_NUMBER, &budget, 1, LLONG_MAX / 4, NULL},
         {NULL, OPT_FLAG, NULL, 0, 0, NULL},
     };
@@ -103,7 +106,10 @@ static int serve(int argc, char **argv)
         fprintf(stderr, "wixr sandbox serve: %s\n", err);
         return EXIT_BAD_INPUT;
     }
-    emu_http_limits lim = {.request_timeout_ms = req_timeout, .max_connections_per_ip = (int)per_ip};
+    if (per_ip > total)
+        per_ip = total; /* (one address cannot have more than there are) */
+    emu_http_limits lim = {.request_timeout_ms = req_timeout, .max_connections_per_ip = (int)per_ip,
+                           .max_connections = (int)total};
     emu_server *srv = emu_http_start_limits(e, host, port, &lim, err, sizeof err);
     if (!srv) {
         fprintf(stderr, "wixr sandbox serve: %s\n", err);

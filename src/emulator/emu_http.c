@@ -190,9 +190,11 @@ emu_server *emu_http_start_limits(emu_t *e, const char *host, int port, const em
     s->request_timeout_ms = lim && lim->request_timeout_ms > 0 ? lim->request_timeout_ms : EMU_HTTP_REQUEST_TIMEOUT_MS;
     unsigned per_ip = lim && lim->max_connections_per_ip > 0 ? (unsigned)lim->max_connections_per_ip
                                                              : (unsigned)EMU_HTTP_MAX_PER_IP;
+    unsigned total = lim && lim->max_connections > 0 ? (unsigned)lim->max_connections
+                                                     : (unsigned)EMU_HTTP_MAX_CONNECTIONS;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->wake, NULL);
-    if (!(s->watch = http_watch_new(EMU_HTTP_MAX_CONNECTIONS))) {
+    if (!(s->watch = http_watch_new((int)total))) {
         snprintf(err, errlen, "out of memory");
         server_free(s);
         return NULL;
@@ -204,7 +206,7 @@ emu_server *emu_http_start_limits(emu_t *e, const char *host, int port, const em
         return NULL;
     }
     http_daemon_options d = {.addr = &addr, .handler = handler, .completed = completed, .cls = s, .watch = s->watch,
-                             .idle_timeout_s = EMU_HTTP_TIMEOUT_S, .max_connections = EMU_HTTP_MAX_CONNECTIONS,
+                             .idle_timeout_s = EMU_HTTP_TIMEOUT_S, .max_connections = total,
                              .max_per_ip = per_ip, .unescape = keep_escaped};
     s->d = http_start(&d);
     if (!s->d) {

@@ -15,6 +15,7 @@ typedef struct emu_http_limits {
     long long request_timeout_ms; /* a request must be complete this long after its connection opened or its
                                      previous request completed (default EMU_HTTP_REQUEST_TIMEOUT_MS) */
     int max_connections_per_ip;   /* default EMU_HTTP_MAX_PER_IP */
+    int max_connections;          /* in all; default EMU_HTTP_MAX_CONNECTIONS */
 } emu_http_limits;
 
 #define EMU_HTTP_REQUEST_TIMEOUT_MS 10000
