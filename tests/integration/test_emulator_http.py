@@ -2383,7 +2383,7 @@ def g11_query_budget_option():
         eq([p["id"] for p in body["packages"]], [ids[3]], "the one")
     finally:
         srv.cleanup()
-    for opt in ("--query-budget", "--request-timeout", "--max-connections-per-ip"):
+    for opt in ("--query-budget", "--request-timeout", "--max-connections-per-ip", "--max-connections"):
         run = Folder().run("sandbox", "serve", opt, "0", "--db", ":memory:", timeout=10)
         check(run.rc == 2 and opt in run.err, "%s 0 is a usage error: rc %r, %r" % (opt, run.rc, run.err))
 
@@ -2453,6 +2453,26 @@ def g11_trickling_clients_from_one_address_do_not_lock_others_out():
             except OSError:
                 alive += 1
         check(alive >= 520 - 256, "at most 256 connections from one address kept: %d of 520 closed" % alive)
+    finally:
+        for s in socks:
+            s.close()
+        srv.cleanup()
+
+
+@test
+def g11_max_connections_caps_them_all():
+    """--max-connections N: N connections from several addresses are kept, the next is turned away
+    on arrival, and served again once one of them closes."""
+    srv = Server("--max-connections", "6", "--max-connections-per-ip", "6").start()
+    socks = []
+    try:
+        socks = trickle_open(srv.port, ["127.0.0.2", "127.0.0.3"], 3)
+        trickle_tick(socks, 0)
+        time.sleep(0.3)
+        check(turned_away(srv), "a 7th connection was served with 6 allowed")
+        socks.pop().close()
+        took = served_within(srv, 3)
+        check(took < 2, "served after %.2f s once one closed" % took)
     finally:
         for s in socks:
             s.close()
