@@ -190,6 +190,7 @@ static const char *const sql[ST__COUNT] = {
 
 struct journal {
     char wal_path[PATH_MAX];
+    long long wal_pages;          /* in the WAL after this handle's last commit (sqlite3_wal_hook) */
     sqlite3 *db;
     sqlite3_stmt *st[ST__COUNT];
     pthread_mutex_t mu;
@@ -485,9 +486,20 @@ int journal_set_durable(journal *j, int full)
                : -1;
 }
 
+static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    (void)db;
+    (void)name;
+    ((journal *)arg)->wal_pages = pages;
+    return SQLITE_OK;
+}
+
 int journal_set_manual_checkpoints(journal *j)
 {
-    return sqlite3_exec(j->db, "PRAGMA wal_autocheckpoint=0", NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+    /* (wal_autocheckpoint=0 sets SQLite's own WAL hook aside: ours counts the pages) */
+    int rc = sqlite3_exec(j->db, "PRAGMA wal_autocheckpoint=0", NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+    sqlite3_wal_hook(j->db, on_wal_commit, j);
+    return rc;
 }
 
 int journal_begin(journal *j)
@@ -521,6 +533,23 @@ long long journal_wal_size(journal *j)
 {
     struct stat st;
     return stat(j->wal_path, &st) == 0 ? (long long)st.st_size : 0;
+}
+
+long long journal_wal_pages(journal *j)
+{
+    lock(j);
+    long long n = j->wal_pages;
+    unlock(j);
+    return n;
+}
+
+int journal_checkpoint_passive(journal *j)
+{
+    lock(j);
+    int rc = sqlite3_wal_checkpoint_v2(j->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL) == SQLITE_OK ? 0 : -1;
+    j->wal_pages = 0;
+    unlock(j);
+    return rc;
 }
 
 int journal_checkpoint_truncate(journal *j)

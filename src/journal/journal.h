@@ -80,6 +80,12 @@ long long journal_wal_size(journal *j);
 /* Copies the whole WAL into the database and truncates it to nothing, waiting
  * (the busy timeout) for readers to leave it; 0, or -1 (they did not). */
 int journal_checkpoint_truncate(journal *j);
+/* Pages written to the WAL since this handle's last checkpoint (its commits
+ * count them). */
+long long journal_wal_pages(journal *j);
+/* A passive checkpoint by this handle (it waits for nobody); the WAL starts
+ * over at the next commit when no reader still needs it. 0 or -1. */
+int journal_checkpoint_passive(journal *j);
 /* Groups the next writes of this handle in one transaction (mark_* calls;
  * not accept, which opens its own). */
 int journal_begin(journal *j);

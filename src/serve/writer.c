@@ -46,12 +46,18 @@ static int apply_ops(serve *s, run_change *ops)
     return rc;
 }
 
-/* The WAL grows while readers keep the passive checkpoints of the main loop
- * from starting it over: past serve.journal_wal_mb the writer, between two
- * group commits (no write of its own in flight), copies it into the database
- * and truncates it. Looked at every 50 ms at most. */
+/* The WAL starts over only when a checkpoint has copied all of it, and a
+ * checkpoint beside a writer that keeps appending never has: the writer
+ * itself, between two group commits (nothing appends meanwhile), copies what
+ * it wrote once that passes WAL_STEP_PAGES, a few milliseconds each, so the
+ * next commit starts the WAL over. Should readers hold it back until it
+ * passes serve.journal_wal_mb, the writer waits for them and truncates it.
+ * The file's size is looked at every 50 ms at most. */
+#define WAL_STEP_PAGES 512
 static void bound_wal(serve *s, long long *next_look)
 {
+    if (journal_wal_pages(s->jwrite) >= WAL_STEP_PAGES)
+        journal_checkpoint_passive(s->jwrite);
     long long now = sched_now_ms();
     if (now < *next_look)
         return;

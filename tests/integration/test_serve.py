@@ -2215,9 +2215,10 @@ def journal_corrupted_under_the_service_answers_503():
 
 @test
 def journal_wal_stays_under_its_bound_under_sustained_intake():
-    """Readers under load keep the passive checkpoints from starting the WAL over: past
-    serve.journal_wal_mb the writer truncates it between group commits, so intake as fast as
-    it goes cannot grow it without end (it grew by 12-53 KB an event, for ever)."""
+    """A checkpoint beside a writer that keeps appending never lets the WAL start over: the writer
+    checkpoints what it wrote between its group commits (and past serve.journal_wal_mb waits for
+    readers and truncates it), so intake as fast as it goes cannot grow it without end (it grew by
+    12-53 KB an event, for ever: 400 MB in these 8 s)."""
     svc = intake_service("  accept_unknown_events: true\n  journal_wal_mb: 2\n").start()
     wal = os.path.join(svc.dir, ".wixr", "journal.db-wal")
     stop = time.time() + 8
@@ -2250,8 +2251,6 @@ def journal_wal_stays_under_its_bound_under_sustained_intake():
     m = parse_metrics(svc.metrics())
     accepted = m.get("wixr_events_accepted_total", 0)
     check(accepted > 2000, "only %d events accepted in 8 s" % accepted)
-    check(m.get("wixr_journal_wal_truncations_total", 0) >= 1, "the WAL was never truncated: %r"
-          % {k: v for k, v in m.items() if "wal" in k})
     # the bound, plus what the group commits of one look (50 ms) can add
     check(biggest < 6 * 1024 * 1024, "the WAL reached %.1f MB (bound 2 MB) after %d events"
           % (biggest / 1048576, accepted))
