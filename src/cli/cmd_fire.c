@@ -21,6 +21,7 @@
 #include "../serve/workers.h"
 #include "../serve/setup.h"
 #include "../serve/serve.h"
+#include "../util/strset.h"
 #include "batch_input.h"
 #include "cli.h"
 #include "opts.h"
@@ -102,8 +103,7 @@ typedef struct store {
     journal *j;                   /* NULL: a dry run with no journal yet */
     int record, dedupe;
     char path[4096];
-    char **set;                   /* ids claimed by this run (open addressing), copied into ... */
-    size_t setcap, setn;
+    strset ids_seen;              /* ids claimed by this run, copied into ... */
     struct id_block *ids;         /* ... these blocks: a batch's memory grows by its ids' bytes, no more */
     long keep_days, keep_events;  /* the journal's retention (serve.journal_keep_*), applied at close */
     pending_run *pend;
@@ -212,14 +212,6 @@ static int store_open(store *s, const wixr_config *cfg, int dry, int dedupe, cha
     return 0;
 }
 
-static size_t str_hash(const char *p)
-{
-    size_t h = 1469598103934665603ull;
-    for (; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    return h;
-}
-
 #define ID_BLOCK (64 * 1024)
 typedef struct id_block {
     struct id_block *next;
@@ -248,33 +240,12 @@ static char *keep_id(store *s, const char *id)
 /* Adds id to the set of this run's ids; 0 when it was there already. */
 static int set_add(store *s, const char *id)
 {
-    if (2 * (s->setn + 1) > s->setcap) {
-        size_t cap = s->setcap ? s->setcap * 2 : 1024;
-        char **nset = calloc(cap, sizeof *nset);
-        if (!nset)
-            return 1;
-        for (size_t i = 0; i < s->setcap; i++) {
-            if (!s->set[i])
-                continue;
-            size_t k = str_hash(s->set[i]) & (cap - 1);
-            while (nset[k])
-                k = (k + 1) & (cap - 1);
-            nset[k] = s->set[i];
-        }
-        free(s->set);
-        s->set = nset;
-        s->setcap = cap;
-    }
-    size_t k = str_hash(id) & (s->setcap - 1);
-    while (s->set[k]) {
-        if (!strcmp(s->set[k], id))
-            return 0;
-        k = (k + 1) & (s->setcap - 1);
-    }
-    if (!(s->set[k] = keep_id(s, id)))
-        return 1;
-    s->setn++;
-    return 1;
+    if (strset_has(&s->ids_seen, id))
+        return 0;
+    const char *kept = keep_id(s, id);
+    if (kept && strset_add(&s->ids_seen, kept) < 0)
+        kept = NULL;
+    return 1; /* (no memory to keep it: it runs, as the first of its id would) */
 }
 
 /* May this run run the event? CLAIM_*. state is the id's state in the
@@ -383,7 +354,7 @@ static void store_close(store *s)
         if (journal_retain(s->j, cut, s->keep_events, 500) < 500)
             break;
     free(s->pend);
-    free(s->set);
+    strset_free(&s->ids_seen);
     while (s->ids) {
         id_block *b = s->ids->next;
         free(s->ids);

@@ -2,8 +2,8 @@
  * name_index.c -- positions by name (see name_index.h).
  */
 #include "name_index.h"
+#include "strset.h"
 
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,17 +12,9 @@ struct name_slot {
     int first, count;             /* its positions: pos[first .. first + count) */
 };
 
-static uint64_t hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 static struct name_slot *slot_of(const name_index *x, const char *name)
 {
-    unsigned i = (unsigned)hash(name) & (x->cap - 1);
+    unsigned i = (unsigned)strset_hash(name) & (x->cap - 1);
     while (x->slots[i].name && strcmp(x->slots[i].name, name))
         i = (i + 1) & (x->cap - 1);
     return &x->slots[i];

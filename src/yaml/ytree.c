@@ -11,6 +11,7 @@
 #include <yaml.h>
 
 #include "../util/nearest.h"
+#include "../util/strset.h"
 
 #define YTREE_MAX_DEPTH 64
 /* What aliases may add to a document in all: past either cap a file is refused at the
@@ -278,50 +279,6 @@ static int apply_merge(loader *l, ynode *map, const ynode *src)
     return 0;
 }
 
-/* The keys of a mapping being loaded, hashed: a mapping of thousands of keys
- * (hooks of as many events) would otherwise compare each with every earlier one. */
-typedef struct keyset {
-    const char **slot;
-    size_t cap, n;
-} keyset;
-
-static size_t key_hash(const char *s)
-{
-    size_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
-/* 1 added, 0 there already, -1 out of memory. */
-static int keyset_add(keyset *k, const char *key)
-{
-    if (2 * (k->n + 1) > k->cap) {
-        size_t cap = k->cap ? 2 * k->cap : 16;
-        const char **ns = calloc(cap, sizeof *ns);
-        if (!ns)
-            return -1;
-        for (size_t i = 0; i < k->cap; i++) {
-            if (!k->slot[i])
-                continue;
-            size_t j = key_hash(k->slot[i]) & (cap - 1);
-            while (ns[j])
-                j = (j + 1) & (cap - 1);
-            ns[j] = k->slot[i];
-        }
-        free(k->slot);
-        k->slot = ns;
-        k->cap = cap;
-    }
-    size_t j = key_hash(key) & (k->cap - 1);
-    for (; k->slot[j]; j = (j + 1) & (k->cap - 1))
-        if (!strcmp(k->slot[j], key))
-            return 0;
-    k->slot[j] = key;
-    k->n++;
-    return 1;
-}
-
 /* Consumes events until the matching end event; ev is the start event. */
 static ynode *load_collection(loader *l, yaml_event_t *start, ytype t)
 {
@@ -336,7 +293,7 @@ static ynode *load_collection(loader *l, yaml_event_t *start, ytype t)
     }
     ynode **tail = &coll->head;
     ynode *merge = NULL; /* the value of its "<<" key */
-    keyset keys = {0};
+    strset keys = {0};           /* (a mapping of thousands of keys: each told apart by hash) */
     yaml_event_type_t end = t == Y_MAP ? YAML_MAPPING_END_EVENT : YAML_SEQUENCE_END_EVENT;
     for (;;) {
         yaml_event_t ev;
@@ -358,7 +315,7 @@ static ynode *load_collection(loader *l, yaml_event_t *start, ytype t)
                 goto fail;
             }
             int is_merge = key->plain && !strcmp(key->str, "<<");
-            int added = is_merge ? merge == NULL : keyset_add(&keys, key->str);
+            int added = is_merge ? merge == NULL : strset_add(&keys, key->str);
             if (added <= 0) {
                 mark_err(l, key, added < 0 ? "out of memory" : "duplicate key", added < 0 ? NULL : key->str);
                 node_free(key);
@@ -394,14 +351,13 @@ static ynode *load_collection(loader *l, yaml_event_t *start, ytype t)
         tail = &val->next;
         coll->n++;
     }
-    free(keys.slot);
-    keys.slot = NULL;
+    strset_free(&keys);
     if (merge && apply_merge(l, coll, merge) < 0)
         goto fail;
     l->depth--;
     return coll;
 fail:
-    free(keys.slot);
+    strset_free(&keys);
     node_free(coll);
     return NULL;
 }

@@ -11,6 +11,7 @@
 #include "../../src/util/name_index.h"
 #include "../../src/util/nearest.h"
 #include "../../src/util/pool.h"
+#include "../../src/util/strset.h"
 #include "../../src/util/sha256.h"
 #include "check.h"
 
@@ -251,6 +252,24 @@ static void test_name_index(void)
     name_index_free(&x);
 }
 
+static void test_strset(void)
+{
+    strset set = {0};
+    CHECK(!strset_has(&set, "a"));
+    static char names[3000][16];
+    int added = 1;
+    for (int i = 0; i < 3000; i++) {
+        snprintf(names[i], sizeof names[i], "id-%d", i);
+        added = added && strset_add(&set, names[i]) == 1;
+    }
+    CHECK(added);
+    CHECK_INT((long long)set.n, 3000);
+    CHECK_INT(strset_add(&set, "id-1234"), 0); /* another copy of a string in the set */
+    CHECK(strset_has(&set, "id-2999") && !strset_has(&set, "id-3000"));
+    strset_free(&set);
+    CHECK(!strset_has(&set, "id-1"));
+}
+
 int main(void)
 {
     test_pool_reuse_and_growth();
@@ -260,5 +279,6 @@ int main(void)
     test_backoff();
     test_nearest();
     test_name_index();
+    test_strset();
     return check_report();
 }
