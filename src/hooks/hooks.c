@@ -109,7 +109,10 @@ hook_table *hooks_load_from(wixr_host *h, const wixr_config *cfg, const hook_tab
     t->refs = 1;
     t->n = cfg->nhooks;
     t->rt = calloc(cfg->nhooks ? (size_t)cfg->nhooks : 1, sizeof *t->rt);
-    if (!t->rt) {
+    t->rebuilt_before = calloc(cfg->nhooks ? (size_t)cfg->nhooks : 1, sizeof *t->rebuilt_before);
+    if (!t->rt || !t->rebuilt_before) {
+        free(t->rt);
+        free(t->rebuilt_before);
         free(t);
         return NULL;
     }
@@ -128,6 +131,7 @@ hook_table *hooks_load_from(wixr_host *h, const wixr_config *cfg, const hook_tab
             continue;
         if (indexed && (t->rt[i] = kept_state(from, &fx, cfg, &cx, i))) {
             t->rt[i]->refs++;
+            t->rebuilt_before[i] = t->rt[i]->rebuilds;
             if (kept)
                 (*kept)++;
             continue;
@@ -175,6 +179,7 @@ void hooks_free(hook_table *t)
     for (int i = 0; i < t->n; i++)
         hook_free(t->rt[i]);
     free(t->rt);
+    free(t->rebuilt_before);
     name_index_free(&t->by_event);
     if (t->owned_cfg) {
         config_free(t->owned_cfg);

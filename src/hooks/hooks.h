@@ -18,6 +18,7 @@ typedef struct hook_table {
     hook_rt **rt;                 /* one per cfg->hooks[i]; NULL when disabled */
     int n;
     name_index by_event;          /* an event name -> its enabled hooks, in order */
+    long long *rebuilt_before;    /* per hook: its state's rebuilds when this table took it (a reload keeps states) */
     int refs;                     /* event jobs using this table, plus one while it is current */
     wixr_config *owned_cfg;       /* freed with the table (tables built by a reload) */
     long version;

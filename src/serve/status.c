@@ -202,11 +202,15 @@ static int track_rebuilds(serve *s, const workers_totals *t, long long now)
         s->breaks = calloc((size_t)nh + 1, sizeof *s->breaks);
         s->nbreaks = s->breaks ? nh : 0;
         s->breaks_version = s->rules_version;
+        /* counted from what the first snapshot of these rules sees (a worker's counters may still
+         * be those of the rules before, until its next report) */
+        for (int i = 0; i < s->nbreaks; i++)
+            s->breaks[i].seen = -1;
     }
     int n = 0;
     for (int i = 0; i < s->nbreaks; i++) {
         breaking *b = &s->breaks[i];
-        for (long long d = t->rebuilds[i] - b->seen; d > 0; d--) {
+        for (long long d = b->seen < 0 ? 0 : t->rebuilds[i] - b->seen; d > 0; d--) {
             memmove(b->at + 1, b->at, sizeof b->at - sizeof b->at[0]);
             b->at[0] = now;
         }

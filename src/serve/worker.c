@@ -381,7 +381,7 @@ static void send_stats(wk *k)
     jw_key(&w, "rebuilds");
     jw_arr(&w);
     for (int i = 0; i < k->t->n; i++)
-        jw_int(&w, k->t->rt[i] ? k->t->rt[i]->rebuilds : 0);
+        jw_int(&w, k->t->rt[i] ? k->t->rt[i]->rebuilds - k->t->rebuilt_before[i] : 0); /* (since these rules) */
     jw_arr_end(&w);
     jw_key(&w, "rebuild_errors");
     jw_arr(&w);

@@ -94,7 +94,7 @@ void workers_retire(worker_pool *p);
 void workers_health_json(worker_pool *p, json_writer *w);
 int workers_stalled(worker_pool *p);            /* no worker is ready, or none with work makes progress */
 long long workers_restarts(const worker_pool *p);
-/* The latest counters of the current generation plus those of workers gone. */
+/* The latest counters of the workers running plus those of workers gone. */
 #define WORKERS_MAX_HOOKS 256
 typedef struct workers_totals {
     long long retries, rate_waits;
