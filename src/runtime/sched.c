@@ -4,10 +4,15 @@
 #define _GNU_SOURCE
 #include "sched.h"
 
+#include <errno.h>
 #include <lauxlib.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 volatile unsigned long sched_progress;
 
@@ -58,10 +63,20 @@ struct sched {
     timer *timers;         /* binary min-heap on (at, seq) */
     int ntimers, captimers;
     int strong_timers;
-    struct curl_waitfd watch[4];
+    /* libcurl's sockets, the watched fds and the wakeup in one epoll set:
+     * the loop hands libcurl only the sockets that are ready (socket_action),
+     * so a wait costs what happened, not every transfer in flight. */
+    int epfd, wakefd;
+    long long curl_at;     /* when libcurl wants its timeouts run; -1: not */
+    int watch[4];
     int nwatch;
     unsigned long timer_seq;
 };
+
+/* What an epoll event is about (its data's high half; the low half is the fd). */
+#define EV_CURL 0u
+#define EV_WATCH 1u
+#define EV_WAKE 2u
 
 long long sched_now_ms(void)
 {
@@ -70,18 +85,69 @@ long long sched_now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static int ep_set(sched_t *s, int op, int fd, unsigned kind, unsigned events)
+{
+    struct epoll_event ev = {.events = events, .data.u64 = (uint64_t)kind << 32 | (uint32_t)fd};
+    return epoll_ctl(s->epfd, op, fd, &ev);
+}
+
+/* libcurl says which of a transfer's sockets to wait for (CURLMOPT_SOCKETFUNCTION);
+ * socketp is non-NULL once the socket is in the epoll set. */
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    (void)easy;
+    sched_t *s = userp;
+    if (what == CURL_POLL_REMOVE) {
+        if (socketp) {
+            epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, NULL); /* (fails harmlessly once fd is closed) */
+            curl_multi_assign(s->multi, fd, NULL);
+        }
+        return 0;
+    }
+    unsigned events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
+    int op = socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (ep_set(s, op, fd, EV_CURL, events) < 0 &&
+        ep_set(s, errno == EEXIST ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, EV_CURL, events) < 0)
+        return -1;
+    if (!socketp)
+        curl_multi_assign(s->multi, fd, s);
+    return 0;
+}
+
+/* libcurl's one timeout for all its transfers (CURLMOPT_TIMERFUNCTION). */
+static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    sched_t *s = userp;
+    s->curl_at = timeout_ms < 0 ? -1 : sched_now_ms() + timeout_ms;
+    return 0;
+}
+
 sched_t *sched_new(lua_State *L)
 {
     sched_t *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->L = L;
+    s->curl_at = -1;
+    s->epfd = epoll_create1(EPOLL_CLOEXEC);
+    s->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     s->multi = curl_multi_init();
-    if (!s->multi) {
+    if (!s->multi || s->epfd < 0 || s->wakefd < 0 || ep_set(s, EPOLL_CTL_ADD, s->wakefd, EV_WAKE, EPOLLIN) < 0) {
+        if (s->multi)
+            curl_multi_cleanup(s->multi);
+        if (s->epfd >= 0)
+            close(s->epfd);
+        if (s->wakefd >= 0)
+            close(s->wakefd);
         free(s);
         return NULL;
     }
     curl_multi_setopt(s->multi, CURLMOPT_MAXCONNECTS, 256L);
+    curl_multi_setopt(s->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(s->multi, CURLMOPT_SOCKETDATA, s);
+    curl_multi_setopt(s->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(s->multi, CURLMOPT_TIMERDATA, s);
     return s;
 }
 
@@ -123,6 +189,8 @@ void sched_free(sched_t *s)
     while (s->all)
         task_free(s, s->all);
     curl_multi_cleanup(s->multi);
+    close(s->epfd);
+    close(s->wakefd);
     for (int i = 0; i < s->ntimers; i++)
         if (s->timers[i].free_arg)
             free(s->timers[i].arg);
@@ -477,6 +545,40 @@ static void run_task(sched_t *s, sched_task *t)
     task_free(s, t);
 }
 
+/* Waits at most wait ms (less when libcurl's timeout comes first) for a
+ * transfer's socket, a watched fd or a wakeup; lets libcurl act on the
+ * sockets that are ready and on its timeout when due, and hands the finished
+ * transfers to their owners. */
+static void wait_io(sched_t *s, long wait)
+{
+    if (s->curl_at >= 0) {
+        long long d = s->curl_at - sched_now_ms();
+        if (d < wait)
+            wait = d < 0 ? 0 : (long)d;
+    }
+    struct epoll_event ev[64];
+    int n = epoll_wait(s->epfd, ev, 64, (int)wait), running;
+    for (int i = 0; i < n; i++) {
+        unsigned kind = (unsigned)(ev[i].data.u64 >> 32);
+        int fd = (int)(uint32_t)ev[i].data.u64;
+        if (kind == EV_CURL) {
+            unsigned e = ev[i].events;
+            int act = (e & (EPOLLIN | EPOLLHUP) ? CURL_CSELECT_IN : 0) | (e & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+                      (e & EPOLLERR ? CURL_CSELECT_ERR : 0);
+            curl_multi_socket_action(s->multi, fd, act, &running);
+        } else if (kind == EV_WAKE) {
+            uint64_t v;
+            while (read(s->wakefd, &v, sizeof v) == (ssize_t)sizeof v)
+                ;
+        } /* a watched fd: being ready ends the wait, nothing more */
+    }
+    if (s->curl_at >= 0 && s->curl_at <= sched_now_ms()) {
+        s->curl_at = -1; /* (libcurl sets it again from inside) */
+        curl_multi_socket_action(s->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+    drain_transfers(s);
+}
+
 void sched_run(sched_t *s)
 {
     for (;;) {
@@ -491,21 +593,12 @@ void sched_run(sched_t *s)
         if (s->ready_head)
             continue;
         if (s->transfers > 0) {
-            int running;
-            curl_multi_perform(s->multi, &running);
-            drain_transfers(s);
-            if (s->ready_head)
-                continue;
-            fire_timers(s);
-            if (s->ready_head)
-                continue;
             long wait = 1000;
             if (s->ntimers) {
                 long long d = s->timers[0].at - sched_now_ms();
                 wait = d < 0 ? 0 : d < 1000 ? (long)d : 1000;
             }
-            if (s->transfers > 0)
-                curl_multi_poll(s->multi, NULL, 0, (int)wait, NULL);
+            wait_io(s, wait);
             continue;
         }
         if (s->strong_timers) {
@@ -522,18 +615,17 @@ void sched_run(sched_t *s)
 
 int sched_watch_fd(sched_t *s, int fd)
 {
-    if (s->nwatch == 4)
+    if (s->nwatch == 4 || ep_set(s, EPOLL_CTL_ADD, fd, EV_WATCH, EPOLLIN) < 0)
         return -1;
-    s->watch[s->nwatch].fd = fd;
-    s->watch[s->nwatch].events = CURL_WAIT_POLLIN;
-    s->watch[s->nwatch].revents = 0;
-    s->nwatch++;
+    s->watch[s->nwatch++] = fd;
     return 0;
 }
 
 void sched_wakeup(sched_t *s)
 {
-    curl_multi_wakeup(s->multi);
+    uint64_t one = 1;
+    ssize_t r = write(s->wakefd, &one, sizeof one);
+    (void)r; /* full (EAGAIN): a wakeup is pending anyway */
 }
 
 static void run_ready(sched_t *s)
@@ -552,11 +644,8 @@ void sched_run_for(sched_t *s, long max_wait_ms)
     for (int round = 0; round < 2; round++) {
         run_ready(s);
         fire_timers(s);
-        if (s->transfers > 0) {
-            int running;
-            curl_multi_perform(s->multi, &running);
-            drain_transfers(s);
-        }
+        if (s->transfers > 0 && round == 1)
+            wait_io(s, 0);
         run_ready(s);
         if (round == 1)
             break;
@@ -568,8 +657,6 @@ void sched_run_for(sched_t *s, long max_wait_ms)
         }
         if (s->ready_head)
             wait = 0;
-        for (int i = 0; i < s->nwatch; i++)
-            s->watch[i].revents = 0;
-        curl_multi_poll(s->multi, s->watch, (unsigned)s->nwatch, (int)wait, NULL);
+        wait_io(s, wait);
     }
 }
