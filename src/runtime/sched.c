@@ -68,6 +68,8 @@ struct sched {
      * so a wait costs what happened, not every transfer in flight. */
     int epfd, wakefd;
     long long curl_at;     /* when libcurl wants its timeouts run; -1: not */
+    unsigned char *fds;    /* by fd: FD_IN_SET | FD_WANTED | the events asked for */
+    int nfds;
     int watch[4];
     int nwatch;
     unsigned long timer_seq;
@@ -77,6 +79,14 @@ struct sched {
 #define EV_CURL 0u
 #define EV_WATCH 1u
 #define EV_WAKE 2u
+
+/* A socket libcurl no longer waits for (CURL_POLL_REMOVE) stays in the epoll
+ * set, not wanted: the next transfer on that connection wants it again at the
+ * cost of one MOD, not a DEL and an ADD; should it become ready meanwhile (the
+ * server closed it), it leaves the set then. */
+#define FD_IN_SET 0x80u
+#define FD_WANTED 0x40u
+#define FD_EVENTS (EPOLLIN | EPOLLOUT)
 
 long long sched_now_ms(void)
 {
@@ -91,26 +101,44 @@ static int ep_set(sched_t *s, int op, int fd, unsigned kind, unsigned events)
     return epoll_ctl(s->epfd, op, fd, &ev);
 }
 
-/* libcurl says which of a transfer's sockets to wait for (CURLMOPT_SOCKETFUNCTION);
- * socketp is non-NULL once the socket is in the epoll set. */
+/* libcurl says which of its sockets to wait for (CURLMOPT_SOCKETFUNCTION). */
 static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     (void)easy;
+    (void)socketp;
     sched_t *s = userp;
+    if (fd < 0)
+        return -1;
+    if (fd >= s->nfds) {
+        if (what == CURL_POLL_REMOVE)
+            return 0;
+        int n = s->nfds ? s->nfds : 64;
+        while (n <= fd)
+            n *= 2;
+        unsigned char *f = realloc(s->fds, (size_t)n);
+        if (!f)
+            return -1;
+        memset(f + s->nfds, 0, (size_t)(n - s->nfds));
+        s->fds = f;
+        s->nfds = n;
+    }
+    unsigned char *st = &s->fds[fd];
     if (what == CURL_POLL_REMOVE) {
-        if (socketp) {
-            epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, NULL); /* (fails harmlessly once fd is closed) */
-            curl_multi_assign(s->multi, fd, NULL);
-        }
+        *st &= (unsigned char)~FD_WANTED;
         return 0;
     }
     unsigned events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
-    int op = socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-    if (ep_set(s, op, fd, EV_CURL, events) < 0 &&
-        ep_set(s, errno == EEXIST ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, EV_CURL, events) < 0)
+    /* In the set already (as far as we know: a socket closed and opened again
+     * under the same number is not): a MOD, else an ADD. */
+    if (*st & FD_IN_SET) {
+        if (ep_set(s, EPOLL_CTL_MOD, fd, EV_CURL, events) < 0 &&
+            (errno != ENOENT || ep_set(s, EPOLL_CTL_ADD, fd, EV_CURL, events) < 0))
+            return -1;
+    } else if (ep_set(s, EPOLL_CTL_ADD, fd, EV_CURL, events) < 0 &&
+               (errno != EEXIST || ep_set(s, EPOLL_CTL_MOD, fd, EV_CURL, events) < 0)) {
         return -1;
-    if (!socketp)
-        curl_multi_assign(s->multi, fd, s);
+    }
+    *st = (unsigned char)(FD_IN_SET | FD_WANTED | events);
     return 0;
 }
 
@@ -191,6 +219,7 @@ void sched_free(sched_t *s)
     curl_multi_cleanup(s->multi);
     close(s->epfd);
     close(s->wakefd);
+    free(s->fds);
     for (int i = 0; i < s->ntimers; i++)
         if (s->timers[i].free_arg)
             free(s->timers[i].arg);
@@ -551,17 +580,32 @@ static void run_task(sched_t *s, sched_task *t)
  * transfers to their owners. */
 static void wait_io(sched_t *s, long wait)
 {
+    int running;
+    if (s->curl_at >= 0 && s->curl_at <= sched_now_ms()) {
+        /* first what is due (a transfer just added starts here): it may finish something */
+        s->curl_at = -1; /* (libcurl sets it again from inside) */
+        curl_multi_socket_action(s->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        drain_transfers(s);
+        if (s->ready_head)
+            return;
+    }
     if (s->curl_at >= 0) {
         long long d = s->curl_at - sched_now_ms();
         if (d < wait)
             wait = d < 0 ? 0 : (long)d;
     }
     struct epoll_event ev[64];
-    int n = epoll_wait(s->epfd, ev, 64, (int)wait), running;
+    int n = epoll_wait(s->epfd, ev, 64, (int)wait);
     for (int i = 0; i < n; i++) {
         unsigned kind = (unsigned)(ev[i].data.u64 >> 32);
         int fd = (int)(uint32_t)ev[i].data.u64;
         if (kind == EV_CURL) {
+            if (fd >= s->nfds || !(s->fds[fd] & FD_WANTED)) { /* a parked socket: out of the set */
+                epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, NULL);
+                if (fd < s->nfds)
+                    s->fds[fd] = 0;
+                continue;
+            }
             unsigned e = ev[i].events;
             int act = (e & (EPOLLIN | EPOLLHUP) ? CURL_CSELECT_IN : 0) | (e & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
                       (e & EPOLLERR ? CURL_CSELECT_ERR : 0);
