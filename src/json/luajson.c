@@ -5,6 +5,7 @@
 
 #include <lauxlib.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -376,9 +377,88 @@ int luajson_encode(lua_State *L, int idx, buf_t *b, int camel, char *err, size_t
 
 /* ---- decode ---- */
 
-static void push_value(lua_State *L, const json_value *v, int snake)
+/* The wire's key names come back in every answer: the snake_case name of
+ * each is kept, per Lua state, in a small direct-mapped cache (the wire name
+ * in C, the Lua string in a table both owned by the registry), so a key costs
+ * a hash and a compare, not a conversion and an interning. */
+#define KEYCACHE_SLOTS 128
+#define KEYCACHE_MAXLEN 32
+#define KEYCACHE_REG "wix.luajson.keys"
+
+typedef struct keycache {
+    unsigned char len[KEYCACHE_SLOTS]; /* 0: empty */
+    char key[KEYCACHE_SLOTS][KEYCACHE_MAXLEN];
+} keycache;
+
+typedef struct pusher {
+    lua_State *L;
+    int snake;
+    keycache *kc;                 /* NULL: no cache */
+    int names;                    /* stack slot of the cache's strings (slot i at i + 1) */
+} pusher;
+
+/* Pushes the key cache's strings table and returns the cache (made on first
+ * use; may raise a memory error, as any push here). */
+static keycache *keycache_push(lua_State *L)
 {
-    luaL_checkstack(L, 4, "luajson");
+    if (lua_getfield(L, LUA_REGISTRYINDEX, KEYCACHE_REG) == LUA_TUSERDATA) {
+        keycache *kc = lua_touserdata(L, -1);
+        lua_getiuservalue(L, -1, 1);
+        lua_remove(L, -2);
+        return kc;
+    }
+    lua_pop(L, 1);
+    keycache *kc = lua_newuserdatauv(L, sizeof *kc, 1);
+    memset(kc->len, 0, sizeof kc->len);
+    lua_createtable(L, KEYCACHE_SLOTS, 0);
+    for (int i = 1; i <= KEYCACHE_SLOTS; i++) { /* the array part in full: a later store never grows it */
+        lua_pushboolean(L, 0);
+        lua_rawseti(L, -2, i);
+    }
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, -3, 1);
+    lua_insert(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, KEYCACHE_REG);
+    return kc;
+}
+
+static void push_converted_key(lua_State *L, const char *k, size_t n, int snake)
+{
+    char tmp[256];
+    if (snake && n < sizeof tmp / 2) {
+        size_t m = luajson_camel_to_snake(k, n, tmp, sizeof tmp);
+        lua_pushlstring(L, tmp, m);
+    } else {
+        lua_pushlstring(L, k, n);
+    }
+}
+
+static void push_key(const pusher *p, const char *k, size_t n)
+{
+    lua_State *L = p->L;
+    keycache *kc = p->kc;
+    if (!kc || n == 0 || n >= KEYCACHE_MAXLEN) {
+        push_converted_key(L, k, n, p->snake);
+        return;
+    }
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)k[i]) * 16777619u;
+    unsigned slot = (h ^ (h >> 15)) & (KEYCACHE_SLOTS - 1);
+    if (kc->len[slot] == n && !memcmp(kc->key[slot], k, n)) {
+        lua_rawgeti(L, p->names, slot + 1);
+        return;
+    }
+    push_converted_key(L, k, n, p->snake);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, p->names, slot + 1);
+    memcpy(kc->key[slot], k, n); /* (only once the string is stored) */
+    kc->len[slot] = (unsigned char)n;
+}
+
+static void push_value(const pusher *p, const json_value *v)
+{
+    lua_State *L = p->L;
     switch (v->type) {
     case JSON_NULL:
         lua_pushlightuserdata(L, NULL);
@@ -396,39 +476,49 @@ static void push_value(lua_State *L, const json_value *v, int snake)
         lua_pushlstring(L, v->u.str.s, v->u.str.len);
         break;
     case JSON_ARRAY: {
+        luaL_checkstack(L, 4, "luajson");
         lua_createtable(L, (int)v->u.kids.n, 0);
         if (v->u.kids.n == 0) /* an empty list stays a list when written again (not {}) */
             luaL_setmetatable(L, LUAJSON_ARRAY_MT);
         lua_Integer i = 1;
         for (json_value *k = v->u.kids.head; k; k = k->next) {
-            push_value(L, k, snake);
+            push_value(p, k);
             lua_rawseti(L, -2, i++);
         }
         break;
     }
     case JSON_OBJECT:
+        luaL_checkstack(L, 4, "luajson");
         lua_createtable(L, 0, (int)v->u.kids.n);
         for (json_value *k = v->u.kids.head; k; k = k->next) {
             if (k->type == JSON_NULL)
                 continue;
-            char tmp[256];
-            if (snake && k->keylen < sizeof tmp / 2) {
-                size_t m = luajson_camel_to_snake(k->key, k->keylen, tmp, sizeof tmp);
-                lua_pushlstring(L, tmp, m);
-            } else {
-                lua_pushlstring(L, k->key, k->keylen);
-            }
-            push_value(L, k, snake);
+            push_key(p, k->key, k->keylen);
+            push_value(p, k);
             lua_rawset(L, -3);
         }
         break;
     }
 }
 
+/* Pushes v (with the key cache when converting names; the cache's table is
+ * taken off the stack again). */
+static void push_root(lua_State *L, const json_value *v, int snake)
+{
+    luaL_checkstack(L, 6, "luajson");
+    pusher p = {L, snake, NULL, 0};
+    if (snake && (v->type == JSON_OBJECT || v->type == JSON_ARRAY)) {
+        p.kc = keycache_push(L);
+        p.names = lua_gettop(L);
+    }
+    push_value(&p, v);
+    if (p.kc)
+        lua_remove(L, p.names);
+}
+
 void luajson_push(lua_State *L, const json_value *v, int snake)
 {
-    luaL_checkstack(L, 4, "luajson");
-    push_value(L, v, snake);
+    push_root(L, v, snake);
 }
 
 static int push_protected(lua_State *L)
@@ -436,7 +526,7 @@ static int push_protected(lua_State *L)
     const json_value *v = lua_touserdata(L, 1);
     int snake = lua_toboolean(L, 2);
     lua_settop(L, 0);
-    push_value(L, v, snake);
+    push_root(L, v, snake);
     return 1;
 }
 
