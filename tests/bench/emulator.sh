@@ -6,7 +6,8 @@
 # instance a package), what one request costs: a Get, a first page, a page
 # filtered on instance status, and paging through every package.
 # Environment: BENCH_SECONDS (default 5), BENCH_CONNECTIONS (default 8),
-# BENCH_PACKAGES (default 100000), BENCH_SCALE (default "10000 100000 1000000").
+# BENCH_PACKAGES (default 100000), BENCH_SCALE (default $BENCH_SIZES,
+# else "10000 100000 1000000"; scripts/bench --quick sets BENCH_SIZES=10000).
 set -euo pipefail
 bin=${1:?usage: emulator.sh WIXR_BINARY}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -173,7 +174,7 @@ PY
 }
 stop
 printf '\nEmulator at scale (one keep-alive connection; pages of 100)\n'
-for n in ${BENCH_SCALE:-10000 100000 1000000}; do
+for n in ${BENCH_SCALE:-${BENCH_SIZES:-10000 100000 1000000}}; do
   serve "$work/scale.db" && stop # the schema
   t=$(date +%s.%N); fill "$work/scale.db" "$n"; filled=$(echo "$(date +%s.%N) - $t" | bc)
   serve "$work/scale.db"

@@ -9,7 +9,8 @@
 # look-up then reads it). A real run records every event: measured with a hook
 # that makes no API call (what is measured is the run and its record, not the
 # emulator).
-# Environment: BENCH_EVENTS (default 100000).
+# Environment: BENCH_EVENTS (default 100000), BENCH_SIZES (the streaming batch
+# sizes, default "10000 100000 1000000"; scripts/bench --quick sets 10000).
 set -euo pipefail
 build=$(cd "${1:?usage: hooks.sh BUILD_DIR}" && pwd)
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -114,7 +115,7 @@ print(re.search(r"(\d+) events/s$", last).group(1), "%.1f" % (peak / 1024))
 PY
 }
 printf '\n%-60s %12s %12s\n' "a batch streams (route_order.lua, dry-run, 2 workers)" "events/s" "peak MB"
-for size in 10000 100000 1000000; do
+for size in ${BENCH_SIZES:-10000 100000 1000000}; do
   read -r eps mb < <(scale "$size")
   printf '%-60s %12s %12s\n' "$size events" "$eps" "$mb"
   report hooks "fire --batch of $size events, route_order.lua, dry-run, 2 workers: events/s" "$eps" - - -
