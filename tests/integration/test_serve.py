@@ -1954,6 +1954,42 @@ def trust_healthz_degraded_while_a_hook_keeps_breaking():
 
 
 @test
+def trust_a_reload_that_keeps_a_breaking_hook_does_not_count_its_rebuilds_again():
+    """A reload keeps the states of unchanged hooks, with their rebuild counters: the new
+    rules count rebuilds from the reload on, not again the ones before it."""
+    svc = Service(serve_config(serve="  concurrency: 1\n  retry: {attempts: 1}\n  workers: 1\n",
+                               hooks="  hog:\n    - script: hog.lua\n      limits: {memory_mb: 2}\n"
+                                     "  v:\n    - script: v.lua\n"),
+                  {"hog.lua": HOG_LUA, "v.lua": version_lua(0)}).start()
+
+    def break_it(tag):
+        svc.accept("hog", {"hog": True}, "hog-" + tag)
+        svc.wait_event("hog-" + tag, ("dead",))
+        svc.accept("hog", {"hog": False}, "ok-" + tag)
+        eq(svc.wait_event("ok-" + tag)["state"], "done", "the run after %s, on a rebuilt state" % tag)
+
+    for i in (1, 2, 3):
+        break_it("a%d" % i)
+    svc.wait_health(lambda h: h["status"] == "degraded", "degraded after 3 rebuilds", timeout=5)
+    svc.write("v.lua", version_lua(1))  # hog.lua is unchanged: its state is kept
+    svc.wait_health(lambda h: h["rules_version"] == 2, "the reload", timeout=5)
+    reloaded = [x["fields"] for x in svc.log_records() if x["msg"] == "rules reloaded"]
+    eq(reloaded[-1].get("kept"), 1, "the reload kept hog's state")
+    svc.accept("hog", {"hog": False}, "ok-b0")  # (a report from the worker on the new rules)
+    svc.wait_event("ok-b0")
+    time.sleep(0.6)  # (two /healthz snapshots)
+    h = svc.health()
+    eq((h["status"], h.get("breaking_hooks", [])), ("ok", []), "after the reload, nothing counted again")
+    break_it("b1")
+    break_it("b2")
+    time.sleep(0.6)
+    eq(svc.health()["status"], "ok", "two rebuilds since the reload are not degraded")
+    break_it("b3")
+    h = svc.wait_health(lambda h: h["status"] == "degraded", "degraded after 3 rebuilds since the reload", timeout=5)
+    eq([(b["hook"], b["rebuilds"]) for b in h.get("breaking_hooks", [])], [("hog (hog.lua)", 3)], "breaking hooks")
+
+
+@test
 def trust_a_hooks_retry_overrides_what_is_retried():
     """retry: always retries even a permanent failure; retry: never makes every failure final;
     a bad value is an error at its line and column."""
