@@ -11,12 +11,15 @@
 #include <stdlib.h>
 #include <unistd.h>
 #include <string.h>
+#include <pthread.h>
+#include <stddef.h>
 #include <arpa/inet.h>
 #include <sys/stat.h>
 
 #include "../json/json.h"
 #include "../util/buf.h"
 #include "../util/nearest.h"
+#include "../util/strset.h"
 #include "../yaml/ytree.h"
 
 #ifndef WIXR_HOME
@@ -553,6 +556,7 @@ typedef struct opt_schema {
     int declared;          /* the script declares its options (else nothing is checked) */
     opt_decl *v;
     int n;
+    int borrowed;          /* the declarations belong to the cache below */
 } opt_schema;
 
 /* A declared type: names joined by '|', each maybe ending in '?' (nil allowed);
@@ -669,6 +673,8 @@ static void read_schema(const char *script, const char *shown, opt_schema *sc, b
 
 static void schema_free(opt_schema *sc)
 {
+    if (sc->borrowed)
+        return;
     for (int i = 0; i < sc->n; i++) {
         free(sc->v[i].name);
         free(sc->v[i].type_text);
@@ -682,6 +688,101 @@ static const opt_decl *schema_find(const opt_schema *sc, const char *name)
         if (!strcmp(sc->v[i].name, name))
             return &sc->v[i];
     return NULL;
+}
+
+/* ---- The declarations of scripts read before, by path and file stamp: a
+ * reload of thousands of scripts reads only those that changed. One cache for
+ * the process (configurations may load on any thread), used under its lock
+ * for the whole of a configuration's hooks; it keeps what the last two loads
+ * used. ---- */
+
+typedef struct schema_entry {
+    opt_schema sc;
+    file_stamp stamp;
+    unsigned gen;          /* the last load that used it */
+    char path[];           /* the key the index holds */
+} schema_entry;
+
+static struct {
+    pthread_mutex_t lock;
+    schema_entry **v;
+    size_t n, cap;
+    strset index;          /* v[i]->path */
+    unsigned gen;          /* loads so far */
+} known = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static schema_entry *known_entry(const char *path)
+{
+    const char *key = strset_get(&known.index, path);
+    return key ? (schema_entry *)(void *)(key - offsetof(schema_entry, path)) : NULL;
+}
+
+/* h's script's declarations into sc, borrowed from the cache when the loader
+ * saw the file as it was read before (h->seen); else read, and kept for the
+ * next load when the file had settled and read without a problem. */
+static void script_schema(const hook_def *h, opt_schema *sc, buf_t *errs, int *nerr)
+{
+    schema_entry *e = known_entry(h->script);
+    if (e && file_stamp_same(&e->stamp, &h->seen)) {
+        e->gen = known.gen;
+        *sc = e->sc;
+        sc->borrowed = 1;
+        return;
+    }
+    int before = *nerr;
+    read_schema(h->script, h->script, sc, errs, nerr);
+    if (*nerr > before || !h->seen.settled || (e && e->gen == known.gen))
+        return; /* (an entry this load already borrowed stays as it is) */
+    if (!e) {
+        size_t len = strlen(h->script);
+        if (known.n == known.cap) {
+            size_t cap = known.cap ? 2 * known.cap : 64;
+            schema_entry **v = realloc(known.v, cap * sizeof *v);
+            if (!v)
+                return;
+            known.v = v;
+            known.cap = cap;
+        }
+        if (!(e = calloc(1, sizeof *e + len + 1)))
+            return;
+        memcpy(e->path, h->script, len + 1);
+        if (strset_add(&known.index, e->path) < 0) {
+            free(e);
+            return;
+        }
+        known.v[known.n++] = e;
+    } else {
+        schema_free(&e->sc);
+    }
+    e->sc = *sc;
+    e->stamp = h->seen;
+    e->gen = known.gen;
+    sc->borrowed = 1;
+}
+
+/* Drops the entries neither this load nor the one before used. */
+static void schemas_prune(void)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < known.n; i++) {
+        schema_entry *e = known.v[i];
+        if (known.gen - e->gen <= 1) {
+            known.v[k++] = e;
+            continue;
+        }
+        e->sc.borrowed = 0;
+        schema_free(&e->sc);
+        free(e);
+    }
+    if (k == known.n)
+        return;
+    known.n = k;
+    strset_free(&known.index);
+    for (size_t i = 0; i < known.n; i++)
+        if (strset_add(&known.index, known.v[i]->path) < 0) {
+            known.n = i; /* (out of memory: the rest is forgotten) */
+            break;
+        }
 }
 
 static unsigned json_kind(const json_value *v)
@@ -953,10 +1054,10 @@ static int load_hook(const ydoc *d, const ynode *n, const char *event, int index
             free(script);
             return yerr(d, m, err, errlen, "out of memory"), NOTE_ERR(), -1;
         }
-        if (!file_exists(h->script))
+        if (file_stamp_take(h->script, &h->seen) < 0)
             yerr(d, m, err, errlen, "script: %s does not exist", h->script), NOTE_ERR();
         else
-            read_schema(h->script, h->script, sc, errs, nerr);
+            script_schema(h, sc, errs, nerr);
         free(script);
     }
     ynode *own = ymap_get(n, "options");
@@ -1245,6 +1346,8 @@ static void load_runtime_and_hooks(const ydoc *d, wixr_config *c, buf_t *errs, i
         add_error(errs, nerr, "out of memory");
         return;
     }
+    pthread_mutex_lock(&known.lock);
+    known.gen++;
     for (ynode *ev = hooks->head; ev; ev = ev->next) {
         char f[160];
         snprintf(f, sizeof f, "hooks.%s", ev->key->str);
@@ -1261,6 +1364,8 @@ static void load_runtime_and_hooks(const ydoc *d, wixr_config *c, buf_t *errs, i
     check_default_options(d, dopts, schemas, c->nhooks, errs, nerr);
     for (int i = 0; i < c->nhooks; i++)
         schema_free(&schemas[i]);
+    schemas_prune();
+    pthread_mutex_unlock(&known.lock);
     free(schemas);
 }
 

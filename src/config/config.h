@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 
+#include "../util/filestamp.h"
 #include "../util/name_index.h"
 
 typedef enum { TRANSPORT_AUTO, TRANSPORT_HTTP, TRANSPORT_SANDBOX } wix_transport;
@@ -68,6 +69,7 @@ typedef struct hook_def {
     char *event;
     char *id;                     /* `id:`: the hook's name in its derived idempotency keys (NULL: its position) */
     char *script;                 /* resolved path */
+    file_stamp seen;              /* the script file as the loader saw it (a reload keeps a hook whose file it is) */
     char *where;                  /* "file:line:col" of the entry, for messages */
     char *options_json;           /* ctx.options, as JSON: the hook's options merged over defaults.options */
     hook_limits limits;

@@ -66,7 +66,9 @@ static int def_index_build(def_index *x, const wixr_config *c)
     return rc;
 }
 
-/* The state of `from` that def (c->hooks[i]) may keep, or NULL. */
+/* The state of `from` that def (c->hooks[i]) may keep, or NULL: a script the
+ * config loader saw as the state read it is kept unread; one it cannot tell
+ * (changed within the last second) is read and compared. */
 static hook_rt *kept_state(const hook_table *from, const def_index *fx, const wixr_config *c, const def_index *cx,
                            int i)
 {
@@ -78,11 +80,11 @@ static hook_rt *kept_state(const hook_table *from, const def_index *fx, const wi
         int j = cand[k];
         hook_rt *rt = from->rt[j];
         if (rt && same_def(d, place, &from->cfg->hooks[j], place_in_event(&fx->event, from->cfg, j))) {
-            if (hook_script_unchanged(d->script, &rt->stamp))
+            if (file_stamp_same(&d->seen, &rt->stamp))
                 return rt;
             char err[64];
             size_t len;
-            script_stamp stamp;
+            file_stamp stamp;
             char *text = hook_read_script(d, &len, &stamp, err, sizeof err);
             int same = text && len == rt->source_len && !memcmp(text, rt->source, len);
             free(text);

@@ -246,24 +246,7 @@ void sandbox_run_abort(hook_run *r, const char *msg)
     finish(r, 0, NULL, msg);
 }
 
-static int ts_before(struct timespec a, struct timespec b)
-{
-    return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
-}
-
-static int ts_same(struct timespec a, struct timespec b)
-{
-    return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
-}
-
-int hook_script_unchanged(const char *path, const script_stamp *stamp)
-{
-    struct stat st;
-    return stamp->valid && stat(path, &st) == 0 && st.st_dev == stamp->dev && st.st_ino == stamp->ino &&
-           st.st_size == stamp->size && ts_same(st.st_mtim, stamp->mtime) && ts_same(st.st_ctim, stamp->ctime);
-}
-
-char *hook_read_script(const hook_def *def, size_t *len, script_stamp *stamp, char *err, size_t errlen)
+char *hook_read_script(const hook_def *def, size_t *len, file_stamp *stamp, char *err, size_t errlen)
 {
     FILE *f = fopen(def->script, "rb");
     if (!f) {
@@ -272,15 +255,10 @@ char *hook_read_script(const hook_def *def, size_t *len, script_stamp *stamp, ch
     }
     if (stamp) {
         struct stat st;
-        memset(stamp, 0, sizeof *stamp);
-        clock_gettime(CLOCK_REALTIME, &stamp->read_at);
-        if (fstat(fileno(f), &st) == 0) {
-            *stamp = (script_stamp){st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim, stamp->read_at, 0};
-            /* the file system's clock ticks coarsely: a file changed less than a second before the
-             * read could change again with the same times, so it is read again next time */
-            struct timespec settled = {stamp->read_at.tv_sec - 1, stamp->read_at.tv_nsec};
-            stamp->valid = ts_before(st.st_mtim, settled) && ts_before(st.st_ctim, settled);
-        }
+        if (fstat(fileno(f), &st) == 0)
+            file_stamp_of(&st, stamp);
+        else
+            memset(stamp, 0, sizeof *stamp);
     }
     int too_large;
     char *text = buf_read_stream(f, 64 * 1024 * 1024, len, &too_large);

@@ -30,20 +30,10 @@
 
 #include "../config/config.h"
 #include "../util/buf.h"
+#include "../util/filestamp.h"
 #include "../util/pool.h"
 #include "../runtime/host.h"
 
-/* A script file's identity when it was read: the same device, inode, size,
- * modification and change times, both a second older than the read, and it
- * is the same file (the file system's times tick coarsely: a file changed
- * just before it was read is read again to be sure). */
-typedef struct script_stamp {
-    dev_t dev;
-    ino_t ino;
-    off_t size;
-    struct timespec mtime, ctime, read_at;
-    int valid;
-} script_stamp;
 
 typedef struct hook_rt {
     int refs;                     /* hook tables holding it (a reload keeps an unchanged hook's state) */
@@ -59,7 +49,7 @@ typedef struct hook_rt {
     int runs;                     /* runs in flight */
     char *source;                 /* the script's text as loaded: a rebuilt state runs the same code */
     size_t source_len;
-    script_stamp stamp;           /* the file it was read from, as it was then */
+    file_stamp stamp;             /* the file it was read from, as it was then */
     int broken;                   /* a run broke the memory cap: rebuild before the next run */
     long long rebuilds;           /* fresh states made after a broken memory cap */
     long long last_rebuild_ms;    /* when the last one was made (monotonic ms) */
@@ -129,11 +119,8 @@ hook_rt *hook_load(wixr_host *h, const wixr_config *cfg, const hook_def *def, ch
 /* Drops a table's hold on k: freed with the last. */
 void hook_free(hook_rt *k);
 /* The script's text, read as hook_load reads it: NULL with err filled. stamp
- * (may be NULL) is filled with the file's identity and when it was read. */
-char *hook_read_script(const hook_def *def, size_t *len, script_stamp *stamp, char *err, size_t errlen);
-/* Is the file at path the one stamped, unchanged since it was read? 0 when
- * it cannot tell (then read it and compare). */
-int hook_script_unchanged(const char *path, const script_stamp *stamp);
+ * (may be NULL) is filled with the stamp of the file as it was read. */
+char *hook_read_script(const hook_def *def, size_t *len, file_stamp *stamp, char *err, size_t errlen);
 
 /* Starts handler(event, ctx) on the scheduler. event_json is the event's data.
  * done is called exactly once; then free the run with hook_run_free. */

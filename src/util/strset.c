@@ -28,6 +28,11 @@ int strset_has(const strset *set, const char *s)
     return set->cap && set->slot[find(set, s)] != NULL;
 }
 
+const char *strset_get(const strset *set, const char *s)
+{
+    return set->cap ? set->slot[find(set, s)] : NULL;
+}
+
 int strset_add(strset *set, const char *s)
 {
     if (2 * (set->n + 1) > set->cap) {

@@ -18,6 +18,8 @@ typedef struct strset {
 size_t strset_hash(const char *s);
 /* 1 when s is in the set. */
 int strset_has(const strset *set, const char *s);
+/* The set's own copy of s (the pointer it was added with), or NULL. */
+const char *strset_get(const strset *set, const char *s);
 /* Adds s: 1 added, 0 there already, -1 out of memory (nothing added). */
 int strset_add(strset *set, const char *s);
 void strset_free(strset *set);

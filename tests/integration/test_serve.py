@@ -1248,6 +1248,28 @@ def reload_builds_only_the_hooks_that_changed():
 
 
 @test
+def reload_reads_the_option_declarations_of_a_changed_script_again():
+    """A reload reuses the `---@option` declarations of scripts whose files did not change,
+    and reads them again from a script that did: a declaration changed in place, long after the
+    file was first read, is checked against the unchanged configuration."""
+    decl = "---@option n %s\n" + COUNTER_LUA % "d"
+    cfg = serve_config(serve="  workers: 1\n", hooks="  d:\n    - script: d.lua\n      options: {n: 1}\n")
+    svc = Service(cfg, {"d.lua": decl % "integer"}).start()
+    time.sleep(1.2)  # the file settles: its stamp now stands for its text
+    svc.signal(signal.SIGHUP)
+    svc.wait_health(lambda h: h["reloads"] >= 1 and h["last_reload"]["ok"], "the reload on SIGHUP", timeout=10)
+    time.sleep(1.2)
+    svc.write("d.lua", decl % "string ")  # the same length: only the text and the times tell
+    h = svc.wait_health(lambda h: h["reload_failures"] >= 1, "the changed declaration refused", timeout=10)
+    err = h["last_reload"].get("error") or ""
+    check("options.n" in err and "string" in err, "the error names the option and its declared type: %r" % err)
+    svc.write("wixr.yaml", cfg.replace("{n: 1}", "{n: one}"))
+    svc.wait_health(lambda h: h["status"] == "ok" and h["last_reload"]["ok"], "the fixed options loaded", timeout=10)
+    svc.accept("d", {}, "decl-1")
+    eq(hook_of(svc.wait_event("decl-1"))["result"]["tag"], "d", "the hook runs with its new options")
+
+
+@test
 def reload_under_load_drops_nothing():
     svc = reload_service()
     n, nreloads = 300, 50
