@@ -70,8 +70,7 @@ struct sched {
     long long curl_at;     /* when libcurl wants its timeouts run; -1: not */
     unsigned char *fds;    /* by fd: FD_IN_SET | FD_WANTED | the events asked for */
     int nfds;
-    int watch[4];
-    int nwatch;
+    int nwatch;            /* fds sched_watch_fd added to the epoll set (at most 4) */
     unsigned long timer_seq;
 };
 
@@ -578,13 +577,22 @@ static void run_task(sched_t *s, sched_task *t)
  * transfer's socket, a watched fd or a wakeup; lets libcurl act on the
  * sockets that are ready and on its timeout when due, and hands the finished
  * transfers to their owners. */
+/* Runs libcurl's timeout when it is due: 1 when it ran. */
+static int run_curl_timeout(sched_t *s)
+{
+    if (s->curl_at < 0 || s->curl_at > sched_now_ms())
+        return 0;
+    int running;
+    s->curl_at = -1; /* (libcurl sets it again from inside) */
+    curl_multi_socket_action(s->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    return 1;
+}
+
 static void wait_io(sched_t *s, long wait)
 {
     int running;
-    if (s->curl_at >= 0 && s->curl_at <= sched_now_ms()) {
+    if (run_curl_timeout(s)) {
         /* first what is due (a transfer just added starts here): it may finish something */
-        s->curl_at = -1; /* (libcurl sets it again from inside) */
-        curl_multi_socket_action(s->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         drain_transfers(s);
         if (s->ready_head)
             return;
@@ -616,23 +624,25 @@ static void wait_io(sched_t *s, long wait)
                 ;
         } /* a watched fd: being ready ends the wait, nothing more */
     }
-    if (s->curl_at >= 0 && s->curl_at <= sched_now_ms()) {
-        s->curl_at = -1; /* (libcurl sets it again from inside) */
-        curl_multi_socket_action(s->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    }
+    run_curl_timeout(s);
     drain_transfers(s);
+}
+
+static void run_ready(sched_t *s)
+{
+    while (s->ready_head) {
+        sched_task *t = s->ready_head;
+        s->ready_head = t->next_ready;
+        if (!s->ready_head)
+            s->ready_tail = NULL;
+        run_task(s, t);
+    }
 }
 
 void sched_run(sched_t *s)
 {
     for (;;) {
-        while (s->ready_head) {
-            sched_task *t = s->ready_head;
-            s->ready_head = t->next_ready;
-            if (!s->ready_head)
-                s->ready_tail = NULL;
-            run_task(s, t);
-        }
+        run_ready(s);
         fire_timers(s);
         if (s->ready_head)
             continue;
@@ -661,7 +671,7 @@ int sched_watch_fd(sched_t *s, int fd)
 {
     if (s->nwatch == 4 || ep_set(s, EPOLL_CTL_ADD, fd, EV_WATCH, EPOLLIN) < 0)
         return -1;
-    s->watch[s->nwatch++] = fd;
+    s->nwatch++;
     return 0;
 }
 
@@ -670,17 +680,6 @@ void sched_wakeup(sched_t *s)
     uint64_t one = 1;
     ssize_t r = write(s->wakefd, &one, sizeof one);
     (void)r; /* full (EAGAIN): a wakeup is pending anyway */
-}
-
-static void run_ready(sched_t *s)
-{
-    while (s->ready_head) {
-        sched_task *t = s->ready_head;
-        s->ready_head = t->next_ready;
-        if (!s->ready_head)
-            s->ready_tail = NULL;
-        run_task(s, t);
-    }
 }
 
 void sched_run_for(sched_t *s, long max_wait_ms)
