@@ -15,6 +15,7 @@
 #include "../json/json.h"
 #include "../runtime/host.h"
 #include "../util/isotime.h"
+#include "../util/strset.h"
 #include "serve_internal.h"
 
 void watch_dirs(serve *s, const wixr_config *cfg)
@@ -27,15 +28,20 @@ void watch_dirs(serve *s, const wixr_config *cfg)
         snprintf(dir, sizeof dir, "%s", cfg->dir ? cfg->dir : ".");
         inotify_add_watch(s->inotify_fd, dir, mask);
     }
+    strset seen = {0}; /* (thousands of scripts share a few folders: each is added once) */
     for (int i = 0; i < cfg->nhooks; i++) {
-        snprintf(dir, sizeof dir, "%s", cfg->hooks[i].script);
-        char *slash = strrchr(dir, '/');
-        if (slash)
-            *slash = '\0';
-        else
-            snprintf(dir, sizeof dir, ".");
+        const char *script = cfg->hooks[i].script, *slash = strrchr(script, '/');
+        snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - script) : 1, slash ? script : ".");
+        if (strset_has(&seen, dir))
+            continue;
         inotify_add_watch(s->inotify_fd, dir, mask);
+        char *kept = strdup(dir);
+        if (kept && strset_add(&seen, kept) <= 0)
+            free(kept);
     }
+    for (size_t i = 0; i < seen.cap; i++)
+        free((char *)seen.slot[i]);
+    strset_free(&seen);
     for (int i = 0; i < cfg->nlua_paths; i++)
         inotify_add_watch(s->inotify_fd, cfg->lua_paths[i], mask);
 }
