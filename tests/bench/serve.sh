@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: wixr serve. Durable intake (wrk POSTs, each answered after its
-# fsync'd journal commit), end-to-end events/s through the routing policy on the
-# in-process emulator, the drain of a backlog of 10k, 100k and 1M queued events, and the rule
+# fsync'd journal commit), end-to-end events/s through the routing policy (orders posted
+# by wrk, packages created on the emulator the supervisor hosts), the drain of a backlog of 10k, 100k and 1M queued events, and the rule
 # reload time with 50, 2,000 and 5,000 scripts (one changed).
 #   tests/bench/serve.sh BUILD_DIR
 # Intake is measured with 16 and with 64 connections (latency grows with the
