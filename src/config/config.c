@@ -770,8 +770,7 @@ static void schemas_prune(void)
             known.v[k++] = e;
             continue;
         }
-        e->sc.borrowed = 0;
-        schema_free(&e->sc);
+        schema_free(&e->sc); /* (the entry's own copy: never marked borrowed) */
         free(e);
     }
     if (k == known.n)

@@ -573,10 +573,6 @@ static void run_task(sched_t *s, sched_task *t)
     task_free(s, t);
 }
 
-/* Waits at most wait ms (less when libcurl's timeout comes first) for a
- * transfer's socket, a watched fd or a wakeup; lets libcurl act on the
- * sockets that are ready and on its timeout when due, and hands the finished
- * transfers to their owners. */
 /* Runs libcurl's timeout when it is due: 1 when it ran. */
 static int run_curl_timeout(sched_t *s)
 {
@@ -588,6 +584,10 @@ static int run_curl_timeout(sched_t *s)
     return 1;
 }
 
+/* Waits at most wait ms (less when libcurl's timeout comes first) for a
+ * transfer's socket, a watched fd or a wakeup; lets libcurl act on the
+ * sockets that are ready and on its timeout when due, and hands the finished
+ * transfers to their owners. */
 static void wait_io(sched_t *s, long wait)
 {
     int running;
